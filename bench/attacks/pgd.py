@@ -1,0 +1,94 @@
+"""l-infinity PGD (Madry et al. 2018), whole batch at once, input-only gradients.
+
+Every step takes ``torch.autograd.grad(objective, x)``: no weight gradients are computed or
+accumulated, so an attack inside a training step leaves the parameters' ``.grad`` untouched.
+``eps`` and ``alpha`` are in pixel units ([0, 1] images).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, y) -> scalar to ascend
+
+
+def ce_objective(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy (a sum keeps per-sample gradients independent of the batch size)."""
+    return F.cross_entropy(logits.float(), y, reduction="sum")
+
+
+def input_grad(objective: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    (g,) = torch.autograd.grad(objective, x)
+    return g
+
+
+def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
+    """Project onto the eps-ball around ``x`` and the valid range [lo, hi]."""
+    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(lo, hi)
+
+
+@contextmanager
+def model_mode(model: nn.Module, mode: str | None):
+    """Temporarily put ``model`` in ``"eval"`` or ``"train"`` mode (None: leave as is)."""
+    was_training = model.training
+    if mode is not None:
+        model.train(mode == "train")
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def pgd_linf(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float = 8 / 255,
+    alpha: float = 2 / 255,
+    steps: int = 10,
+    random_start: bool = True,
+    objective: Objective = ce_objective,
+    mode: str | None = None,
+    restarts: int = 1,
+    lo: float = 0.0,
+    hi: float = 1.0,
+) -> torch.Tensor:
+    """Return adversarial examples for ``(x, y)`` (detached, within the eps-ball and [lo, hi]).
+
+    ``mode`` puts the model in eval or train mode for the attack (restored after). With
+    ``restarts`` > 1 each sample keeps the restart that misclassifies it (then the highest loss).
+    """
+    x = x.detach()
+    best, best_loss, best_wrong = x.clone(), None, None
+    with model_mode(model, mode), torch.enable_grad():
+        for _ in range(max(1, restarts)):
+            if random_start:
+                delta = torch.empty_like(x).uniform_(-eps, eps)
+                x_adv = (x + delta).clamp_(lo, hi)
+            else:
+                x_adv = x.clone()
+            for _ in range(steps):
+                x_adv.requires_grad_(True)
+                g = input_grad(objective(model(x_adv), y), x_adv)
+                x_adv = project_linf(x_adv.detach() + alpha * g.sign(), x, eps, lo, hi)
+            x_adv = x_adv.detach()
+            if restarts <= 1:
+                return x_adv
+            with torch.no_grad():
+                logits = model(x_adv).float()
+                loss = F.cross_entropy(logits, y, reduction="none")
+                wrong = logits.argmax(1) != y
+            if best_loss is None:
+                best, best_loss, best_wrong = x_adv, loss, wrong
+            else:
+                take = (wrong & ~best_wrong) | ((wrong == best_wrong) & (loss > best_loss))
+                best = torch.where(take[:, None, None, None], x_adv, best)
+                best_loss = torch.where(take, loss, best_loss)
+                best_wrong = best_wrong | wrong
+    return best

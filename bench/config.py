@@ -1,0 +1,340 @@
+"""Typed run configuration and its resolution.
+
+Resolution order (later wins): dataclass defaults (the specification's) -> the method's
+reference settings (``Method.run_defaults``) -> the preset (common part, then its per-method
+part) -> a config file (``--config``) -> ``--set key=value`` overrides. The resolved config is
+stored in every run record, so a run can be reproduced from its record alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from bench.errors import BenchError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "shapes10"
+    data_dir: str = "data"  # where CIFAR archives live / are downloaded; shapes10 caches here
+    download: bool = True  # try torchvision's download when the files are absent
+    val_size: int = 0  # images held out of the training split (chosen by seed) for validation
+    train_subset: int = 0  # >0: train on the first N images of the (shuffled) training split
+    batch_size: int = 128
+    augment: bool = True  # random crop (pad 4) + horizontal flip, as batched tensor ops
+    pad_mode: str = "reflect"  # padding for the random crop: reflect (JEM references) | zeros
+    flip: bool = True
+    noise_std: float = 0.0  # Gaussian data noise in pixel units ([0, 1]); 0.015 = 0.03 on [-1, 1]
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet8"
+    norm: str = "batch"  # batch | none
+    bn_momentum: float = 0.1  # PyTorch convention (JEM family uses 0.9)
+    activation: str = "relu"  # relu | leaky_relu (JEM family: leaky 0.2)
+    dropout: float = 0.0
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # normalisation inside the model
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adam
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0  # linear warm-up from 0 over this many optimiser steps
+    schedule: str = "cosine"  # constant | cosine | step
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # step decay, in epochs;
+    # values <= 1 are fractions of the run's epochs
+    gamma: float = 0.1  # step decay factor
+    grad_clip: float = 0.0  # >0: clip the global gradient norm
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 1.0
+    max_steps: int = 0  # >0: stop after this many steps (overrides epochs)
+    log_every: int = 10  # steps between reading losses back from the device
+    checkpoint_every: int = 500  # steps between atomic checkpoints (0: only at the end)
+    keep_checkpoints: int = 2  # periodic checkpoints kept besides last.pt
+    eval_every: float = 1.0  # epochs between validation evaluations (0: never)
+    eval_examples: int = 1000  # validation images per periodic evaluation
+    divergence_bound: float = 1e8  # |loss term| above this counts as divergence
+    on_divergence: str = "stop"  # stop | rollback
+    rollback_lr_factor: float = 0.5
+    max_rollbacks: int = 3
+    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
+    channels_last: bool = True
+    deterministic: bool = False
+
+
+@dataclass
+class EvalConfig:
+    protocol: str = "quick"  # named bundle of metric settings run at the end of `bench run`
+    n_examples: int = 1000  # test images for the end-of-run evaluation
+    batch_size: int = 256
+    enabled: bool = True
+
+
+@dataclass
+class RunConfig:
+    method: str = "ce"
+    preset: str = "cpu"
+    seed: int = 0
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    method_cfg: dict[str, Any] = field(default_factory=dict)  # the method's own config, resolved
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def digest(self) -> str:
+        """Hash of everything that changes the numbers (not the device)."""
+        d = self.to_dict()
+        d.pop("device", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------
+# generic dataclass <-> dict
+# ----------------------------------------------------------------------------------------
+def to_dict(obj: Any) -> Any:
+    if is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = getattr(hint, "__origin__", None)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise BenchError(f"{where} expects true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise BenchError(f"{where} expects an integer, got {value!r}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise BenchError(f"{where} expects a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise BenchError(f"{where} expects a string, got {value!r}")
+        return str(value)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise BenchError(f"{where} expects a list, got {value!r}")
+        args = getattr(hint, "__args__", ())
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise BenchError(f"{where} expects {len(args)} values, got {len(value)}")
+            return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+        inner = args[0] if args else Any
+        out = [_coerce(v, inner, where) if inner is not Any else v for v in value]
+        return tuple(out) if origin is tuple else out
+    return value
+
+
+def update_dataclass(obj: Any, values: dict[str, Any], where: str = "") -> Any:
+    """Return a copy of dataclass ``obj`` with ``values`` (nested dicts) applied and type-checked."""
+    hints = get_type_hints(type(obj))
+    names = {f.name for f in fields(obj)}
+    changes = {}
+    for key, value in values.items():
+        path = f"{where}{key}"
+        if key not in names:
+            raise BenchError(
+                f"unknown setting {path!r}; valid keys here: {', '.join(sorted(names))}"
+            )
+        current = getattr(obj, key)
+        if is_dataclass(current):
+            if not isinstance(value, dict):
+                raise BenchError(f"{path} is a section; set its keys, e.g. {path}.<key>=...")
+            changes[key] = update_dataclass(current, value, path + ".")
+        elif key == "method_cfg":
+            if not isinstance(value, dict):
+                raise BenchError(f"{path} must be a mapping")
+            changes[key] = deep_merge(current, value)
+        else:
+            changes[key] = _coerce(value, hints[key], path)
+    return dataclasses.replace(obj, **changes)
+
+
+def from_dict(cls: type, values: dict[str, Any]) -> Any:
+    return update_dataclass(cls(), values)
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# --set parsing
+# ----------------------------------------------------------------------------------------
+def parse_set(item: str) -> dict[str, Any]:
+    """``optim.lr=0.01`` -> ``{"optim": {"lr": 0.01}}`` (values parsed as YAML scalars/lists).
+
+    ``method.<key>=...`` addresses the method's own config.
+    """
+    if "=" not in item:
+        raise BenchError(f"malformed --set {item!r}: use --set section.key=value, e.g. --set optim.lr=0.01")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise BenchError(f"malformed --set {item!r}: use --set section.key=value, e.g. --set optim.lr=0.01")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise BenchError(f"malformed value in --set {item!r}: write a number, true/false, a word or [a, b]")
+    parts = key.split(".")
+    if parts[0] == "method":
+        parts[0] = "method_cfg"
+    out: dict[str, Any] = {}
+    node = out
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# presets
+# ----------------------------------------------------------------------------------------
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise BenchError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+    with open(path) as fh:
+        data = yaml.safe_load(fh) or {}
+    return data
+
+
+def _normalise_section_keys(d: dict[str, Any]) -> dict[str, Any]:
+    d = dict(d)
+    if "method" in d and isinstance(d["method"], dict):
+        d["method_cfg"] = deep_merge(d.get("method_cfg", {}), d.pop("method"))
+    return d
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise BenchError(f"config file {path!r} not found; pass an existing YAML or JSON file to --config")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise BenchError(f"config file {path!r} is not valid YAML/JSON ({str(exc).splitlines()[0]}); fix its syntax")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise BenchError(f"config file {path!r} must hold a mapping of sections (data:, optim:, ...)")
+    return _normalise_section_keys(data)
+
+
+def resolve_config(
+    method: str,
+    preset: str = "cpu",
+    dataset: str | None = None,
+    arch: str | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    config_file: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> RunConfig:
+    """Build and validate the run config (see the module docstring for the order)."""
+    from methods import get_method  # local import: methods import bench
+
+    method_cls = get_method(method)
+    cfg = RunConfig(method=method, preset=preset)
+    cfg = update_dataclass(cfg, _normalise_section_keys(getattr(method_cls, "run_defaults", {}) or {}))
+    p = load_preset(preset)
+    cfg = update_dataclass(cfg, _normalise_section_keys(p.get("config", {}) or {}))
+    per_method = (p.get("methods", {}) or {}).get(method, {}) or {}
+    cfg = update_dataclass(cfg, _normalise_section_keys(per_method))
+    if config_file:
+        cfg = update_dataclass(cfg, load_config_file(config_file))
+    cli: dict[str, Any] = {}
+    for item in overrides:
+        cli = deep_merge(cli, parse_set(item))
+    for key, value in (("seed", seed), ("device", device)):
+        if value is not None:
+            cli[key] = value
+    if dataset is not None:
+        cli = deep_merge(cli, {"data": {"dataset": dataset}})
+    if arch is not None:
+        cli = deep_merge(cli, {"model": {"arch": arch}})
+    cfg = update_dataclass(cfg, cli)
+    # the method's own config: typed, validated, all defaults filled in
+    method_cfg = method_cls.make_config(cfg.method_cfg)
+    cfg = dataclasses.replace(cfg, method_cfg=to_dict(method_cfg))
+    validate(cfg)
+    return cfg
+
+
+CHOICES = {
+    "optim.name": ("sgd", "adam"),
+    "optim.schedule": ("constant", "cosine", "step"),
+    "train.on_divergence": ("stop", "rollback"),
+    "train.amp": ("auto", "bf16", "off"),
+    "model.norm": ("batch", "none"),
+    "model.activation": ("relu", "leaky_relu"),
+    "data.pad_mode": ("reflect", "zeros"),
+    "device": ("auto", "cpu", "cuda"),
+}
+
+
+def validate(cfg: RunConfig) -> None:
+    d = cfg.to_dict()
+    for path, allowed in CHOICES.items():
+        node: Any = d
+        for part in path.split("."):
+            node = node[part]
+        if node not in allowed and not (path == "device" and str(node).startswith("cuda:")):
+            raise BenchError(f"{path}={node!r} is not valid; choose one of: {', '.join(allowed)}")
+    positive = {
+        "data.batch_size": cfg.data.batch_size,
+        "eval.n_examples": cfg.eval.n_examples,
+        "eval.batch_size": cfg.eval.batch_size,
+        "train.log_every": cfg.train.log_every,
+    }
+    for path, value in positive.items():
+        if value <= 0:
+            raise BenchError(f"{path} must be positive, got {value}")
+    if cfg.train.epochs <= 0 and cfg.train.max_steps <= 0:
+        raise BenchError("train.epochs must be positive (or set train.max_steps)")
+    if cfg.optim.lr <= 0:
+        raise BenchError(f"optim.lr must be positive, got {cfg.optim.lr}")
+    if not 0 <= cfg.data.noise_std < 1:
+        raise BenchError(f"data.noise_std is in pixel units and must lie in [0, 1), got {cfg.data.noise_std}")

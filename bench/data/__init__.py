@@ -1,0 +1,15 @@
+"""Datasets: a registry of loaders returning uint8 image tensors, plus device-resident batching."""
+
+from bench.data.base import ImageData, DATASETS, register_dataset, load_dataset, split_validation
+from bench.data.stream import BatchStream, augment_batch, to_float
+
+__all__ = [
+    "ImageData",
+    "DATASETS",
+    "register_dataset",
+    "load_dataset",
+    "split_validation",
+    "BatchStream",
+    "augment_batch",
+    "to_float",
+]

@@ -1,0 +1,99 @@
+"""The dataset container, registry and seeded train/validation split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from bench.registry import Registry
+
+DATASETS: Registry = Registry(
+    "dataset",
+    group="trilemma_bench.datasets",
+    builtin_modules=("bench.data.shapes", "bench.data.cifar", "bench.data.npz"),
+)
+register_dataset = DATASETS.register
+
+
+@dataclass
+class ImageData:
+    """A labelled image dataset held as tensors: ``x_*`` uint8 (N, 3, H, W), ``y_*`` int64 (N,)."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: list[str]
+    source: str = ""
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "num_classes": self.num_classes,
+            "train": int(self.x_train.shape[0]),
+            "val": int(self.x_val.shape[0]) if self.x_val is not None else 0,
+            "test": int(self.x_test.shape[0]),
+            "image_shape": list(self.image_shape),
+            **self.info,
+        }
+
+
+def load_dataset(cfg) -> ImageData:
+    """Load ``cfg.dataset`` (a DataConfig) through the registry."""
+    factory = DATASETS.get(cfg.dataset)
+    data = factory(cfg=cfg)
+    _check(data)
+    return data
+
+
+def _check(data: ImageData) -> None:
+    for split in ("train", "test"):
+        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        assert x.dtype == torch.uint8 and x.ndim == 4 and x.shape[1] in (1, 3), (split, x.shape, x.dtype)
+        assert y.dtype == torch.int64 and y.shape == (x.shape[0],), (split, y.shape)
+
+
+def split_validation(data: ImageData, val_size: int, seed: int, train_subset: int = 0) -> ImageData:
+    """Hold ``val_size`` training images out for validation, chosen by ``seed``.
+
+    ``train_subset`` > 0 keeps only that many of the remaining training images.
+    """
+    n = data.x_train.shape[0]
+    if val_size < 0 or val_size >= n:
+        from bench.errors import BenchError
+
+        raise BenchError(f"data.val_size={val_size} must lie in [0, {n - 1}] for {data.name}")
+    g = torch.Generator().manual_seed(10_007 + seed)
+    perm = torch.randperm(n, generator=g)
+    val_idx, train_idx = perm[:val_size], perm[val_size:]
+    if train_subset > 0:
+        train_idx = train_idx[:train_subset]
+    train_idx = train_idx.sort().values  # keep the dataset's order; shuffling happens per epoch
+    out = ImageData(
+        name=data.name,
+        x_train=data.x_train[train_idx],
+        y_train=data.y_train[train_idx],
+        x_test=data.x_test,
+        y_test=data.y_test,
+        classes=data.classes,
+        source=data.source,
+        info=dict(data.info),
+    )
+    if val_size > 0:
+        out.x_val = data.x_train[val_idx.sort().values]
+        out.y_val = data.y_train[val_idx.sort().values]
+    return out

@@ -1,0 +1,72 @@
+"""Wide ResNets (Zagoruyko & Komodakis), pre-activation, as used by JEM and EB-JDAT.
+
+``wrn-D-W`` for any depth D = 6n + 4 and width W; ``wrn-28-10`` is the paper's network.
+Norm ``batch`` or ``none`` (the JEM base trains without normalisation layers).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bench.errors import BenchError
+from bench.models.base import ARCHS, EnergyClassifier, make_act, make_norm
+
+
+class WideBasic(nn.Module):
+    def __init__(self, cin, cout, stride, norm, momentum, act, dropout):
+        super().__init__()
+        self.bn1 = make_norm(norm, cin, momentum)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=True)
+        self.bn2 = make_norm(norm, cout, momentum)
+        self.conv2 = nn.Conv2d(cout, cout, 3, stride=stride, padding=1, bias=True)
+        self.act1, self.act2 = make_act(act), make_act(act)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.shortcut = (
+            nn.Conv2d(cin, cout, 1, stride=stride, bias=True) if stride != 1 or cin != cout else nn.Identity()
+        )
+
+    def forward(self, x):
+        out = self.dropout(self.conv1(self.act1(self.bn1(x))))
+        out = self.conv2(self.act2(self.bn2(out)))
+        return out + self.shortcut(x)
+
+
+class WideResNet(EnergyClassifier):
+    def __init__(self, depth=28, width=10, num_classes=10, norm="batch", bn_momentum=0.1,
+                 activation="leaky_relu", dropout=0.0, mean=(0.5,) * 3, std=(0.5,) * 3):
+        super().__init__(num_classes, mean, std)
+        if (depth - 4) % 6 != 0 or depth < 10:
+            raise BenchError(f"wrn-{depth}-{width}: depth must be 6n+4 (e.g. 16, 22, 28, 34, 40)")
+        n = (depth - 4) // 6
+        widths = [16, 16 * width, 32 * width, 64 * width]
+        self.first_layer = nn.Conv2d(3, widths[0], 3, padding=1, bias=True)
+        stages, cin = [], widths[0]
+        for i, (cout, stride) in enumerate(zip(widths[1:], (1, 2, 2))):
+            blocks = []
+            for j in range(n):
+                blocks.append(WideBasic(cin, cout, stride if j == 0 else 1, norm, bn_momentum, activation, dropout))
+                cin = cout
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.ModuleList(stages)
+        self.bn = make_norm(norm, cin, bn_momentum)
+        self.act = make_act(activation)
+        self.head = nn.Linear(cin, num_classes)
+        self.feature_dim = cin
+
+    def trunk_features(self, h):
+        maps = {}
+        for i, stage in enumerate(self.stages):
+            h = stage(h)
+            maps[f"stage{i + 1}"] = h
+        h = self.act(self.bn(h))
+        pooled = F.adaptive_avg_pool2d(h, 1).flatten(1)
+        maps["penultimate"] = pooled
+        maps["logits"] = self.head(pooled)
+        return maps
+
+
+@ARCHS.register_pattern(r"wrn-(?P<depth>\d+)-(?P<width>\d+)", "wrn-D-W")
+def wrn(depth, width, **kw) -> WideResNet:
+    return WideResNet(depth=depth, width=width, **kw)

@@ -1,0 +1,130 @@
+"""Name -> factory registries, filled by decorators and by entry points of installed packages.
+
+One registry per plug-in kind (methods, metrics, datasets, architectures). Built-in entries
+register themselves with a decorator when their module is imported; third-party packages
+declare an entry point in the registry's group (e.g. ``trilemma_bench.methods``) pointing at
+the object to register, or at a module whose import registers it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from importlib.metadata import entry_points
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+from bench.errors import BenchError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str, group: str | None = None, builtin_modules: tuple[str, ...] = ()):
+        self.kind = kind
+        self.group = group
+        self._builtin_modules = builtin_modules
+        self._entries: dict[str, T] = {}
+        self._patterns: list[tuple[re.Pattern[str], str, Callable[..., T]]] = []
+        self._loaded = False
+        self.load_errors: dict[str, str] = {}
+
+    # -- registration -------------------------------------------------------------------
+    def register(self, name: str, obj: T | None = None, *, replace: bool = False):
+        """Register ``obj`` under ``name``; usable as ``@registry.register("name")``."""
+
+        def add(o: T) -> T:
+            if name in self._entries and self._entries[name] is not o and not replace:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._entries[name] = o
+            return o
+
+        return add(obj) if obj is not None else add
+
+    def register_pattern(self, pattern: str, display: str):
+        """Register a parametric family, e.g. ``wrn-(?P<depth>\\d+)-(?P<width>\\d+)``.
+
+        The decorated factory is called with the regex groups (as ints where numeric).
+        """
+
+        def add(factory: Callable[..., T]) -> Callable[..., T]:
+            self._patterns.append((re.compile(pattern + r"\Z"), display, factory))
+            return factory
+
+        return add
+
+    def unregister(self, name: str) -> None:
+        self._entries.pop(name, None)
+
+    # -- discovery ----------------------------------------------------------------------
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        for module in self._builtin_modules:
+            importlib.import_module(module)
+        if self.group:
+            for ep in entry_points(group=self.group):
+                if ep.name in self._entries:
+                    continue
+                try:
+                    obj = ep.load()
+                except Exception as exc:  # a broken third-party plugin must not break the tool
+                    self.load_errors[ep.name] = f"{type(exc).__name__}: {exc}"
+                    continue
+                if ep.name not in self._entries and not _is_module(obj):
+                    self._entries[ep.name] = obj
+
+    def reload_entry_points(self) -> None:
+        self._loaded = False
+        self._load()
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self._entries) + [d for _, d, _ in self._patterns]
+
+    def __contains__(self, name: str) -> bool:
+        try:
+            self.get(name)
+        except BenchError:
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def get(self, name: str) -> T:
+        self._load()
+        if name in self._entries:
+            return self._entries[name]
+        for regex, _, factory in self._patterns:
+            m = regex.match(name)
+            if m:
+                kwargs = {k: _num(v) for k, v in m.groupdict().items()}
+                return _Bound(factory, kwargs)  # type: ignore[return-value]
+        hint = ""
+        if name in self.load_errors:
+            hint = f" (its plugin failed to load: {self.load_errors[name]})"
+        raise BenchError(
+            f"unknown {self.kind} {name!r}{hint}; choose one of: {', '.join(self.names())}"
+        )
+
+
+class _Bound:
+    """A pattern factory with the name's parameters bound, callable with further kwargs."""
+
+    def __init__(self, factory: Callable[..., Any], kwargs: dict[str, Any]):
+        self.factory, self.kwargs = factory, kwargs
+
+    def __call__(self, **more: Any) -> Any:
+        return self.factory(**self.kwargs, **more)
+
+
+def _num(v: str) -> Any:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return v
+
+
+def _is_module(obj: Any) -> bool:
+    return type(obj).__name__ == "module"

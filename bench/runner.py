@@ -1,0 +1,165 @@
+"""Library entry points behind `bench run`: start a run, resume one, evaluate at the end.
+
+The CLI only parses arguments and calls these; tests call them directly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.config import RunConfig, from_dict
+from bench.data import load_dataset, split_validation
+from bench.errors import BenchError, DivergenceError, InterruptedRun
+from bench.models import build_model
+from bench.records import load_record, new_record, new_run_dir, resolve_run, save_record
+from bench.trainer import Trainer, TrainState
+from methods import get_method
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    run_dir: Path
+    record: dict[str, Any]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def prepare_data(cfg: RunConfig):
+    data = load_dataset(cfg.data)
+    return split_validation(data, cfg.data.val_size, cfg.seed, cfg.data.train_subset)
+
+
+def _build(cfg: RunConfig, data, device: torch.device):
+    method = get_method(cfg.method).from_dict(cfg.method_cfg)
+    torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
+    model = build_model(cfg.model, data.num_classes).to(device)
+    method.setup(model, data, device)
+    return model, method
+
+
+def _record_updater(run_dir: Path, record: dict[str, Any], trainer_ref: list):
+    def update(state: TrainState, event: str) -> None:
+        tr = record["training"]
+        trainer = trainer_ref[0]
+        tr.update(
+            steps_done=state.step,
+            total_steps=trainer.total_steps,
+            steps_per_epoch=trainer.steps_per_epoch,
+            epochs_done=round(state.step / trainer.steps_per_epoch, 4),
+            history=state.history,
+            validation=state.validation,
+            rollbacks=state.rollback_events,
+            lr_scale=state.lr_scale,
+        )
+        record["timings"]["train_seconds"] = round(state.train_seconds, 3)
+        record["artifacts"]["checkpoint"] = "checkpoints/last.pt"
+        if event == "interrupted":
+            record["status"] = "interrupted"
+        elif event == "diverged":
+            record["status"] = "diverged"
+        save_record(run_dir, record)
+
+    return update
+
+
+def _train_and_evaluate(cfg, data, device, run_dir, record, show_progress, resume_from: Path | None) -> RunResult:
+    model, method = _build(cfg, data, device)
+    ref: list = []
+    trainer = Trainer(cfg, model, method, data, device, run_dir,
+                      on_update=_record_updater(run_dir, record, ref), show_progress=show_progress)
+    ref.append(trainer)
+    if resume_from is not None:
+        trainer.load_checkpoint(resume_from)
+        record["training"]["resumes"].append({"at_step": trainer.state.step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    record["status"] = "running"
+    record["message"] = None
+    save_record(run_dir, record)
+    try:
+        trainer.fit()
+    except (InterruptedRun, DivergenceError) as exc:
+        record["message"] = str(exc)
+        save_record(run_dir, record)
+        raise
+    except KeyboardInterrupt:
+        record["status"] = "interrupted"
+        record["message"] = f"aborted; continue from the last checkpoint with: bench run --resume {run_dir.name}"
+        save_record(run_dir, record)
+        raise InterruptedRun(record["message"])
+    trainer.on_update(trainer.state, "done")
+    if cfg.eval.enabled:
+        evaluate_run_model(model, data, cfg, device, run_dir, record, show_progress)
+    record["status"] = "complete"
+    record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    t = record["timings"]
+    steps = record["training"]["total_steps"]
+    t["images_per_second"] = round(steps * cfg.data.batch_size / max(t.get("train_seconds", 0), 1e-9), 1)
+    save_record(run_dir, record)
+    return RunResult(record["run_id"], run_dir, record)
+
+
+def evaluate_run_model(model, data, cfg: RunConfig, device, run_dir: Path, record: dict, show_progress: bool,
+                       protocol: str | None = None, n_examples: int | None = None, metrics: list[str] | None = None):
+    """Evaluate ``model`` with a protocol and merge the results into ``record`` (and save it)."""
+    from metrics import EvalContext, evaluate
+
+    proto = protocol or cfg.eval.protocol
+    ctx = EvalContext(device=device, batch_size=cfg.eval.batch_size, seed=cfg.seed, out_dir=run_dir,
+                      show_progress=show_progress)
+    t0 = time.perf_counter()
+    results = evaluate(model, data, proto, n_examples or cfg.eval.n_examples, ctx, metrics)
+    record["evaluations"].setdefault(proto, {}).update(results)
+    record["timings"]["eval_seconds"] = round(record["timings"].get("eval_seconds", 0) + time.perf_counter() - t0, 3)
+    save_record(run_dir, record)
+    return results
+
+
+def start_run(cfg: RunConfig, out: str | Path = "results", show_progress: bool = True) -> RunResult:
+    device = resolve_device(cfg.device)
+    data = prepare_data(cfg)  # fails before anything is written if the data is missing
+    run_id, run_dir = new_run_dir(out, cfg.method, cfg.data.dataset)
+    record = new_record(run_id, cfg, device, data.summary())
+    save_record(run_dir, record)
+    return _train_and_evaluate(cfg, data, device, run_dir, record, show_progress, resume_from=None)
+
+
+def resume_run(ref: str, out: str | Path = "results", device: str | None = None, show_progress: bool = True,
+               checkpoint_path: str | None = None) -> RunResult:
+    run_dir = resolve_run(ref, out)
+    record = load_record(run_dir)
+    if record.get("status") == "complete":
+        raise BenchError(f"run {record['run_id']} is already complete; start a new run instead of --resume")
+    cfg = from_dict(RunConfig, record["config"])
+    if device is not None:
+        cfg.device = device
+    dev = resolve_device(cfg.device)
+    data = prepare_data(cfg)
+    ckpt = Path(checkpoint_path) if checkpoint_path else run_dir / "checkpoints" / "last.pt"
+    return _train_and_evaluate(cfg, data, dev, run_dir, record, show_progress, resume_from=ckpt)
+
+
+def load_run_model(run_dir: Path, device: torch.device | None = None, checkpoint_path: str | None = None):
+    """(model, cfg, data, record) of a saved run, weights from its last checkpoint."""
+    from bench import checkpoint
+
+    record = load_record(run_dir)
+    cfg = from_dict(RunConfig, record["config"])
+    dev = device or resolve_device(cfg.device)
+    data = prepare_data(cfg)
+    model = build_model(cfg.model, data.num_classes).to(dev)
+    ckpt = checkpoint.load(Path(checkpoint_path) if checkpoint_path else run_dir / "checkpoints" / "last.pt",
+                           expect_digest=cfg.digest())
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, cfg, data, record

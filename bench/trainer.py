@@ -1,0 +1,320 @@
+"""The one training loop every method runs under.
+
+Per step: draw the batch (and any extra independent batches the method asks for) from the
+device-resident streams, augment it as batched tensor ops, call ``method.training_step``, sum
+the weighted loss terms, take the optimiser step. Around that: the learning-rate schedule,
+bf16 autocast and channels_last on CUDA, periodic validation, a progress bar with the live loss
+terms, atomic checkpoints, exact resume, a divergence guard (stop or roll back), and Ctrl-C
+leaving a resumable run.
+
+Randomness: at the start of every step the global RNGs are seeded from
+``(seed, step, rollbacks)``, and data order depends only on ``(seed, epoch)``. A resumed run
+therefore replays exactly what the uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from bench import checkpoint
+from bench.config import RunConfig
+from bench.data import BatchStream, ImageData, augment_batch, to_float
+from bench.errors import BenchError, DivergenceError, InterruptedRun
+from methods.base import Method, StepContext
+
+
+def step_seed(seed: int, step: int, salt: int = 0) -> int:
+    return (seed * 1_000_003 + step * 7_919 + salt * 104_729 + 12_345) % (2**63 - 1)
+
+
+def build_optimizer(cfg, params, device: torch.device) -> torch.optim.Optimizer:
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay, **fused)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **fused)
+    raise BenchError(f"unknown optimiser {cfg.name!r}; choose sgd or adam")
+
+
+def lr_factor(cfg, step: int, total_steps: int, steps_per_epoch: int, epochs: float) -> float:
+    """Warm-up times decay, a pure function of the step (so resume needs no scheduler state)."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    if cfg.schedule == "constant":
+        decay = 1.0
+    elif cfg.schedule == "cosine":
+        decay = 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
+    elif cfg.schedule == "step":
+        epoch = step / steps_per_epoch
+        marks = [m * epochs if m <= 1 else m for m in cfg.milestones]
+        decay = cfg.gamma ** sum(epoch >= m for m in marks)
+    else:  # validated earlier
+        raise BenchError(f"unknown schedule {cfg.schedule!r}")
+    return warm * decay
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    lr_scale: float = 1.0  # lowered by each divergence rollback
+    rollbacks: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    validation: list[dict[str, Any]] = field(default_factory=list)
+    rollback_events: list[dict[str, Any]] = field(default_factory=list)  # survive the reloads
+    train_seconds: float = 0.0
+
+
+class _Interrupt:
+    """SIGINT sets a flag the loop checks between steps; a second Ctrl-C aborts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: Any = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+
+        try:
+            self._old = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not in the main thread
+            self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        model: torch.nn.Module,
+        method: Method,
+        data: ImageData,
+        device: torch.device,
+        run_dir: Path,
+        on_update: Callable[[TrainState, str], None] | None = None,
+        show_progress: bool = True,
+    ):
+        self.cfg, self.model, self.method, self.data = cfg, model, method, data
+        self.device, self.run_dir = device, Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.on_update = on_update or (lambda state, event: None)
+        self.show_progress = show_progress
+        t = cfg.train
+        self.use_amp = device.type == "cuda" and t.amp in ("auto", "bf16") or t.amp == "bf16"
+        self.channels_last = t.channels_last
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.streams = [
+            BatchStream(data.x_train, data.y_train, cfg.data.batch_size, seed=cfg.seed, stream=k, device=device)
+            for k in range(1 + method.extra_batches)
+        ]
+        self.steps_per_epoch = len(self.streams[0])
+        self.total_steps = t.max_steps if t.max_steps > 0 else max(1, math.ceil(t.epochs * self.steps_per_epoch))
+        self.optimizer = build_optimizer(cfg.optim, [p for p in model.parameters() if p.requires_grad], device)
+        self.state = TrainState()
+        self._weights = method.loss_weights()
+
+    # ------------------------------------------------------------------------------------
+    def autocast(self):
+        if self.use_amp:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def prepare(self, x_u8: torch.Tensor) -> torch.Tensor:
+        d = self.cfg.data
+        x = to_float(x_u8)
+        if d.augment or d.noise_std > 0:
+            x = augment_batch(x, crop_pad=4 if d.augment else 0, pad_mode=d.pad_mode,
+                              flip=d.augment and d.flip, noise_std=d.noise_std)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def set_lr(self, step: int) -> float:
+        lr = self.cfg.optim.lr * self.state.lr_scale * lr_factor(
+            self.cfg.optim, step, self.total_steps, self.steps_per_epoch, self.cfg.train.epochs
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def save_checkpoint(self, periodic: bool = True) -> Path:
+        payload = {
+            "step": self.state.step,
+            "config_digest": self.cfg.digest(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "method": self.method.state_dict(),
+            "state": {k: v for k, v in vars(self.state).items()},
+        }
+        last = self.ckpt_dir / "last.pt"
+        checkpoint.save(last, payload)
+        if periodic and self.cfg.train.keep_checkpoints > 0:
+            checkpoint.save(self.ckpt_dir / f"step-{self.state.step:08d}.pt", payload)
+            checkpoint.prune(self.ckpt_dir, self.cfg.train.keep_checkpoints)
+        self.method.on_checkpoint(self.run_dir, self.state.step)
+        return last
+
+    def load_checkpoint(self, path: Path) -> None:
+        ckpt = checkpoint.load(path, expect_digest=self.cfg.digest())
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise BenchError(f"checkpoint {path} does not fit this model/optimiser ({str(exc).splitlines()[0][:120]})")
+        self.method.load_state_dict(ckpt.get("method", {}))
+        saved = ckpt["state"]
+        self.state = TrainState(**{k: saved[k] for k in vars(TrainState()) if k in saved})
+        checkpoint.set_rng_state(ckpt["rng"])
+
+    # -- evaluation during training ---------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[str, Any]:
+        if self.data.x_val is not None:
+            x, y, split = self.data.x_val, self.data.y_val, "val"
+        else:
+            x, y, split = self.data.x_test, self.data.y_test, "test"
+        n = min(self.cfg.train.eval_examples, x.shape[0])
+        x, y = x[:n], y[:n]
+        was = self.model.training
+        self.model.eval()
+        correct, loss = 0, 0.0
+        for i in range(0, n, self.cfg.eval.batch_size):
+            xb = to_float(x[i : i + self.cfg.eval.batch_size].to(self.device))
+            yb = y[i : i + self.cfg.eval.batch_size].to(self.device)
+            with self.autocast():
+                logits = self.model(xb).float()
+            correct += int((logits.argmax(1) == yb).sum())
+            loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+        self.model.train(was)
+        return {"split": split, "n_examples": n, "accuracy": correct / n, "loss": loss / n}
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _guard(self, sums: dict[str, torch.Tensor], maxabs: dict[str, torch.Tensor], count: int) -> dict[str, float] | str:
+        """Read accumulated terms back from the device; return their means or a divergence reason."""
+        means = {k: float(v) / count for k, v in sums.items()}
+        peaks = {k: float(v) for k, v in maxabs.items()}
+        bound = self.cfg.train.divergence_bound
+        for k in means:
+            if not math.isfinite(means[k]) or not math.isfinite(peaks[k]):
+                return f"non-finite {k} near step {self.state.step}"
+            if peaks[k] > bound:
+                return f"{k} exploded to {peaks[k]:.3g} (> train.divergence_bound={bound:g}) near step {self.state.step}"
+        return means
+
+    def fit(self) -> TrainState:
+        cfg, t = self.cfg, self.cfg.train
+        self.model.train()
+        if not (self.ckpt_dir / "last.pt").is_file():
+            self.save_checkpoint(periodic=False)  # a good state to fall back to from step 0
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.total_steps, initial=self.state.step, disable=not self.show_progress,
+                   desc=f"{cfg.method}", unit="step", dynamic_ncols=True)
+        sums: dict[str, torch.Tensor] = {}
+        maxabs: dict[str, torch.Tensor] = {}
+        count, t_window, lr = 0, time.perf_counter(), 0.0
+        eval_every_steps = max(1, round(t.eval_every * self.steps_per_epoch)) if t.eval_every > 0 else 0
+        with _Interrupt() as interrupt:
+            while self.state.step < self.total_steps:
+                step = self.state.step
+                epoch, index = divmod(step, self.steps_per_epoch)
+                torch.manual_seed(step_seed(cfg.seed, step, self.state.rollbacks))
+                lr = self.set_lr(step)
+                x_u8, y = self.streams[0].batch(epoch, index)
+                x = self.prepare(x_u8)
+                extra = [(self.prepare(xe), ye) for xe, ye in (s.batch(epoch, index) for s in self.streams[1:])]
+                ctx = StepContext(step=step, epoch=epoch, device=self.device, num_classes=self.data.num_classes,
+                                  autocast=self.autocast, extra=extra, data=self.data)
+                terms = self.method.training_step(self.model, x, y, ctx)
+                missing = [k for k in self._weights if k not in terms]
+                if missing:
+                    raise BenchError(f"method {cfg.method!r} returned no loss term(s) {missing}; it returned {sorted(terms)}")
+                loss = sum(w * terms[k].float() for k, w in self._weights.items() if w != 0)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.optim.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+                self.optimizer.step()
+                self.state.step += 1
+                count += 1
+                logged = {"loss": loss.detach(), **{k: v.detach().float() for k, v in terms.items()}}
+                for k, v in logged.items():
+                    v = v.mean() if v.ndim else v
+                    sums[k] = sums[k] + v if k in sums else v.clone()
+                    maxabs[k] = torch.maximum(maxabs[k], v.abs()) if k in maxabs else v.abs()
+                done = self.state.step >= self.total_steps
+                at_ckpt = t.checkpoint_every > 0 and self.state.step % t.checkpoint_every == 0
+                at_eval = eval_every_steps and self.state.step % eval_every_steps == 0
+                if count >= t.log_every or done or at_ckpt or at_eval or interrupt.requested:
+                    result = self._guard(sums, maxabs, count)
+                    if isinstance(result, str):
+                        bar.close()
+                        self._diverged(result)
+                        sums, maxabs, count = {}, {}, 0
+                        bar = tqdm(total=self.total_steps, initial=self.state.step, disable=not self.show_progress,
+                                   desc=f"{cfg.method}", unit="step", dynamic_ncols=True)
+                        continue
+                    elapsed = time.perf_counter() - t_window
+                    self.state.train_seconds += elapsed
+                    entry = {"step": self.state.step, "epoch": round(self.state.step / self.steps_per_epoch, 4),
+                             "lr": lr, **{k: round(v, 6) for k, v in result.items()},
+                             "images_per_s": round(count * cfg.data.batch_size / max(elapsed, 1e-9), 1)}
+                    self.state.history.append(entry)
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in result.items() if k in self._weights or k == "loss"})
+                    bar.update(count)
+                    sums, maxabs, count, t_window = {}, {}, 0, time.perf_counter()
+                    if at_eval:
+                        v = self.validate()
+                        v.update(step=self.state.step, epoch=round(self.state.step / self.steps_per_epoch, 4))
+                        self.state.validation.append(v)
+                        bar.write(f"step {self.state.step}: {v['split']} accuracy {v['accuracy']:.4f} (n={v['n_examples']})")
+                    if at_ckpt or done or interrupt.requested:
+                        self.save_checkpoint(periodic=not done)
+                        self.on_update(self.state, "checkpoint")
+                        t_window = time.perf_counter()
+                    if interrupt.requested and not done:
+                        bar.close()
+                        self.on_update(self.state, "interrupted")
+                        raise InterruptedRun(
+                            f"interrupted at step {self.state.step}/{self.total_steps}; continue with: "
+                            f"bench run --resume {self.run_dir.name}"
+                        )
+        bar.close()
+        return self.state
+
+    def _diverged(self, reason: str) -> None:
+        t = self.cfg.train
+        last = self.ckpt_dir / "last.pt"
+        if t.on_divergence == "rollback" and self.state.rollbacks < t.max_rollbacks:
+            bad_step = self.state.step
+            rollbacks, scale = self.state.rollbacks + 1, self.state.lr_scale * t.rollback_lr_factor
+            events = list(self.state.rollback_events)
+            self.load_checkpoint(last)
+            self.state.rollbacks, self.state.lr_scale = rollbacks, scale
+            event = {"at_step": bad_step, "to_step": self.state.step, "reason": reason,
+                     "lr_scale": scale, "reseed": rollbacks}
+            self.state.rollback_events = events + [event]
+            self.on_update(self.state, "rollback")
+            print(f"divergence: {reason}; rolled back to step {self.state.step}, learning rate x{scale:g}, reseeded")
+            return
+        self.on_update(self.state, "diverged")
+        hint = ("set --on-divergence rollback, lower optim.lr" if t.on_divergence == "stop"
+                else f"rolled back {self.state.rollbacks} times already (train.max_rollbacks); lower optim.lr")
+        raise DivergenceError(f"training diverged: {reason}; last good checkpoint kept at {last} ({hint})")

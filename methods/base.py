@@ -1,0 +1,107 @@
+"""The method plugin interface."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from bench.config import from_dict, to_dict
+from bench.registry import Registry
+
+
+class _MethodRegistry(Registry):
+    _builtin_loader = None
+
+    def _load(self) -> None:
+        if not self._loaded and self._builtin_loader is not None:
+            self._builtin_loader()
+        super()._load()
+
+
+METHODS: _MethodRegistry = _MethodRegistry("method", group="trilemma_bench.methods")
+
+
+def register_method(name: str):
+    """Class decorator: ``@register_method("my-method")``."""
+
+    def add(cls):
+        cls.name = name
+        METHODS.register(name, cls)
+        return cls
+
+    return add
+
+
+def get_method(name: str) -> type["Method"]:
+    return METHODS.get(name)
+
+
+@dataclass
+class StepContext:
+    """What a training step sees besides the model and the batch."""
+
+    step: int  # global optimiser step (0-based)
+    epoch: int
+    device: torch.device
+    num_classes: int
+    autocast: Any  # a context-manager factory: ``with ctx.autocast(): ...`` (bf16 on CUDA)
+    extra: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # independent batches
+    data: Any = None  # the ImageData (train split) for methods that need dataset statistics
+
+
+class Method:
+    """Base class for training methods.
+
+    Subclasses set ``Config`` (a dataclass with the reference defaults) and implement
+    ``training_step``. The trainer minimises ``sum(weights[k] * terms[k])`` over the terms
+    named in :meth:`loss_weights`; every other returned value is logged only (detached).
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = None  # type: ignore[assignment]
+    run_defaults: ClassVar[dict[str, Any]] = {}
+    extra_batches: ClassVar[int] = 0  # independent training batches per step besides the main one
+    reference: ClassVar[str] = ""  # the paper / code it follows
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+
+    @classmethod
+    def make_config(cls, values: dict[str, Any]):
+        if cls.Config is None:
+            if values:
+                from bench.errors import BenchError
+
+                raise BenchError(f"method {cls.name!r} takes no method.* settings")
+            return {}
+        return from_dict(cls.Config, values)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Method":
+        return cls(cls.make_config(values))
+
+    def config_dict(self) -> dict[str, Any]:
+        return to_dict(self.cfg) if self.cfg else {}
+
+    # -- lifecycle -------------------------------------------------------------------
+    def setup(self, model: nn.Module, data: Any, device: torch.device) -> None:
+        """Called once before training (and before a checkpoint's state is loaded)."""
+
+    def loss_weights(self) -> dict[str, float]:
+        return {"ce": 1.0}
+
+    def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Method state that must survive a resume (e.g. a replay buffer)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def on_checkpoint(self, run_dir, step: int) -> None:
+        """Hook for artifacts written with each checkpoint (e.g. a grid of the replay buffer)."""
