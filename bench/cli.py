@@ -221,6 +221,21 @@ def show(run_ref, out, as_json):
     click.echo("\n".join(lines))
 
 
+def _load_commands() -> None:
+    """Each module in ``bench/commands/`` adds its own subcommands to ``cli``."""
+    import importlib
+    import pkgutil
+
+    import bench.commands
+
+    for info in pkgutil.iter_modules(bench.commands.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"bench.commands.{info.name}")
+
+
+_load_commands()
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

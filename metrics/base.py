@@ -10,11 +10,25 @@ import torch
 
 from bench.registry import Registry
 
-METRICS: Registry = Registry(
-    "metric",
-    group="trilemma_bench.metrics",
-    builtin_modules=("metrics.clean", "metrics.pgd"),
-)
+def _builtin_metric_modules() -> tuple[str, ...]:
+    """Every module of the ``metrics`` package is a built-in metric module (imported on first use)."""
+    import pkgutil
+
+    import metrics
+
+    skip = {"base", "protocols"}
+    return tuple(f"metrics.{m.name}" for m in pkgutil.iter_modules(metrics.__path__)
+                 if m.name not in skip and not m.name.startswith("_"))
+
+
+class _MetricRegistry(Registry):
+    def _load(self) -> None:
+        if not self._loaded:
+            self._builtin_modules = _builtin_metric_modules()
+        super()._load()
+
+
+METRICS: Registry = _MetricRegistry("metric", group="trilemma_bench.metrics")
 register_metric = METRICS.register
 
 
