@@ -1,8 +1,10 @@
 """Typed run configuration and its resolution.
 
 Resolution order (later wins): dataclass defaults (the specification's) -> the method's
-reference settings (``Method.run_defaults``) -> the preset (common part, then its per-method
-part) -> a config file (``--config``) -> ``--set key=value`` overrides. The resolved config is
+reference settings (``Method.run_defaults``) -> the preset (``presets/<preset>.yaml``: its
+common ``config:``, then its ``methods: {<method>: ...}`` part, then the method's own file
+``presets/methods/<method>.yaml``, section ``<preset>:``) -> a config file (``--config``) ->
+``--set key=value`` overrides. The resolved config is
 stored in every run record, so a run can be reproduced from its record alone.
 """
 
@@ -241,6 +243,16 @@ def load_preset(name: str) -> dict[str, Any]:
     return data
 
 
+def method_preset(method: str, preset: str) -> dict[str, Any]:
+    """A method's own variant of a preset: section ``<preset>:`` of ``presets/methods/<method>.yaml``."""
+    path = PRESET_DIR / "methods" / f"{method}.yaml"
+    if not path.is_file():
+        return {}
+    with open(path) as fh:
+        data = yaml.safe_load(fh) or {}
+    return data.get(preset, {}) or {}
+
+
 def _normalise_section_keys(d: dict[str, Any]) -> dict[str, Any]:
     d = dict(d)
     if "method" in d and isinstance(d["method"], dict):
@@ -283,6 +295,7 @@ def resolve_config(
     cfg = update_dataclass(cfg, _normalise_section_keys(p.get("config", {}) or {}))
     per_method = (p.get("methods", {}) or {}).get(method, {}) or {}
     cfg = update_dataclass(cfg, _normalise_section_keys(per_method))
+    cfg = update_dataclass(cfg, _normalise_section_keys(method_preset(method, preset)))
     if config_file:
         cfg = update_dataclass(cfg, load_config_file(config_file))
     cli: dict[str, Any] = {}
