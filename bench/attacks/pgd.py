@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench.timing import region
+
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, y) -> scalar to ascend
 
 
@@ -58,17 +60,23 @@ def pgd_linf(
     restarts: int = 1,
     lo: float = 0.0,
     hi: float = 1.0,
+    start: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Return adversarial examples for ``(x, y)`` (detached, within the eps-ball and [lo, hi]).
 
     ``mode`` puts the model in eval or train mode for the attack (restored after). With
     ``restarts`` > 1 each sample keeps the restart that misclassifies it (then the highest loss).
+    ``start``, when given, maps the clean batch to the starting point of each restart in place
+    of the uniform random start (used as returned: the projection applies after the first
+    step; TRADES starts from ``x + 0.001 * N(0, I)``).
     """
     x = x.detach()
     best, best_loss, best_wrong = x.clone(), None, None
-    with model_mode(model, mode), torch.enable_grad():
+    with region("attack"), model_mode(model, mode), torch.enable_grad():
         for _ in range(max(1, restarts)):
-            if random_start:
+            if start is not None:
+                x_adv = start(x).detach()
+            elif random_start:
                 delta = torch.empty_like(x).uniform_(-eps, eps)
                 x_adv = (x + delta).clamp_(lo, hi)
             else:
