@@ -29,6 +29,7 @@ from bench import checkpoint
 from bench.config import RunConfig
 from bench.data import BatchStream, ImageData, augment_batch, to_float
 from bench.errors import BenchError, DivergenceError, InterruptedRun
+from bench.timing import region
 from methods.base import Method, StepContext
 
 
@@ -218,6 +219,32 @@ class Trainer:
                 return f"{k} exploded to {peaks[k]:.3g} (> train.divergence_bound={bound:g}) near step {self.state.step}"
         return means
 
+    def train_step(self, step: int) -> dict[str, torch.Tensor]:
+        """One optimiser step at global step ``step`` (the learning rate is set by the caller).
+
+        Returns the loss and every term the method returned, detached, still on the device
+        (no host synchronisation).
+        """
+        epoch, index = divmod(step, self.steps_per_epoch)
+        torch.manual_seed(step_seed(self.cfg.seed, step, self.state.rollbacks))
+        x_u8, y = self.streams[0].batch(epoch, index)
+        x = self.prepare(x_u8)
+        extra = [(self.prepare(xe), ye) for xe, ye in (s.batch(epoch, index) for s in self.streams[1:])]
+        ctx = StepContext(step=step, epoch=epoch, device=self.device, num_classes=self.data.num_classes,
+                          autocast=self.autocast, extra=extra, data=self.data)
+        terms = self.method.training_step(self.model, x, y, ctx)
+        missing = [k for k in self._weights if k not in terms]
+        if missing:
+            raise BenchError(f"method {self.cfg.method!r} returned no loss term(s) {missing}; it returned {sorted(terms)}")
+        loss = sum(w * terms[k].float() for k, w in self._weights.items() if w != 0)
+        with region("update"):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+            self.optimizer.step()
+        return {"loss": loss.detach(), **{k: v.detach().float() for k, v in terms.items()}}
+
     def fit(self) -> TrainState:
         cfg, t = self.cfg, self.cfg.train
         self.model.train()
@@ -233,28 +260,10 @@ class Trainer:
         eval_every_steps = max(1, round(t.eval_every * self.steps_per_epoch)) if t.eval_every > 0 else 0
         with _Interrupt() as interrupt:
             while self.state.step < self.total_steps:
-                step = self.state.step
-                epoch, index = divmod(step, self.steps_per_epoch)
-                torch.manual_seed(step_seed(cfg.seed, step, self.state.rollbacks))
-                lr = self.set_lr(step)
-                x_u8, y = self.streams[0].batch(epoch, index)
-                x = self.prepare(x_u8)
-                extra = [(self.prepare(xe), ye) for xe, ye in (s.batch(epoch, index) for s in self.streams[1:])]
-                ctx = StepContext(step=step, epoch=epoch, device=self.device, num_classes=self.data.num_classes,
-                                  autocast=self.autocast, extra=extra, data=self.data)
-                terms = self.method.training_step(self.model, x, y, ctx)
-                missing = [k for k in self._weights if k not in terms]
-                if missing:
-                    raise BenchError(f"method {cfg.method!r} returned no loss term(s) {missing}; it returned {sorted(terms)}")
-                loss = sum(w * terms[k].float() for k, w in self._weights.items() if w != 0)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.optim.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-                self.optimizer.step()
+                lr = self.set_lr(self.state.step)
+                logged = self.train_step(self.state.step)
                 self.state.step += 1
                 count += 1
-                logged = {"loss": loss.detach(), **{k: v.detach().float() for k, v in terms.items()}}
                 for k, v in logged.items():
                     v = v.mean() if v.ndim else v
                     sums[k] = sums[k] + v if k in sums else v.clone()
