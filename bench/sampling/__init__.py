@@ -1,0 +1,25 @@
+"""Shared sampling for the JEM family (JEM, JEM++, EB-JDAT) and for generating from any run.
+
+Scale: samplers, replay buffers and class Gaussians work on the references' symmetric [-1, 1]
+scale (``to_sym`` / ``from_sym``); models are always called on [0, 1] images. Step sizes,
+clamps and ``eps`` are therefore the references' numbers.
+
+- :func:`sgld`, :func:`pyld`: the samplers (whole batches, input-only gradients).
+- :class:`ClassGaussians`: per-class mean + covariance of the training images (informative init).
+- :class:`ReplayBuffer`: persistent chains with re-initialisation, optionally class-conditional.
+- :class:`SamplerConfig`, :class:`ContrastiveSampler`: what a method nests in its config / owns.
+- :func:`make_sample_fn`: samples from any trained run (for FID, `bench sample`).
+"""
+
+from bench.sampling.buffer import ReplayBuffer, fresh_starts
+from bench.sampling.gaussians import ClassGaussians
+from bench.sampling.generate import GENERIC_SAMPLER, SampleFn, make_sample_fn, run_sampler_config
+from bench.sampling.images import save_grid, save_npz, to_uint8_nhwc
+from bench.sampling.langevin import first_layer_is_affine, from_sym, model_mode, pyld, sgld, to_sym
+from bench.sampling.sampler import ContrastiveSampler, SamplerConfig, run_sampler
+
+__all__ = [
+    "ClassGaussians", "ContrastiveSampler", "GENERIC_SAMPLER", "ReplayBuffer", "SampleFn", "SamplerConfig",
+    "first_layer_is_affine", "fresh_starts", "from_sym", "make_sample_fn", "model_mode", "pyld", "run_sampler",
+    "run_sampler_config", "save_grid", "save_npz", "sgld", "to_sym", "to_uint8_nhwc",
+]

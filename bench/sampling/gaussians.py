@@ -1,0 +1,196 @@
+"""Class-conditional Gaussians of the training images: JEM++'s "informative initialisation".
+
+Per class ``k``: the mean ``mu_k`` and the covariance ``Sigma_k = Xc^T Xc / n_k + 1e-4 I`` of the
+flattened images on the symmetric [-1, 1] scale (the covariance divides by ``n``, as the
+reference's ``category_mean`` does). By default the images are fitted as the reference saw them:
+augmented (reflect-pad 4, random crop, horizontal flip) and with N(0, 0.03^2) noise on the
+[-1, 1] scale, one augmented copy of each training image.
+
+Storage and sampling never hold more than one D x D matrix (D = 3072 for CIFAR) at a time on
+the host, and keep only a factor ``F_k`` with ``F_k F_k^T + j_k^2 I = Sigma_k + 1e-4 I`` per class:
+
+- ``n_k > D``: ``F_k = cholesky(Sigma_k + 1e-4 I)`` (D x D), ``j_k = 0``;
+- ``n_k <= D``: ``F_k = Xc^T / sqrt(n_k)`` (D x n_k, the covariance has rank < n_k anyway),
+  ``j_k = 1e-2``; the same distribution at a fraction of the memory (CIFAR-100: 500 images
+  per class).
+
+``sample(y)`` draws ``mu_y + F_y z + j_y z'`` and clamps to [-1, 1] (as the reference does for
+the buffer's starts). Fits are cached (``.pt`` files keyed by the training set's content hash
+and the fitting settings), so a run, its resume and ``bench sample`` share one fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.data.stream import augment_batch, to_float
+
+VERSION = 1
+DIAG = 1e-4  # added to every covariance (the reference's 1e-4 * I)
+
+
+def default_cache_dir() -> Path:
+    """``$TRILEMMA_BENCH_CACHE`` or ``~/.cache/trilemma-bench``, subfolder ``gaussians``."""
+    root = os.environ.get("TRILEMMA_BENCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "trilemma-bench")
+    return Path(root) / "gaussians"
+
+
+def content_hash(*tensors: torch.Tensor) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+class ClassGaussians:
+    """Per-class Gaussians on the symmetric scale; see the module docstring."""
+
+    def __init__(self, means: torch.Tensor, factors: list[torch.Tensor], jitters: torch.Tensor,
+                 counts: torch.Tensor, image_shape: tuple[int, ...], meta: dict[str, Any] | None = None):
+        self.means = means  # (K, D) float32
+        self.factors = factors  # K tensors (D, r_k) float32
+        self.jitters = jitters  # (K,) float32
+        self.counts = counts  # (K,) int64: images per class in the fit
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.meta = dict(meta or {})
+
+    @property
+    def num_classes(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.means.device
+
+    def to(self, device) -> "ClassGaussians":
+        return ClassGaussians(self.means.to(device), [f.to(device) for f in self.factors], self.jitters.to(device),
+                              self.counts, self.image_shape, self.meta)
+
+    # -- fitting ---------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, x: torch.Tensor, y: torch.Tensor, num_classes: int, *, augment: bool = True,
+            noise_std: float = 0.03, pad_mode: str = "reflect", flip: bool = True, seed: int = 0,
+            device: torch.device | str = "cpu", chunk: int = 2048) -> "ClassGaussians":
+        """Fit on uint8 images ``x`` (N, C, H, W) with labels ``y``.
+
+        ``augment``: one random crop (pad 4, ``pad_mode``) + ``flip`` per image, as the training
+        pipeline does; ``noise_std``: Gaussian noise on the symmetric scale (the reference's 0.03),
+        0 for none. The augmentation randomness comes from its own generator seeded by ``seed``,
+        so a fit is reproducible. Statistics are accumulated in float64.
+        """
+        device = torch.device(device)
+        d = int(math.prod(x.shape[1:]))
+        gen = torch.Generator(device=device).manual_seed(int(seed))
+        means, factors, jitters, counts = [], [], [], []
+        for k in range(num_classes):
+            xk = x[y == k]
+            n = int(xk.shape[0])
+            if n == 0:
+                raise ValueError(f"class {k} has no training images; class Gaussians need every class")
+            rows = []
+            for i in range(0, n, chunk):
+                xb = to_float(xk[i : i + chunk].to(device))
+                if augment or noise_std > 0:
+                    xb = augment_batch(xb, crop_pad=4 if augment else 0, pad_mode=pad_mode, flip=augment and flip,
+                                       noise_std=noise_std / 2.0, generator=gen)  # pixel units = sym / 2
+                rows.append((xb * 2.0 - 1.0).reshape(xb.shape[0], d).double())
+            xs = torch.cat(rows)
+            mu = xs.mean(0)
+            xc = xs - mu
+            if n > d:
+                cov = xc.T @ xc / n
+                cov.diagonal().add_(DIAG)
+                fac = torch.linalg.cholesky(cov).float()
+                jit = 0.0
+                del cov
+            else:
+                fac = (xc.T / math.sqrt(n)).float().contiguous()
+                jit = math.sqrt(DIAG)
+            means.append(mu.float())
+            factors.append(fac)
+            jitters.append(jit)
+            counts.append(n)
+            del xs, xc
+        meta = {"version": VERSION, "augment": augment, "noise_std": noise_std, "pad_mode": pad_mode, "flip": flip,
+                "seed": seed}
+        return cls(torch.stack(means), factors, torch.tensor(jitters, dtype=torch.float32, device=device),
+                   torch.tensor(counts), tuple(x.shape[1:]), meta)
+
+    @classmethod
+    def fit_or_load(cls, data, *, augment: bool = True, noise_std: float = 0.03, pad_mode: str = "reflect",
+                    flip: bool = True, seed: int = 0, cache_dir: str | Path | None = None,
+                    device: torch.device | str = "cpu") -> "ClassGaussians":
+        """Fit on ``data.x_train`` (an ImageData), or load the cached fit of the same images and settings.
+
+        ``cache_dir``: ``None`` or ``""`` = :func:`default_cache_dir`; ``"off"`` = never cache.
+        """
+        settings = {"version": VERSION, "augment": augment, "noise_std": noise_std, "pad_mode": pad_mode,
+                    "flip": flip, "seed": seed, "num_classes": data.num_classes}
+        use_cache = str(cache_dir).lower() not in ("off", "none", "false")
+        path = None
+        if use_cache:
+            root = Path(cache_dir) if cache_dir else default_cache_dir()
+            key = hashlib.blake2b(
+                (content_hash(data.x_train, data.y_train) + json.dumps(settings, sort_keys=True)).encode(),
+                digest_size=10).hexdigest()
+            safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in str(data.name))[:32]
+            path = root / f"{safe}-{key}.pt"
+            if path.is_file():
+                try:
+                    return cls.from_state_dict(torch.load(path, map_location="cpu", weights_only=True)).to(device)
+                except Exception:
+                    pass  # a corrupt cache file is refitted and rewritten
+        g = cls.fit(data.x_train, data.y_train, data.num_classes, augment=augment, noise_std=noise_std,
+                    pad_mode=pad_mode, flip=flip, seed=seed, device=device)
+        g.meta["dataset"] = str(data.name)
+        if path is not None:
+            from bench.io import torch_save
+
+            try:
+                torch_save(g.to("cpu").state_dict(), path)
+                g.meta["cache"] = str(path)
+            except OSError:
+                pass  # an unwritable cache only costs refitting next time
+        return g
+
+    # -- use -------------------------------------------------------------------------------
+    def covariance(self, k: int) -> torch.Tensor:
+        """``Sigma_k + 1e-4 I`` (D x D, float64), built on demand from the stored factor."""
+        f = self.factors[k].double()
+        cov = f @ f.T
+        cov.diagonal().add_(float(self.jitters[k]) ** 2)
+        return cov
+
+    def sample(self, y: torch.Tensor) -> torch.Tensor:
+        """One image per label in ``y``: (N, C, H, W) float32 on the symmetric scale, clamped to [-1, 1]."""
+        y = torch.as_tensor(y, device=self.device).long().view(-1)
+        d = self.means.shape[1]
+        out = torch.empty(y.shape[0], d, device=self.device)
+        for k in torch.unique(y).tolist():
+            idx = (y == k).nonzero().squeeze(1)
+            fac = self.factors[k]
+            z = torch.randn(idx.shape[0], fac.shape[1], device=self.device)
+            xk = self.means[k] + z @ fac.T
+            j = float(self.jitters[k])
+            if j > 0:
+                xk = xk + j * torch.randn(idx.shape[0], d, device=self.device)
+            out[idx] = xk
+        return out.clamp_(-1.0, 1.0).view(y.shape[0], *self.image_shape)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"means": self.means, "factors": list(self.factors), "jitters": self.jitters, "counts": self.counts,
+                "image_shape": list(self.image_shape), "meta": json.dumps(self.meta)}
+
+    @classmethod
+    def from_state_dict(cls, st: dict[str, Any]) -> "ClassGaussians":
+        return cls(st["means"], list(st["factors"]), st["jitters"], st["counts"], tuple(st["image_shape"]),
+                   json.loads(st.get("meta", "{}")))

@@ -1,0 +1,204 @@
+"""Samples from any trained run: every classifier is an energy model, ``E(x) = -logsumexp f(x)``.
+
+``make_sample_fn(model, cfg, device)`` returns ``fn(n, y=None) -> (n, C, H, W)`` float images in
+[0, 1]. Runs whose method config nests a ``sampler`` section (the JEM family, EB-JDAT) sample
+with their own settings; any other run (``ce``, ``pgd-at``, ``trades``, ...) uses
+:data:`GENERIC_SAMPLER` (SGLD with JEM's step size and noise, clamped to the image range, from
+fresh class-Gaussian starts). Chains start fresh (``steps`` defaults to 100, the step count of
+JEM's evaluation script for samples from scratch) or, with ``buffer_state``, from a saved replay
+buffer (``steps`` defaults to 0: the buffer itself, as the authors evaluate it).
+
+The model is left as it was: its mode is restored, and for samplers that run in train mode
+(JEM++) the batch-norm running statistics are restored after each call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any, Iterator
+
+import torch
+
+from bench.config import from_dict
+from bench.errors import BenchError
+from bench.models.base import energy_from_logits
+from bench.sampling.buffer import fresh_starts
+from bench.sampling.gaussians import ClassGaussians
+from bench.sampling.langevin import from_sym, model_mode
+from bench.sampling.sampler import KINDS, SamplerConfig, run_sampler
+
+FRESH_STEPS = 100  # JEM's eval_wrn_ebm.py --n_sample_steps default for samples from scratch
+
+GENERIC_SAMPLER = SamplerConfig(kind="sgld", steps=FRESH_STEPS, step_size=1.0, noise_std=0.01, clamp=True,
+                                mode="eval", buffer_size=0, init="informative")
+
+# a sampler kind's own reference step settings, used when a run's sampler is swapped for the other kind
+KIND_SETTINGS: dict[str, dict[str, Any]] = {
+    "sgld": {"step_size": 1.0, "noise_std": 0.01, "grad_clamp": 0.0},  # JEM
+    "pyld": {"in_steps": 5, "pyld_lr": 0.2, "eps": 1.0, "step_size": 0.0, "noise_std": 0.0},  # JEM++
+}
+
+
+def run_sampler_config(cfg) -> tuple[SamplerConfig, bool]:
+    """``(sampler config, True)`` for runs with their own sampler, else ``(GENERIC_SAMPLER, False)``."""
+    section = (cfg.method_cfg or {}).get("sampler")
+    if isinstance(section, dict):
+        return from_dict(SamplerConfig, section), True
+    return GENERIC_SAMPLER, False
+
+
+@contextlib.contextmanager
+def preserved_buffers(model: torch.nn.Module) -> Iterator[None]:
+    """Restore every buffer (batch-norm running statistics, counters) of ``model`` afterwards."""
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
+
+
+class SampleFn:
+    """``fn(n, y=None)``: ``n`` samples in [0, 1]; ``y`` an int class or (n,) labels for ``x | y``.
+
+    After each call ``stats`` holds ``n``, ``steps`` and the mean energies of the starts and of
+    the results (eval mode; ``E(x, y)`` for a conditional call).
+    """
+
+    def __init__(self, model, sampler: SamplerConfig, device, *, steps: int, num_classes: int,
+                 image_shape: tuple[int, ...], gaussians: ClassGaussians | None, buffer: torch.Tensor | None,
+                 buffer_conditional: bool, batch_size: int, track_energy: bool):
+        self.model, self.sampler, self.device = model, sampler, torch.device(device)
+        self.steps, self.num_classes, self.image_shape = steps, num_classes, tuple(image_shape)
+        self.gaussians, self.buffer, self.buffer_conditional = gaussians, buffer, buffer_conditional
+        self.batch_size, self.track_energy = batch_size, track_energy
+        self.stats: dict[str, Any] = {}
+        self._pred: torch.Tensor | None = None  # predicted classes of the saved buffer (for x|y)
+
+    # -- starts ------------------------------------------------------------------------------
+    def _labels(self, n: int, y) -> torch.Tensor | None:
+        if y is None:
+            return None
+        y = torch.as_tensor(y, device=self.device).long().view(-1)
+        if y.numel() == 1:
+            y = y.expand(n).clone()
+        if y.shape[0] != n:
+            raise BenchError(f"got {y.shape[0]} labels for {n} samples; pass one class or n labels")
+        if (y < 0).any() or (y >= self.num_classes).any():
+            raise BenchError(f"class labels must lie in [0, {self.num_classes - 1}]")
+        return y
+
+    def _predicted(self) -> torch.Tensor:
+        if self._pred is None:
+            preds = []
+            with torch.no_grad(), model_mode(self.model, "eval"):
+                for i in range(0, self.buffer.shape[0], self.batch_size):
+                    preds.append(self.model(from_sym(self.buffer[i: i + self.batch_size].to(self.device))).argmax(1))
+            self._pred = torch.cat(preds)
+        return self._pred
+
+    @staticmethod
+    def _choose(pool: torch.Tensor, n: int, device) -> torch.Tensor:
+        """``n`` entries of ``pool``: distinct while the pool lasts, then with replacement."""
+        if n <= pool.shape[0]:
+            return pool[torch.randperm(pool.shape[0], device=pool.device)[:n]]
+        return pool[torch.randint(0, pool.shape[0], (n,), device=pool.device)]
+
+    def starts(self, n: int, y: torch.Tensor | None) -> torch.Tensor:
+        if self.buffer is None:
+            return fresh_starts(n, self.image_shape, self.num_classes, self.sampler.init, self.gaussians, y, self.device)
+        size = self.buffer.shape[0]
+        if y is None:
+            idx = self._choose(torch.arange(size), n, self.device)
+        else:
+            idx = torch.empty(n, dtype=torch.long)
+            y_cpu = y.cpu()
+            for k in torch.unique(y_cpu).tolist():
+                where = (y_cpu == k).nonzero().squeeze(1)
+                if self.buffer_conditional:
+                    per = size // self.num_classes
+                    pool = torch.arange(k * per, (k + 1) * per)
+                else:  # an unconditional buffer: the entries the model classifies as k
+                    pool = (self._predicted().cpu() == k).nonzero().squeeze(1)
+                    if pool.numel() == 0:
+                        raise BenchError(f"no entry of the saved buffer is classified as class {k}; "
+                                         "use --buffer fresh for this class")
+                idx[where] = self._choose(pool, where.shape[0], self.device)
+        return self.buffer[idx].to(self.device).float()
+
+    # -- sampling ----------------------------------------------------------------------------
+    def _energy(self, xs: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        with torch.no_grad(), model_mode(self.model, "eval"):
+            return energy_from_logits(self.model(from_sym(xs)), y)
+
+    def __call__(self, n: int, y=None) -> torch.Tensor:
+        if int(n) < 1:
+            raise BenchError(f"the number of samples must be positive, got {n}")
+        n = int(n)
+        y = self._labels(n, y)
+        out, e0, e1 = [], [], []
+        mode = "eval" if self.sampler.mode == "keep" else self.sampler.mode
+        with preserved_buffers(self.model):
+            for i in range(0, n, self.batch_size):
+                yb = None if y is None else y[i: i + self.batch_size]
+                x0 = self.starts(min(self.batch_size, n - i), yb)
+                if self.track_energy:
+                    e0.append(self._energy(x0, yb))
+                xs = run_sampler(self.sampler, self.model, x0, y=yb, steps=self.steps, mode=mode) if self.steps else x0
+                if self.track_energy:
+                    e1.append(self._energy(xs, yb))
+                out.append(from_sym(xs).clamp_(0.0, 1.0))
+        self.stats = {"n": n, "steps": self.steps, "sampler": self.sampler.kind}
+        if self.track_energy:
+            self.stats["energy_start"] = float(torch.cat(e0).mean())
+            self.stats["energy_end"] = float(torch.cat(e1).mean())
+        return torch.cat(out)
+
+
+def make_sample_fn(model, cfg, device, *, steps: int | None = None, sampler: str | SamplerConfig | None = None,
+                   buffer_state: dict | None = None, data=None, batch_size: int = 256,
+                   track_energy: bool = True) -> SampleFn:
+    """A sampling function for the run with config ``cfg`` (a RunConfig) and trained ``model``.
+
+    ``steps``: sampler steps per chain (default 100 from fresh starts, 0 from a saved buffer).
+    ``sampler``: ``"sgld"``/``"pyld"`` swaps the run's sampler kind (with that kind's reference
+    step settings), a :class:`SamplerConfig` replaces it. ``buffer_state``: a replay-buffer
+    state (``ReplayBuffer.state_dict()``, e.g. ``ckpt["method"]["sampler"]["buffer"]``) to start
+    from instead of fresh starts. ``data``: the run's ImageData, loaded when an informative
+    start needs it and it is not given.
+    """
+    device = torch.device(device)
+    scfg, _own = run_sampler_config(cfg)
+    if isinstance(sampler, SamplerConfig):
+        scfg = sampler
+    elif sampler is not None:
+        if sampler not in KINDS:
+            raise BenchError(f"sampler {sampler!r} is not valid; choose sgld or pyld")
+        if sampler != scfg.kind:
+            scfg = dataclasses.replace(scfg, kind=sampler, **KIND_SETTINGS[sampler])
+    if steps is not None and steps < 0:
+        raise BenchError(f"steps must be >= 0, got {steps}")
+    buffer, conditional = None, False
+    if buffer_state is not None:
+        buffer = buffer_state["x"]
+        conditional = bool(buffer_state.get("conditional", False))
+        n_steps = 0 if steps is None else steps
+    else:
+        n_steps = FRESH_STEPS if steps is None else steps
+    gaussians = None
+    if buffer is None and data is None:  # fresh starts need the image shape (and maybe the Gaussian fit)
+        from bench.runner import prepare_data
+
+        data = prepare_data(cfg)
+    if buffer is None and scfg.init == "informative":
+        gaussians = ClassGaussians.fit_or_load(data, augment=scfg.fit_augment, noise_std=scfg.fit_noise_std,
+                                               cache_dir=scfg.cache_dir, device=device)
+    num_classes = getattr(model, "num_classes", None) or (data.num_classes if data is not None else None)
+    if num_classes is None:
+        raise BenchError("cannot tell the number of classes of this model; pass data=")
+    image_shape = tuple(buffer.shape[1:]) if buffer is not None else tuple(data.image_shape)
+    return SampleFn(model, scfg, device, steps=n_steps, num_classes=num_classes, image_shape=image_shape,
+                    gaussians=gaussians, buffer=buffer, buffer_conditional=conditional, batch_size=batch_size,
+                    track_energy=track_energy)

@@ -1,0 +1,147 @@
+"""``SamplerConfig`` + ``ContrastiveSampler``: the negative-sample source of the JEM family.
+
+A method nests a :class:`SamplerConfig` in its own config (``method.sampler.<key>=...`` on the
+command line) and owns one :class:`ContrastiveSampler`, built in ``Method.setup``:
+
+    self.sampler = ContrastiveSampler(self.cfg.sampler, data, device)
+    x_hat = self.sampler.draw(model, batch_size)          # [0, 1] images, detached
+    state = self.sampler.state_dict()                      # the replay buffer, for checkpoints
+
+All step sizes, noise levels and clamps are on the symmetric [-1, 1] scale (the references'
+numbers); ``draw`` converts to and from the [0, 1] pixels models take.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from bench.errors import BenchError
+from bench.sampling.buffer import INITS, ReplayBuffer, fresh_starts
+from bench.sampling.gaussians import ClassGaussians
+from bench.sampling.langevin import MODES, from_sym, pyld, sgld
+
+KINDS = ("sgld", "pyld")
+
+
+@dataclass
+class SamplerConfig:
+    """Sampler and replay-buffer settings. Defaults: JEM's SGLD (Grathwohl et al. 2020)."""
+
+    kind: str = "sgld"  # sgld (JEM) | pyld (JEM++)
+    steps: int = 20  # SGLD steps; PYLD outer steps (JEM++: 10)
+    step_size: float = 1.0  # SGLD alpha; PYLD's optional outer step lr_sgld (JEM++: 0 = off)
+    noise_std: float = 0.01  # SGLD sigma; PYLD's noise after the inner steps (JEM++: 0)
+    clamp: bool = False  # SGLD: clamp to [-1, 1] after each step (JEM: off); PYLD always clamps
+    grad_clamp: float = 0.0  # SGLD: >0 clamps the gradient to +-value (SADA-JEM style); 0 = off
+    in_steps: int = 5  # PYLD inner (first-layer-only) steps per outer step
+    pyld_lr: float = 0.2  # PYLD inner step size
+    eps: float = 1.0  # PYLD gradient clamp (+-eps), not a ball
+    fast: bool = True  # PYLD: use the affine-first-layer identity when it holds (same iterates)
+    mode: str = "eval"  # model mode while sampling: eval (JEM) | train (JEM++) | keep
+    buffer_size: int = 10000  # persistent chains; 0 = no buffer (a fresh start for every draw)
+    reinit_freq: float = 0.05  # probability that a drawn entry restarts fresh
+    init: str = "uniform"  # fresh starts: uniform U(-1, 1) (JEM) | informative class Gaussians (JEM++)
+    conditional: bool = False  # class-conditional buffer (index y * (size // K) + i)
+    fit_augment: bool = True  # informative: fit the Gaussians on augmented images (the reference)
+    fit_noise_std: float = 0.03  # informative: noise added before fitting, symmetric scale (reference 0.03)
+    cache_dir: str = ""  # where Gaussian fits are cached; "" = ~/.cache/trilemma-bench; "off" = never
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise BenchError(f"method.sampler.kind={self.kind!r} is not valid; choose sgld or pyld")
+        if self.init not in INITS:
+            raise BenchError(f"method.sampler.init={self.init!r} is not valid; choose uniform or informative")
+        if self.mode not in MODES:
+            raise BenchError(f"method.sampler.mode={self.mode!r} is not valid; choose eval, train or keep")
+        if self.steps < 0 or self.in_steps < 0:
+            raise BenchError("method.sampler.steps and method.sampler.in_steps must be >= 0")
+        if self.buffer_size < 0:
+            raise BenchError(f"method.sampler.buffer_size must be >= 0, got {self.buffer_size}")
+        if not 0.0 <= self.reinit_freq <= 1.0:
+            raise BenchError(f"method.sampler.reinit_freq must lie in [0, 1], got {self.reinit_freq}")
+        for name in ("step_size", "noise_std", "grad_clamp", "pyld_lr", "eps", "fit_noise_std"):
+            if getattr(self, name) < 0:
+                raise BenchError(f"method.sampler.{name} must be >= 0, got {getattr(self, name)}")
+
+
+def run_sampler(cfg: SamplerConfig, model: torch.nn.Module, xs: torch.Tensor, y: torch.Tensor | None = None,
+                steps: int | None = None, mode: str | None = None, trace: dict | None = None) -> torch.Tensor:
+    """Run ``cfg``'s sampler on symmetric-scale ``xs`` (``steps`` overrides ``cfg.steps``)."""
+    n = cfg.steps if steps is None else steps
+    mode = cfg.mode if mode is None else mode
+    if cfg.kind == "sgld":
+        return sgld(model, xs, steps=n, step_size=cfg.step_size, noise_std=cfg.noise_std, clamp=cfg.clamp, y=y,
+                    mode=mode, grad_clamp=cfg.grad_clamp, trace=trace)
+    return pyld(model, xs, n_steps=n, in_steps=cfg.in_steps, lr=cfg.pyld_lr, eps=cfg.eps, sgld_lr=cfg.step_size,
+                sgld_std=cfg.noise_std, y=y, mode=mode, fast=None if cfg.fast else False, trace=trace)
+
+
+def _match_memory_format(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    w = getattr(getattr(model, "first_layer", None), "weight", None)
+    if x.ndim == 4 and w is not None and w.ndim == 4 and w.is_contiguous(memory_format=torch.channels_last):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+class ContrastiveSampler:
+    """Replay buffer + sampler: ``draw(model, batch_size, y=None)`` returns negative samples in [0, 1]."""
+
+    def __init__(self, cfg: SamplerConfig, data, device: torch.device | str = "cpu",
+                 gaussians: ClassGaussians | None = None):
+        """``data``: the training ImageData (image shape, class count, and the Gaussian fit)."""
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.image_shape = tuple(data.image_shape)
+        self.num_classes = data.num_classes
+        self.gaussians = gaussians
+        if cfg.init == "informative" and self.gaussians is None:
+            self.gaussians = ClassGaussians.fit_or_load(data, augment=cfg.fit_augment, noise_std=cfg.fit_noise_std,
+                                                        cache_dir=cfg.cache_dir, device=self.device)
+        self.buffer = self.new_buffer(cfg.buffer_size) if cfg.buffer_size > 0 else None
+        self.last: dict[str, torch.Tensor] = {}  # statistics of the latest draw (device tensors)
+
+    def new_buffer(self, size: int, reinit_freq: float | None = None) -> ReplayBuffer:
+        c = self.cfg
+        return ReplayBuffer(size, self.image_shape, self.num_classes, init=c.init,
+                            reinit_freq=c.reinit_freq if reinit_freq is None else reinit_freq,
+                            conditional=c.conditional, gaussians=self.gaussians, device=self.device)
+
+    def fresh(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Fresh starts on the symmetric scale (uniform or from the class Gaussians)."""
+        return fresh_starts(n, self.image_shape, self.num_classes, self.cfg.init, self.gaussians, y, self.device)
+
+    def draw(self, model: torch.nn.Module, batch_size: int, y: torch.Tensor | None = None,
+             steps: int | None = None) -> torch.Tensor:
+        """Draw starts from the buffer, run the sampler, write the results back; returns [0, 1] images.
+
+        ``y``: labels for a conditional draw (sampling ``x | y`` with ``E(x, y)``); needs
+        ``conditional=True`` when there is a buffer. The result is detached; it is not clamped
+        (an unclamped SGLD chain may leave the range, as in JEM).
+        """
+        if y is not None:
+            y = torch.as_tensor(y, device=self.device).long().view(-1)
+            batch_size = y.shape[0]
+        if self.buffer is not None:
+            x0, idx = self.buffer.sample(batch_size, y)
+        else:
+            x0, idx = self.fresh(batch_size, y), None
+        trace: dict = {}
+        xs = run_sampler(self.cfg, model, _match_memory_format(model, x0), y=y, steps=steps, trace=trace)
+        if idx is not None:
+            self.buffer.write(idx, xs)
+        self.last = {k: v for k, v in trace.items() if isinstance(v, torch.Tensor)}
+        return from_sym(xs)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"buffer": self.buffer.state_dict() if self.buffer is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = (state or {}).get("buffer")
+        if self.buffer is not None and saved is not None:
+            self.buffer.load_state_dict(saved)
+        elif (self.buffer is None) != (saved is None):
+            raise BenchError("the saved sampler state and this sampler disagree on having a replay buffer; "
+                             "keep the run's method.sampler.buffer_size")
