@@ -1,0 +1,53 @@
+"""`bench perf`: training throughput per method (fast vs plain path), phases, FE and MFU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from bench.cli import CONTEXT, cli
+from bench.errors import BenchError
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--method", "-m", "methods", multiple=True, help="Method(s) to time (default: all registered).")
+@click.option("--preset", "-p", default="smoke", show_default=True, help="Preset giving model, batch size, method settings.")
+@click.option("--arch", "-a", default=None, help="Override the preset's architecture (e.g. wrn-28-10 on a GPU).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--steps", type=int, default=10, show_default=True, help="Timed steps per method and variant.")
+@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed steps first.")
+@click.option("--peak-tflops", type=float, default=None, help="Peak for MFU (default: measured with a large matmul).")
+@click.option("--no-plain", is_flag=True, help="Skip the plain eager fp32 baseline.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Extra settings, as in bench run.")
+@click.option("--json", "json_out", default=None, metavar="FILE", help="Also write the report as JSON ('-' for stdout).")
+def perf(methods, preset, arch, device, steps, warmup, peak_tflops, no_plain, overrides, json_out):
+    """Time the real training step of each method and compare it with the plain fp32 loop.
+
+    \b
+    Examples:
+      bench perf --preset smoke
+      bench perf --method ebjdat --method pgd-at --steps 20
+      bench perf --preset paper --arch wrn-28-10 --device cuda --json perf.json
+    """
+    from bench.perf import format_table, run_perf
+    from methods import METHODS
+
+    if steps < 1 or warmup < 0:
+        raise BenchError("--steps must be >= 1 and --warmup >= 0")
+    names = list(methods) or METHODS.names()
+    for m in names:
+        METHODS.get(m)  # unknown names fail here with the list of valid ones
+    variants = ("fast",) if no_plain else ("fast", "plain")
+    report = run_perf(names, preset, arch=arch, device=device, steps=steps, warmup=warmup,
+                      peak_tflops=peak_tflops, variants=variants, overrides=tuple(overrides))
+    if json_out == "-":
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(format_table(report))
+    if json_out:
+        from bench.io import write_json
+
+        write_json(Path(json_out), report)
+        click.echo(f"json: {json_out}")

@@ -1,0 +1,253 @@
+"""`bench perf`: steady-state training throughput per method, split by phase, with FLOP counts.
+
+For each method the real training step (``Trainer.train_step``, the code `bench run` executes)
+is timed after a warm-up, in two variants:
+
+- ``fast``: as `bench run` trains (channels_last; on CUDA bf16 autocast and the fused optimiser),
+- ``plain``: eager fp32, NCHW, no autocast (the baseline the fast path must beat),
+
+plus, where a method declares one, a ``reference`` variant that mimics the published code's loop
+(settings in ``REFERENCE_VARIANTS``). FLOPs are counted with torch's FLOP formulas
+(``torch.utils.flop_counter``) on one step; forward-equivalents (FE) per labelled image = step FLOPs / (forward FLOPs per image x
+batch); model-FLOP utilisation (MFU) = achieved FLOP/s / peak, the peak given or measured with
+a large matmul (bf16 on CUDA, fp32 on CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+from bench.config import RunConfig, resolve_config
+from bench.models import build_model
+from bench.runner import prepare_data, resolve_device
+from bench.timing import measure_regions
+from bench.trainer import Trainer
+from methods import get_method
+
+# Settings (``--set`` style) that turn a method's step into its reference implementation's loop.
+# A method's module may add its own entry.
+REFERENCE_VARIANTS: dict[str, list[str]] = {}
+
+
+@dataclass
+class StepTiming:
+    method: str
+    variant: str
+    device: str
+    arch: str
+    batch_size: int
+    steps: int
+    seconds_per_step: float
+    images_per_s: float
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per step by region
+    step_gflop: float = 0.0
+    forward_gflop_per_image: float = 0.0
+    fe_per_image: float = 0.0
+    mfu: float | None = None
+
+
+class FlopCount(TorchDispatchMode):
+    """Total FLOPs of the aten ops run inside the block, by torch's own formulas
+    (``torch.utils.flop_counter.flop_registry``: matmuls and convolutions, forward and backward).
+
+    Unlike ``FlopCounterMode`` it tracks no modules, so it also works around
+    ``torch.autograd.grad`` with respect to inputs (attack and sampler steps).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += int(formula(*args, **kwargs, out_val=out))
+        return out
+
+
+def measure_peak_flops(device: torch.device, seconds: float = 1.0) -> tuple[float, str]:
+    """Dense matmul FLOP/s: bf16 8192^3 on CUDA, fp32 1024^3 on CPU."""
+    if device.type == "cuda":
+        n, dtype = 8192, torch.bfloat16
+    else:
+        n, dtype = 1024, torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    sync(device)
+    dt = time.perf_counter() - t0
+    return 2 * n**3 * reps / dt, f"{str(dtype).replace('torch.', '')} matmul {n}x{n}"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def forward_flops_per_image(model: torch.nn.Module, shape: tuple[int, ...], device: torch.device) -> float:
+    x = torch.rand(2, *shape, device=device)
+    was = model.training
+    model.eval()
+    with torch.no_grad(), FlopCount() as fc:
+        model(x)
+    model.train(was)
+    return fc.total / 2
+
+
+def variant_config(cfg: RunConfig, variant: str, method: str) -> RunConfig:
+    if variant == "fast":
+        return cfg
+    if variant == "plain":
+        return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, channels_last=False, amp="off"))
+    if variant == "reference":
+        sets = REFERENCE_VARIANTS.get(method)
+        if not sets:
+            raise ValueError(f"no reference variant for {method}")
+        plain = variant_config(cfg, "plain", method)
+        return resolve_config(method, preset=cfg.preset, dataset=cfg.data.dataset, arch=cfg.model.arch,
+                              seed=cfg.seed, device=cfg.device, overrides=_as_sets(plain) + sets)
+    raise ValueError(variant)
+
+
+def _as_sets(cfg: RunConfig) -> list[str]:
+    """``--set`` items that reproduce ``cfg``'s train/model/data/optim sections."""
+    import json
+
+    out = []
+    for section in ("data", "model", "optim", "train", "eval"):
+        for k, v in dataclasses.asdict(getattr(cfg, section)).items():
+            out.append(f"{section}.{k}={json.dumps(v)}")
+    for k, v in cfg.method_cfg.items():
+        out.append(f"method.{k}={json.dumps(v)}")
+    return out
+
+
+def time_method(cfg: RunConfig, variant: str, *, steps: int, warmup: int, peak: float | None,
+                data=None) -> StepTiming:
+    device = resolve_device(cfg.device)
+    data = data if data is not None else prepare_data(cfg)
+    vcfg = variant_config(cfg, variant, cfg.method)
+    torch.manual_seed(vcfg.seed)
+    model = build_model(vcfg.model, data.num_classes).to(device)
+    method = get_method(vcfg.method).from_dict(vcfg.method_cfg)
+    method.setup(model, data, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(vcfg, model, method, data, device, tmp, show_progress=False)
+        model.train()
+        for s in range(warmup):
+            trainer.set_lr(s)
+            trainer.train_step(s)
+        with FlopCount() as fc:
+            trainer.train_step(warmup)
+        step_flops = fc.total
+        sync(device)
+        with measure_regions(device) as phases:
+            t0 = time.perf_counter()
+            for s in range(warmup + 1, warmup + 1 + steps):
+                trainer.train_step(s)
+            sync(device)
+            dt = time.perf_counter() - t0
+    fwd = forward_flops_per_image(model, tuple(data.image_shape), device)
+    b = vcfg.data.batch_size
+    per_step = dt / steps
+    named = {k: v / steps for k, v in phases.items()}
+    named["other"] = max(0.0, per_step - sum(named.values()))
+    return StepTiming(
+        method=cfg.method, variant=variant, device=str(device), arch=vcfg.model.arch, batch_size=b, steps=steps,
+        seconds_per_step=per_step, images_per_s=b / per_step, phases=named, step_gflop=step_flops / 1e9,
+        forward_gflop_per_image=fwd / 1e9, fe_per_image=step_flops / (fwd * b) if fwd else 0.0,
+        mfu=(step_flops / per_step / peak) if peak else None,
+    )
+
+
+def run_perf(methods: list[str], preset: str, *, arch: str | None = None, device: str = "auto",
+             steps: int = 10, warmup: int = 3, peak_tflops: float | None = None, variants=("fast", "plain"),
+             overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    dev = resolve_device(device)
+    if peak_tflops:
+        peak, peak_how = peak_tflops * 1e12, "given"
+    else:
+        peak, peak_how = measure_peak_flops(dev)
+    results: list[StepTiming] = []
+    data_cache: dict[str, Any] = {}
+    for m in methods:
+        cfg = resolve_config(m, preset=preset, arch=arch, device=device, overrides=list(overrides))
+        key = cfg.data.dataset + str(cfg.data.train_subset)
+        if key not in data_cache:
+            data_cache[key] = prepare_data(cfg)
+        wanted = list(variants) + (["reference"] if m in REFERENCE_VARIANTS else [])
+        for v in wanted:
+            results.append(time_method(cfg, v, steps=steps, warmup=warmup, peak=peak, data=data_cache[key]))
+    return {
+        "device": _device_name(dev),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "preset": preset,
+        "peak_tflops": peak / 1e12,
+        "peak_measured_by": peak_how,
+        "date": time.strftime("%Y-%m-%d"),
+        "results": [dataclasses.asdict(r) for r in results],
+        "ratios": _ratios(results),
+    }
+
+
+def _ratios(results: list[StepTiming]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    by = {(r.method, r.variant): r for r in results}
+    for (m, v), r in by.items():
+        if v != "fast":
+            continue
+        entry = {}
+        for other in ("plain", "reference"):
+            if (m, other) in by:
+                entry[f"fast_vs_{other}"] = by[(m, other)].seconds_per_step / r.seconds_per_step
+        out[m] = entry
+    return out
+
+
+def _device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    import pandas as pd
+
+    rows = []
+    for r in report["results"]:
+        ph = r["phases"]
+        rows.append({
+            "method": r["method"], "variant": r["variant"], "arch": r["arch"], "batch": r["batch_size"],
+            "img/s": round(r["images_per_s"], 1), "ms/step": round(1e3 * r["seconds_per_step"], 1),
+            "sampler ms": round(1e3 * ph.get("sampler", 0.0), 1), "attack ms": round(1e3 * ph.get("attack", 0.0), 1),
+            "update ms": round(1e3 * ph.get("update", 0.0), 1), "other ms": round(1e3 * ph.get("other", 0.0), 1),
+            "FE/img": round(r["fe_per_image"], 1), "GFLOP/step": round(r["step_gflop"], 2),
+            "MFU %": round(100 * r["mfu"], 1) if r["mfu"] is not None else None,
+        })
+    table = pd.DataFrame(rows).to_markdown(index=False, floatfmt="g")
+    lines = [f"device: {report['device']}, torch {report['torch']}, preset {report['preset']}, "
+             f"peak {report['peak_tflops']:.3g} TFLOP/s ({report['peak_measured_by']}), {report['date']}", "", table, ""]
+    for m, ratios in report["ratios"].items():
+        parts = [f"{k.replace('fast_vs_', 'fast/')} {v:.2f}x" for k, v in ratios.items()]
+        if parts:
+            lines.append(f"{m}: " + ", ".join(parts))
+    return "\n".join(lines)
