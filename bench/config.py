@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -138,6 +139,14 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise BenchError(f"{where} expects an integer, got {value!r}")
         return int(value)
     if hint is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads exponents without a dot (1e-4, 5e-4) as strings
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if math.isfinite(number):
+                value = number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise BenchError(f"{where} expects a number, got {value!r}")
         return float(value)

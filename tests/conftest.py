@@ -1,0 +1,168 @@
+"""Shared test fixtures and helpers.
+
+Tests run with one torch thread (``BENCH_TEST_THREADS`` changes it), subprocesses too.
+
+Fixture names are a stable interface (other test modules use them):
+
+``repo_root``          Path of the repository root.
+``shapes_data_dir``    (session) a folder holding the shapes10 cache (10k/2k images), generated once
+                       per session (~16 s); pass it as ``--data-dir`` or ``DataConfig.data_dir``.
+``results_root``       a fresh, empty results root (``--out``) under ``tmp_path``.
+``bench_cli``          ``bench_cli(*args) -> CliResult``: the real ``bench`` entry point
+                       (``bench.cli.main``, error formatting and exit codes included) run
+                       in-process; ``CliResult`` has ``exit_code``, ``stdout``, ``stderr``.
+``bench_subprocess``   ``bench_subprocess(*args, env=None, timeout=300) -> CliResult``: the same
+                       through ``python -m bench`` in a child process (use for signals, plugins
+                       and concurrency).
+``tiny_args``          ``tiny_args(out, data_dir, steps=4)``: the ``bench run`` options of a
+                       tiny smoke run (128 training images, batch 32, ``steps`` steps, 32
+                       evaluation images) as a list, to append after ``--method``.
+``tiny_overrides``     the same as ``--set`` strings for ``resolve_config(overrides=...)``.
+``complete_run``       (session) the directory of one finished tiny ``ce`` run (do not modify it;
+                       copy it first), under the results root ``complete_run.parent.parent``.
+``cifar_npz``          path of the real CIFAR-10 sample ``../shared/data/cifar10-train-5k.npz``
+                       relative to the repo root; the test is skipped when it is absent.
+``CIFAR_NPZ``          (module constant) the same path, for ``skipif`` marks.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+# One intra-op thread: the models under test are tiny, and on a shared 2-core machine two
+# OpenMP threads per process spin against the other processes (measured: 8x slower per step).
+# Subprocesses get the same count, so in-process and subprocess runs compute identical bits.
+torch.set_num_threads(int(os.environ.get("BENCH_TEST_THREADS", "1")))
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CIFAR_NPZ = REPO_ROOT.parent / "shared" / "data" / "cifar10-train-5k.npz"
+
+TINY_SETTINGS = (
+    "data.train_subset=128",
+    "data.batch_size=32",
+    "train.eval_examples=32",
+    "eval.n_examples=32",
+    "eval.batch_size=32",
+)
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shapes_data_dir(tmp_path_factory) -> Path:
+    """A data dir with the shapes10 cache, made once per session."""
+    from bench.data.shapes import cache_path, load_arrays
+
+    d = tmp_path_factory.mktemp("shapes10-data")
+    local = cache_path(REPO_ROOT / "data")  # a developer's cache (git-ignored): same bytes, saves the 16 s
+    if local.is_file():
+        shutil.copy(local, cache_path(d))
+    arrays = load_arrays(d)  # validates the copied cache (shape check) or generates it
+    assert arrays["x_train"].shape == (10_000, 32, 32, 3)
+    return d
+
+
+@pytest.fixture
+def results_root(tmp_path) -> Path:
+    return tmp_path / "results"
+
+
+def _run_main(args: list[str]) -> CliResult:
+    from click.testing import CliRunner
+
+    from bench.cli import main
+
+    runner = CliRunner()
+    old_argv = sys.argv
+    code = 0
+    with runner.isolation() as (out, err, *_):
+        sys.argv = ["bench", *map(str, args)]
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            sys.argv = old_argv
+            sys.stdout.flush()
+            sys.stderr.flush()
+        return CliResult(code, out.getvalue().decode(), err.getvalue().decode())
+
+
+@pytest.fixture
+def bench_cli():
+    return lambda *args: _run_main(list(args))
+
+
+def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
+    env.update(extra or {})
+    return env
+
+
+def run_subprocess(*args, env: dict[str, str] | None = None, timeout: float = 300, cwd=None) -> CliResult:
+    p = subprocess.run([sys.executable, "-m", "bench", *map(str, args)], capture_output=True, text=True,
+                       env=subprocess_env(env), timeout=timeout, cwd=cwd or REPO_ROOT)
+    return CliResult(p.returncode, p.stdout, p.stderr)
+
+
+@pytest.fixture
+def bench_subprocess():
+    return run_subprocess
+
+
+def make_tiny_args(out, data_dir, steps: int = 4, seed: int = 0) -> list[str]:
+    args = ["--preset", "smoke", "--out", str(out), "--data-dir", str(data_dir), "--seed", str(seed), "-q",
+            "--set", f"train.max_steps={steps}"]
+    for s in TINY_SETTINGS:
+        args += ["--set", s]
+    return args
+
+
+@pytest.fixture(scope="session")
+def tiny_args():
+    return make_tiny_args
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides(shapes_data_dir):
+    return [*TINY_SETTINGS, "train.max_steps=4", f"data.data_dir={shapes_data_dir}"]
+
+
+@pytest.fixture(scope="session")
+def complete_run(tmp_path_factory, shapes_data_dir) -> Path:
+    out = tmp_path_factory.mktemp("complete-run") / "results"
+    res = _run_main(["run", "--method", "ce", *make_tiny_args(out, shapes_data_dir)])
+    assert res.exit_code == 0, res.stderr
+    (run_dir,) = (out / "runs").iterdir()
+    return run_dir
+
+
+@pytest.fixture
+def cifar_npz() -> Path:
+    if not CIFAR_NPZ.is_file():
+        pytest.skip(f"real CIFAR-10 sample not found at {CIFAR_NPZ}")
+    return CIFAR_NPZ

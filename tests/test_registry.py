@@ -1,0 +1,183 @@
+"""Registries: decorator registration, entry-point plugins, unknown names, parametric names."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from bench.errors import BenchError
+from bench.registry import Registry
+
+
+def test_decorator_registration_and_lookup():
+    reg = Registry("widget")
+
+    @reg.register("alpha")
+    def alpha():
+        return "a"
+
+    reg.register("beta", obj=len)
+    assert reg.get("alpha") is alpha
+    assert reg.get("beta") is len
+    assert reg.names() == ["alpha", "beta"]
+    assert "alpha" in reg and "gamma" not in reg
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("alpha", obj=len)
+    reg.register("alpha", obj=len, replace=True)
+    assert reg.get("alpha") is len
+
+
+def test_unknown_name_lists_the_valid_ones():
+    reg = Registry("widget")
+    reg.register("alpha", obj=1)
+    reg.register("beta", obj=2)
+    with pytest.raises(BenchError) as exc:
+        reg.get("gamma")
+    msg = str(exc.value)
+    assert "unknown widget 'gamma'" in msg and "alpha, beta" in msg
+    assert "\n" not in msg
+
+
+def test_builtin_registries_know_the_foundation():
+    from bench.data import DATASETS
+    from bench.models import ARCHS
+    from methods import METHODS
+    from metrics import METRICS
+
+    assert {"ce", "pgd-at"} <= set(METHODS.names())
+    assert {"shapes10", "cifar10", "cifar100", "npz:PATH"} <= set(DATASETS.names())
+    assert {"resnet8", "wrn-D-W"} <= set(ARCHS.names())
+    assert {"clean", "pgd"} <= set(METRICS.names())
+    for reg, bad in ((METHODS, "cee"), (DATASETS, "cifar11"), (ARCHS, "resnet9")):
+        with pytest.raises(BenchError, match="choose one of"):
+            reg.get(bad)
+
+
+def test_pattern_names_bind_their_parameters(tmp_path):
+    import numpy as np
+
+    from bench.config import DataConfig
+    from bench.data import DATASETS
+    from bench.models import ARCHS
+
+    model = ARCHS.get("wrn-10-1")(num_classes=7)
+    assert type(model).__name__ == "WideResNet"
+    assert model.head.out_features == 7 and model.head.in_features == 64  # width 1: 64 channels
+    assert len(model.stages[0]) == 1  # depth 10 -> one block per stage
+    assert "wrn-10-1" in ARCHS and "wrn-x-1" not in ARCHS and "wrn-10-1-extra" not in ARCHS
+
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.zeros((10, 8, 8, 3), np.uint8), y=np.arange(10) % 2)
+    data = DATASETS.get(f"npz:{path}")(cfg=DataConfig(dataset=f"npz:{path}"))
+    assert data.x_train.shape[0] + data.x_test.shape[0] == 10
+    assert data.source == str(path.resolve())
+
+
+def test_method_decorator_registers_and_is_listed(bench_cli):
+    from methods import METHODS, Method, register_method
+
+    @register_method("test-decorated")
+    class Decorated(Method):
+        reference = "a test method"
+
+        def training_step(self, model, x, y, ctx):  # pragma: no cover - not run
+            raise AssertionError
+
+    try:
+        assert METHODS.get("test-decorated") is Decorated and Decorated.name == "test-decorated"
+        res = bench_cli("list", "methods")
+        assert res.exit_code == 0
+        assert any(line.split()[0] == "test-decorated" and "a test method" in line for line in res.stdout.splitlines())
+    finally:
+        METHODS.unregister("test-decorated")
+    assert "test-decorated" not in METHODS
+
+
+PLUGIN = '''
+"""A third-party method living outside trilemma-bench."""
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from methods import Method
+
+
+@dataclass
+class Cfg:
+    smoothing: float = 0.0
+
+
+class SmoothCE(Method):
+    Config = Cfg
+    reference = "third-party label smoothing"
+
+    def training_step(self, model, x, y, ctx):
+        with ctx.autocast():
+            logits = model(x)
+        return {"ce_ls": F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.smoothing)}
+
+    def loss_weights(self):
+        return {"ce_ls": 1.0}
+'''
+
+
+def _install_plugin(tmp_path, ep_line="smooth-ce = tb_plugin_pkg:SmoothCE"):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "tb_plugin_pkg.py").write_text(PLUGIN)
+    dist = site / "tb_plugin_pkg-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tb-plugin-pkg\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(textwrap.dedent(f"""\
+        [trilemma_bench.methods]
+        {ep_line}
+        broken-plugin = tb_plugin_missing_module:Nothing
+        """))
+    return site
+
+
+@pytest.mark.slow
+def test_entry_point_plugin_runs_through_bench_run(tmp_path, bench_subprocess, bench_cli, tiny_args, shapes_data_dir):
+    site = _install_plugin(tmp_path)
+    env = {"PYTHONPATH": str(site)}
+    listed = bench_subprocess("list", "methods", env=env)
+    assert listed.exit_code == 0, listed.stderr
+    names = [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
+    assert "smooth-ce" in names and "ce" in names
+    # a broken plugin is reported, not fatal
+    assert any("broken-plugin" in line and "failed to load" in line for line in listed.stdout.splitlines())
+
+    out = tmp_path / "results"
+    res = bench_subprocess("run", "--method", "smooth-ce", *tiny_args(out, shapes_data_dir, steps=2),
+                           "--set", "method.smoothing=0.1", "--set", "eval.enabled=false", env=env)
+    assert res.exit_code == 0, res.stderr
+    (run_dir,) = (out / "runs").iterdir()
+    rec = json.loads((run_dir / "record.json").read_text())
+    assert rec["status"] == "complete" and rec["method"] == "smooth-ce"
+    assert rec["config"]["method_cfg"] == {"smoothing": 0.1}
+    assert rec["training"]["steps_done"] == 2
+    assert all("ce_ls" in h for h in rec["training"]["history"])
+
+    # the plugin is not installed in this process: the name is unknown and the valid ones are listed
+    res = bench_cli("run", "--method", "smooth-ce", *tiny_args(out, shapes_data_dir, steps=2))
+    assert res.exit_code == 2 and res.stderr.startswith("error: unknown method 'smooth-ce'; choose one of:")
+    assert {"ce", "pgd-at"} <= set(res.error_lines[0].split(": ")[-1].split(", "))
+
+
+def test_entry_points_are_read_in_process(monkeypatch, tmp_path):
+    """Registry._load reads the group through importlib.metadata (checked with a real dist-info)."""
+    import importlib
+    import sys
+
+    site = _install_plugin(tmp_path, ep_line="smooth-ce-2 = tb_plugin_pkg:SmoothCE")
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    reg = Registry("method", group="trilemma_bench.methods")
+    assert "smooth-ce-2" in reg.names()
+    assert reg.get("smooth-ce-2").__name__ == "SmoothCE"
+    assert "broken-plugin" in reg.load_errors and "ModuleNotFoundError" in reg.load_errors["broken-plugin"]
+    with pytest.raises(BenchError, match="failed to load"):
+        reg.get("broken-plugin")
+    sys.modules.pop("tb_plugin_pkg", None)
