@@ -74,8 +74,9 @@ def _record_updater(run_dir: Path, record: dict[str, Any], trainer_ref: list):
     return update
 
 
-def _train_and_evaluate(cfg, data, device, run_dir, record, show_progress, resume_from: Path | None) -> RunResult:
-    model, method = _build(cfg, data, device)
+def _train_and_evaluate(cfg, data, device, run_dir, record, show_progress, resume_from: Path | None,
+                        built=None) -> RunResult:
+    model, method = built or _build(cfg, data, device)
     ref: list = []
     trainer = Trainer(cfg, model, method, data, device, run_dir,
                       on_update=_record_updater(run_dir, record, ref), show_progress=show_progress)
@@ -128,10 +129,14 @@ def evaluate_run_model(model, data, cfg: RunConfig, device, run_dir: Path, recor
 def start_run(cfg: RunConfig, out: str | Path = "results", show_progress: bool = True) -> RunResult:
     device = resolve_device(cfg.device)
     data = prepare_data(cfg)  # fails before anything is written if the data is missing
+    built = _build(cfg, data, device)  # so do a bad architecture (e.g. wrn depth) and method setup
+    if cfg.data.batch_size > data.x_train.shape[0]:
+        raise BenchError(f"data.batch_size={cfg.data.batch_size} exceeds the {data.x_train.shape[0]} training images; "
+                         "lower it with --set data.batch_size=N")
     run_id, run_dir = new_run_dir(out, cfg.method, cfg.data.dataset)
     record = new_record(run_id, cfg, device, data.summary())
     save_record(run_dir, record)
-    return _train_and_evaluate(cfg, data, device, run_dir, record, show_progress, resume_from=None)
+    return _train_and_evaluate(cfg, data, device, run_dir, record, show_progress, resume_from=None, built=built)
 
 
 def resume_run(ref: str, out: str | Path = "results", device: str | None = None, show_progress: bool = True,

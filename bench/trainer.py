@@ -147,8 +147,9 @@ class Trainer:
         return x
 
     def set_lr(self, step: int) -> float:
+        # fractional milestones are fractions of the run's actual length (train.max_steps wins over epochs)
         lr = self.cfg.optim.lr * self.state.lr_scale * lr_factor(
-            self.cfg.optim, step, self.total_steps, self.steps_per_epoch, self.cfg.train.epochs
+            self.cfg.optim, step, self.total_steps, self.steps_per_epoch, self.total_steps / self.steps_per_epoch
         )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
