@@ -65,6 +65,7 @@ def _record_updater(run_dir: Path, record: dict[str, Any], trainer_ref: list):
         )
         record["timings"]["train_seconds"] = round(state.train_seconds, 3)
         record["artifacts"]["checkpoint"] = "checkpoints/last.pt"
+        record["artifacts"].update(getattr(trainer.method, "artifacts", dict)())
         if event == "interrupted":
             record["status"] = "interrupted"
         elif event == "diverged":

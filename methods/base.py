@@ -105,3 +105,8 @@ class Method:
 
     def on_checkpoint(self, run_dir, step: int) -> None:
         """Hook for artifacts written with each checkpoint (e.g. a grid of the replay buffer)."""
+
+    def artifacts(self) -> dict[str, str]:
+        """Files this method wrote under the run directory (name -> path relative to it); the
+        runner merges them into the run record's ``artifacts`` at every record update."""
+        return {}

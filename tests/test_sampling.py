@@ -249,8 +249,10 @@ def test_contrastive_sampler_draw_writes_back(tmp_path):
         SamplerConfig(kind="hmc")
 
 
-def test_make_sample_fn_for_a_plain_classifier(tmp_path):
+def test_make_sample_fn_for_a_plain_classifier(tmp_path, monkeypatch):
     from bench.config import resolve_config
+
+    monkeypatch.setenv("TRILEMMA_BENCH_CACHE", str(tmp_path))  # the Gaussian fit's default cache
 
     data = toy_data(hw=16)
     model = small_model(num_classes=3)
