@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -44,8 +45,11 @@ def cli():
 @click.option("--resume", default=None, metavar="RUN", help="Continue an interrupted run (id or directory).")
 @click.option("--checkpoint", "checkpoint_path", default=None, help="With --resume: a specific checkpoint file.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Data-parallel processes (GPUs) on this machine; launches torchrun. Beyond one node, "
+                   "call torchrun yourself: torchrun --nnodes ... -m bench run ...")
 def run(method, dataset, arch, preset, config_file, overrides, seed, device, data_dir, on_divergence, out, resume,
-        checkpoint_path, quiet):
+        checkpoint_path, quiet, nproc):
     """Train one method with the shared training core, then evaluate it.
 
     \b
@@ -58,6 +62,11 @@ def run(method, dataset, arch, preset, config_file, overrides, seed, device, dat
     """
     from bench.runner import resume_run, start_run
 
+    if nproc > 1:
+        from bench.distributed import launched_by_torchrun
+
+        if not launched_by_torchrun():
+            sys.exit(_relaunch_with_torchrun(nproc))
     if resume:
         given = [n for n, v in (("--method", method), ("--dataset", dataset), ("--arch", arch),
                                 ("--config", config_file), ("--set", overrides), ("--seed", seed)) if v]
@@ -84,11 +93,35 @@ def run(method, dataset, arch, preset, config_file, overrides, seed, device, dat
             if not torch.cuda.is_available():
                 click.echo(f"note: preset 'paper' trains {cfg.model.arch} for {cfg.train.epochs:g} epochs; "
                            "on a CPU use --preset cpu or --preset smoke", err=True)
-        click.echo(f"run: {cfg.method} on {cfg.data.dataset} ({cfg.model.arch}, preset {cfg.preset}, seed {cfg.seed})",
-                   err=True)
+        if os.environ.get("RANK", "0") == "0":
+            click.echo(f"run: {cfg.method} on {cfg.data.dataset} ({cfg.model.arch}, preset {cfg.preset}, "
+                       f"seed {cfg.seed})", err=True)
         result = start_run(cfg, out=out, show_progress=not quiet)
-    _print_summary(result.record)
-    click.echo(f"record: {result.run_dir / 'record.json'}")
+    if os.environ.get("RANK", "0") == "0":
+        _print_summary(result.record)
+        click.echo(f"record: {result.run_dir / 'record.json'}")
+
+
+def _relaunch_with_torchrun(nproc: int) -> int:
+    """Run this same command under torchrun with ``nproc`` processes; returns its exit code."""
+    import subprocess
+
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "bench", *args]
+    click.echo(f"launching {nproc} processes: torchrun --standalone --nproc-per-node={nproc} -m bench "
+               + " ".join(args), err=True)
+    return subprocess.call(cmd)
 
 
 def _print_summary(record: dict) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from bench import distributed as D
 from bench.config import RunConfig, from_dict
 from bench.data import load_dataset, split_validation
 from bench.errors import BenchError, DivergenceError, InterruptedRun
@@ -76,38 +77,53 @@ def _record_updater(run_dir: Path, record: dict[str, Any], trainer_ref: list):
 
 
 def _train_and_evaluate(cfg, data, device, run_dir, record, show_progress, resume_from: Path | None,
-                        built=None) -> RunResult:
+                        built=None, dist: D.DistInfo = D.SINGLE) -> RunResult:
     model, method = built or _build(cfg, data, device)
+    D.broadcast_parameters(model, dist)
     ref: list = []
     trainer = Trainer(cfg, model, method, data, device, run_dir,
-                      on_update=_record_updater(run_dir, record, ref), show_progress=show_progress)
+                      on_update=_record_updater(run_dir, record, ref), show_progress=show_progress, dist=dist)
     ref.append(trainer)
+    main = dist.is_main
     if resume_from is not None:
         trainer.load_checkpoint(resume_from)
         record["training"]["resumes"].append({"at_step": trainer.state.step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     record["status"] = "running"
     record["message"] = None
-    save_record(run_dir, record)
+    if dist.enabled:
+        record["distributed"] = {"world_size": dist.world, "backend": "nccl" if device.type == "cuda" else "gloo",
+                                 "per_rank_batch": cfg.data.batch_size,
+                                 "global_batch": cfg.data.batch_size * dist.world}
+    if main:
+        save_record(run_dir, record)
     try:
         trainer.fit()
     except (InterruptedRun, DivergenceError) as exc:
         record["message"] = str(exc)
-        save_record(run_dir, record)
+        if main:
+            save_record(run_dir, record)
         raise
     except KeyboardInterrupt:
         record["status"] = "interrupted"
         record["message"] = f"aborted; continue from the last checkpoint with: bench run --resume {run_dir.name}"
-        save_record(run_dir, record)
+        if main:
+            save_record(run_dir, record)
         raise InterruptedRun(record["message"])
+    if dist.enabled:
+        record["distributed"]["ranks_in_sync"] = D.parameters_in_sync(model, dist)
     trainer.on_update(trainer.state, "done")
+    if not main:
+        D.barrier(dist)  # wait for rank 0's evaluation, then leave
+        return RunResult(record["run_id"], run_dir, record)
     if cfg.eval.enabled:
         evaluate_run_model(model, data, cfg, device, run_dir, record, show_progress)
     record["status"] = "complete"
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     t = record["timings"]
     steps = record["training"]["total_steps"]
-    t["images_per_second"] = round(steps * cfg.data.batch_size / max(t.get("train_seconds", 0), 1e-9), 1)
+    t["images_per_second"] = round(steps * cfg.data.batch_size * dist.world / max(t.get("train_seconds", 0), 1e-9), 1)
     save_record(run_dir, record)
+    D.barrier(dist)
     return RunResult(record["run_id"], run_dir, record)
 
 
@@ -127,17 +143,31 @@ def evaluate_run_model(model, data, cfg: RunConfig, device, run_dir: Path, recor
     return results
 
 
+def _prepare_data_ranked(cfg: RunConfig, dist: D.DistInfo):
+    """Rank 0 loads first (it may generate or download and cache the files), then the others."""
+    if dist.is_main:
+        data = prepare_data(cfg)
+    D.barrier(dist)
+    if not dist.is_main:
+        data = prepare_data(cfg)
+    return data
+
+
 def start_run(cfg: RunConfig, out: str | Path = "results", show_progress: bool = True) -> RunResult:
-    device = resolve_device(cfg.device)
-    data = prepare_data(cfg)  # fails before anything is written if the data is missing
+    dist, device_name = D.init(cfg.device)
+    device = resolve_device(device_name)
+    data = _prepare_data_ranked(cfg, dist)  # fails before anything is written if the data is missing
     built = _build(cfg, data, device)  # so do a bad architecture (e.g. wrn depth) and method setup
-    if cfg.data.batch_size > data.x_train.shape[0]:
-        raise BenchError(f"data.batch_size={cfg.data.batch_size} exceeds the {data.x_train.shape[0]} training images; "
-                         "lower it with --set data.batch_size=N")
-    run_id, run_dir = new_run_dir(out, cfg.method, cfg.data.dataset)
+    if cfg.data.batch_size * dist.world > data.x_train.shape[0]:
+        raise BenchError(f"data.batch_size={cfg.data.batch_size} x {dist.world} process(es) exceeds the "
+                         f"{data.x_train.shape[0]} training images; lower it with --set data.batch_size=N")
+    run = new_run_dir(out, cfg.method, cfg.data.dataset) if dist.is_main else None
+    run_id, run_dir = D.broadcast_object(run, dist)
     record = new_record(run_id, cfg, device, data.summary())
-    save_record(run_dir, record)
-    return _train_and_evaluate(cfg, data, device, run_dir, record, show_progress, resume_from=None, built=built)
+    if dist.is_main:
+        save_record(run_dir, record)
+    return _train_and_evaluate(cfg, data, device, run_dir, record, show_progress, resume_from=None, built=built,
+                               dist=dist)
 
 
 def resume_run(ref: str, out: str | Path = "results", device: str | None = None, show_progress: bool = True,
@@ -149,10 +179,11 @@ def resume_run(ref: str, out: str | Path = "results", device: str | None = None,
     cfg = from_dict(RunConfig, record["config"])
     if device is not None:
         cfg.device = device
-    dev = resolve_device(cfg.device)
-    data = prepare_data(cfg)
+    dist, device_name = D.init(cfg.device)
+    dev = resolve_device(device_name)
+    data = _prepare_data_ranked(cfg, dist)
     ckpt = Path(checkpoint_path) if checkpoint_path else run_dir / "checkpoints" / "last.pt"
-    return _train_and_evaluate(cfg, data, dev, run_dir, record, show_progress, resume_from=ckpt)
+    return _train_and_evaluate(cfg, data, dev, run_dir, record, show_progress, resume_from=ckpt, dist=dist)
 
 
 def load_run_model(run_dir: Path, device: torch.device | None = None, checkpoint_path: str | None = None):

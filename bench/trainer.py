@@ -30,6 +30,7 @@ from bench.config import RunConfig
 from bench.data import BatchStream, ImageData, augment_batch, to_float
 from bench.errors import BenchError, DivergenceError, InterruptedRun
 from bench.timing import region
+from bench import distributed as D
 from methods.base import Method, StepContext
 
 
@@ -109,26 +110,34 @@ class Trainer:
         run_dir: Path,
         on_update: Callable[[TrainState, str], None] | None = None,
         show_progress: bool = True,
+        dist: D.DistInfo = D.SINGLE,
     ):
         self.cfg, self.model, self.method, self.data = cfg, model, method, data
         self.device, self.run_dir = device, Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.on_update = on_update or (lambda state, event: None)
-        self.show_progress = show_progress
+        self.dist = dist
+        self._on_update = on_update or (lambda state, event: None)
+        self.show_progress = show_progress and dist.is_main
         t = cfg.train
         self.use_amp = device.type == "cuda" and t.amp in ("auto", "bf16") or t.amp == "bf16"
         self.channels_last = t.channels_last
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.streams = [
-            BatchStream(data.x_train, data.y_train, cfg.data.batch_size, seed=cfg.seed, stream=k, device=device)
+            BatchStream(data.x_train, data.y_train, cfg.data.batch_size, seed=cfg.seed, stream=k, device=device,
+                        rank=dist.rank, world=dist.world)
             for k in range(1 + method.extra_batches)
         ]
         self.steps_per_epoch = len(self.streams[0])
         self.total_steps = t.max_steps if t.max_steps > 0 else max(1, math.ceil(t.epochs * self.steps_per_epoch))
-        self.optimizer = build_optimizer(cfg.optim, [p for p in model.parameters() if p.requires_grad], device)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(cfg.optim, self.params, device)
         self.state = TrainState()
         self._weights = method.loss_weights()
+
+    def on_update(self, state: TrainState, event: str) -> None:
+        if self.dist.is_main:
+            self._on_update(state, event)
 
     # ------------------------------------------------------------------------------------
     def autocast(self):
@@ -157,20 +166,25 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self, periodic: bool = True) -> Path:
-        payload = {
-            "step": self.state.step,
-            "config_digest": self.cfg.digest(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "method": self.method.state_dict(),
-            "state": {k: v for k, v in vars(self.state).items()},
-        }
         last = self.ckpt_dir / "last.pt"
-        checkpoint.save(last, payload)
-        if periodic and self.cfg.train.keep_checkpoints > 0:
-            checkpoint.save(self.ckpt_dir / f"step-{self.state.step:08d}.pt", payload)
-            checkpoint.prune(self.ckpt_dir, self.cfg.train.keep_checkpoints)
-        self.method.on_checkpoint(self.run_dir, self.state.step)
+        method_states = D.gather_objects(self.method.state_dict(), self.dist)  # every rank's, on rank 0
+        if self.dist.is_main:
+            payload = {
+                "step": self.state.step,
+                "config_digest": self.cfg.digest(),
+                "world_size": self.dist.world,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "method": method_states[0],
+                "method_per_rank": method_states if self.dist.enabled else None,
+                "state": {k: v for k, v in vars(self.state).items()},
+            }
+            checkpoint.save(last, payload)
+            if periodic and self.cfg.train.keep_checkpoints > 0:
+                checkpoint.save(self.ckpt_dir / f"step-{self.state.step:08d}.pt", payload)
+                checkpoint.prune(self.ckpt_dir, self.cfg.train.keep_checkpoints)
+            self.method.on_checkpoint(self.run_dir, self.state.step)
+        D.barrier(self.dist)  # the file is complete before any rank may read it
         return last
 
     def load_checkpoint(self, path: Path) -> None:
@@ -180,7 +194,12 @@ class Trainer:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise BenchError(f"checkpoint {path} does not fit this model/optimiser ({str(exc).splitlines()[0][:120]})")
-        self.method.load_state_dict(ckpt.get("method", {}))
+        saved_world = ckpt.get("world_size", 1)
+        if saved_world != self.dist.world:
+            raise BenchError(f"checkpoint {path} was written by {saved_world} process(es); resume it with "
+                             f"--nproc {saved_world} (this run has {self.dist.world})")
+        per_rank = ckpt.get("method_per_rank")
+        self.method.load_state_dict(per_rank[self.dist.rank] if per_rank else ckpt.get("method", {}))
         saved = ckpt["state"]
         self.state = TrainState(**{k: saved[k] for k in vars(TrainState()) if k in saved})
         checkpoint.set_rng_state(ckpt["rng"])
@@ -210,6 +229,7 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------
     def _guard(self, sums: dict[str, torch.Tensor], maxabs: dict[str, torch.Tensor], count: int) -> dict[str, float] | str:
         """Read accumulated terms back from the device; return their means or a divergence reason."""
+        sums, maxabs = D.reduce_logged(sums, maxabs, count, self.dist)
         means = {k: float(v) / count for k, v in sums.items()}
         peaks = {k: float(v) for k, v in maxabs.items()}
         bound = self.cfg.train.divergence_bound
@@ -227,7 +247,7 @@ class Trainer:
         (no host synchronisation).
         """
         epoch, index = divmod(step, self.steps_per_epoch)
-        torch.manual_seed(step_seed(self.cfg.seed, step, self.state.rollbacks))
+        torch.manual_seed(step_seed(self.cfg.seed, step, self.state.rollbacks) + 1_000_003 * self.dist.rank)
         x_u8, y = self.streams[0].batch(epoch, index)
         x = self.prepare(x_u8)
         extra = [(self.prepare(xe), ye) for xe, ye in (s.batch(epoch, index) for s in self.streams[1:])]
@@ -241,6 +261,7 @@ class Trainer:
         with region("update"):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            D.average_gradients(self.params, self.dist)
             if self.cfg.optim.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
             self.optimizer.step()
@@ -272,7 +293,9 @@ class Trainer:
                 done = self.state.step >= self.total_steps
                 at_ckpt = t.checkpoint_every > 0 and self.state.step % t.checkpoint_every == 0
                 at_eval = eval_every_steps and self.state.step % eval_every_steps == 0
-                if count >= t.log_every or done or at_ckpt or at_eval or interrupt.requested:
+                # with several ranks, every rank must flush at the same steps (collectives inside)
+                if count >= t.log_every or done or at_ckpt or at_eval or (interrupt.requested and not self.dist.enabled):
+                    stop = D.any_rank(interrupt.requested, self.dist, self.device)
                     result = self._guard(sums, maxabs, count)
                     if isinstance(result, str):
                         bar.close()
@@ -290,16 +313,16 @@ class Trainer:
                     bar.set_postfix({k: f"{v:.3g}" for k, v in result.items() if k in self._weights or k == "loss"})
                     bar.update(count)
                     sums, maxabs, count, t_window = {}, {}, 0, time.perf_counter()
-                    if at_eval:
+                    if at_eval and self.dist.is_main:
                         v = self.validate()
                         v.update(step=self.state.step, epoch=round(self.state.step / self.steps_per_epoch, 4))
                         self.state.validation.append(v)
                         bar.write(f"step {self.state.step}: {v['split']} accuracy {v['accuracy']:.4f} (n={v['n_examples']})")
-                    if at_ckpt or done or interrupt.requested:
+                    if at_ckpt or done or stop:
                         self.save_checkpoint(periodic=not done)
                         self.on_update(self.state, "checkpoint")
                         t_window = time.perf_counter()
-                    if interrupt.requested and not done:
+                    if stop and not done:
                         bar.close()
                         self.on_update(self.state, "interrupted")
                         raise InterruptedRun(

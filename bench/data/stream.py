@@ -51,7 +51,7 @@ def augment_batch(
 
 
 class BatchStream:
-    """Shuffled fixed-size batches of one split, resident on ``device``."""
+    """Shuffled fixed-size batches of one split, resident on ``device`` (sharded across ranks)."""
 
     def __init__(
         self,
@@ -63,13 +63,16 @@ class BatchStream:
         stream: int = 0,
         device: torch.device | str = "cpu",
         drop_last: bool = True,
+        rank: int = 0,
+        world: int = 1,
     ):
         n = x.shape[0]
-        if batch_size > n:
+        if batch_size * world > n:
             from bench.errors import BenchError
 
             raise BenchError(
-                f"data.batch_size={batch_size} exceeds the {n} training images; lower it with --set data.batch_size=N"
+                f"data.batch_size={batch_size} x {world} process(es) exceeds the {n} training images; "
+                "lower it with --set data.batch_size=N"
             )
         self.x = x.to(device)
         self.y = y.to(device)
@@ -77,12 +80,13 @@ class BatchStream:
         self.seed, self.stream = seed, stream
         self.device = torch.device(device)
         self.drop_last = drop_last
+        self.rank, self.world = rank, world
         self._perm_epoch = -1
         self._perm: torch.Tensor | None = None
 
     def __len__(self) -> int:
-        n = self.x.shape[0]
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        n, per_step = self.x.shape[0], self.batch_size * self.world
+        return n // per_step if self.drop_last else -(-n // per_step)
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch != self._perm_epoch:
@@ -93,6 +97,11 @@ class BatchStream:
         return self._perm
 
     def batch(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The uint8 images and labels of batch ``index`` of ``epoch``."""
-        idx = self._permutation(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
+        """The uint8 images and labels of batch ``index`` of ``epoch`` (this rank's shard of it).
+
+        With ``world`` processes, global batch ``index`` holds ``batch_size * world`` images of
+        one shared permutation, and rank ``r`` takes the ``r``-th block of ``batch_size``.
+        """
+        start = (index * self.world + self.rank) * self.batch_size
+        idx = self._permutation(epoch)[start : start + self.batch_size]
         return self.x[idx], self.y[idx]
