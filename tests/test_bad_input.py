@@ -1,0 +1,216 @@
+"""Bad input: one clear line on stderr ("error: ..."), a non-zero exit, nothing lost or overwritten."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch.nn.functional as F
+
+from conftest import REPO_ROOT, make_tiny_args, subprocess_env
+from methods import METHODS, Method, register_method
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file under ``root`` with the hash of its bytes."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def assert_one_error_line(res, *fragments, code=2):
+    assert res.exit_code == code, (res.exit_code, res.stderr)
+    assert "Traceback" not in res.stderr
+    assert len(res.error_lines) == 1, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    # only the "run: ..." banner may come before the error, nothing after it
+    assert lines[-1] == res.error_lines[0] and all(line.startswith("run: ") for line in lines[:-1]), res.stderr
+    for f in fragments:
+        assert f in res.error_lines[0], (f, res.error_lines[0])
+
+
+@pytest.fixture
+def out_with_a_run(tmp_path, complete_run):
+    """A results root that already holds a complete run (must survive every failure untouched)."""
+    out = tmp_path / "results"
+    shutil.copytree(complete_run, out / "runs" / complete_run.name)
+    return out
+
+
+# -- unknown names and bad settings: caught before anything is written ---------------------------------------
+@pytest.mark.parametrize("extra, fragments", [
+    (["--method", "nope"], ["unknown method 'nope'; choose one of:", "ce", "pgd-at"]),
+    (["--method", "ce", "--dataset", "cifar11"], ["unknown dataset 'cifar11'; choose one of:", "shapes10", "npz:PATH"]),
+    (["--method", "ce", "--arch", "resnet9"], ["unknown architecture 'resnet9'; choose one of:", "resnet8", "wrn-D-W"]),
+    (["--method", "ce", "--arch", "wrn-27-10"], ["wrn-27-10: depth must be 6n+4"]),
+    (["--method", "ce", "--preset", "turbo"], ["unknown preset 'turbo'; choose one of:", "smoke", "cpu", "paper"]),
+    (["--method", "ce", "--set", "optim.lr"], ["malformed --set 'optim.lr'", "section.key=value"]),
+    (["--method", "ce", "--set", "optim.lr=[0.1"], ["malformed"]),
+    (["--method", "ce", "--set", "optim.learning_rate=0.1"], ["unknown setting 'optim.learning_rate'", "lr"]),
+    (["--method", "ce", "--set", "optim.lr=fast"], ["optim.lr expects a number, got 'fast'"]),
+    (["--method", "ce", "--set", "train.max_steps=ten"], ["train.max_steps expects an integer"]),
+    (["--method", "pgd-at", "--set", "method.stepz=3"], ["unknown setting 'stepz'", "steps"]),
+    (["--method", "ce", "--set", "data.train_subset=20"], ["data.batch_size=32", "exceeds the 20 training images", "--set data.batch_size=N"]),
+    (["--method", "ce", "--config", "/nonexistent/run.yaml"], ["config file '/nonexistent/run.yaml' not found"]),
+    (["--method", "ce", "--dataset", "npz:/nonexistent/data.npz"], ["npz dataset '/nonexistent/data.npz' not found"]),
+    (["--method", "ce", "--dataset", "cifar10", "--set", "data.download=false"],
+     ["cifar10 not found in", "cifar-10-python.tar.gz", "--data-dir"]),
+    (["--checkpoint", "x.pt", "--method", "ce"], ["--checkpoint only goes with --resume"]),
+    ([], ["missing --method", "bench list methods"]),
+])
+def test_bad_run_input(extra, fragments, bench_cli, out_with_a_run, shapes_data_dir):
+    before = snapshot(out_with_a_run)
+    args = make_tiny_args(out_with_a_run, shapes_data_dir, steps=1)
+    if "--data-dir" in extra or "cifar10" in extra:
+        args[args.index("--data-dir") + 1] = str(out_with_a_run.parent / "no-cifar-here")
+    res = bench_cli("run", *args, *extra)  # after the tiny settings: the later option wins
+    assert_one_error_line(res, *fragments)
+    assert snapshot(out_with_a_run) == before  # no new run directory, nothing changed
+
+
+def test_bad_npz_file_is_rejected_before_a_run_starts(bench_cli, tmp_path, out_with_a_run, shapes_data_dir):
+    import numpy as np
+
+    bad = tmp_path / "floats.npz"
+    np.savez(bad, x=np.zeros((40, 32, 32, 3), np.float32), y=np.zeros(40, np.int64))
+    before = snapshot(out_with_a_run)
+    res = bench_cli("run", "--method", "ce", "--dataset", f"npz:{bad}", *make_tiny_args(out_with_a_run, shapes_data_dir))
+    assert_one_error_line(res, "'x' must be uint8 of shape (N, H, W, 3)")
+    assert snapshot(out_with_a_run) == before
+
+
+def test_unwritable_out_directory(bench_cli, tmp_path, shapes_data_dir):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    res = bench_cli("run", "--method", "ce", *make_tiny_args(blocker / "sub", shapes_data_dir))
+    assert_one_error_line(res, "cannot write to the results directory", "--out")
+    assert blocker.read_text() == "not a directory"
+
+
+# -- resume errors -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory, shapes_data_dir):
+    """A real interrupted run: its method presses Ctrl-C (SIGINT to this process) during step 3."""
+    from bench.cli import cli  # noqa: F401  (the CLI's handler is what turns the signal into a clean stop)
+    from conftest import _run_main
+    from methods.ce import CrossEntropy
+
+    @register_method("test-ctrl-c")
+    class CtrlC(CrossEntropy):
+        def training_step(self, model, x, y, ctx):
+            if ctx.step == 2:
+                signal.raise_signal(signal.SIGINT)
+            return super().training_step(model, x, y, ctx)
+
+    out = tmp_path_factory.mktemp("interrupted") / "results"
+    res = _run_main(["run", "--method", "test-ctrl-c", *make_tiny_args(out, shapes_data_dir, steps=6),
+                     "--set", "eval.enabled=false"])
+    assert res.exit_code == 130, res.stderr
+    (run_dir,) = (out / "runs").iterdir()
+    rec = json.loads((run_dir / "record.json").read_text())
+    assert rec["status"] == "interrupted" and rec["training"]["steps_done"] == 3
+    yield run_dir
+    METHODS.unregister("test-ctrl-c")
+
+
+@pytest.fixture
+def resumable(interrupted_run, tmp_path):
+    out = tmp_path / "results"
+    shutil.copytree(interrupted_run, out / "runs" / interrupted_run.name)
+    return out, out / "runs" / interrupted_run.name
+
+
+def test_interrupted_run_resumes(bench_cli, resumable):
+    """The fixture's run is resumable (so the failures below are about the damage, not the run)."""
+    out, run_dir = resumable
+    res = bench_cli("run", "--resume", run_dir.name, "--out", str(out), "-q")
+    assert res.exit_code == 0, res.stderr
+    rec = json.loads((run_dir / "record.json").read_text())
+    assert rec["status"] == "complete" and rec["training"]["steps_done"] == 6
+
+
+def test_corrupt_checkpoint_on_resume(bench_cli, resumable):
+    out, run_dir = resumable
+    last = run_dir / "checkpoints" / "last.pt"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])
+    before = snapshot(out)
+    res = bench_cli("run", "--resume", run_dir.name, "--out", str(out))
+    assert_one_error_line(res, f"checkpoint {last} is corrupt", "--checkpoint")
+    assert snapshot(out) == before  # the record and the (damaged) checkpoint are left as they were
+    # the periodic checkpoint the message points at still works
+    (periodic,) = sorted((run_dir / "checkpoints").glob("step-*.pt"))[-1:]
+    res = bench_cli("run", "--resume", run_dir.name, "--out", str(out), "--checkpoint", str(periodic), "-q")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads((run_dir / "record.json").read_text())["status"] == "complete"
+
+
+def test_checkpoint_from_another_config(bench_cli, resumable, complete_run):
+    out, run_dir = resumable
+    before = snapshot(out)
+    other = complete_run / "checkpoints" / "last.pt"
+    res = bench_cli("run", "--resume", run_dir.name, "--out", str(out), "--checkpoint", str(other))
+    assert_one_error_line(res, "belongs to a different configuration", "resume it with the run it came from")
+    assert snapshot(out) == before
+    # the same when the foreign file sits in the run's own checkpoint folder
+    shutil.copy(other, run_dir / "checkpoints" / "last.pt")
+    before = snapshot(out)
+    res = bench_cli("run", "--resume", str(run_dir))
+    assert_one_error_line(res, "belongs to a different configuration")
+    assert snapshot(out) == before
+
+
+def test_missing_checkpoint_and_unknown_run(bench_cli, resumable):
+    out, run_dir = resumable
+    res = bench_cli("run", "--resume", run_dir.name, "--out", str(out), "--checkpoint", str(out / "nope.pt"))
+    assert_one_error_line(res, "is missing")
+    res = bench_cli("run", "--resume", "20990101-000000-ce-x-000000", "--out", str(out))
+    assert_one_error_line(res, "run '20990101-000000-ce-x-000000' not found", run_dir.name)
+    res = bench_cli("run", "--resume", run_dir.name, "--out", str(out), "--method", "ce", "--seed", "1")
+    assert_one_error_line(res, "--resume continues a run with its saved config; drop --method, --seed")
+
+
+def test_resume_of_a_complete_run(bench_cli, out_with_a_run, complete_run):
+    before = snapshot(out_with_a_run)
+    res = bench_cli("run", "--resume", complete_run.name, "--out", str(out_with_a_run))
+    assert_one_error_line(res, f"run {complete_run.name} is already complete", "start a new run")
+    assert snapshot(out_with_a_run) == before
+
+
+def test_unreadable_record(bench_cli, out_with_a_run, complete_run):
+    rec = out_with_a_run / "runs" / complete_run.name / "record.json"
+    rec.write_text("{ half a record")
+    res = bench_cli("show", complete_run.name, "--out", str(out_with_a_run))
+    assert_one_error_line(res, "is unreadable")
+    res = bench_cli("compare", "--out", str(out_with_a_run))
+    assert_one_error_line(res, "is unreadable")
+    assert rec.read_text() == "{ half a record"
+
+
+# -- concurrency -------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_concurrent_runs_into_one_results_root(tmp_path, shapes_data_dir, out_with_a_run):
+    out = out_with_a_run
+    before = snapshot(out)
+    procs = [subprocess.Popen([sys.executable, "-m", "bench", "run", "--method", m,
+                               *make_tiny_args(out, shapes_data_dir, steps=3, seed=s), "--set", "eval.enabled=false"],
+                              cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+             for m, s in (("ce", 0), ("ce", 0))]  # the same method and seed: the same second, the same name stem
+    results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
+    for stdout, stderr, code in results:
+        assert code == 0, stderr
+    dirs = [Path(r[0].strip().splitlines()[-1].removeprefix("record: ")).parent for r in results]
+    assert dirs[0] != dirs[1]
+    for d in dirs:
+        rec = json.loads((d / "record.json").read_text())
+        assert rec["run_id"] == d.name and rec["status"] == "complete" and rec["training"]["steps_done"] == 3
+        assert (d / "checkpoints" / "last.pt").is_file()
+    after = snapshot(out)
+    assert {k: v for k, v in after.items() if k in before} == before  # the earlier run is untouched
+    assert len({k.split("/")[1] for k in after}) == 3
