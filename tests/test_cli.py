@@ -60,7 +60,11 @@ def test_show(bench_cli, complete_run):
     assert f"run       {complete_run.name}  (complete)" in text
     assert "method    ce  dataset shapes10  arch resnet8  preset smoke  seed 0" in text
     assert "training  4/4 steps" in text and "eval [quick]" in text
-    assert re.search(r"^  pgd +accuracy [\d.]+, clean_accuracy [\d.]+, n_examples 32", text, re.M)
+    rec = json.loads((complete_run / "record.json").read_text())
+    pgd_line = next(line for line in text.splitlines() if line.split()[:1] == ["pgd"])
+    acc = rec["evaluations"]["quick"]["pgd"]["accuracy"]
+    assert "accuracy" in pgd_line and ("n=32" in pgd_line or "n_examples 32" in pgd_line)
+    assert f"{100 * acc:.2f}%" in pgd_line or f"{acc:.4g}" in pgd_line
     assert re.search(r"^git       [0-9a-f]{40}", text, re.M)
     as_json = bench_cli("show", str(complete_run), "--json")  # a directory works without --out
     assert json.loads(as_json.stdout) == json.loads((complete_run / "record.json").read_text())
