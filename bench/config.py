@@ -318,6 +318,11 @@ def resolve_config(
     if arch is not None:
         cli = deep_merge(cli, {"model": {"arch": arch}})
     cfg = update_dataclass(cfg, cli)
+    for key, chosen in (("method", method), ("preset", preset)):
+        got = getattr(cfg, key)
+        if got != chosen:  # e.g. `method: pgd-at` in a --config file: it would not switch the method's code
+            raise BenchError(f"{key} {got!r} set in a config file or --set differs from --{key} {chosen}; "
+                             f"choose it with --{key} {got} instead")
     # the method's own config: typed, validated, all defaults filled in
     method_cfg = method_cls.make_config(cfg.method_cfg)
     cfg = dataclasses.replace(cfg, method_cfg=to_dict(method_cfg))

@@ -215,3 +215,17 @@ def test_method_settings_reach_the_method_object():
     _, method = _build(cfg, data, torch.device("cpu"))
     assert method.cfg.steps == 2 and method.cfg.attack_mode == "eval"
     assert method.cfg.alpha == cfg.method_cfg["alpha"]
+
+
+def test_method_and_preset_are_chosen_by_their_options_only(tmp_path):
+    """A config file or --set naming another method/preset would relabel the run without
+    switching the method's code or the preset's settings: refused with the option to use."""
+    f = tmp_path / "m.yaml"
+    f.write_text("method: pgd-at\noptim: {lr: 0.05}\n")
+    with pytest.raises(BenchError, match="method 'pgd-at' set in a config file or --set differs from --method ce; "
+                                         "choose it with --method pgd-at"):
+        resolve_config("ce", preset="smoke", config_file=str(f))
+    with pytest.raises(BenchError, match="choose it with --preset paper"):
+        resolve_config("ce", preset="smoke", overrides=["preset=paper"])
+    f.write_text("method: ce\npreset: smoke\noptim: {lr: 0.05}\n")  # restating them is fine
+    assert resolve_config("ce", preset="smoke", config_file=str(f)).optim.lr == 0.05
