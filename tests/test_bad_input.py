@@ -84,6 +84,14 @@ def test_bad_npz_file_is_rejected_before_a_run_starts(bench_cli, tmp_path, out_w
     assert snapshot(out_with_a_run) == before
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_without_cuda(bench_cli, out_with_a_run, shapes_data_dir):
+    before = snapshot(out_with_a_run)
+    res = bench_cli("run", "--method", "ce", *make_tiny_args(out_with_a_run, shapes_data_dir), "--device", "cuda")
+    assert_one_error_line(res, "no CUDA device is available", "--device cpu")
+    assert snapshot(out_with_a_run) == before
+
+
 def test_unwritable_out_directory(bench_cli, tmp_path, shapes_data_dir):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
@@ -96,7 +104,6 @@ def test_unwritable_out_directory(bench_cli, tmp_path, shapes_data_dir):
 @pytest.fixture(scope="module")
 def interrupted_run(tmp_path_factory, shapes_data_dir):
     """A real interrupted run: its method presses Ctrl-C (SIGINT to this process) during step 3."""
-    from bench.cli import cli  # noqa: F401  (the CLI's handler is what turns the signal into a clean stop)
     from conftest import _run_main
     from methods.ce import CrossEntropy
 
@@ -171,6 +178,8 @@ def test_missing_checkpoint_and_unknown_run(bench_cli, resumable):
     assert_one_error_line(res, "is missing")
     res = bench_cli("run", "--resume", "20990101-000000-ce-x-000000", "--out", str(out))
     assert_one_error_line(res, "run '20990101-000000-ce-x-000000' not found", run_dir.name)
+    res = bench_cli("show", "20990101-000000-ce-x-000000", "--out", str(out))
+    assert_one_error_line(res, "run '20990101-000000-ce-x-000000' not found")
     res = bench_cli("run", "--resume", run_dir.name, "--out", str(out), "--method", "ce", "--seed", "1")
     assert_one_error_line(res, "--resume continues a run with its saved config; drop --method, --seed")
 
