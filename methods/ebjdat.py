@@ -53,6 +53,7 @@ class Base:
 
     name: str
     script: str  # the authors' script it follows
+    summary: str  # one line for `bench list methods`
     weights: tuple[float, float, float, float]  # px, ce, align, adv
     sampler: dict[str, Any]  # SamplerConfig values
     run: dict[str, Any]  # run-config sections (optim, data, model, train)
@@ -62,6 +63,7 @@ BASES: dict[str, Base] = {
     "jem++": Base(
         name="jem++",
         script="EB-JDAT-JEM++/train_jempp.py + train.sh",
+        summary="p(x) by PYLD (10x5) from an informative buffer, SGD 0.01",
         weights=(1.0, 1.0, 0.1, 1.0),
         sampler=dict(kind="pyld", steps=10, in_steps=5, pyld_lr=0.2, eps=1.0, step_size=0.0, noise_std=0.0,
                      mode="train", buffer_size=10000, reinit_freq=0.05, init="informative",
@@ -77,6 +79,7 @@ BASES: dict[str, Base] = {
     "jem": Base(
         name="jem",
         script="EB-JDAT-JEM/train_wrn_ebm.py + train.sh",
+        summary="p(x) by SGLD (10 steps) from a uniform buffer, Adam 1e-5",
         weights=(0.45, 0.45, 0.05, 0.45),
         sampler=dict(kind="sgld", steps=10, step_size=1.0, noise_std=0.01, clamp=False, in_steps=5,
                      mode="eval", buffer_size=10000, reinit_freq=0.05, init="uniform"),
@@ -272,8 +275,7 @@ def _register_bases() -> None:
             {
                 "base_name": base,
                 "run_defaults": b.run,
-                "reference": (f"Jiang et al. 2026, 'Your Classifier Can Do More' (jkcjkc/EB-JDAT, {b.script}); "
-                              f"{base} base"),
+                "reference": f"Jiang et al. 2026, EB-JDAT ({base} base): CE + p(x) + attack terms; {b.summary}",
                 "__doc__": f"EB-JDAT on the {base} base (see methods/ebjdat.py).",
                 "__module__": __name__,
             },

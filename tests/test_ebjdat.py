@@ -207,10 +207,12 @@ def test_loss_terms_match_the_specification(case):
     assert torch.allclose(terms["e_data"], e_u.mean(), atol=2e-5)
     assert torch.allclose(terms["e_sample"], e_hat.mean(), atol=2e-5)
     assert torch.allclose(terms["e_adv"], e_adv.mean(), atol=2e-5)
+    assert torch.allclose(terms["energy_sq"], e_u.pow(2).mean() + e_hat.pow(2).mean(), rtol=1e-5)  # logged, weight 0
     assert float(terms["adv_linf"]) == pytest.approx(float((x_adv - x).abs().amax()), abs=1e-6)
     # the weights of the JEM++ base and the sum the trainer minimises
     w = method.loss_weights()
     assert w == {"px": 1.0, "ce": 1.0, "align": 0.1, "adv": 1.0}
+    assert make_method(sampler={"steps": 0}, energy_l2=0.1).loss_weights()["energy_sq"] == 0.1
     total = sum(wk * terms[k] for k, wk in w.items())
     assert torch.allclose(total, px + ce + 0.1 * align + adv, atol=5e-5)
     # the gradient reaches the weights through every term
@@ -273,7 +275,7 @@ def test_jempp_base_run_settings_and_base_errors():
     o, m = cfg.optim, cfg.method_cfg
     assert (o.name, o.lr, o.momentum, o.weight_decay, o.warmup_steps, o.milestones, o.gamma) == (
         "sgd", 0.01, 0.9, 4e-4, 1000, [40, 80, 120], 0.2)
-    assert (cfg.data.batch_size, cfg.data.noise_std, cfg.train.epochs) == (64, 0.015, 150)
+    assert (cfg.data.batch_size, cfg.data.noise_std, cfg.train.epochs, cfg.data.val_size) == (64, 0.015, 150, 5000)
     assert (cfg.model.arch, cfg.model.norm, cfg.model.bn_momentum, cfg.model.activation) == (
         "wrn-28-10", "batch", 0.9, "leaky_relu")
     s = m["sampler"]

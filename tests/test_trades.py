@@ -74,9 +74,24 @@ def test_attack_matches_the_reference_loop_and_stays_in_the_ball():
     assert (got - x).abs().max() > EPS - 1e-4  # it did move out to the ball's boundary
 
 
+def test_pgd_linf_default_start_is_unchanged():
+    """pgd_linf's new ``start=`` argument leaves the default uniform start as it was."""
+    from bench.attacks.pgd import pgd_linf
+
+    model = tiny_model()
+    x, y = batch()
+    model.eval()
+    torch.manual_seed(2)
+    a = pgd_linf(model, x, y, eps=EPS, alpha=ALPHA, steps=2)
+    torch.manual_seed(2)
+    start = (x + torch.empty_like(x).uniform_(-EPS, EPS)).clamp(0, 1)
+    b = pgd_linf(model, x, y, eps=EPS, alpha=ALPHA, steps=2, start=lambda c: start)
+    assert torch.equal(a, b)
+
+
 def test_attack_increases_the_kl_term():
     model = tiny_model()
-    x, _ = batch(n=8)
+    x, _ = batch()
     warm_bn(model, x)
     model.eval()
 

@@ -20,8 +20,8 @@ for the attack and restored after. ``project=True`` adds the eps-ball projection
 The whole batch is attacked at once. With the model in eval mode every sample's forward and its
 sign step depend on that sample alone, so this equals the reference's loop over chunks of 2
 images; the clean logits ``z`` do not depend on x_adv and are computed once.
-Images are [0, 1] pixels throughout (the model normalises inside); a step of ``alpha`` on the
-[-1, 1] scale is a step of ``alpha / 2`` in pixels, and the signs of the two gradients agree.
+The attack takes and returns [0, 1] pixels (the model normalises inside) and iterates on the
+[-1, 1] scale, like the reference; a step of ``alpha`` there is ``alpha / 2`` in pixels.
 """
 
 from __future__ import annotations
@@ -32,10 +32,21 @@ import torch.nn as nn
 from bench.attacks.pgd import input_grad, model_mode
 from bench.errors import BenchError
 
-EPS_UNITS = {"sym": 0.5, "pixel": 1.0}  # factor from the stated unit to [0, 1] pixels
+def to_sym(x01: torch.Tensor) -> torch.Tensor:
+    """[0, 1] pixels -> the [-1, 1] scale (as ``bench.sampling.to_sym``)."""
+    return x01 * 2.0 - 1.0
 
 
-def to_pixel_units(value: float, units: str) -> float:
+def from_sym(xs: torch.Tensor) -> torch.Tensor:
+    """The [-1, 1] scale -> [0, 1] pixels."""
+    return (xs + 1.0) / 2.0
+
+
+EPS_UNITS = {"sym": 1.0, "pixel": 2.0}  # factor from the stated unit to the [-1, 1] scale
+
+
+def to_sym_units(value: float, units: str) -> float:
+    """An eps or step size stated in ``units`` (sym | pixel), on the [-1, 1] scale."""
     if units not in EPS_UNITS:
         raise BenchError(f"eps_units={units!r} is not valid; choose sym (the reference's [-1, 1] scale) or pixel")
     return value * EPS_UNITS[units]
@@ -71,23 +82,25 @@ def ebjdat_attack(
     project: bool = False,
     energy_sign: float = 1.0,
     mode: str | None = "eval",
-    lo: float = 0.0,
-    hi: float = 1.0,
 ) -> torch.Tensor:
-    """Return the EB-JDAT adversarial batch for ``(x, y)``, ``x`` in [0, 1] (detached)."""
+    """Return the EB-JDAT adversarial batch for ``(x, y)``, ``x`` in [0, 1] pixels (detached, in [0, 1]).
+
+    The iterates live on the [-1, 1] scale, as in the reference (the same arithmetic, so the
+    same sign decisions); the model is called on the matching [0, 1] pixels.
+    """
     if steps < 0:
         raise BenchError(f"attack steps must be >= 0, got {steps}")
-    eps_px, alpha_px = to_pixel_units(eps, eps_units), to_pixel_units(alpha, eps_units)
-    x = x.detach()
+    eps_s, alpha_s = to_sym_units(eps, eps_units), to_sym_units(alpha, eps_units)
+    xs = to_sym(x.detach())
     with model_mode(model, mode), torch.enable_grad():
         with torch.no_grad():
-            z_clean = model(x).float()
-        x_adv = (x + torch.empty_like(x).uniform_(-eps_px, eps_px)).clamp_(lo, hi)
+            z_clean = model(from_sym(xs)).float()
+        xa = (xs + torch.empty_like(xs).uniform_(-eps_s, eps_s)).clamp_(-1.0, 1.0)
         for _ in range(steps):
-            x_adv.requires_grad_(True)
-            g = input_grad(ebjdat_objective(model(x_adv), y, z_clean, energy_sign), x_adv)
-            x_adv = x_adv.detach() + alpha_px * g.sign()
+            xa.requires_grad_(True)
+            g = input_grad(ebjdat_objective(model(from_sym(xa)), y, z_clean, energy_sign), xa)
+            xa = xa.detach() + alpha_s * g.sign()
             if project:
-                x_adv = torch.min(torch.max(x_adv, x - eps_px), x + eps_px)
-            x_adv = x_adv.clamp_(lo, hi)
-    return x_adv.detach()
+                xa = torch.min(torch.max(xa, xs - eps_s), xs + eps_s)
+            xa = xa.clamp_(-1.0, 1.0)
+    return from_sym(xa.detach())
