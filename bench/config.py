@@ -361,6 +361,10 @@ def validate(cfg: RunConfig) -> None:
             raise BenchError(f"{path} must be positive, got {value}")
     if cfg.train.epochs <= 0 and cfg.train.max_steps <= 0:
         raise BenchError("train.epochs must be positive (or set train.max_steps)")
+    if cfg.eval.enabled:  # an unknown protocol would only fail after training
+        from metrics import get_protocol
+
+        get_protocol(cfg.eval.protocol)
     if cfg.optim.lr <= 0:
         raise BenchError(f"optim.lr must be positive, got {cfg.optim.lr}")
     if not 0 <= cfg.data.noise_std < 1:

@@ -116,7 +116,13 @@ def _train_and_evaluate(cfg, data, device, run_dir, record, show_progress, resum
         D.barrier(dist)  # wait for rank 0's evaluation, then leave
         return RunResult(record["run_id"], run_dir, record)
     if cfg.eval.enabled:
-        evaluate_run_model(model, data, cfg, device, run_dir, record, show_progress)
+        try:
+            evaluate_run_model(model, data, cfg, device, run_dir, record, show_progress)
+        except KeyboardInterrupt:  # Ctrl-C during a (long) evaluation: the trained weights are checkpointed
+            record["status"] = "interrupted"
+            record["message"] = f"interrupted during the evaluation; finish it with: bench run --resume {run_dir.name}"
+            save_record(run_dir, record)
+            raise InterruptedRun(record["message"])
     record["status"] = "complete"
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     t = record["timings"]

@@ -146,6 +146,7 @@ def test_scientific_notation_is_a_number():
     ("data.batch_size=0", "data.batch_size must be positive"),
     ("data.noise_std=1.5", "data.noise_std is in pixel units"),
     ("method.bogus=1", "unknown setting 'bogus'"),
+    ("eval.protocol=bogus", "unknown protocol 'bogus'; choose one of: .*quick"),
     ("method.steps=0", "method.steps must be >= 1"),
     ("method.attack_mode=sideways", "attack_mode='sideways' is not valid"),
 ])

@@ -113,3 +113,42 @@ def test_ctrl_c_leaves_a_resumable_interrupted_run(shapes_data_dir, tmp_path, re
     rec = json.loads((run_dir / "record.json").read_text())
     assert rec["status"] == "complete" and rec["message"] is None
     _assert_same_weights(run_dir, reference_weights)
+
+
+def test_ctrl_c_during_the_evaluation(shapes_data_dir, tmp_path, bench_cli, tiny_args):
+    """Ctrl-C in the end-of-run evaluation leaves an interrupted run whose resume only evaluates."""
+    from metrics import METRICS, register_metric
+    from metrics.protocols import PROTOCOLS, Protocol, register_protocol
+
+    calls = []
+
+    @register_metric("test-ctrl-c")
+    def ctrl_c(model, data, settings, ctx):
+        calls.append(1)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGINT)
+        return {"accuracy": 0.5, "n_examples": settings["n_examples"]}
+
+    register_protocol(Protocol(name="test-ctrl-c", description="presses Ctrl-C once", metrics={"test-ctrl-c": {}}))
+    try:
+        out = tmp_path / "results"
+        res = bench_cli("run", "--method", "ce", *tiny_args(out, shapes_data_dir, steps=2),
+                        "--set", "eval.protocol=test-ctrl-c")
+        assert res.exit_code == 130, res.stderr
+        (run_dir,) = (out / "runs").iterdir()
+        assert res.stderr.strip().splitlines()[-1] == (
+            f"error: interrupted during the evaluation; finish it with: bench run --resume {run_dir.name}")
+        rec = json.loads((run_dir / "record.json").read_text())
+        assert rec["status"] == "interrupted" and rec["training"]["steps_done"] == 2 and not rec["evaluations"]
+        weights = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["model"]
+
+        res = bench_cli("run", "--resume", run_dir.name, "--out", str(out), "-q")
+        assert res.exit_code == 0, res.stderr
+        rec = json.loads((run_dir / "record.json").read_text())
+        assert rec["status"] == "complete" and rec["training"]["steps_done"] == 2 and len(calls) == 2
+        assert rec["evaluations"]["test-ctrl-c"]["test-ctrl-c"]["accuracy"] == 0.5
+        final = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["model"]
+        assert all(torch.equal(final[k], v) for k, v in weights.items())  # no extra training
+    finally:
+        METRICS.unregister("test-ctrl-c")
+        PROTOCOLS.pop("test-ctrl-c", None)
