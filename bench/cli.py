@@ -188,7 +188,9 @@ def list_(kind):
 @click.option("--ascending", is_flag=True, help="Sort ascending instead.")
 @click.option("--filter", "filters", multiple=True, metavar="COL=VALUE",
               help="Keep rows where COL equals (or with !=, differs from) VALUE. Repeatable.")
-def compare(out, fmt, sort, ascending, filters):
+@click.option("--reference", is_flag=True,
+              help="Add published reference rows (EB-JDAT paper, RobustBench), marked kind=reported, after the measured ones.")
+def compare(out, fmt, sort, ascending, filters, reference):
     """Leaderboard of all runs: a row per run, a column per protocol/metric (accuracy in %).
 
     \b
@@ -196,10 +198,11 @@ def compare(out, fmt, sort, ascending, filters):
       bench compare
       bench compare --sort quick/pgd --filter dataset=shapes10
       bench compare --format latex > table.tex
+      bench compare --reference --filter dataset=cifar10
     """
     from bench.compare import compare as build
 
-    click.echo(build(out, fmt=fmt, sort=sort, ascending=ascending, filters=tuple(filters)))
+    click.echo(build(out, fmt=fmt, sort=sort, ascending=ascending, filters=tuple(filters), reference=reference))
 
 
 # -- show -----------------------------------------------------------------------------------
@@ -215,9 +218,12 @@ def show(run_ref, out, as_json):
       bench show 20261124-101500-pgd-at-shapes10-1a2b3c
       bench show results/runs/<run-id> --json
     """
+    from pathlib import Path
+
     from bench.records import load_record, resolve_run
 
-    rec = load_record(resolve_run(run_ref, out))
+    run_dir = resolve_run(run_ref, out)
+    rec = load_record(run_dir)
     if as_json:
         click.echo(json.dumps(rec, indent=2))
         return
@@ -241,16 +247,42 @@ def show(run_ref, out, as_json):
         lines.append(f"last log  step {last['step']}: {terms}")
     for v in tr.get("validation", [])[-1:]:
         lines.append(f"last val  {v['split']} accuracy {100 * v['accuracy']:.2f}% (n={v['n_examples']})")
+    try:
+        from bench.commands.eval import format_result
+    except ImportError:  # pragma: no cover
+        format_result = None
     for protocol, metrics in rec.get("evaluations", {}).items():
         lines.append(f"eval [{protocol}]")
         for name, res in metrics.items():
-            nums = ", ".join(f"{k} {v:.4g}" for k, v in res.items()
-                             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seconds")
-            lines.append(f"  {name:10s} {nums}")
+            if not isinstance(res, dict):
+                continue
+            text = None
+            if format_result is not None:
+                try:
+                    text = format_result(name, res)
+                except (KeyError, TypeError, ValueError):
+                    text = None
+            if text is None:
+                text = ", ".join(f"{k} {v:.4g}" for k, v in res.items()
+                                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seconds")
+            when = f"  [{res['evaluated_at']}]" if res.get("evaluated_at") else ""
+            lines.append(f"  {name:11s} {text}{when}")
+            if res.get("note"):
+                lines.append(f"  {'':11s} note: {res['note']}")
     if rec.get("message"):
         lines.append(f"message   {rec['message']}")
-    for name, path in rec.get("artifacts", {}).items():
+    arts = rec.get("artifacts", {})
+    figures = {k: v for k, v in arts.items() if isinstance(v, str) and v.lower().endswith((".png", ".pdf", ".svg"))}
+    for name, path in arts.items():
+        if name in figures:
+            continue
         lines.append(f"artifact  {name}: {path}")
+    if figures:
+        lines.append("figures   (energy histograms, reliability diagrams, sample grids)")
+        for name, path in sorted(figures.items()):
+            p = Path(path) if Path(path).is_absolute() else (run_dir / path)
+            mark = "" if p.is_file() else "  (missing)"
+            lines.append(f"  {name:34s} {p.resolve().as_uri() if p.is_file() else p}{mark}")
     click.echo("\n".join(lines))
 
 

@@ -1,11 +1,21 @@
 """Protocols: named, documented bundles of metric settings. Every stored number carries one.
 
-``quick`` is the end-of-run check of `bench run`: clean accuracy and PGD-20 (eps 8/255,
-alpha 2/255, pixel units, [0, 1] inputs, random start, no test-time noise).
+- ``quick``: the end-of-run check of `bench run` (clean + PGD-20).
+- ``standard``: RobustBench-style evaluation ([0, 1] inputs, eps 8/255, official standard
+  AutoAttack, no test-time noise) plus clean, PGD-20, energy gaps, calibration and, when
+  generated samples and Inception weights are available, FID / KID / IS.
+- ``paper``: the EB-JDAT authors' evaluation script reproduced with the official library's
+  components (eps 8/255 on the [-1, 1] scale = 4/255 in pixels, N(0, 0.03^2) test-time noise on
+  the [-1, 1] scale, their reduced AutoAttack).
+
+Each protocol's ``description`` states its exact settings (`bench list protocols`). A metric
+listed in ``optional`` is skipped, with the reason reported, when its inputs (generated samples,
+Inception weights) are not available; asked for by name (``--metrics fid``) it fails instead.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,11 +26,17 @@ from bench.errors import BenchError
 from metrics.base import METRICS, EvalContext
 
 
+class MetricUnavailable(BenchError):
+    """A metric's inputs (generated samples, feature-extractor weights, ...) are missing; one line says how to fix it."""
+
+
 @dataclass(frozen=True)
 class Protocol:
     name: str
     description: str
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # metric -> settings
+    optional: frozenset[str] = frozenset()  # skipped (with the reason) when their inputs are unavailable
+    input_noise: float = 0.0  # std of Gaussian noise added once to the [0, 1] test images (pixel units)
 
 
 PROTOCOLS: dict[str, Protocol] = {}
@@ -31,15 +47,69 @@ def register_protocol(p: Protocol) -> Protocol:
     return p
 
 
+PGD20 = {"eps": 8 / 255, "alpha": 2 / 255, "steps": 20, "restarts": 1, "norm": "Linf"}
+
 register_protocol(
     Protocol(
         name="quick",
         description="clean accuracy + l-inf PGD-20 (eps 8/255, alpha 2/255, pixel units, random start), "
         "[0, 1] inputs, no test-time noise",
+        metrics={"clean": {}, "pgd": dict(PGD20)},
+    )
+)
+
+register_protocol(
+    Protocol(
+        name="standard",
+        description=(
+            "RobustBench style: [0, 1] inputs, no test-time noise, l-inf eps 8/255 in pixels. clean accuracy; "
+            "PGD-20 (alpha 2/255, random start); official AutoAttack 'standard' (pyautoattack: APGD-CE 100 it, "
+            "APGD-T 9 targets x 100 it, FAB-T 9 targets x 100 it, Square 5000 queries); energy E(x)=-logsumexp f(x) "
+            "of clean, PGD-20 adversarial (same attack) and generated samples with gaps, W1 distances and a histogram; "
+            "ECE (15 equal-width bins) + reliability diagram; when generated samples and Inception weights exist: "
+            "FID / KID (torch-fidelity, InceptionV3 2048-d pool3) vs the train split and IS (10 splits; n/a without "
+            "the 1008-way fc layer)"
+        ),
         metrics={
             "clean": {},
-            "pgd": {"eps": 8 / 255, "alpha": 2 / 255, "steps": 20, "restarts": 1, "norm": "Linf"},
+            "pgd": dict(PGD20),
+            "autoattack": {"version": "standard", "norm": "Linf", "eps": 8 / 255},
+            "energy": {"attack": dict(PGD20)},
+            "calibration": {"bins": 15},
+            "fid": {"real_split": "train", "n_samples": 10000},
+            "kid": {"real_split": "train", "n_samples": 10000},
+            "is": {"n_samples": 10000, "splits": 10},
         },
+        optional=frozenset({"fid", "kid", "is"}),
+    )
+)
+
+PAPER_PGD = {"eps": 4 / 255, "alpha": 0.5 / 255, "steps": 20, "restarts": 1, "norm": "Linf"}
+register_protocol(
+    Protocol(
+        name="paper",
+        description=(
+            "the EB-JDAT authors' eval script (eval_jempp.py, test.sh) with the official library's components: "
+            "test images + N(0, 0.03^2) noise on the [-1, 1] scale (std 0.015 in pixels, drawn once per image with "
+            "the seed, clamped to [0, 1]); eps 8/255 on the [-1, 1] scale = 4/255 in pixels; PGD-20 step 1/255 on "
+            "[-1, 1] = 0.5/255 pixels, random start; AutoAttack reduced as in their vendored copy: APGD-CE 20 it "
+            "-> untargeted APGD-DLR 20 it -> Square 5000 queries, 1 restart each (their FAB clamps to [0, 1] on "
+            "[-1, 1] images and contributes nothing, so it is left out); energy and ECE on the same noisy images; "
+            "FID/IS on the top 90% most confident generated samples per predicted class vs train+test, computed "
+            "correctly (their uint8-as-float pixel wrap-around is not reproduced)"
+        ),
+        metrics={
+            "clean": {},
+            "pgd": dict(PAPER_PGD),
+            "autoattack": {"version": "custom", "attacks": ["apgd-ce", "apgd-dlr", "square"], "norm": "Linf",
+                           "eps": 4 / 255, "apgd_iter": 20, "apgd_restarts": 1, "square_queries": 5000},
+            "energy": {"attack": dict(PAPER_PGD)},
+            "calibration": {"bins": 15},
+            "fid": {"real_split": "train+test", "n_samples": 10000, "select_top_ratio": 0.9},
+            "is": {"n_samples": 10000, "splits": 10, "select_top_ratio": 0.9},
+        },
+        optional=frozenset({"fid", "is"}),
+        input_noise=0.015,
     )
 )
 
@@ -50,18 +120,72 @@ def get_protocol(name: str) -> Protocol:
     return PROTOCOLS[name]
 
 
-def evaluate(model, data, protocol: str, n_examples: int, ctx: EvalContext,
-             metrics: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Run the protocol's metrics; returns ``{metric: {numbers..., protocol, settings, n_examples}}``."""
+def noisy_view(data, std: float, seed: int):
+    """A shallow copy of ``data`` whose test images are float [0, 1] with N(0, std^2) noise added once."""
+    g = torch.Generator().manual_seed(2_000_003 + seed)
+    x = data.x_test.float().div(255.0)
+    x = (x + std * torch.randn(x.shape, generator=g)).clamp_(0.0, 1.0)
+    view = copy.copy(data)
+    view.x_test_clean = data.x_test
+    view.x_test = x
+    return view
+
+
+def metric_settings(proto: Protocol, name: str, n_examples: int | None,
+                    overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    settings = {**proto.metrics.get(name, {})}
+    if n_examples is not None:
+        settings["n_examples"] = n_examples
+    settings.update((overrides or {}).get(name, {}))
+    if proto.input_noise:
+        settings["input_noise"] = proto.input_noise
+    return settings
+
+
+def preflight(protocol: str, metrics: list[str] | None, ctx: EvalContext,
+              n_examples: int | None = None, overrides: dict | None = None) -> tuple[list[str], dict[str, str]]:
+    """(metrics to run, {skipped metric: reason}). Fails with the one-line fix for a metric asked for by name."""
     proto = get_protocol(protocol)
-    names = metrics or list(proto.metrics)
+    names = list(metrics) if metrics else list(proto.metrics)
+    run, skipped = [], {}
+    for name in names:
+        fn = METRICS.get(name)
+        check = getattr(fn, "preflight", None)
+        if check is not None:
+            try:
+                check(metric_settings(proto, name, n_examples, overrides), ctx)
+            except MetricUnavailable as exc:
+                if metrics or name not in proto.optional:
+                    raise
+                skipped[name] = str(exc)
+                continue
+        run.append(name)
+    return run, skipped
+
+
+def evaluate(model, data, protocol: str, n_examples: int, ctx: EvalContext,
+             metrics: list[str] | None = None, overrides: dict[str, dict[str, Any]] | None = None,
+             skipped: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """Run the protocol's metrics; returns ``{metric: {numbers..., protocol, settings, n_examples}}``.
+
+    ``metrics`` restricts (and, for optional metrics, insists on) a subset; ``overrides`` maps a
+    metric to settings replacing the protocol's. Optional metrics whose inputs are unavailable
+    are left out of the result and their reasons put into ``skipped``.
+    """
+    proto = get_protocol(protocol)
+    ctx.extra["protocol"] = proto.name
+    names, why = preflight(protocol, metrics, ctx, n_examples, overrides)
+    if skipped is not None:
+        skipped.update(why)
+    if proto.input_noise:
+        data = noisy_view(data, proto.input_noise, ctx.seed)
     results: dict[str, dict[str, Any]] = {}
     was_training = model.training
     model.eval()
     try:
         for name in names:
             fn = METRICS.get(name)
-            settings = {**proto.metrics.get(name, {}), "n_examples": n_examples}
+            settings = metric_settings(proto, name, n_examples, overrides)
             t0 = time.perf_counter()
             out = fn(model, data, settings, ctx)
             results[name] = {

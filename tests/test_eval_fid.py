@@ -1,0 +1,175 @@
+"""FID / KID / IS through torch-fidelity, checked against an independent numpy/scipy computation."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+
+from metrics.base import METRICS, EvalContext
+
+NAME = "trilemma-test-standin"
+
+
+class StandIn(FeatureExtractorBase):
+    """A small fixed extractor: 4x4 average pooling of the uint8 image, then fixed random projections."""
+
+    def __init__(self, name, features_list, **kwargs):
+        super().__init__(name, features_list)
+        g = torch.Generator().manual_seed(123)
+        self.register_buffer("w_feat", torch.randn(48, 16, generator=g) / 7)
+        self.register_buffer("w_logits", torch.randn(16, 10, generator=g))
+
+    @staticmethod
+    def get_provided_features_list():
+        return ("feat", "logits")
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return {"isc": "logits", "fid": "feat", "kid": "feat", "prc": "feat"}[metric]
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+
+    def forward(self, x):
+        assert x.dtype == torch.uint8
+        h = F.adaptive_avg_pool2d(x.float() / 255, 4).flatten(1)
+        feat = torch.tanh(h @ self.w_feat)
+        out = {"feat": feat, "logits": feat @ self.w_logits}
+        return tuple(out[k] for k in self.features_list)
+
+
+if NAME not in FEATURE_EXTRACTORS_REGISTRY:
+    register_feature_extractor(NAME, StandIn)
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRILEMMA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("TRILEMMA_OFFLINE", "1")
+
+
+def make_data(n_real=60):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 256, (n_real, 3, 8, 8), dtype=torch.uint8, generator=g)
+    return SimpleNamespace(name="synthetic", x_train=x[:40], y_train=torch.zeros(40, dtype=torch.long),
+                           x_test=x[40:], y_test=torch.zeros(n_real - 40, dtype=torch.long), num_classes=10)
+
+
+def write_samples(path, n=50):
+    g = torch.Generator().manual_seed(9)
+    x = (torch.rand(n, 8, 8, 3, generator=g) ** 2 * 255).round().to(torch.uint8)  # darker than the real images
+    np.savez(path, x=x.numpy())
+    return x.permute(0, 3, 1, 2).contiguous()
+
+
+def frechet(f1: np.ndarray, f2: np.ndarray) -> float:
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def test_fid_matches_independent_frechet_distance(tmp_path):
+    data = make_data()
+    gen = write_samples(tmp_path / "gen.npz")
+    ctx = EvalContext(device=torch.device("cpu"), batch_size=16, seed=0, out_dir=tmp_path / "run", show_progress=False,
+                      extra={"samples": str(tmp_path / "gen.npz")})
+    settings = {"feature_extractor": NAME, "real_split": "train+test", "n_samples": 50}
+    out = METRICS.get("fid")(None, data, settings, ctx)
+
+    ext = StandIn(NAME, ["feat", "logits"]).eval()
+    with torch.no_grad():
+        fg, lg = ext(gen)
+        fr, _ = ext(torch.cat([data.x_train, data.x_test]))
+    ref = frechet(fg.double().numpy(), fr.double().numpy())
+    assert out["fid"] == pytest.approx(ref, rel=1e-4, abs=1e-6)
+    assert out["fid"] > 0.05  # the two sets differ: a broken pipeline returning ~0 fails
+    assert out["n_samples"] == 50 and out["n_real"] == 60 and out["n_examples"] == 50
+    assert out["weights_sha256"] is None and out["samples"]["source"] == "npz"
+    assert out["real_stats_cached"] is False
+
+    # IS from the same pass, against an independent KL computation (no shuffle effect on 1 split)
+    res_is = METRICS.get("is")(None, data, {**settings, "splits": 1}, ctx)
+    p = torch.softmax(lg.double(), 1).numpy()
+    kl = (p * (np.log(p) - np.log(p.mean(0, keepdims=True)))).sum(1).mean()
+    assert res_is["is_mean"] == pytest.approx(float(np.exp(kl)), rel=1e-6)
+
+    kid = METRICS.get("kid")(None, data, settings, ctx)
+    assert np.isfinite(kid["kid_mean"]) and kid["kid_subset_size"] == 50
+
+    # the real images' statistics are cached, keyed by dataset content, split, extractor and weights
+    cached = list((tmp_path / "cache" / "fidelity").glob("synthetic-train+test-n60-*-stat-fid-feat.pt"))
+    assert len(cached) == 1
+    ctx2 = EvalContext(device=torch.device("cpu"), batch_size=16, seed=0, out_dir=None, show_progress=False,
+                       extra={"samples": str(tmp_path / "gen.npz")})
+    again = METRICS.get("fid")(None, data, settings, ctx2)
+    assert again["real_stats_cached"] is True and again["fid"] == pytest.approx(out["fid"], rel=1e-9)
+    other_split = METRICS.get("fid")(None, data, {**settings, "real_split": "test"}, ctx2)
+    assert other_split["real_stats_cached"] is False and other_split["n_real"] == 20
+
+
+def test_weights_fc_detection(tmp_path):
+    from metrics.fid import weights_have_fc
+
+    torch.save({"fc.weight": torch.ones(3, 2), "fc.bias": torch.zeros(3)}, tmp_path / "with_fc.pth")
+    torch.save({"fc.weight": torch.full((3, 2), float("nan")), "fc.bias": torch.zeros(3)}, tmp_path / "nan_fc.pth")
+    torch.save({"conv.weight": torch.ones(1)}, tmp_path / "no_fc.pth")
+    assert weights_have_fc(str(tmp_path / "with_fc.pth")) is True
+    assert weights_have_fc(str(tmp_path / "nan_fc.pth")) is False
+    assert weights_have_fc(str(tmp_path / "no_fc.pth")) is False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("BENCH_SLOW_TESTS"), reason="InceptionV3 at 299x299 on CPU: ~2 min; BENCH_SLOW_TESTS=1")
+def test_inception_weights_without_fc_give_fid_and_is_na(tmp_path):
+    """The real InceptionV3 code path with a weights file whose fc is NaN (as `bench fid-weights` writes)."""
+    from bench.commands.fid_weights import _inception_skeleton
+    from metrics.fid import sha256_file, weights_have_fc
+
+    torch.manual_seed(0)
+    sd = _inception_skeleton().state_dict()
+    sd["fc.weight"] = torch.full_like(sd["fc.weight"], float("nan"))
+    sd["fc.bias"] = torch.full_like(sd["fc.bias"], float("nan"))
+    wpath = tmp_path / "w.pth"
+    torch.save(sd, wpath)
+    assert weights_have_fc(str(wpath)) is False
+
+    data = make_data(n_real=46)
+    write_samples(tmp_path / "gen.npz", n=4)
+    data.x_train, data.x_test = data.x_train[:4], data.x_test[:2]
+    ctx = EvalContext(device=torch.device("cpu"), batch_size=8, seed=0, out_dir=None, show_progress=False,
+                      extra={"samples": str(tmp_path / "gen.npz"), "weights": str(wpath)})
+    settings = {"real_split": "train", "n_samples": 4}
+    fid = METRICS.get("fid")(None, data, settings, ctx)
+    assert np.isfinite(fid["fid"]) and fid["weights_sha256"] == sha256_file(wpath)
+    assert fid["feature_extractor"] == "inception-v3-compat" and fid["weights_source"] == "given"
+    res_is = METRICS.get("is")(None, data, settings, ctx)
+    assert res_is["is_mean"] is None and "n/a" in res_is["note"]
+
+
+def test_missing_weights_is_one_line(tmp_path):
+    from metrics.protocols import MetricUnavailable
+
+    data = make_data()
+    write_samples(tmp_path / "gen.npz")
+    ctx = EvalContext(device=torch.device("cpu"), batch_size=16, seed=0, out_dir=None, show_progress=False,
+                      extra={"samples": str(tmp_path / "gen.npz")})
+    with pytest.raises(MetricUnavailable) as err:
+        METRICS.get("fid").preflight({"n_samples": 50}, ctx)
+    msg = str(err.value)
+    assert "\n" not in msg and "weights-inception-2015-12-05-6726825d.pth" in msg
+    assert str(tmp_path / "torch" / "hub" / "checkpoints") in msg and "bench fid-weights" in msg
