@@ -14,15 +14,20 @@ Fixture names are a stable interface (other test modules use them):
 ``bench_subprocess``   ``bench_subprocess(*args, env=None, timeout=300) -> CliResult``: the same
                        through ``python -m bench`` in a child process (use for signals, plugins
                        and concurrency).
-``tiny_args``          ``tiny_args(out, data_dir, steps=4)``: the ``bench run`` options of a
-                       tiny smoke run (128 training images, batch 32, ``steps`` steps, 32
-                       evaluation images) as a list, to append after ``--method``.
+``tiny_args``          ``tiny_args(out, data_dir, steps=4, seed=0)``: the ``bench run`` options of
+                       a tiny smoke run (128 training images, batch 32, ``steps`` steps, 32
+                       evaluation images, -q) as a list, to append after ``--method``; options
+                       given after them win.
 ``tiny_overrides``     the same as ``--set`` strings for ``resolve_config(overrides=...)``.
 ``complete_run``       (session) the directory of one finished tiny ``ce`` run (do not modify it;
                        copy it first), under the results root ``complete_run.parent.parent``.
 ``cifar_npz``          path of the real CIFAR-10 sample ``../shared/data/cifar10-train-5k.npz``
                        relative to the repo root; the test is skipped when it is absent.
 ``CIFAR_NPZ``          (module constant) the same path, for ``skipif`` marks.
+
+Plain helpers (``from conftest import ...``): ``REPO_ROOT``, ``make_tiny_args`` (= ``tiny_args``),
+``run_subprocess`` (= ``bench_subprocess``), ``subprocess_env()`` (the environment for a
+``python -m bench`` child: repo on PYTHONPATH, same thread count), ``CliResult.error_lines``.
 """
 
 from __future__ import annotations
