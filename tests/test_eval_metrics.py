@@ -1,0 +1,107 @@
+"""energy and calibration metrics against direct computations; protocols' settings, noise and skipping."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+import torch.nn as nn
+
+from metrics import EvalContext, evaluate
+from metrics.base import METRICS
+from metrics.protocols import PROTOCOLS, get_protocol, preflight
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(8, 10))
+
+    def forward(self, x):
+        return 4 * self.net(x)
+
+
+def data(n=40):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return SimpleNamespace(name="syn", x_train=x, y_train=y, x_test=x, y_test=y, num_classes=10)
+
+
+def ctx(tmp_path, **extra):
+    return EvalContext(device=torch.device("cpu"), batch_size=16, seed=0, out_dir=tmp_path, show_progress=False,
+                       extra=dict(extra))
+
+
+@pytest.fixture(autouse=True)
+def offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRILEMMA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("TRILEMMA_OFFLINE", "1")
+
+
+def test_calibration_matches_direct_ece(tmp_path):
+    model, d = Tiny().eval(), data()
+    out = METRICS.get("calibration")(model, d, {"bins": 15, "n_examples": 40}, ctx(tmp_path))
+    with torch.no_grad():
+        p = model(d.x_test.float() / 255).softmax(1)
+    conf, pred = p.max(1)
+    correct = (pred == d.y_test).numpy()
+    conf = conf.numpy()
+    ece = 0.0
+    for lo, hi in zip(np.linspace(0, 1, 16)[:-1], np.linspace(0, 1, 16)[1:]):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    assert out["ece"] == pytest.approx(ece, abs=1e-6) and out["ece"] > 0
+    assert out["n_examples"] == 40 and sum(out["bin_counts"]) == 40
+    assert (tmp_path / out["artifacts"]["reliability_diagram"]).stat().st_size > 1000
+
+
+def test_energy_gaps_and_w1(tmp_path):
+    model, d = Tiny().eval(), data()
+    gen = torch.zeros(30, 8, 8, 3, dtype=torch.uint8)  # a constant image set with its own energy
+    np.savez(tmp_path / "gen.npz", x=gen.numpy())
+    out = METRICS.get("energy")(model, d, {"n_examples": 40, "attack": {"eps": 8 / 255, "alpha": 2 / 255, "steps": 5}},
+                                ctx(tmp_path, samples=str(tmp_path / "gen.npz"), protocol="standard"))
+    with torch.no_grad():
+        e_clean = -torch.logsumexp(model(d.x_test.float() / 255), 1).double().numpy()
+        e_gen = -torch.logsumexp(model(gen.permute(0, 3, 1, 2).float() / 255), 1).double().numpy()
+    assert out["mean_clean"] == pytest.approx(e_clean.mean(), rel=1e-5)
+    assert out["mean_gen"] == pytest.approx(e_gen.mean(), rel=1e-5) and out["n_generated"] == 30
+    assert out["gap_gen"] == pytest.approx(e_gen.mean() - e_clean.mean(), rel=1e-4, abs=1e-5)
+    assert out["w1_gen"] == pytest.approx(scipy.stats.wasserstein_distance(e_clean, e_gen), rel=1e-4)
+    assert out["gap_adv"] == pytest.approx(out["mean_adv"] - out["mean_clean"]) and out["w1_adv"] >= 0
+    assert (tmp_path / out["artifacts"]["energy_histogram"]).name == "standard-energy.png"
+
+    # without any source of generated samples the generated part is n/a, not an error
+    out2 = METRICS.get("energy")(model, d, {"n_examples": 8, "attack": {"steps": 2}}, ctx(tmp_path / "b"))
+    assert out2["gap_gen"] is None and out2["n_generated"] == 0 and "generated: n/a" in out2["note"]
+
+
+def test_protocols_are_documented_and_optional_metrics_skip(tmp_path):
+    assert {"quick", "standard", "paper"} <= set(PROTOCOLS)
+    std, paper = get_protocol("standard"), get_protocol("paper")
+    assert std.metrics["autoattack"] == {"version": "standard", "norm": "Linf", "eps": 8 / 255}
+    assert paper.metrics["autoattack"]["eps"] == pytest.approx(4 / 255) and paper.input_noise == pytest.approx(0.015)
+    assert paper.metrics["autoattack"]["attacks"] == ["apgd-ce", "apgd-dlr", "square"]
+    assert "4/255" in paper.description and "0.03" in paper.description and "8/255" in std.description
+    names, skipped = preflight("standard", None, ctx(tmp_path))
+    assert {"fid", "kid", "is"} == set(skipped) and "autoattack" in names and "energy" in names
+    assert all("\n" not in why for why in skipped.values())
+
+
+def test_paper_protocol_noise_is_recorded_and_applied(tmp_path):
+    model, d = Tiny().eval(), data()
+    c = ctx(tmp_path)
+    clean_std = evaluate(model, d, "quick", 40, c, ["clean"])["clean"]
+    res = evaluate(model, d, "paper", 40, c, ["clean"])["clean"]
+    assert res["protocol"] == "paper" and res["settings"]["input_noise"] == pytest.approx(0.015)
+    assert res["n_examples"] == 40 and res["loss"] != clean_std["loss"]  # the noisy images differ
+    again = evaluate(model, d, "paper", 40, c, ["clean"])["clean"]
+    assert again["loss"] == res["loss"]  # the noise is drawn once with the seed: reproducible
