@@ -110,6 +110,7 @@ class _Recorder(logging.Handler):
         super().__init__(level=logging.DEBUG)
         self.state_path, self.seg_n, self.on_attack = state_path, seg_n, on_attack
         self.messages: list[str] = []
+        self.warnings: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -117,6 +118,8 @@ class _Recorder(logging.Handler):
         except Exception:  # pragma: no cover - a malformed log call must not break the attack
             return
         self.messages.append(msg)
+        if record.levelno >= logging.WARNING and msg not in self.warnings:
+            self.warnings.append(msg)  # the library's checks (randomised or non-logit outputs, ...)
         m = _AFTER.search(msg)
         if not m:
             return
@@ -193,6 +196,7 @@ def autoattack(model, data, settings, ctx) -> dict:
         write_json(progress_path, prog)
 
     t0 = time.perf_counter()
+    warnings: list[str] = []
     if remaining and (robust is None or bool(robust.any())):
         seg = torch.arange(n) if robust is None else torch.nonzero(robust).view(-1)
         prog["segment"] = seg.tolist()
@@ -224,6 +228,7 @@ def autoattack(model, data, settings, ctx) -> dict:
             prog["seconds"] = round(prog.get("seconds", 0.0) + time.perf_counter() - t0, 3)
             if state_path.exists():
                 save_progress()
+        warnings = rec.warnings
         seg_robust = (y_adv.cpu() == y[seg].cpu())
         if robust is None:
             robust = seg_robust.clone()
@@ -260,6 +265,8 @@ def autoattack(model, data, settings, ctx) -> dict:
         "attack_seconds": round(prog.get("seconds", 0.0), 3),
         "library": f"pyautoattack {_version()}",
     }
+    if warnings:
+        out["library_warnings"] = warnings
     for p in (state_path, progress_path):
         if p.exists():
             p.unlink()

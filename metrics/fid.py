@@ -148,6 +148,9 @@ def generated_samples(model, data, settings: dict, ctx) -> tuple[torch.Tensor, d
     key = (ctx.extra.get("samples"), n, steps)
     if key in memo:
         return memo[key]
+    for (src, n_have, st), (x_have, info_have) in memo.items():  # a larger set drawn earlier: use its prefix
+        if src == key[0] and st == steps and n_have >= n:
+            return x_have[:n], info_have
     if ctx.extra.get("samples"):
         x, _ = load_npz_samples(ctx.extra["samples"])
         x = x[:n]
