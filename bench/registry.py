@@ -121,9 +121,10 @@ class _Bound:
 
 def _num(v: str) -> Any:
     try:
-        return int(v)
+        n = int(v)
     except (TypeError, ValueError):
         return v
+    return n if str(n) == v else v  # "007" or " 7" (e.g. part of a file name) stays text
 
 
 def _is_module(obj: Any) -> bool:

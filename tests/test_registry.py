@@ -55,7 +55,7 @@ def test_builtin_registries_know_the_foundation():
             reg.get(bad)
 
 
-def test_pattern_names_bind_their_parameters(tmp_path):
+def test_pattern_names_bind_their_parameters(tmp_path, monkeypatch):
     import numpy as np
 
     from bench.config import DataConfig
@@ -73,6 +73,12 @@ def test_pattern_names_bind_their_parameters(tmp_path):
     data = DATASETS.get(f"npz:{path}")(cfg=DataConfig(dataset=f"npz:{path}"))
     assert data.x_train.shape[0] + data.x_test.shape[0] == 10
     assert data.source == str(path.resolve())
+
+    # the path is passed through as text, even when it looks like a number
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "007").write_bytes(path.read_bytes())
+    data = DATASETS.get("npz:007")(cfg=DataConfig(dataset="npz:007"))
+    assert data.source == str((tmp_path / "007").resolve())
 
 
 def test_method_decorator_registers_and_is_listed(bench_cli):
