@@ -296,16 +296,17 @@ def test_jempp_base_run_settings_and_base_errors():
     assert get_method("ebjdat").from_dict(c2.method_cfg).cfg.steps == 4
 
 
-def test_trainer_runs_steps_logs_terms_and_checkpoints(tmp_path):
+@pytest.mark.parametrize("name", ["ebjdat", "ebjdat-jem"])
+def test_trainer_runs_steps_logs_terms_and_checkpoints(tmp_path, name):
     from bench.trainer import Trainer
 
-    cfg = resolve_config("ebjdat", preset="smoke", overrides=[
+    cfg = resolve_config(name, preset="smoke", overrides=[
         "data.batch_size=8", "train.max_steps=2", "train.log_every=1", "train.checkpoint_every=0",
         "train.eval_every=0", "train.channels_last=false", "method.sampler.cache_dir='off'",
         "method.sampler.buffer_size=16", "method.sampler.steps=1", "method.attack_steps=1"])
     data = tiny_data()
-    method = get_method("ebjdat").from_dict(cfg.method_cfg)
-    model = tiny_model()
+    method = get_method(name).from_dict(cfg.method_cfg)
+    model = tiny_model(norm=cfg.model.norm)
     method.setup(model, data, torch.device("cpu"))
     trainer = Trainer(cfg, model, method, data, torch.device("cpu"), tmp_path, show_progress=False)
     state = trainer.fit()
