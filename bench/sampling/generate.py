@@ -64,7 +64,7 @@ class SampleFn:
     """``fn(n, y=None)``: ``n`` samples in [0, 1]; ``y`` an int class or (n,) labels for ``x | y``.
 
     After each call ``stats`` holds ``n``, ``steps`` and the mean energies of the starts and of
-    the results (eval mode; ``E(x, y)`` for a conditional call).
+    the results (in the sampler's model mode; ``E(x, y)`` for a conditional call).
     """
 
     def __init__(self, model, sampler: SamplerConfig, device, *, steps: int, num_classes: int,
@@ -129,8 +129,9 @@ class SampleFn:
         return self.buffer[idx].to(self.device).float()
 
     # -- sampling ----------------------------------------------------------------------------
-    def _energy(self, xs: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        with torch.no_grad(), model_mode(self.model, "eval"):
+    def _energy(self, xs: torch.Tensor, y: torch.Tensor | None, mode: str) -> torch.Tensor:
+        # in the sampler's mode: the energy it descends (batch statistics for a train-mode sampler)
+        with torch.no_grad(), model_mode(self.model, mode):
             return energy_from_logits(self.model(from_sym(xs)), y)
 
     def __call__(self, n: int, y=None) -> torch.Tensor:
@@ -145,10 +146,10 @@ class SampleFn:
                 yb = None if y is None else y[i: i + self.batch_size]
                 x0 = self.starts(min(self.batch_size, n - i), yb)
                 if self.track_energy:
-                    e0.append(self._energy(x0, yb))
+                    e0.append(self._energy(x0, yb, mode))
                 xs = run_sampler(self.sampler, self.model, x0, y=yb, steps=self.steps, mode=mode) if self.steps else x0
                 if self.track_energy:
-                    e1.append(self._energy(xs, yb))
+                    e1.append(self._energy(xs, yb, mode))
                 out.append(from_sym(xs).clamp_(0.0, 1.0))
         self.stats = {"n": n, "steps": self.steps, "sampler": self.sampler.kind}
         if self.track_energy:
