@@ -72,7 +72,8 @@ def run(method, dataset, arch, preset, config_file, overrides, seed, device, dat
                                 ("--config", config_file), ("--set", overrides), ("--seed", seed)) if v]
         if given:
             raise BenchError(f"--resume continues a run with its saved config; drop {', '.join(given)}")
-        result = resume_run(resume, out=out, device=device, show_progress=not quiet, checkpoint_path=checkpoint_path)
+        result = resume_run(resume, out=out, device=device, show_progress=not quiet, checkpoint_path=checkpoint_path,
+                            announce=_announce)
     else:
         if not method:
             raise BenchError("missing --method; choose one with `bench list methods`, e.g. bench run --method ce")
@@ -93,13 +94,14 @@ def run(method, dataset, arch, preset, config_file, overrides, seed, device, dat
             if not torch.cuda.is_available():
                 click.echo(f"note: preset 'paper' trains {cfg.model.arch} for {cfg.train.epochs:g} epochs; "
                            "on a CPU use --preset cpu or --preset smoke", err=True)
-        if os.environ.get("RANK", "0") == "0":
-            click.echo(f"run: {cfg.method} on {cfg.data.dataset} ({cfg.model.arch}, preset {cfg.preset}, "
-                       f"seed {cfg.seed})", err=True)
-        result = start_run(cfg, out=out, show_progress=not quiet)
+        result = start_run(cfg, out=out, show_progress=not quiet, announce=_announce)
     if os.environ.get("RANK", "0") == "0":
         _print_summary(result.record)
         click.echo(f"record: {result.run_dir / 'record.json'}")
+
+
+def _announce(line: str) -> None:
+    click.echo(line, err=True)
 
 
 def _relaunch_with_torchrun(nproc: int) -> int:
@@ -310,6 +312,10 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:  # bad flag or choice: one line naming the fix
+        where = exc.ctx.command_path if exc.ctx else "bench"
+        click.echo(f"error: {exc.format_message()} (see: {where} --help)", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

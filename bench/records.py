@@ -133,6 +133,51 @@ def save_record(run_dir: Path, record: dict[str, Any]) -> None:
     write_json(Path(run_dir) / "record.json", record)
 
 
+class RunLock:
+    """Exclusive ownership of a run directory while a process trains it (``.lock`` holds the PID).
+
+    A lock left by a process that no longer exists (kill -9, a crash) is taken over.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self.held = False
+
+    def __enter__(self) -> "RunLock":
+        me = f"{socket.gethostname()} {os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                owner = self.path.read_text().strip() if self.path.is_file() else ""
+                host, _, pid = owner.rpartition(" ")
+                if host == socket.gethostname() and pid.isdigit() and _alive(int(pid)):
+                    raise BenchError(f"run {self.path.parent.name} is being trained by process {pid}; "
+                                     "wait for it to finish or stop it before resuming")
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(me)
+            self.held = True
+            return self
+        raise BenchError(f"could not lock {self.path}; remove it if no process trains this run")
+
+    def __exit__(self, *exc) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def resolve_run(ref: str, out: str | Path) -> Path:
     """A run given by id (under ``out``/runs), by its directory, or by its record.json path."""
     p = Path(ref)

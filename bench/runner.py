@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -17,7 +17,7 @@ from bench.config import RunConfig, from_dict
 from bench.data import load_dataset, split_validation
 from bench.errors import BenchError, DivergenceError, InterruptedRun
 from bench.models import build_model
-from bench.records import load_record, new_record, new_run_dir, resolve_run, save_record
+from bench.records import RunLock, load_record, new_record, new_run_dir, resolve_run, save_record
 from bench.trainer import Trainer, TrainState
 from methods import get_method
 
@@ -77,7 +77,17 @@ def _record_updater(run_dir: Path, record: dict[str, Any], trainer_ref: list):
 
 
 def _train_and_evaluate(cfg, data, device, run_dir, record, show_progress, resume_from: Path | None,
-                        built=None, dist: D.DistInfo = D.SINGLE) -> RunResult:
+                        built=None, dist: D.DistInfo = D.SINGLE, announce=None) -> RunResult:
+    """Train and evaluate, holding the run directory's lock (rank 0) so no second process trains it."""
+    import contextlib
+
+    with RunLock(run_dir) if dist.is_main else contextlib.nullcontext():
+        return _train_and_evaluate_locked(cfg, data, device, run_dir, record, show_progress, resume_from, built, dist,
+                                          announce)
+
+
+def _train_and_evaluate_locked(cfg, data, device, run_dir, record, show_progress, resume_from, built,
+                               dist: D.DistInfo, announce) -> RunResult:
     model, method = built or _build(cfg, data, device)
     D.broadcast_parameters(model, dist)
     ref: list = []
@@ -87,6 +97,9 @@ def _train_and_evaluate(cfg, data, device, run_dir, record, show_progress, resum
     main = dist.is_main
     if resume_from is not None:
         trainer.load_checkpoint(resume_from)
+        if announce and dist.is_main:
+            announce(f"resuming run {record['run_id']} ({cfg.method} on {cfg.data.dataset}) at step "
+                     f"{trainer.state.step} from {resume_from.name}")
         record["training"]["resumes"].append({"at_step": trainer.state.step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     record["status"] = "running"
     record["message"] = None
@@ -159,7 +172,9 @@ def _prepare_data_ranked(cfg: RunConfig, dist: D.DistInfo):
     return data
 
 
-def start_run(cfg: RunConfig, out: str | Path = "results", show_progress: bool = True) -> RunResult:
+def start_run(cfg: RunConfig, out: str | Path = "results", show_progress: bool = True,
+              announce: Callable[[str], None] | None = None) -> RunResult:
+    """Train and evaluate a new run. ``announce`` receives one line naming the run once it exists."""
     dist, device_name = D.init(cfg.device)
     device = resolve_device(device_name)
     data = _prepare_data_ranked(cfg, dist)  # fails before anything is written if the data is missing
@@ -172,12 +187,15 @@ def start_run(cfg: RunConfig, out: str | Path = "results", show_progress: bool =
     record = new_record(run_id, cfg, device, data.summary())
     if dist.is_main:
         save_record(run_dir, record)
+        if announce:
+            announce(f"run {run_id}: {cfg.method} on {cfg.data.dataset} ({cfg.model.arch}, preset {cfg.preset}, "
+                     f"seed {cfg.seed}, {device.type}{f' x{dist.world}' if dist.enabled else ''})")
     return _train_and_evaluate(cfg, data, device, run_dir, record, show_progress, resume_from=None, built=built,
                                dist=dist)
 
 
 def resume_run(ref: str, out: str | Path = "results", device: str | None = None, show_progress: bool = True,
-               checkpoint_path: str | None = None) -> RunResult:
+               checkpoint_path: str | None = None, announce: Callable[[str], None] | None = None) -> RunResult:
     run_dir = resolve_run(ref, out)
     record = load_record(run_dir)
     if record.get("status") == "complete":
@@ -189,7 +207,8 @@ def resume_run(ref: str, out: str | Path = "results", device: str | None = None,
     dev = resolve_device(device_name)
     data = _prepare_data_ranked(cfg, dist)
     ckpt = Path(checkpoint_path) if checkpoint_path else run_dir / "checkpoints" / "last.pt"
-    return _train_and_evaluate(cfg, data, dev, run_dir, record, show_progress, resume_from=ckpt, dist=dist)
+    return _train_and_evaluate(cfg, data, dev, run_dir, record, show_progress, resume_from=ckpt, dist=dist,
+                               announce=announce)
 
 
 def load_run_model(run_dir: Path, device: torch.device | None = None, checkpoint_path: str | None = None):

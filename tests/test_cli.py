@@ -26,7 +26,7 @@ def test_bench_run_smoke(method, bench_cli, results_root, tiny_args, shapes_data
     assert run_dir.parent == results_root / "runs"
     assert re.fullmatch(rf"\d{{8}}-\d{{6}}-{method}-shapes10-[0-9a-f]{{6}}", run_dir.name)
     assert re.search(rf"^{run_dir.name} \[quick\]: clean \d+\.\d\d% \(n=32\), pgd \d+\.\d\d% \(n=32\)$", res.stdout, re.M)
-    assert f"run: {method} on shapes10 (resnet8, preset smoke, seed 0)" in res.stderr
+    assert f"run {run_dir.name}: {method} on shapes10 (resnet8, preset smoke, seed 0, cpu)" in res.stderr
     rec = json.loads((run_dir / "record.json").read_text())
     assert rec["status"] == "complete" and rec["method"] == method and rec["preset"] == "smoke"
     assert rec["training"]["steps_done"] == 4

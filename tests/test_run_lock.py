@@ -1,0 +1,48 @@
+"""A run directory is trained by one process at a time; a dead owner's lock is taken over."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from bench.errors import BenchError
+from bench.records import RunLock
+
+
+def test_lock_is_exclusive_and_released(tmp_path):
+    with RunLock(tmp_path) as lock:
+        assert (tmp_path / ".lock").read_text() == f"{socket.gethostname()} {os.getpid()}"
+        with pytest.raises(BenchError, match="is being trained by process"):
+            RunLock(tmp_path).__enter__()
+        assert lock.held
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".lock").write_text(f"{socket.gethostname()} {int(dead.stdout)}")
+    with RunLock(tmp_path):
+        assert (tmp_path / ".lock").read_text().endswith(f" {os.getpid()}")
+
+
+def test_resume_refused_while_another_process_holds_the_run(bench_cli, complete_run):
+    run_dir = complete_run
+    record = run_dir / "record.json"
+    before = record.read_bytes()
+    text = before.decode().replace('"status": "complete"', '"status": "interrupted"')
+    record.write_text(text)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run_dir / ".lock").write_text(f"{socket.gethostname()} {holder.pid}")
+        res = bench_cli("run", "--resume", str(run_dir))
+        assert res.exit_code != 0
+        assert res.error_lines and f"being trained by process {holder.pid}" in res.error_lines[0]
+        assert record.read_text() == text  # untouched
+    finally:
+        holder.kill()
+        (run_dir / ".lock").unlink(missing_ok=True)
+        record.write_bytes(before)
