@@ -252,7 +252,8 @@ class Trainer:
         x = self.prepare(x_u8)
         extra = [(self.prepare(xe), ye) for xe, ye in (s.batch(epoch, index) for s in self.streams[1:])]
         ctx = StepContext(step=step, epoch=epoch, device=self.device, num_classes=self.data.num_classes,
-                          autocast=self.autocast, extra=extra, data=self.data)
+                          autocast=self.autocast, extra=extra, data=self.data,
+                          steps_per_epoch=self.steps_per_epoch)
         terms = self.method.training_step(self.model, x, y, ctx)
         missing = [k for k in self._weights if k not in terms]
         if missing:

@@ -50,6 +50,12 @@ class StepContext:
     autocast: Any  # a context-manager factory: ``with ctx.autocast(): ...`` (bf16 on CUDA)
     extra: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # independent batches
     data: Any = None  # the ImageData (train split) for methods that need dataset statistics
+    steps_per_epoch: int = 0
+
+    @property
+    def epoch_progress(self) -> float:
+        """Fractional epochs completed before this step (``step / steps_per_epoch``)."""
+        return self.step / self.steps_per_epoch if self.steps_per_epoch else float(self.epoch)
 
 
 class Method:
