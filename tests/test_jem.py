@@ -160,3 +160,30 @@ def test_bench_sample_bad_input_is_one_line(bench_cli, jem_run, args, needle):
 def test_bench_sample_saved_buffer_needs_one(bench_cli, complete_run):
     res = bench_cli("sample", str(complete_run), "--buffer", "saved")
     assert res.exit_code == 2 and "saved no replay buffer" in res.error_lines[0]
+
+
+def test_shared_batch_variant_and_conditional_draw(tmp_path):
+    from methods import StepContext, get_method
+    from bench.models import build_model
+    from bench.config import ModelConfig
+    from test_sampling import toy_data
+
+    data = toy_data(hw=16)
+    method = get_method("jem").from_dict({"separate_px_batch": False, "sampler": {
+        "steps": 2, "buffer_size": 30, "conditional": True, "init": "informative", "cache_dir": "off"}})
+    assert method.extra_batches == 0
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="resnet8", norm="none"), 3)
+    method.setup(model, data, torch.device("cpu"))
+    x, y = data.x_train[:8].float() / 255, data.y_train[:8]
+    import contextlib
+
+    ctx = StepContext(step=0, epoch=0, device=torch.device("cpu"), num_classes=3, autocast=contextlib.nullcontext)
+    terms = method.training_step(model, x, y, ctx)
+    assert {"px", "ce", "e_data", "e_sample", "e_gap", "e_start", "acc"} <= set(terms)
+    assert terms["px"].requires_grad and terms["ce"].requires_grad
+    # a conditional buffer: x|y draws only touch the asked class's block
+    before = method.sampler.buffer.x.clone()
+    method.sampler.draw(model, 4, y=torch.full((4,), 1))
+    changed = (method.sampler.buffer.x != before).flatten(1).any(1).nonzero().squeeze(1)
+    assert changed.numel() > 0 and torch.all((changed >= 10) & (changed < 20))

@@ -88,13 +88,13 @@ class JEMFamily(Method):
             if self.cfg.separate_px_batch:
                 x_u = ctx.extra[0][0]
                 e_data = model.energy(x_u)
-                x_hat = self.sampler.draw(model, x_u.shape[0])
+                x_hat = self._draw(model, x_u.shape[0], ctx)
                 e_sample = model.energy(x_hat)
                 logits = model(x)
             else:
                 logits = model(x)
                 e_data = energy_from_logits(logits)
-                x_hat = self.sampler.draw(model, x.shape[0])
+                x_hat = self._draw(model, x.shape[0], ctx)
                 e_sample = model.energy(x_hat)
         ce = F.cross_entropy(logits.float(), y)
         ed, es = e_data.mean(), e_sample.mean()
@@ -111,6 +111,14 @@ class JEMFamily(Method):
         if "energy_start" in self.sampler.last:
             terms["e_start"] = self.sampler.last["energy_start"].detach().float()
         return terms
+
+    def _draw(self, model, n: int, ctx) -> torch.Tensor:
+        """Negative samples; with a class-conditional buffer, for uniformly drawn labels (sampling
+        x|y with E(x, y), as JEM's class-conditional buffer option does)."""
+        y_q = None
+        if self.cfg.sampler.conditional:
+            y_q = torch.randint(0, ctx.num_classes, (n,), device=ctx.device)
+        return self.sampler.draw(model, n, y=y_q)
 
     # -- state and artifacts ---------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
