@@ -87,6 +87,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     protocol: str = "quick"  # named bundle of metric settings run at the end of `bench run`
+    checkpoint: str = "final"  # weights evaluated at the end: final | best (highest validation accuracy)
     n_examples: int = 1000  # test images for the end-of-run evaluation
     batch_size: int = 256
     enabled: bool = True
@@ -338,6 +339,7 @@ CHOICES = {
     "model.norm": ("batch", "none"),
     "model.activation": ("relu", "leaky_relu"),
     "data.pad_mode": ("reflect", "zeros"),
+    "eval.checkpoint": ("final", "best"),
     "device": ("auto", "cpu", "cuda"),
 }
 
@@ -365,6 +367,9 @@ def validate(cfg: RunConfig) -> None:
         from metrics import get_protocol
 
         get_protocol(cfg.eval.protocol)
+    if cfg.eval.checkpoint == "best" and (cfg.data.val_size <= 0 or cfg.train.eval_every <= 0):
+        raise BenchError("eval.checkpoint=best needs a validation split and periodic validation: "
+                         "set data.val_size > 0 and train.eval_every > 0")
     if cfg.optim.lr <= 0:
         raise BenchError(f"optim.lr must be positive, got {cfg.optim.lr}")
     if not 0 <= cfg.data.noise_std < 1:

@@ -62,6 +62,7 @@ def _record_updater(run_dir: Path, record: dict[str, Any], trainer_ref: list):
             history=state.history,
             validation=state.validation,
             rollbacks=state.rollback_events,
+            best=state.best,
             lr_scale=state.lr_scale,
         )
         record["timings"]["train_seconds"] = round(state.train_seconds, 3)
@@ -128,6 +129,18 @@ def _train_and_evaluate_locked(cfg, data, device, run_dir, record, show_progress
     if not main:
         D.barrier(dist)  # wait for rank 0's evaluation, then leave
         return RunResult(record["run_id"], run_dir, record)
+    if cfg.eval.enabled and cfg.eval.checkpoint == "best":
+        best = run_dir / "checkpoints" / "best.pt"
+        if best.is_file():
+            from bench import checkpoint as ckpt_io
+
+            model.load_state_dict(ckpt_io.load(best, expect_digest=cfg.digest())["model"])
+            record["evaluated_checkpoint"] = {**trainer.state.best, "checkpoint": "checkpoints/best.pt"}
+        else:  # training ended before the first validation
+            record["evaluated_checkpoint"] = {"checkpoint": "checkpoints/last.pt", "step": trainer.state.step,
+                                              "note": "no validation ran, so the final weights were evaluated"}
+    elif cfg.eval.enabled:
+        record["evaluated_checkpoint"] = {"checkpoint": "checkpoints/last.pt", "step": trainer.state.step}
     if cfg.eval.enabled:
         try:
             evaluate_run_model(model, data, cfg, device, run_dir, record, show_progress)

@@ -72,6 +72,7 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
     validation: list[dict[str, Any]] = field(default_factory=list)
     rollback_events: list[dict[str, Any]] = field(default_factory=list)  # survive the reloads
+    best: dict[str, Any] = field(default_factory=dict)  # step and accuracy of checkpoints/best.pt
     train_seconds: float = 0.0
 
 
@@ -186,6 +187,13 @@ class Trainer:
             self.method.on_checkpoint(self.run_dir, self.state.step)
         D.barrier(self.dist)  # the file is complete before any rank may read it
         return last
+
+    def save_best(self, validation: dict[str, Any]) -> None:
+        """Keep the weights with the highest validation accuracy so far (``checkpoints/best.pt``)."""
+        self.state.best = {"step": self.state.step, "accuracy": validation["accuracy"],
+                           "n_examples": validation["n_examples"], "checkpoint": "checkpoints/best.pt"}
+        checkpoint.save(self.ckpt_dir / "best.pt", {"step": self.state.step, "config_digest": self.cfg.digest(),
+                                                     "model": self.model.state_dict(), "best": self.state.best})
 
     def load_checkpoint(self, path: Path) -> None:
         ckpt = checkpoint.load(path, expect_digest=self.cfg.digest())
@@ -318,6 +326,8 @@ class Trainer:
                         v = self.validate()
                         v.update(step=self.state.step, epoch=round(self.state.step / self.steps_per_epoch, 4))
                         self.state.validation.append(v)
+                        if v["split"] == "val" and v["accuracy"] > self.state.best.get("accuracy", -1.0):
+                            self.save_best(v)
                         bar.write(f"step {self.state.step}: {v['split']} accuracy {v['accuracy']:.4f} (n={v['n_examples']})")
                     if at_ckpt or done or stop:
                         self.save_checkpoint(periodic=not done)
