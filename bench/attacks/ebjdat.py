@@ -32,6 +32,7 @@ import torch.nn as nn
 from bench.attacks.pgd import input_grad, model_mode
 from bench.errors import BenchError
 
+
 def to_sym(x01: torch.Tensor) -> torch.Tensor:
     """[0, 1] pixels -> the [-1, 1] scale (as ``bench.sampling.to_sym``)."""
     return x01 * 2.0 - 1.0
