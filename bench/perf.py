@@ -7,7 +7,7 @@ is timed after a warm-up, in two variants:
 - ``plain``: eager fp32, NCHW, no autocast (the baseline the fast path must beat),
 
 plus, where a method declares one, a ``reference`` variant that mimics the published code's loop
-(settings in ``REFERENCE_VARIANTS``). FLOPs are counted with torch's FLOP formulas
+(``Method.reference_loop_settings``). FLOPs are counted with torch's FLOP formulas
 (``torch.utils.flop_counter``) on one step; forward-equivalents (FE) per labelled image = step FLOPs / (forward FLOPs per image x
 batch); model-FLOP utilisation (MFU) = achieved FLOP/s / peak, the peak given or measured with
 a large matmul (bf16 on CUDA, fp32 on CPU).
@@ -31,11 +31,6 @@ from bench.runner import prepare_data, resolve_device
 from bench.timing import measure_regions
 from bench.trainer import Trainer
 from methods import get_method
-
-# Settings (``--set`` style) that turn a method's step into its reference implementation's loop.
-# A method's module may add its own entry.
-REFERENCE_VARIANTS: dict[str, list[str]] = {}
-
 
 @dataclass
 class StepTiming:
@@ -116,7 +111,7 @@ def variant_config(cfg: RunConfig, variant: str, method: str) -> RunConfig:
     if variant == "plain":
         return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, channels_last=False, amp="off"))
     if variant == "reference":
-        sets = REFERENCE_VARIANTS.get(method)
+        sets = list(get_method(method).reference_loop_settings)
         if not sets:
             raise ValueError(f"no reference variant for {method}")
         plain = variant_config(cfg, "plain", method)
@@ -191,7 +186,7 @@ def run_perf(methods: list[str], preset: str, *, arch: str | None = None, device
         key = cfg.data.dataset + str(cfg.data.train_subset)
         if key not in data_cache:
             data_cache[key] = prepare_data(cfg)
-        wanted = list(variants) + (["reference"] if m in REFERENCE_VARIANTS else [])
+        wanted = list(variants) + (["reference"] if get_method(m).reference_loop_settings else [])
         for v in wanted:
             results.append(time_method(cfg, v, steps=steps, warmup=warmup, peak=peak, data=data_cache[key]))
     return {

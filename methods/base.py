@@ -71,6 +71,9 @@ class Method:
     run_defaults: ClassVar[dict[str, Any]] = {}
     extra_batches: ClassVar[int] = 0  # independent training batches per step besides the main one
     reference: ClassVar[str] = ""  # the paper / code it follows
+    # --set items that make the step follow the published implementation's loop (slower, same
+    # result); `bench perf` times that variant beside the fast path when a method declares one
+    reference_loop_settings: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: Any):
         self.cfg = cfg

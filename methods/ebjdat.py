@@ -37,7 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.attacks.ebjdat import EPS_UNITS, ebjdat_attack
+from bench.attacks.ebjdat import ATTACK_IMPLS, EPS_UNITS, ebjdat_attack
 from bench.config import update_dataclass
 from bench.errors import BenchError
 from bench.models.base import energy_from_logits
@@ -134,6 +134,7 @@ class EBJDATConfig:
     align_pair: str = "other"  # other: x_u as the alignment's clean side (the reference) | source: x
     energy_l2: float = 0.0  # >0: + energy_l2 * (mean E(x_u)^2 + mean E(x_hat)^2); the reference: off
     grid_size: int = 64  # replay-buffer entries in the PNG written with each checkpoint (0: none)
+    attack_impl: str = "batched"  # batched | reference (the published 2-image loop; same result, for bench perf)
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(**BASES[DEFAULT_BASE].sampler))
 
     def __post_init__(self):
@@ -150,6 +151,8 @@ class EBJDATConfig:
             raise BenchError("method.attack_steps, method.eps and method.alpha must be >= 0")
         if min(self.px_weight, self.ce_weight, self.align_weight, self.adv_weight, self.energy_l2) < 0:
             raise BenchError("the loss weights method.*_weight and method.energy_l2 must be >= 0")
+        if self.attack_impl not in ATTACK_IMPLS:
+            raise BenchError(f"method.attack_impl={self.attack_impl!r} is not valid; choose batched or reference")
         if self.grid_size < 0:
             raise BenchError(f"method.grid_size must be >= 0, got {self.grid_size}")
 
@@ -169,6 +172,7 @@ def base_defaults(base: str) -> EBJDATConfig:
 class EBJDAT(Method):
     Config = EBJDATConfig
     extra_batches = 1  # x_u, the independent batch of the energy terms
+    reference_loop_settings = ("method.attack_impl=reference",)  # bench perf's reference-style loop
     base_name = DEFAULT_BASE
 
     @classmethod
@@ -251,7 +255,8 @@ class EBJDAT(Method):
             # 3-5. the attack, the alignment term and CE on x_adv
             if c.align_weight > 0 or c.adv_weight > 0:
                 x_adv = ebjdat_attack(model, x, y, eps=c.eps, alpha=c.alpha, steps=c.steps, eps_units=c.eps_units,
-                                      project=c.project, energy_sign=c.adv_energy_sign, mode=c.attack_mode)
+                                      project=c.project, energy_sign=c.adv_energy_sign, mode=c.attack_mode,
+                                      impl=c.attack_impl)
                 e_pos = energy_from_logits(model(x_u if c.align_pair == "other" else x))
                 e_adv = energy_from_logits(model(x_adv))
                 out["align"] = c.adv_energy_sign * (e_pos.mean() - e_adv.mean())

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from bench.timing import region
+
 from bench.errors import BenchError
 from bench.sampling.buffer import INITS, ReplayBuffer, fresh_starts
 from bench.sampling.gaussians import ClassGaussians
@@ -129,7 +131,8 @@ class ContrastiveSampler:
         else:
             x0, idx = self.fresh(batch_size, y), None
         trace: dict = {}
-        xs = run_sampler(self.cfg, model, _match_memory_format(model, x0), y=y, steps=steps, trace=trace)
+        with region("sampler"):
+            xs = run_sampler(self.cfg, model, _match_memory_format(model, x0), y=y, steps=steps, trace=trace)
         if idx is not None:
             self.buffer.write(idx, xs)
         self.last = {k: v for k, v in trace.items() if isinstance(v, torch.Tensor)}
