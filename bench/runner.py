@@ -233,8 +233,9 @@ def load_run_model(run_dir: Path, device: torch.device | None = None, checkpoint
     dev = device or resolve_device(cfg.device)
     data = prepare_data(cfg)
     model = build_model(cfg.model, data.num_classes).to(dev)
+    # the digest recorded at training time: new config fields added since then change cfg.digest()
     ckpt = checkpoint.load(Path(checkpoint_path) if checkpoint_path else run_dir / "checkpoints" / "last.pt",
-                           expect_digest=cfg.digest())
+                           expect_digest=record.get("config_digest") or cfg.digest())
     model.load_state_dict(ckpt["model"])
     model.eval()
     return model, cfg, data, record
