@@ -35,26 +35,35 @@ def energies(model, x: torch.Tensor, device, batch_size: int) -> np.ndarray:
 
 
 def histogram(sets: dict[str, np.ndarray], path: Path, title: str) -> Path:
+    """Top: the three distributions overlaid on shared bins. Bottom: each on its own bins (their ranges
+    can differ by orders of magnitude, e.g. sampler outputs of a classifier not trained as an EBM)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    vals = np.concatenate([v for v in sets.values() if v.size])
+    present = {k: v for k, v in sets.items() if v.size}
+    vals = np.concatenate(list(present.values()))
     lo, hi = float(np.min(vals)), float(np.max(vals))
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
     bins = np.linspace(lo, hi, 61)
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     colors = {"clean": "tab:blue", "adversarial": "tab:red", "generated": "tab:green"}
-    for name, v in sets.items():
-        if v.size:
-            ax.hist(v, bins=bins, density=True, alpha=0.45, color=colors.get(name), label=f"{name} (n={v.size}, "
-                    f"mean {v.mean():.3g})")
-    ax.set_xlabel("E(x) = -logsumexp f(x)")
+    fig = plt.figure(figsize=(7.2, 5.6), dpi=120)
+    grid = fig.add_gridspec(2, max(1, len(present)), height_ratios=[1.4, 1])
+    ax = fig.add_subplot(grid[0, :])
+    for name, v in present.items():
+        ax.hist(v, bins=bins, density=True, alpha=0.45, color=colors.get(name),
+                label=f"{name} (n={v.size}, mean {v.mean():.3g}, std {v.std():.3g})")
+    ax.set_xlabel("E(x) = -logsumexp f(x)  (shared bins)")
     ax.set_ylabel("density")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
+    for i, (name, v) in enumerate(present.items()):
+        a = fig.add_subplot(grid[1, i])
+        a.hist(v, bins=40, color=colors.get(name), alpha=0.7)
+        a.set_title(name, fontsize=8)
+        a.tick_params(labelsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
