@@ -170,7 +170,8 @@ def _drop_empty(df: pd.DataFrame) -> pd.DataFrame:
 
 def render(df: pd.DataFrame, fmt: str) -> str:
     if fmt == "md":
-        text = df.to_markdown(index=False, floatfmt="g", missingval="")
+        shown = df.astype(object).where(df.notna(), None)  # missing values blank in every column type
+        text = shown.to_markdown(index=False, floatfmt="g", missingval="")
         if "kind" in df.columns and (df["kind"] == "reported").any():
             text += "\n\n" + REFERENCE_NOTE
         return text
