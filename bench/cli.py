@@ -129,8 +129,8 @@ def _relaunch_with_torchrun(nproc: int) -> int:
 def _print_summary(record: dict) -> None:
     for protocol, metrics in (record.get("evaluations") or {}).items():
         parts = []
-        for name, res in metrics.items():
-            if isinstance(res, dict) and "accuracy" in res:
+        for name, res in metrics.items():  # the headline accuracies; `bench show` prints everything
+            if name in ("clean", "pgd", "autoattack") and isinstance(res, dict) and "accuracy" in res:
                 parts.append(f"{name} {100 * res['accuracy']:.2f}% (n={res.get('n_examples')})")
         if parts:
             click.echo(f"{record['run_id']} [{protocol}]: " + ", ".join(parts))

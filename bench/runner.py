@@ -165,8 +165,10 @@ def evaluate_run_model(model, data, cfg: RunConfig, device, run_dir: Path, recor
     from metrics import EvalContext, evaluate
 
     proto = protocol or cfg.eval.protocol
+    # the run config lets generative metrics draw samples with the run's own sampler
     ctx = EvalContext(device=device, batch_size=cfg.eval.batch_size, seed=cfg.seed, out_dir=run_dir,
-                      show_progress=show_progress)
+                      show_progress=show_progress,
+                      extra={"cfg": cfg, "run_dir": str(run_dir), "samples": None, "weights": None})
     t0 = time.perf_counter()
     results = evaluate(model, data, proto, n_examples or cfg.eval.n_examples, ctx, metrics)
     record["evaluations"].setdefault(proto, {}).update(results)
@@ -225,7 +227,11 @@ def resume_run(ref: str, out: str | Path = "results", device: str | None = None,
 
 
 def load_run_model(run_dir: Path, device: torch.device | None = None, checkpoint_path: str | None = None):
-    """(model, cfg, data, record) of a saved run, weights from its last checkpoint."""
+    """(model, cfg, data, record) of a saved run.
+
+    Weights from ``checkpoint_path``, else the run's ``eval.checkpoint`` choice: ``best.pt`` (best
+    validation accuracy) when it is ``best`` and that file exists, otherwise ``last.pt``.
+    """
     from bench import checkpoint
 
     record = load_record(run_dir)
@@ -234,8 +240,14 @@ def load_run_model(run_dir: Path, device: torch.device | None = None, checkpoint
     data = prepare_data(cfg)
     model = build_model(cfg.model, data.num_classes).to(dev)
     # the digest recorded at training time: new config fields added since then change cfg.digest()
-    ckpt = checkpoint.load(Path(checkpoint_path) if checkpoint_path else run_dir / "checkpoints" / "last.pt",
-                           expect_digest=record.get("config_digest") or cfg.digest())
+    best = run_dir / "checkpoints" / "best.pt"
+    if checkpoint_path:
+        path = Path(checkpoint_path)
+    elif cfg.eval.checkpoint == "best" and best.is_file():
+        path = best
+    else:
+        path = run_dir / "checkpoints" / "last.pt"
+    ckpt = checkpoint.load(path, expect_digest=record.get("config_digest") or cfg.digest())
     model.load_state_dict(ckpt["model"])
     model.eval()
     return model, cfg, data, record

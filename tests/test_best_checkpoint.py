@@ -35,3 +35,19 @@ def test_best_without_a_validation_split_is_refused_before_training(bench_cli, r
                     "--data-dir", str(shapes_data_dir), "--set", "eval.checkpoint=best")
     assert res.exit_code == 2 and len(res.error_lines) == 1 and "data.val_size > 0" in res.error_lines[0]
     assert not (results_root / "runs").exists() or not any((results_root / "runs").iterdir())
+
+
+def test_load_run_model_follows_eval_checkpoint(bench_cli, results_root, shapes_data_dir):
+    from bench.runner import load_run_model
+
+    res = bench_cli("run", "--method", "ce", "--preset", "smoke", "-q", "--out", str(results_root),
+                    "--data-dir", str(shapes_data_dir), "--set", "data.val_size=100", "--set", "train.epochs=2",
+                    "--set", "train.eval_every=0.25", "--set", "eval.checkpoint=best", "--set", "eval.n_examples=16")
+    assert res.exit_code == 0, res.stderr
+    (run_dir,) = (results_root / "runs").iterdir()
+    model, *_ = load_run_model(run_dir)
+    best = checkpoint.load(run_dir / "checkpoints" / "best.pt")["model"]
+    assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
+    model, *_ = load_run_model(run_dir, checkpoint_path=str(run_dir / "checkpoints" / "last.pt"))
+    last = checkpoint.load(run_dir / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(v, last[k]) for k, v in model.state_dict().items())
