@@ -77,11 +77,14 @@ class TrainState:
 
 
 class _Interrupt:
-    """SIGINT sets a flag the loop checks between steps; a second Ctrl-C aborts at once."""
+    """SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) sets a flag the loop checks between
+    steps: the run checkpoints and stops resumable. A second signal aborts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._old: Any = None
+        self._old: dict[int, Any] = {}
 
     def __enter__(self):
         def handler(signum, frame):
@@ -89,15 +92,17 @@ class _Interrupt:
                 raise KeyboardInterrupt
             self.requested = True
 
-        try:
-            self._old = signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not in the main thread
-            self._old = None
+        for sig in self.SIGNALS:
+            try:
+                self._old[sig] = signal.signal(sig, handler)
+            except ValueError:  # not in the main thread
+                pass
         return self
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
 
 
 class Trainer:

@@ -93,10 +93,12 @@ def test_kill_9_then_resume_gives_the_same_weights(shapes_data_dir, tmp_path, re
 
 
 @pytest.mark.slow
-def test_ctrl_c_leaves_a_resumable_interrupted_run(shapes_data_dir, tmp_path, reference_weights, bench_cli):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_leaves_a_resumable_interrupted_run(sig, shapes_data_dir, tmp_path, reference_weights, bench_cli):
+    """Ctrl-C, or SIGTERM as a cluster scheduler sends on preemption."""
     out = tmp_path / "results"
     proc, run_dir = _start_and_wait_for_checkpoint(out, shapes_data_dir)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
