@@ -59,3 +59,14 @@ def read_json(path: Path) -> Any:
 
 def torch_save(obj: Any, path: Path) -> None:
     _atomic(path, lambda fh: torch.save(obj, fh))
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write a matplotlib figure as PNG (atomically) and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        _atomic(Path(path), lambda fh: fig.savefig(fh, format="png"))
+    finally:
+        plt.close(fig)
+    return Path(path)

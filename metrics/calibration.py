@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.io import save_figure
 from metrics.base import batches, register_metric, test_subset
 
 
@@ -56,12 +57,7 @@ def reliability_diagram(counts, acc, cbar, ece: float, path: Path, title: str) -
     ax2.set_xlabel("confidence (max softmax)")
     ax2.set_ylabel("count")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 @register_metric("calibration")

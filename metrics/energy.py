@@ -20,6 +20,7 @@ import torch
 
 from bench.attacks.pgd import pgd_linf
 from bench.errors import BenchError
+from bench.io import save_figure
 from metrics.base import batches, progress, register_metric, test_subset
 from metrics.protocols import MetricUnavailable
 
@@ -65,12 +66,7 @@ def histogram(sets: dict[str, np.ndarray], path: Path, title: str) -> Path:
         a.set_title(name, fontsize=8)
         a.tick_params(labelsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 @register_metric("energy")
