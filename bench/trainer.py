@@ -101,6 +101,8 @@ class _Interrupt:
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
+            if old is None:  # the previous handler was installed from C: fall back to Python's default
+                old = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
             signal.signal(sig, old)
         self._old = {}
 
