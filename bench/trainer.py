@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -363,7 +364,9 @@ class Trainer:
                      "lr_scale": scale, "reseed": rollbacks}
             self.state.rollback_events = events + [event]
             self.on_update(self.state, "rollback")
-            print(f"divergence: {reason}; rolled back to step {self.state.step}, learning rate x{scale:g}, reseeded")
+            if self.dist.is_main:
+                print(f"divergence: {reason}; rolled back to step {self.state.step}, learning rate x{scale:g}, "
+                      "reseeded", file=sys.stderr)
             return
         self.on_update(self.state, "diverged")
         hint = ("set --on-divergence rollback, lower optim.lr" if t.on_divergence == "stop"
