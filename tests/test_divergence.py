@@ -70,7 +70,7 @@ def test_rollback_continues_with_a_lower_learning_rate(bench_cli, tiny_args, res
     res = bench_cli(*jem_args(tiny_args, results_root, shapes_data_dir, "--on-divergence", "rollback",
                               "--set", "train.rollback_lr_factor=1e-6"))
     assert res.exit_code == 0, res.stderr
-    assert "rolled back to step 8" in res.stdout
+    assert "rolled back to step 8" in res.stderr  # notices go to stderr, results to stdout
     run_dir, rec = only_run(results_root)
     assert rec["status"] == "complete" and rec["training"]["steps_done"] == 12
     (event,) = rec["training"]["rollbacks"]
