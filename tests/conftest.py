@@ -33,6 +33,7 @@ Plain helpers (``from conftest import ...``): ``REPO_ROOT``, ``make_tiny_args`` 
 from __future__ import annotations
 
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -68,6 +69,20 @@ class CliResult:
     @property
     def error_lines(self) -> list[str]:
         return [line for line in self.stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def python_sigint_handler():
+    """Give the test process Python's own Ctrl-C handler, as an interactive `bench run` has.
+
+    A background job of a non-interactive shell (``cmd &``, as some CI harnesses start jobs)
+    begins with SIGINT ignored, and Python keeps it ignored; the tests that press Ctrl-C
+    in-process would then see nothing happen.
+    """
+    old = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old if old is not None else signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
