@@ -5,6 +5,7 @@ The CLI only parses arguments and calls these; tests call them directly.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,7 +171,12 @@ def evaluate_run_model(model, data, cfg: RunConfig, device, run_dir: Path, recor
                       show_progress=show_progress,
                       extra={"cfg": cfg, "run_dir": str(run_dir), "samples": None, "weights": None})
     t0 = time.perf_counter()
-    results = evaluate(model, data, proto, n_examples or cfg.eval.n_examples, ctx, metrics)
+    skipped: dict[str, str] = {}
+    results = evaluate(model, data, proto, n_examples or cfg.eval.n_examples, ctx, metrics, skipped=skipped)
+    for name, why in skipped.items():  # optional metrics whose inputs are missing (e.g. FID weights)
+        print(f"skipped {name}: {why}", file=sys.stderr)
+    if skipped:
+        record.setdefault("evaluation_skipped", {})[proto] = skipped
     record["evaluations"].setdefault(proto, {}).update(results)
     record["timings"]["eval_seconds"] = round(record["timings"].get("eval_seconds", 0) + time.perf_counter() - t0, 3)
     save_record(run_dir, record)
