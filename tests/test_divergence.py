@@ -23,14 +23,6 @@ DIVERGE_AT_STEP_8 = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the shared 2-core machine: avoid OpenMP oversubscription
-    yield
-    torch.set_num_threads(n)
-
-
 def jem_args(tiny_args, results_root, data_dir, *extra):
     args = ["run", "--method", "jem", *tiny_args(results_root, data_dir, steps=12)]
     for s in DIVERGE_AT_STEP_8:

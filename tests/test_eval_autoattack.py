@@ -44,15 +44,6 @@ def tiny_data(model, n=12):
     return SimpleNamespace(x_test=x, y_test=y, name="tiny")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: thread hand-offs cost more than the math on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 FAST = {"version": "custom", "attacks": ["apgd-ce", "square"], "eps": 8 / 255, "apgd_iter": 10,
         "square_queries": 40, "n_examples": 12}
 

@@ -19,14 +19,6 @@ SMALL_SAMPLER = ("method.sampler.steps=2", "method.sampler.in_steps=2", "method.
                  "method.grid_size=9", "eval.enabled=false")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the shared 2-core machine: avoid OpenMP oversubscription
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_cfg(method, tiny_overrides, tmp_path, *extra):
     return resolve_config(method, preset="smoke", overrides=[*tiny_overrides, *SMALL_SAMPLER,
                                                             f"method.sampler.cache_dir={tmp_path / 'cache'}", *extra])
@@ -118,12 +110,7 @@ def jem_run(tmp_path_factory, shapes_data_dir):
     out = tmp_path_factory.mktemp("jem-run") / "results"
     overrides = ["data.train_subset=128", "data.batch_size=32", "train.max_steps=4", f"data.data_dir={shapes_data_dir}",
                  *SMALL_SAMPLER]
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        res = start_run(resolve_config("jem", preset="smoke", overrides=overrides), out=out, show_progress=False)
-    finally:
-        torch.set_num_threads(n)
+    res = start_run(resolve_config("jem", preset="smoke", overrides=overrides), out=out, show_progress=False)
     return res.run_dir
 
 
