@@ -25,7 +25,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from bench.config import RunConfig, resolve_config
+from bench.config import RunConfig, deep_merge, parse_set, resolve_config, to_dict, update_dataclass
 from bench.models import build_model
 from bench.runner import prepare_data, resolve_device
 from bench.timing import measure_regions
@@ -111,26 +111,15 @@ def variant_config(cfg: RunConfig, variant: str, method: str) -> RunConfig:
     if variant == "plain":
         return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, channels_last=False, amp="off"))
     if variant == "reference":
-        sets = list(get_method(method).reference_loop_settings)
-        if not sets:
+        method_cls = get_method(method)
+        if not method_cls.reference_loop_settings:
             raise ValueError(f"no reference variant for {method}")
-        plain = variant_config(cfg, "plain", method)
-        return resolve_config(method, preset=cfg.preset, dataset=cfg.data.dataset, arch=cfg.model.arch,
-                              seed=cfg.seed, device=cfg.device, overrides=_as_sets(plain) + sets)
+        values: dict[str, Any] = {}
+        for item in method_cls.reference_loop_settings:
+            values = deep_merge(values, parse_set(item))
+        ref = update_dataclass(variant_config(cfg, "plain", method), values)
+        return dataclasses.replace(ref, method_cfg=to_dict(method_cls.make_config(ref.method_cfg)))
     raise ValueError(variant)
-
-
-def _as_sets(cfg: RunConfig) -> list[str]:
-    """``--set`` items that reproduce ``cfg``'s train/model/data/optim sections."""
-    import json
-
-    out = []
-    for section in ("data", "model", "optim", "train", "eval"):
-        for k, v in dataclasses.asdict(getattr(cfg, section)).items():
-            out.append(f"{section}.{k}={json.dumps(v)}")
-    for k, v in cfg.method_cfg.items():
-        out.append(f"method.{k}={json.dumps(v)}")
-    return out
 
 
 def time_method(cfg: RunConfig, variant: str, *, steps: int, warmup: int, peak: float | None,
