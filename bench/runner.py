@@ -59,7 +59,7 @@ def _record_updater(run_dir: Path, record: dict[str, Any], trainer_ref: list):
             steps_done=state.step,
             total_steps=trainer.total_steps,
             steps_per_epoch=trainer.steps_per_epoch,
-            epochs_done=round(state.step / trainer.steps_per_epoch, 4),
+            epochs_done=trainer.epochs_done,
             history=state.history,
             validation=state.validation,
             rollbacks=state.rollback_events,

@@ -284,15 +284,22 @@ class Trainer:
             self.optimizer.step()
         return {"loss": loss.detach(), **{k: v.detach().float() for k, v in terms.items()}}
 
+    @property
+    def epochs_done(self) -> float:
+        return round(self.state.step / self.steps_per_epoch, 4)
+
+    def _progress_bar(self):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.total_steps, initial=self.state.step, disable=not self.show_progress,
+                    desc=self.cfg.method, unit="step", dynamic_ncols=True)
+
     def fit(self) -> TrainState:
         cfg, t = self.cfg, self.cfg.train
         self.model.train()
         if not (self.ckpt_dir / "last.pt").is_file():
             self.save_checkpoint(periodic=False)  # a good state to fall back to from step 0
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=self.total_steps, initial=self.state.step, disable=not self.show_progress,
-                   desc=f"{cfg.method}", unit="step", dynamic_ncols=True)
+        bar = self._progress_bar()
         sums: dict[str, torch.Tensor] = {}
         maxabs: dict[str, torch.Tensor] = {}
         count, t_window, lr = 0, time.perf_counter(), 0.0
@@ -318,12 +325,11 @@ class Trainer:
                         bar.close()
                         self._diverged(result)
                         sums, maxabs, count = {}, {}, 0
-                        bar = tqdm(total=self.total_steps, initial=self.state.step, disable=not self.show_progress,
-                                   desc=f"{cfg.method}", unit="step", dynamic_ncols=True)
+                        bar = self._progress_bar()
                         continue
                     elapsed = time.perf_counter() - t_window
                     self.state.train_seconds += elapsed
-                    entry = {"step": self.state.step, "epoch": round(self.state.step / self.steps_per_epoch, 4),
+                    entry = {"step": self.state.step, "epoch": self.epochs_done,
                              "lr": lr, **{k: round(v, 6) for k, v in result.items()},
                              "images_per_s": round(count * cfg.data.batch_size / max(elapsed, 1e-9), 1)}
                     self.state.history.append(entry)
@@ -332,7 +338,7 @@ class Trainer:
                     sums, maxabs, count, t_window = {}, {}, 0, time.perf_counter()
                     if at_eval and self.dist.is_main:
                         v = self.validate()
-                        v.update(step=self.state.step, epoch=round(self.state.step / self.steps_per_epoch, 4))
+                        v.update(step=self.state.step, epoch=self.epochs_done)
                         self.state.validation.append(v)
                         if v["split"] == "val" and v["accuracy"] > self.state.best.get("accuracy", -1.0):
                             self.save_best(v)
