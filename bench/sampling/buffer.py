@@ -85,9 +85,11 @@ class ReplayBuffer:
             idx = torch.randint(0, self.size, (batch_size,), device=self.device)
         x0 = self.x[idx]
         if self.reinit_freq > 0:
-            redo = (torch.rand(batch_size, device=self.device) < self.reinit_freq).nonzero().squeeze(1)
-            if redo.numel():
-                x0[redo] = self.fresh(redo.shape[0], y[redo] if self.conditional else None)
+            # fresh starts for the whole batch, kept where the coin says so: no count of the
+            # restarts is ever read back, so a draw never waits for the device
+            redo = torch.rand(batch_size, device=self.device) < self.reinit_freq
+            fresh = self.fresh(batch_size, y if self.conditional else None)
+            x0 = torch.where(redo.view(-1, *([1] * len(self.image_shape))), fresh, x0)
         return x0, idx
 
     def write(self, idx: torch.Tensor, x: torch.Tensor) -> None:

@@ -51,6 +51,11 @@ def content_hash(*tensors: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+def sync_free_default(device: torch.device) -> bool:
+    """Whether :meth:`ClassGaussians.sample` avoids host synchronisation by default on ``device``."""
+    return device.type == "cuda"
+
+
 class ClassGaussians:
     """Per-class Gaussians on the symmetric scale; see the module docstring."""
 
@@ -170,21 +175,30 @@ class ClassGaussians:
         cov.diagonal().add_(float(self.jitters[k]) ** 2)
         return cov
 
-    def sample(self, y: torch.Tensor) -> torch.Tensor:
-        """One image per label in ``y``: (N, C, H, W) float32 on the symmetric scale, clamped to [-1, 1]."""
+    def sample(self, y: torch.Tensor, dense: bool | None = None) -> torch.Tensor:
+        """One image per label in ``y``: (N, C, H, W) float32 on the symmetric scale, clamped to [-1, 1].
+
+        The random numbers (one row of factor weights and one of jitter noise per image) are
+        drawn for the whole batch first, so both ways of applying them give the same images:
+        ``dense=False`` gathers each present class's rows (finding them waits for the device),
+        ``dense=True`` computes every class for every row and selects (no host synchronisation,
+        K times the arithmetic; the default on CUDA, where a wait inside a training step costs more).
+        """
         y = torch.as_tensor(y, device=self.device).long().view(-1)
-        d = self.means.shape[1]
-        out = torch.empty(y.shape[0], d, device=self.device)
-        for k in torch.unique(y).tolist():
-            idx = (y == k).nonzero().squeeze(1)
-            fac = self.factors[k]
-            z = torch.randn(idx.shape[0], fac.shape[1], device=self.device)
-            xk = self.means[k] + z @ fac.T
-            j = float(self.jitters[k])
-            if j > 0:
-                xk = xk + j * torch.randn(idx.shape[0], d, device=self.device)
-            out[idx] = xk
-        return out.clamp_(-1.0, 1.0).view(y.shape[0], *self.image_shape)
+        n, d = y.shape[0], self.means.shape[1]
+        dense = sync_free_default(self.device) if dense is None else dense
+        z = torch.randn(n, max(f.shape[1] for f in self.factors), device=self.device)
+        noise = torch.randn(n, d, device=self.device)
+        out = self.means[y] + self.jitters[y].unsqueeze(1) * noise
+        if dense:
+            for k, fac in enumerate(self.factors):
+                out = out + (y == k).unsqueeze(1) * (z[:, : fac.shape[1]] @ fac.T)
+        else:
+            for k in torch.unique(y).tolist():
+                idx = (y == k).nonzero().squeeze(1)
+                fac = self.factors[k]
+                out[idx] += z[idx, : fac.shape[1]] @ fac.T
+        return out.clamp_(-1.0, 1.0).view(n, *self.image_shape)
 
     def state_dict(self) -> dict[str, Any]:
         return {"means": self.means, "factors": list(self.factors), "jitters": self.jitters, "counts": self.counts,
