@@ -79,8 +79,14 @@ class TrainConfig:
     on_divergence: str = "stop"  # stop | rollback
     rollback_lr_factor: float = 0.5
     max_rollbacks: int = 3
+    # The fast path, one switch: with fast=false the loop runs eager fp32 in NCHW with the
+    # unfused optimiser (the plain path, for debugging numerics); amp, channels_last and compile
+    # only act while it is on.
+    fast: bool = True
     amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
     channels_last: bool = True
+    compile: str = "off"  # torch.compile the model: off | default | reduce-overhead (CUDA graphs) | max-autotune
+    compile_backend: str = "inductor"  # torch.compile backend (inductor; aot_eager for debugging)
     deterministic: bool = False
 
 
@@ -152,7 +158,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise BenchError(f"{where} expects a number, got {value!r}")
         return float(value)
     if hint is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        if isinstance(value, bool):  # YAML 1.1 reads the words off/on (and no/yes) as booleans
+            return "on" if value else "off"
+        if not isinstance(value, (str, int, float)):
             raise BenchError(f"{where} expects a string, got {value!r}")
         return str(value)
     if origin in (tuple, list):
@@ -336,6 +344,7 @@ CHOICES = {
     "optim.schedule": ("constant", "cosine", "step"),
     "train.on_divergence": ("stop", "rollback"),
     "train.amp": ("auto", "bf16", "off"),
+    "train.compile": ("off", "default", "reduce-overhead", "max-autotune"),
     "model.norm": ("batch", "none"),
     "model.activation": ("relu", "leaky_relu"),
     "data.pad_mode": ("reflect", "zeros"),

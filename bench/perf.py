@@ -3,8 +3,10 @@
 For each method the real training step (``Trainer.train_step``, the code `bench run` executes)
 is timed after a warm-up, in two variants:
 
-- ``fast``: as `bench run` trains (channels_last; on CUDA bf16 autocast and the fused optimiser),
-- ``plain``: eager fp32, NCHW, no autocast (the baseline the fast path must beat),
+- ``fast``: as `bench run` trains (channels_last; on CUDA bf16 autocast and the fused optimiser;
+  ``train.compile`` when set),
+- ``plain``: the same with ``train.fast=false``: eager fp32, NCHW, unfused optimiser (the
+  baseline the fast path must beat),
 
 plus, where a method declares one, a ``reference`` variant that mimics the published code's loop
 (``Method.reference_loop_settings``). FLOPs are counted with torch's FLOP formulas
@@ -109,7 +111,7 @@ def variant_config(cfg: RunConfig, variant: str, method: str) -> RunConfig:
     if variant == "fast":
         return cfg
     if variant == "plain":
-        return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, channels_last=False, amp="off"))
+        return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, fast=False))
     if variant == "reference":
         method_cls = get_method(method)
         if not method_cls.reference_loop_settings:

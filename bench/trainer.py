@@ -35,12 +35,25 @@ from bench import distributed as D
 from methods.base import Method, StepContext
 
 
+def compile_model(model: torch.nn.Module, mode: str, backend: str = "inductor") -> None:
+    """``torch.compile`` the model's forward in place (its state-dict keys stay as they are).
+
+    Calls through ``model(x)`` (training, attacks, the samplers' energies) run the compiled
+    graph; ``reduce-overhead`` adds CUDA graphs for the small, fixed-shape sampler batches.
+    """
+    options = {"backend": backend}
+    if backend == "inductor" and mode != "default":
+        options["mode"] = mode
+    model.compile(**options)
+
+
 def step_seed(seed: int, step: int, salt: int = 0) -> int:
     return (seed * 1_000_003 + step * 7_919 + salt * 104_729 + 12_345) % (2**63 - 1)
 
 
-def build_optimizer(cfg, params, device: torch.device) -> torch.optim.Optimizer:
-    fused = {"fused": True} if device.type == "cuda" else {}
+def build_optimizer(cfg, params, device: torch.device, fast: bool = True) -> torch.optim.Optimizer:
+    """SGD or Adam; on CUDA the fused implementation unless ``fast`` is off."""
+    fused = {"fused": True} if fast and device.type == "cuda" else {}
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                weight_decay=cfg.weight_decay, **fused)
@@ -128,10 +141,12 @@ class Trainer:
         self._on_update = on_update or (lambda state, event: None)
         self.show_progress = show_progress and dist.is_main
         t = cfg.train
-        self.use_amp = device.type == "cuda" and t.amp in ("auto", "bf16") or t.amp == "bf16"
-        self.channels_last = t.channels_last
+        self.use_amp = t.fast and (device.type == "cuda" and t.amp in ("auto", "bf16") or t.amp == "bf16")
+        self.channels_last = t.fast and t.channels_last
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if t.fast and t.compile != "off":
+            compile_model(self.model, t.compile, t.compile_backend)
         self.streams = [
             BatchStream(data.x_train, data.y_train, cfg.data.batch_size, seed=cfg.seed, stream=k, device=device,
                         rank=dist.rank, world=dist.world)
@@ -140,7 +155,7 @@ class Trainer:
         self.steps_per_epoch = len(self.streams[0])
         self.total_steps = t.max_steps if t.max_steps > 0 else max(1, math.ceil(t.epochs * self.steps_per_epoch))
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(cfg.optim, self.params, device)
+        self.optimizer = build_optimizer(cfg.optim, self.params, device, fast=t.fast)
         self.state = TrainState()
         self._weights = method.loss_weights()
 
