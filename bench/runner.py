@@ -94,7 +94,8 @@ def _train_and_evaluate_locked(cfg, data, device, run_dir, record, show_progress
     D.broadcast_parameters(model, dist)
     ref: list = []
     trainer = Trainer(cfg, model, method, data, device, run_dir,
-                      on_update=_record_updater(run_dir, record, ref), show_progress=show_progress, dist=dist)
+                      on_update=_record_updater(run_dir, record, ref), show_progress=show_progress, dist=dist,
+                      config_digest=record.get("config_digest"))
     ref.append(trainer)
     main = dist.is_main
     if resume_from is not None:
@@ -135,7 +136,7 @@ def _train_and_evaluate_locked(cfg, data, device, run_dir, record, show_progress
         if best.is_file():
             from bench import checkpoint as ckpt_io
 
-            model.load_state_dict(ckpt_io.load(best, expect_digest=cfg.digest())["model"])
+            model.load_state_dict(ckpt_io.load(best, expect_digest=trainer.config_digest)["model"])
             record["evaluated_checkpoint"] = {**trainer.state.best, "checkpoint": "checkpoints/best.pt"}
         else:  # training ended before the first validation
             record["evaluated_checkpoint"] = {"checkpoint": "checkpoints/last.pt", "step": trainer.state.step,

@@ -133,8 +133,13 @@ class Trainer:
         on_update: Callable[[TrainState, str], None] | None = None,
         show_progress: bool = True,
         dist: D.DistInfo = D.SINGLE,
+        config_digest: str | None = None,
     ):
+        """``config_digest``: the run's digest as recorded when it started (checkpoints carry it);
+        default ``cfg.digest()``. A run resumed under a newer version, whose config has gained
+        fields since, keeps its recorded digest."""
         self.cfg, self.model, self.method, self.data = cfg, model, method, data
+        self.config_digest = config_digest or cfg.digest()
         self.device, self.run_dir = device, Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.dist = dist
@@ -195,7 +200,7 @@ class Trainer:
         if self.dist.is_main:
             payload = {
                 "step": self.state.step,
-                "config_digest": self.cfg.digest(),
+                "config_digest": self.config_digest,
                 "world_size": self.dist.world,
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
@@ -215,11 +220,11 @@ class Trainer:
         """Keep the weights with the highest validation accuracy so far (``checkpoints/best.pt``)."""
         self.state.best = {"step": self.state.step, "accuracy": validation["accuracy"],
                            "n_examples": validation["n_examples"], "checkpoint": "checkpoints/best.pt"}
-        checkpoint.save(self.ckpt_dir / "best.pt", {"step": self.state.step, "config_digest": self.cfg.digest(),
+        checkpoint.save(self.ckpt_dir / "best.pt", {"step": self.state.step, "config_digest": self.config_digest,
                                                      "model": self.model.state_dict(), "best": self.state.best})
 
     def load_checkpoint(self, path: Path) -> None:
-        ckpt = checkpoint.load(path, expect_digest=self.cfg.digest())
+        ckpt = checkpoint.load(path, expect_digest=self.config_digest)
         try:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])

@@ -154,3 +154,39 @@ def test_ctrl_c_during_the_evaluation(shapes_data_dir, tmp_path, bench_cli, tiny
     finally:
         METRICS.unregister("test-ctrl-c")
         PROTOCOLS.pop("test-ctrl-c", None)
+
+
+def test_a_run_from_an_older_version_resumes_under_its_recorded_digest(shapes_data_dir, tmp_path):
+    """A run started before its config gained fields (new fields change ``cfg.digest()``) still
+    resumes: checkpoints are matched against the digest recorded when the run started."""
+    from bench import checkpoint
+    from bench.config import resolve_config
+    from bench.errors import BenchError
+    from bench.records import load_record, save_record
+    from bench.runner import load_run_model, resume_run, start_run
+
+    cfg = resolve_config("ce", preset="smoke", overrides=[
+        "data.train_subset=64", "data.batch_size=16", "train.max_steps=4", "train.checkpoint_every=2",
+        "eval.enabled=false", f"data.data_dir={shapes_data_dir}"])
+    run_dir = start_run(cfg, out=tmp_path, show_progress=False).run_dir
+    old = "0123456789abcdef"  # what an older version's digest of the same run looked like
+    for path in (run_dir / "checkpoints").glob("*.pt"):
+        ckpt = torch.load(path, weights_only=False)
+        ckpt["config_digest"] = old
+        ckpt["step"] = ckpt["state"]["step"] = 2  # as if interrupted half-way
+        checkpoint.save(path, ckpt)
+    rec = load_record(run_dir)
+    rec.update(status="interrupted", config_digest=old)
+    save_record(run_dir, rec)
+    assert cfg.digest() != old
+
+    res = resume_run(str(run_dir), out=tmp_path, show_progress=False)
+    assert res.record["status"] == "complete" and res.record["training"]["steps_done"] == 4
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["config_digest"] == old
+    load_run_model(run_dir, torch.device("cpu"))  # evaluation loads it too
+    # a checkpoint of another run is still refused
+    foreign = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    foreign["config_digest"] = "ffffffffffffffff"
+    checkpoint.save(run_dir / "checkpoints" / "last.pt", foreign)
+    with pytest.raises(BenchError, match="different configuration"):
+        load_run_model(run_dir, torch.device("cpu"))
