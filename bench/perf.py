@@ -12,7 +12,8 @@ plus, where a method declares one, a ``reference`` variant that mimics the publi
 (``Method.reference_loop_settings``). FLOPs are counted with torch's FLOP formulas
 (``torch.utils.flop_counter``) on one step; forward-equivalents (FE) per labelled image = step FLOPs / (forward FLOPs per image x
 batch); model-FLOP utilisation (MFU) = achieved FLOP/s / peak, the peak given or measured with
-a large matmul (bf16 on CUDA, fp32 on CPU).
+a large matmul (bf16 on CUDA, fp32 on CPU). Sampler, FID-feature and AutoAttack throughput
+come from :mod:`bench.perf_eval`.
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ def variant_config(cfg: RunConfig, variant: str, method: str) -> RunConfig:
 
 
 def time_method(cfg: RunConfig, variant: str, *, steps: int, warmup: int, peak: float | None,
-                data=None) -> StepTiming:
+                data=None, sampler_rows: list | None = None) -> StepTiming:
+    """Time ``steps`` training steps; with ``sampler_rows``, also time the method's sampler alone."""
     device = resolve_device(cfg.device)
     data = data if data is not None else prepare_data(cfg)
     vcfg = variant_config(cfg, variant, cfg.method)
@@ -149,6 +151,12 @@ def time_method(cfg: RunConfig, variant: str, *, steps: int, warmup: int, peak: 
                 trainer.train_step(s)
             sync(device)
             dt = time.perf_counter() - t0
+        if sampler_rows is not None:
+            from bench.perf_eval import time_sampler
+
+            row = time_sampler(trainer, model, method, reps=steps)
+            if row is not None:
+                sampler_rows.append({"method": cfg.method, "variant": variant, **row})
     fwd = forward_flops_per_image(model, tuple(data.image_shape), device)
     b = vcfg.data.batch_size
     per_step = dt / steps
@@ -164,13 +172,19 @@ def time_method(cfg: RunConfig, variant: str, *, steps: int, warmup: int, peak: 
 
 def run_perf(methods: list[str], preset: str, *, arch: str | None = None, device: str = "auto",
              steps: int = 10, warmup: int = 3, peak_tflops: float | None = None, variants=("fast", "plain"),
-             overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+             overrides: tuple[str, ...] = (), fid_images: int = 64, aa_runs: tuple[str, ...] = (),
+             aa_examples: int = 100, aa_version: str = "standard", out: str = "results") -> dict[str, Any]:
+    """Training steps per method and variant, the samplers, FID features (``fid_images`` > 0) and
+    AutoAttack on the trained runs ``aa_runs``."""
+    from bench.perf_eval import time_autoattack, time_fid_features
+
     dev = resolve_device(device)
     if peak_tflops:
         peak, peak_how = peak_tflops * 1e12, "given"
     else:
         peak, peak_how = measure_peak_flops(dev)
     results: list[StepTiming] = []
+    samplers: list[dict[str, Any]] = []
     data_cache: dict[str, Any] = {}
     for m in methods:
         cfg = resolve_config(m, preset=preset, arch=arch, device=device, overrides=list(overrides))
@@ -179,7 +193,10 @@ def run_perf(methods: list[str], preset: str, *, arch: str | None = None, device
             data_cache[key] = prepare_data(cfg)
         wanted = list(variants) + (["reference"] if get_method(m).reference_loop_settings else [])
         for v in wanted:
-            results.append(time_method(cfg, v, steps=steps, warmup=warmup, peak=peak, data=data_cache[key]))
+            results.append(time_method(cfg, v, steps=steps, warmup=warmup, peak=peak, data=data_cache[key],
+                                       sampler_rows=samplers if v == "fast" else None))
+    fid = time_fid_features(dev, n_images=fid_images) if fid_images > 0 else {"skipped": "not asked (--fid-images 0)"}
+    attacks = [time_autoattack(r, out, dev, n_examples=aa_examples, version=aa_version) for r in aa_runs]
     return {
         "device": _device_name(dev),
         "torch": torch.__version__,
@@ -190,6 +207,9 @@ def run_perf(methods: list[str], preset: str, *, arch: str | None = None, device
         "date": time.strftime("%Y-%m-%d"),
         "results": [dataclasses.asdict(r) for r in results],
         "ratios": _ratios(results),
+        "samplers": samplers,
+        "fid_features": fid,
+        "autoattack": attacks,
     }
 
 
@@ -236,4 +256,29 @@ def format_table(report: dict[str, Any]) -> str:
         parts = [f"{k.replace('fast_vs_', 'fast/')} {v:.2f}x" for k, v in ratios.items()]
         if parts:
             lines.append(f"{m}: " + ", ".join(parts))
+    if report.get("samplers"):
+        rows = [{"method": r["method"], "sampler": r["kind"], "steps": r["steps"], "batch": r["batch_size"],
+                 "img/s": round(r["images_per_s"], 1), "ms/draw": round(r["ms_per_draw"], 1),
+                 "FE/img": round(r["fe_per_image"], 1)} for r in report["samplers"]]
+        lines += ["", "samplers (one draw of the training step's negative samples):", "",
+                  pd.DataFrame(rows).to_markdown(index=False, floatfmt="g")]
+    fid = report.get("fid_features") or {}
+    lines.append("")
+    if "skipped" in fid:
+        lines.append(f"FID features: skipped: {fid['skipped']}")
+    elif fid:
+        lines.append(f"FID features ({fid['extractor']}, {fid['precision']}, batch {fid['batch_size']}, "
+                     f"{fid['n_images']} images): {fid['images_per_s']:.1f} images/s")
+    if report.get("autoattack"):
+        rows = [{"run": r["run"], "method": r["method"], "arch": r["arch"], "version": r["version"],
+                 "n": r["n_examples"], "clean %": _pct(r["clean_accuracy"]), "robust %": _pct(r["robust_accuracy"]),
+                 "img/s": round(r["images_per_s"], 2), "s": round(r["seconds"], 1)} for r in report["autoattack"]]
+        lines += ["", "AutoAttack (the `autoattack` metric on trained runs' test images):", "",
+                  pd.DataFrame(rows).to_markdown(index=False, floatfmt="g")]
+    else:
+        lines.append("AutoAttack: not timed; pass --aa-run RUN (a robust and a non-robust run) to time it")
     return "\n".join(lines)
+
+
+def _pct(v: float | None) -> float | None:
+    return None if v is None else round(100 * v, 2)

@@ -32,7 +32,7 @@ def test_flop_count_works_with_input_only_gradients():
 
 @pytest.fixture(scope="module")
 def perf_report(shapes_data_dir):
-    return run_perf(["ce", "pgd-at"], "smoke", device="cpu", steps=1, warmup=1, peak_tflops=1.0,
+    return run_perf(["ce", "pgd-at"], "smoke", device="cpu", steps=1, warmup=1, peak_tflops=1.0, fid_images=0,
                     overrides=(f"data.data_dir={shapes_data_dir}",))
 
 
@@ -61,7 +61,7 @@ def test_report_has_phases_ratios_and_mfu(perf_report):
 def test_cli_prints_table_and_writes_json(bench_cli, shapes_data_dir, tmp_path):
     out = tmp_path / "perf.json"
     res = bench_cli("perf", "--method", "ce", "--steps", "1", "--warmup", "0", "--no-plain", "--peak-tflops", "1",
-                    "--set", f"data.data_dir={shapes_data_dir}", "--json", str(out))
+                    "--fid-images", "0", "--set", f"data.data_dir={shapes_data_dir}", "--json", str(out))
     assert res.exit_code == 0, res.stderr
     assert "| ce" in res.stdout and "FE/img" in res.stdout
     report = json.loads(out.read_text())
@@ -73,3 +73,58 @@ def test_cli_rejects_unknown_method_and_bad_steps(bench_cli):
     assert res.exit_code != 0 and len(res.error_lines) == 1 and "unknown method 'nope'" in res.stderr
     res = bench_cli("perf", "--method", "ce", "--steps", "0")
     assert res.exit_code != 0 and res.error_lines == ["error: --steps must be >= 1 and --warmup >= 0"]
+
+
+# -- sampler, FID features, AutoAttack (bench.perf_eval) ---------------------------------------
+def test_sampler_rows_count_the_samplers_gradient_steps(shapes_data_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("TRILEMMA_CACHE", str(tmp_path / "cache"))
+    report = run_perf(["jem", "jem++", "ce"], "smoke", device="cpu", steps=1, warmup=0, peak_tflops=1.0,
+                      variants=("fast",), fid_images=0, overrides=(f"data.data_dir={shapes_data_dir}",))
+    rows = {r["method"]: r for r in report["samplers"]}
+    assert set(rows) == {"jem", "jem++"}  # ce has no sampler
+    from bench.config import resolve_config
+
+    for m, row in rows.items():
+        sc = resolve_config(m, preset="smoke").method_cfg["sampler"]
+        # each (outer) step is one input gradient of the whole network, 2 forward-equivalents; PYLD's
+        # inner steps touch only the first layer (the affine fast path) and cost almost nothing
+        assert row["fe_per_image"] == pytest.approx(2.0 * sc["steps"], rel=0.1)
+        assert row["images_per_s"] == pytest.approx(row["batch_size"] / (row["ms_per_draw"] / 1e3))
+    assert rows["jem++"]["steps"] == f"{sc['steps']}x{sc['in_steps']}"
+    assert report["fid_features"] == {"skipped": "not asked (--fid-images 0)"}
+    assert report["autoattack"] == []
+
+
+def test_fid_feature_timing_says_which_weights_are_missing(monkeypatch, tmp_path):
+    from bench.perf_eval import time_fid_features
+
+    monkeypatch.setenv("TRILEMMA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("TRILEMMA_FID_WEIGHTS", raising=False)
+    res = time_fid_features(torch.device("cpu"), n_images=8, batch_size=4)
+    assert "bench fid-weights" in res["skipped"]
+
+
+def test_fid_feature_timing_with_real_weights():
+    from metrics.fid import converted_weights_path, torch_fidelity_weights_path
+    from bench.perf_eval import time_fid_features
+
+    if not (converted_weights_path().is_file() or torch_fidelity_weights_path().is_file()):
+        pytest.skip("no Inception weights on this machine (bench fid-weights)")
+    res = time_fid_features(torch.device("cpu"), n_images=8, batch_size=4)
+    assert res["n_images"] == 8 and res["images_per_s"] > 0 and res["precision"] == "fp32"
+
+
+def test_autoattack_timing_on_a_trained_run(complete_run):
+    from bench.perf_eval import time_autoattack
+
+    res = time_autoattack(str(complete_run), complete_run.parent.parent, torch.device("cpu"), n_examples=6)
+    assert res["run"] == complete_run.name and res["method"] == "ce" and res["n_examples"] == 6
+    assert res["robust_accuracy"] <= res["clean_accuracy"]
+    assert res["images_per_s"] == pytest.approx(6 / res["seconds"])
+    assert res["library"].startswith("pyautoattack")
+
+
+def test_perf_cli_rejects_an_unknown_aa_run(bench_cli, tmp_path):
+    res = bench_cli("perf", "--method", "ce", "--aa-run", "nope", "--out", str(tmp_path))
+    assert res.exit_code == 2 and "run 'nope' not found" in res.stderr
