@@ -64,6 +64,9 @@ class OptimConfig:
     # values <= 1 are fractions of the run's epochs
     gamma: float = 0.1  # step decay factor
     grad_clip: float = 0.0  # >0: clip the global gradient norm
+    # sharpness-aware minimisation around the optimiser (bench/sam.py): 0 = off; >0 = its radius rho
+    sam_rho: float = 0.0
+    sam_adaptive: bool = True  # ASAM (perturbation scaled by |w|), as SADA-JEM; false = plain SAM
 
 
 @dataclass
@@ -381,5 +384,7 @@ def validate(cfg: RunConfig) -> None:
                          "set data.val_size > 0 and train.eval_every > 0")
     if cfg.optim.lr <= 0:
         raise BenchError(f"optim.lr must be positive, got {cfg.optim.lr}")
+    if cfg.optim.sam_rho < 0:
+        raise BenchError(f"optim.sam_rho must be >= 0 (0 = no SAM), got {cfg.optim.sam_rho}")
     if not 0 <= cfg.data.noise_std < 1:
         raise BenchError(f"data.noise_std is in pixel units and must lie in [0, 1), got {cfg.data.noise_std}")

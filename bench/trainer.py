@@ -26,13 +26,13 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from bench import checkpoint
+from bench import checkpoint, sam
 from bench.config import RunConfig
 from bench.data import BatchStream, ImageData, augment_batch, to_float
 from bench.errors import BenchError, DivergenceError, InterruptedRun
 from bench.timing import region
 from bench import distributed as D
-from methods.base import Method, StepContext
+from methods.base import BatchSpec, Method, StepContext
 
 
 def compile_model(model: torch.nn.Module, mode: str, backend: str = "inductor") -> None:
@@ -152,10 +152,14 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         if t.fast and t.compile != "off":
             compile_model(self.model, t.compile, t.compile_backend)
+        self.batch_specs = method.batch_specs()
+        if len(self.batch_specs) != 1 + method.extra_batches:
+            raise BenchError(f"method {cfg.method!r} declares {method.extra_batches} extra batches but "
+                             f"{len(self.batch_specs)} batch specs (one for the main batch plus one per extra batch)")
         self.streams = [
-            BatchStream(data.x_train, data.y_train, cfg.data.batch_size, seed=cfg.seed, stream=k, device=device,
-                        rank=dist.rank, world=dist.world)
-            for k in range(1 + method.extra_batches)
+            BatchStream(data.x_train, data.y_train, spec.batch_size or cfg.data.batch_size, seed=cfg.seed, stream=k,
+                        device=device, rank=dist.rank, world=dist.world)
+            for k, spec in enumerate(self.batch_specs)
         ]
         self.steps_per_epoch = len(self.streams[0])
         self.total_steps = t.max_steps if t.max_steps > 0 else max(1, math.ceil(t.epochs * self.steps_per_epoch))
@@ -174,12 +178,14 @@ class Trainer:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def prepare(self, x_u8: torch.Tensor) -> torch.Tensor:
+    def prepare(self, x_u8: torch.Tensor, spec: BatchSpec | None = None) -> torch.Tensor:
         d = self.cfg.data
+        augment = d.augment if spec is None or spec.augment is None else spec.augment
+        noise_std = d.noise_std if spec is None or spec.noise_std is None else spec.noise_std
         x = to_float(x_u8)
-        if d.augment or d.noise_std > 0:
-            x = augment_batch(x, crop_pad=4 if d.augment else 0, pad_mode=d.pad_mode,
-                              flip=d.augment and d.flip, noise_std=d.noise_std)
+        if augment or noise_std > 0:
+            x = augment_batch(x, crop_pad=4 if augment else 0, pad_mode=d.pad_mode,
+                              flip=augment and d.flip, noise_std=noise_std)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -285,24 +291,43 @@ class Trainer:
         epoch, index = divmod(step, self.steps_per_epoch)
         torch.manual_seed(step_seed(self.cfg.seed, step, self.state.rollbacks) + 1_000_003 * self.dist.rank)
         x_u8, y = self.streams[0].batch(epoch, index)
-        x = self.prepare(x_u8)
-        extra = [(self.prepare(xe), ye) for xe, ye in (s.batch(epoch, index) for s in self.streams[1:])]
+        x = self.prepare(x_u8, self.batch_specs[0])
+        # each extra stream cycles through its own epochs (its batch size may differ from the main one's)
+        extra = [(self.prepare(xe, spec), ye)
+                 for (xe, ye), spec in zip((s.batch(*divmod(step, len(s))) for s in self.streams[1:]),
+                                           self.batch_specs[1:])]
         ctx = StepContext(step=step, epoch=epoch, device=self.device, num_classes=self.data.num_classes,
                           autocast=self.autocast, extra=extra, data=self.data,
                           steps_per_epoch=self.steps_per_epoch)
         terms = self.method.training_step(self.model, x, y, ctx)
-        missing = [k for k in self._weights if k not in terms]
-        if missing:
-            raise BenchError(f"method {self.cfg.method!r} returned no loss term(s) {missing}; it returned {sorted(terms)}")
-        loss = sum(w * terms[k].float() for k, w in self._weights.items() if w != 0)
+        loss = self._total_loss(terms)
+        opt = self.cfg.optim
         with region("update"):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             D.average_gradients(self.params, self.dist)
-            if self.cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        if opt.sam_rho > 0:
+            # SAM / ASAM: the gradient again at w + e, on the same inputs, running statistics frozen
+            with region("sam"):
+                moves = sam.perturb(self.params, opt.sam_rho, opt.sam_adaptive)
+                ctx.sam_pass = True
+                with sam.frozen_batchnorm_stats(self.model):
+                    loss_at_e = self._total_loss(self.method.training_step(self.model, x, y, ctx))
+                self.optimizer.zero_grad(set_to_none=True)
+                loss_at_e.backward()
+                D.average_gradients(self.params, self.dist)
+                sam.restore(self.params, moves)
+        with region("update"):
+            if opt.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), opt.grad_clip)
             self.optimizer.step()
         return {"loss": loss.detach(), **{k: v.detach().float() for k, v in terms.items()}}
+
+    def _total_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        missing = [k for k in self._weights if k not in terms]
+        if missing:
+            raise BenchError(f"method {self.cfg.method!r} returned no loss term(s) {missing}; it returned {sorted(terms)}")
+        return sum(w * terms[k].float() for k, w in self._weights.items() if w != 0)
 
     @property
     def epochs_done(self) -> float:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn as nn
@@ -39,6 +39,15 @@ def get_method(name: str) -> type["Method"]:
     return METHODS.get(name)
 
 
+@dataclass(frozen=True)
+class BatchSpec:
+    """How one of a step's batches is drawn and prepared; None keeps the run's ``data.*`` setting."""
+
+    batch_size: int | None = None
+    augment: bool | None = None  # random crop + flip
+    noise_std: float | None = None  # Gaussian noise, pixel units
+
+
 @dataclass
 class StepContext:
     """What a training step sees besides the model and the batch."""
@@ -51,6 +60,21 @@ class StepContext:
     extra: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # independent batches
     data: Any = None  # the ImageData (train split) for methods that need dataset statistics
     steps_per_epoch: int = 0
+    sam_pass: bool = False  # True while SAM recomputes the loss at the perturbed weights
+    memo: dict[str, Any] = field(default_factory=dict)
+
+    def reuse(self, name: str, make: Callable[[], Any]) -> Any:
+        """``make()`` once per step: sampled or adversarial inputs are computed on the first pass
+        and returned as they are when the loss is recomputed (SAM's second pass), as the
+        references do; a second call under the same name in one pass is an error."""
+        if self.sam_pass:
+            if name not in self.memo:
+                raise KeyError(f"ctx.reuse({name!r}): nothing was made under this name on the first pass")
+            return self.memo[name]
+        if name in self.memo:
+            raise KeyError(f"ctx.reuse({name!r}) called twice in one step; give each input its own name")
+        self.memo[name] = make()
+        return self.memo[name]
 
     @property
     def epoch_progress(self) -> float:
@@ -94,6 +118,11 @@ class Method:
 
     def config_dict(self) -> dict[str, Any]:
         return to_dict(self.cfg) if self.cfg else {}
+
+    def batch_specs(self) -> list[BatchSpec]:
+        """One spec per batch of a step: the main labelled batch, then the ``extra_batches``
+        independent ones (``ctx.extra``). Default: all as the run's data settings say."""
+        return [BatchSpec() for _ in range(1 + self.extra_batches)]
 
     # -- lifecycle -------------------------------------------------------------------
     def setup(self, model: nn.Module, data: Any, device: torch.device) -> None:

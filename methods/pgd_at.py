@@ -60,8 +60,9 @@ class PGDAT(Method):
         c = self.cfg
         scale = self.eps_scale(ctx)
         with ctx.autocast():
-            x_adv = pgd_linf(model, x, y, eps=c.eps * scale, alpha=c.alpha * scale, steps=c.steps,
-                             random_start=c.random_start, mode=c.attack_mode)
+            x_adv = ctx.reuse("x_adv", lambda: pgd_linf(model, x, y, eps=c.eps * scale, alpha=c.alpha * scale,
+                                                        steps=c.steps, random_start=c.random_start,
+                                                        mode=c.attack_mode))
             logits = model(x_adv)
         loss = F.cross_entropy(logits.float(), y)
         return {"ce_adv": loss, "acc_adv": (logits.argmax(1) == y).float().mean().detach(),

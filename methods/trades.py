@@ -61,8 +61,8 @@ class TRADES(Method):
     def training_step(self, model, x, y, ctx):
         c = self.cfg
         with ctx.autocast():
-            x_adv = trades_attack(model, x, eps=c.eps, alpha=c.alpha, steps=c.steps, start_std=c.start_std,
-                                  mode=c.attack_mode)
+            x_adv = ctx.reuse("x_adv", lambda: trades_attack(model, x, eps=c.eps, alpha=c.alpha, steps=c.steps,
+                                                             start_std=c.start_std, mode=c.attack_mode))
             logits = model(x)
             logits_adv = model(x_adv)
             logits_target = logits if c.single_clean_forward else model(x)

@@ -287,8 +287,10 @@ def test_jempp_base_run_settings_and_base_errors():
     assert m["eps"] == pytest.approx(8 / 255) and m["alpha"] == pytest.approx(2 / 255)
     with pytest.raises(BenchError, match="--method ebjdat-jem"):
         resolve_config("ebjdat", overrides=["method.base=jem"])
-    with pytest.raises(BenchError, match="not implemented yet"):
+    with pytest.raises(BenchError, match="--method ebjdat-sada-jem"):
         resolve_config("ebjdat", overrides=["method.base=sada-jem"])
+    with pytest.raises(BenchError, match="unknown EB-JDAT base"):
+        resolve_config("ebjdat", overrides=["method.base=ebm-9000"])
     with pytest.raises(BenchError):
         resolve_config("ebjdat", overrides=["method.eps_units=furlongs"])
     # decoupled attack steps are recorded

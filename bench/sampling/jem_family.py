@@ -118,7 +118,7 @@ class JEMFamily(Method):
         y_q = None
         if self.cfg.sampler.conditional:
             y_q = torch.randint(0, ctx.num_classes, (n,), device=ctx.device)
-        return self.sampler.draw(model, n, y=y_q)
+        return ctx.reuse("x_hat", lambda: self.sampler.draw(model, n, y=y_q))
 
     # -- state and artifacts ---------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
