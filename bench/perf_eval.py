@@ -27,14 +27,15 @@ from bench.perf import FlopCount, sync
 
 
 def time_sampler(trainer, model, method, *, reps: int, warmup: int = 1) -> dict[str, Any] | None:
-    """Throughput of ``method.sampler.draw`` under ``trainer``'s precision and memory format."""
+    """Throughput of ``method.sampler.draw`` under ``trainer``'s precision and memory format, at the
+    draw size of the training steps just run."""
     from bench.sampling.sampler import ContrastiveSampler
 
     sampler = getattr(method, "sampler", None)
     if not isinstance(sampler, ContrastiveSampler):
         return None
     device = trainer.device
-    batch = trainer.cfg.data.batch_size
+    batch = sampler.last_batch_size or trainer.cfg.data.batch_size  # as many as a training step draws
     fwd = _forward_flops(model, trainer)
     model.train()
     with trainer.autocast():

@@ -104,6 +104,7 @@ class ContrastiveSampler:
                                                         cache_dir=cfg.cache_dir, device=self.device)
         self.buffer = self.new_buffer(cfg.buffer_size) if cfg.buffer_size > 0 else None
         self.last: dict[str, torch.Tensor] = {}  # statistics of the latest draw (device tensors)
+        self.last_batch_size = 0  # images in the latest draw
 
     def new_buffer(self, size: int, reinit_freq: float | None = None) -> ReplayBuffer:
         c = self.cfg
@@ -136,6 +137,7 @@ class ContrastiveSampler:
         if idx is not None:
             self.buffer.write(idx, xs)
         self.last = {k: v for k, v in trace.items() if isinstance(v, torch.Tensor)}
+        self.last_batch_size = int(x0.shape[0])
         return from_sym(xs)
 
     def state_dict(self) -> dict[str, Any]:
