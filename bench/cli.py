@@ -153,11 +153,13 @@ def list_(kind):
     if kind == "methods":
         from methods import METHODS
 
-        for name in METHODS.names():
+        names = METHODS.names()
+        width = max([len(n) for n in [*names, *METHODS.load_errors]] or [0])
+        for name in names:
             cls = METHODS.get(name)
-            click.echo(f"{name:12s} {getattr(cls, 'reference', '') or ''}")
+            click.echo(f"{name:{width}s}  {getattr(cls, 'reference', '') or ''}")
         for name, err in METHODS.load_errors.items():
-            click.echo(f"{name:12s} (failed to load: {err})")
+            click.echo(f"{name:{width}s}  (failed to load: {err})")
     elif kind == "datasets":
         from bench.data import DATASETS
 
