@@ -66,7 +66,9 @@ class OptimConfig:
     grad_clip: float = 0.0  # >0: clip the global gradient norm
     # sharpness-aware minimisation around the optimiser (bench/sam.py): 0 = off; >0 = its radius rho
     sam_rho: float = 0.0
-    sam_adaptive: bool = True  # ASAM (perturbation scaled by |w|), as SADA-JEM; false = plain SAM
+    # ASAM (perturbation scaled by |w|) or plain SAM: auto = ASAM when sam_rho >= 0.5 (SADA-JEM's rule;
+    # ASAM radii are large, SAM's small) | on | off
+    sam_adaptive: str = "auto"
 
 
 @dataclass
@@ -348,6 +350,7 @@ CHOICES = {
     "train.on_divergence": ("stop", "rollback"),
     "train.amp": ("auto", "bf16", "off"),
     "train.compile": ("off", "default", "reduce-overhead", "max-autotune"),
+    "optim.sam_adaptive": ("auto", "on", "off"),
     "model.norm": ("batch", "none"),
     "model.activation": ("relu", "leaky_relu"),
     "data.pad_mode": ("reflect", "zeros"),

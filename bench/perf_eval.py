@@ -37,16 +37,18 @@ def time_sampler(trainer, model, method, *, reps: int, warmup: int = 1) -> dict[
     device = trainer.device
     batch = sampler.last_batch_size or trainer.cfg.data.batch_size  # as many as a training step draws
     fwd = _forward_flops(model, trainer)
+    # a class-conditional sampler draws x | y: labels as the training step draws them (uniform)
+    y = torch.randint(0, trainer.data.num_classes, (batch,), device=device) if sampler.cfg.conditional else None
     model.train()
     with trainer.autocast():
         for _ in range(warmup):
-            sampler.draw(model, batch)
+            sampler.draw(model, batch, y=y)
         with FlopCount() as fc:
-            sampler.draw(model, batch)
+            sampler.draw(model, batch, y=y)
         sync(device)
         t0 = time.perf_counter()
         for _ in range(reps):
-            sampler.draw(model, batch)
+            sampler.draw(model, batch, y=y)
         sync(device)
         dt = (time.perf_counter() - t0) / reps
     c = sampler.cfg

@@ -201,9 +201,12 @@ def start_run(cfg: RunConfig, out: str | Path = "results", show_progress: bool =
     device = resolve_device(device_name)
     data = _prepare_data_ranked(cfg, dist)  # fails before anything is written if the data is missing
     built = _build(cfg, data, device)  # so do a bad architecture (e.g. wrn depth) and method setup
-    if cfg.data.batch_size * dist.world > data.x_train.shape[0]:
-        raise BenchError(f"data.batch_size={cfg.data.batch_size} x {dist.world} process(es) exceeds the "
-                         f"{data.x_train.shape[0]} training images; lower it with --set data.batch_size=N")
+    for spec in built[1].batch_specs():  # every batch of a step must fit the training set
+        size = spec.batch_size or cfg.data.batch_size
+        setting = spec.batch_size_setting if spec.batch_size else "data.batch_size"
+        if size * dist.world > data.x_train.shape[0]:
+            raise BenchError(f"{setting}={size} x {dist.world} process(es) exceeds the "
+                             f"{data.x_train.shape[0]} training images; lower it with --set {setting}=N")
     run = new_run_dir(out, cfg.method, cfg.data.dataset) if dist.is_main else None
     run_id, run_dir = D.broadcast_object(run, dist)
     record = new_record(run_id, cfg, device, data.summary())

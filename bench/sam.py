@@ -11,7 +11,8 @@ One SAM step, driven by the trainer:
    (:func:`frozen_batchnorm_stats`), and its gradient;
 4. :func:`restore`: back to ``w``; the base optimiser then steps with the second gradient.
 
-``rho`` is the reference's number (SADA-JEM: 2 with ASAM; plain SAM typically 0.05).
+``rho`` is the reference's number (SADA-JEM: 2 with ASAM; plain SAM typically 0.05); with
+``optim.sam_adaptive=auto`` the radius decides, as in SADA-JEM: ASAM from 0.5 up.
 """
 
 from __future__ import annotations
@@ -51,18 +52,25 @@ def restore(params: list[torch.Tensor], originals: list[torch.Tensor | None]) ->
             p.copy_(w)
 
 
+def is_adaptive(setting: str, rho: float) -> bool:
+    """``optim.sam_adaptive``: on, off, or auto (ASAM when ``rho >= 0.5``, as SADA-JEM decides)."""
+    return setting == "on" or (setting == "auto" and rho >= 0.5)
+
+
 @contextlib.contextmanager
 def frozen_batchnorm_stats(model: nn.Module) -> Iterator[None]:
     """Train-mode batch norm that normalises with batch statistics but leaves the running
-    statistics as they are (momentum 0), restored afterwards."""
+    statistics as they are (momentum 0); every statistic is put back afterwards, so even a
+    non-finite activation in the block (0 * NaN = NaN) cannot reach them."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None) for m in bns]
+    saved = [(m.momentum, {k: v.clone() for k, v in m.named_buffers(recurse=False)}) for m in bns]
     for m in bns:
         m.momentum = 0.0
     try:
         yield
     finally:
-        for m, (momentum, tracked) in zip(bns, saved):
+        for m, (momentum, buffers) in zip(bns, saved):
             m.momentum = momentum
-            if tracked is not None:
-                m.num_batches_tracked.copy_(tracked)
+            with torch.no_grad():
+                for k, v in buffers.items():
+                    getattr(m, k).copy_(v)

@@ -158,7 +158,7 @@ class Trainer:
                              f"{len(self.batch_specs)} batch specs (one for the main batch plus one per extra batch)")
         self.streams = [
             BatchStream(data.x_train, data.y_train, spec.batch_size or cfg.data.batch_size, seed=cfg.seed, stream=k,
-                        device=device, rank=dist.rank, world=dist.world)
+                        device=device, rank=dist.rank, world=dist.world, setting=spec.batch_size_setting)
             for k, spec in enumerate(self.batch_specs)
         ]
         self.steps_per_epoch = len(self.streams[0])
@@ -309,12 +309,12 @@ class Trainer:
         if opt.sam_rho > 0:
             # SAM / ASAM: the gradient again at w + e, on the same inputs, running statistics frozen
             with region("sam"):
-                moves = sam.perturb(self.params, opt.sam_rho, opt.sam_adaptive)
+                moves = sam.perturb(self.params, opt.sam_rho, sam.is_adaptive(opt.sam_adaptive, opt.sam_rho))
                 ctx.sam_pass = True
-                with sam.frozen_batchnorm_stats(self.model):
+                with sam.frozen_batchnorm_stats(self.model):  # statistics put back after the backward
                     loss_at_e = self._total_loss(self.method.training_step(self.model, x, y, ctx))
-                self.optimizer.zero_grad(set_to_none=True)
-                loss_at_e.backward()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss_at_e.backward()
                 D.average_gradients(self.params, self.dist)
                 sam.restore(self.params, moves)
         with region("update"):

@@ -44,6 +44,7 @@ class BatchSpec:
     """How one of a step's batches is drawn and prepared; None keeps the run's ``data.*`` setting."""
 
     batch_size: int | None = None
+    batch_size_setting: str = "data.batch_size"  # the config key that sets batch_size (for error messages)
     augment: bool | None = None  # random crop + flip
     noise_std: float | None = None  # Gaussian noise, pixel units
 
@@ -66,7 +67,7 @@ class StepContext:
     def reuse(self, name: str, make: Callable[[], Any]) -> Any:
         """``make()`` once per step: sampled or adversarial inputs are computed on the first pass
         and returned as they are when the loss is recomputed (SAM's second pass), as the
-        references do; a second call under the same name in one pass is an error."""
+        references do. Give each input its own name: on the first pass a repeated name is an error."""
         if self.sam_pass:
             if name not in self.memo:
                 raise KeyError(f"ctx.reuse({name!r}): nothing was made under this name on the first pass")

@@ -105,7 +105,7 @@ BASES: dict[str, Base] = {
         run={
             "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "warmup_steps": 1000,
                       "schedule": "step", "milestones": [50, 100, 150], "gamma": 0.2,
-                      "sam_rho": 2.0, "sam_adaptive": True},
+                      "sam_rho": 2.0, "sam_adaptive": "on"},
             # the labelled batch: 128, augmented, no noise (it drives the epoch: 390 steps on CIFAR-10)
             "data": {"batch_size": 128, "noise_std": 0.0, "augment": True, "pad_mode": "reflect"},
             "model": {"norm": "batch", "bn_momentum": 0.9, "activation": "leaky_relu"},
@@ -224,6 +224,7 @@ class EBJDAT(Method):
         augmentation and noise when the base (or --set method.px_*) gives them."""
         c = self.cfg
         px = BatchSpec(batch_size=c.px_batch_size or None,
+                       batch_size_setting="method.px_batch_size" if c.px_batch_size else "data.batch_size",
                        augment=None if c.px_augment == "same" else c.px_augment == "on",
                        noise_std=c.px_noise_std if c.px_noise_std >= 0 else None)
         return [BatchSpec(), px]

@@ -128,3 +128,10 @@ def test_autoattack_timing_on_a_trained_run(complete_run):
 def test_perf_cli_rejects_an_unknown_aa_run(bench_cli, tmp_path):
     res = bench_cli("perf", "--method", "ce", "--aa-run", "nope", "--out", str(tmp_path))
     assert res.exit_code == 2 and "run 'nope' not found" in res.stderr
+
+
+def test_sampler_timing_with_a_class_conditional_buffer(shapes_data_dir):
+    report = run_perf(["jem"], "smoke", device="cpu", steps=1, warmup=0, peak_tflops=1.0, variants=("fast",),
+                      fid_images=0, overrides=(f"data.data_dir={shapes_data_dir}", "method.sampler.conditional=true"))
+    (row,) = report["samplers"]
+    assert row["method"] == "jem" and row["images_per_s"] > 0

@@ -57,6 +57,16 @@ def test_frozen_batchnorm_keeps_running_statistics():
     assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
     assert int(bn.num_batches_tracked) == n and bn.momentum == 0.9
     torch.testing.assert_close(out, F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps))
+    # a non-finite batch inside the block (0 * NaN = NaN) does not reach the running statistics
+    with sam.frozen_batchnorm_stats(bn):
+        bn(torch.full((8, 3, 4, 4), float("nan")))
+    assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
+
+
+def test_adaptive_auto_follows_sada_jems_rule():
+    assert sam.is_adaptive("auto", 2.0) and sam.is_adaptive("auto", 0.5)
+    assert not sam.is_adaptive("auto", 0.05)
+    assert sam.is_adaptive("on", 0.05) and not sam.is_adaptive("off", 2.0)
 
 
 def _trainer(method, overrides, tmp):
@@ -74,7 +84,7 @@ def test_trainer_sam_step_equals_a_hand_written_asam_step():
     e = rho |w|^2 g / || |w| g ||, gradient at w + e with frozen batch-norm statistics, SGD
     (momentum, weight decay) from w with that gradient."""
     rho, lr, wd = 0.5, 0.05, 5e-4
-    sets = [f"optim.sam_rho={rho}", f"optim.lr={lr}", f"optim.weight_decay={wd}", "optim.warmup_steps=0",
+    sets = [f"optim.sam_rho={rho}", "optim.sam_adaptive=on", f"optim.lr={lr}", f"optim.weight_decay={wd}", "optim.warmup_steps=0",
             "optim.momentum=0.9", "train.amp=off", "model.norm=batch"]
     with tempfile.TemporaryDirectory() as tmp:
         tr = _trainer("ce", sets, tmp)
@@ -150,7 +160,7 @@ def test_sam_reuses_the_step_samples_and_adversarial_images(method, monkeypatch)
 
 def test_sada_jem_base_settings_and_batches(shapes_data_dir):
     cfg = resolve_config("ebjdat-sada-jem", preset="paper", overrides=[f"data.data_dir={shapes_data_dir}"])
-    assert cfg.optim.sam_rho == 2.0 and cfg.optim.sam_adaptive and cfg.optim.weight_decay == 5e-4
+    assert cfg.optim.sam_rho == 2.0 and cfg.optim.sam_adaptive == "on" and cfg.optim.weight_decay == 5e-4
     assert cfg.optim.milestones == [50, 100, 150] and cfg.train.epochs == 200 and cfg.data.batch_size == 128
     assert cfg.data.noise_std == 0.0 and cfg.model.arch == "wrn-28-10"
     mc = cfg.method_cfg
@@ -178,6 +188,41 @@ def test_an_unaugmented_noise_free_batch_is_the_images_themselves():
         assert tr.streams[1].batch_size == 16 and tr.streams[0].batch_size == 16
 
 
+def test_the_px_batch_follows_its_own_spec_and_cycles_its_own_epochs(monkeypatch):
+    """ebjdat-sada-jem's x_u: px_batch_size images, not augmented, noised by px_noise_std only;
+    with another size than the labelled batch it runs through its own epochs."""
+    from bench.data import to_float
+
+    seen = []
+    import methods.ebjdat as ebjdat_mod
+
+    real_step = ebjdat_mod.EBJDAT.training_step
+
+    def spy(self, model, x, y, ctx):
+        seen.append((x.shape[0], ctx.extra[0][0].detach().clone()))
+        return real_step(self, model, x, y, ctx)
+
+    monkeypatch.setattr(ebjdat_mod.EBJDAT, "training_step", spy)
+    sets = ["data.train_subset=96", "data.batch_size=32", "method.px_batch_size=20", "method.px_noise_std=0.0",
+            "data.noise_std=0.05"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tr = _trainer("ebjdat-sada-jem", sets, tmp)
+        assert (len(tr.streams[0]), len(tr.streams[1])) == (3, 4)  # 96 // 32, 96 // 20
+        tr.model.train()
+        for step in range(6):  # crosses the p(x) stream's epoch boundary at step 4
+            tr.train_step(step)
+        assert len(seen) == 12  # SAM: two passes per step, on the same batches
+        assert all(torch.equal(a[1], b[1]) for a, b in zip(seen[0::2], seen[1::2]))
+        seen = seen[0::2]
+        for step, (n_lab, x_u) in enumerate(seen):
+            assert n_lab == 32 and x_u.shape[0] == 20
+            epoch, index = divmod(step, 4)
+            expected = to_float(tr.streams[1].batch(epoch, index)[0])
+            torch.testing.assert_close(x_u, expected)
+        # step 4 starts the p(x) stream's second epoch: a new permutation, not step 0's batch again
+        assert not torch.equal(seen[4][1], seen[0][1])
+
+
 def test_sada_jem_smoke_run(bench_cli, tmp_path, shapes_data_dir):
     res = bench_cli("run", "--method", "ebjdat-sada-jem", "--preset", "smoke", "--out", str(tmp_path), "-q",
                     "--data-dir", str(shapes_data_dir), "--set", "train.max_steps=3", "--set", "eval.enabled=false")
@@ -189,3 +234,10 @@ def test_sada_jem_smoke_run(bench_cli, tmp_path, shapes_data_dir):
     assert rec["status"] == "complete" and rec["config"]["optim"]["sam_rho"] == 2.0
     last = rec["training"]["history"][-1]
     assert all(k in last for k in ("px", "ce", "align", "adv"))
+
+
+def test_a_px_batch_larger_than_the_data_names_its_setting(bench_cli, tmp_path, shapes_data_dir):
+    res = bench_cli("run", "--method", "ebjdat-sada-jem", "--preset", "smoke", "--out", str(tmp_path), "-q",
+                    "--data-dir", str(shapes_data_dir), "--set", "method.px_batch_size=100000")
+    assert res.exit_code == 2 and "method.px_batch_size=100000" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()  # nothing written

@@ -65,14 +65,16 @@ class BatchStream:
         drop_last: bool = True,
         rank: int = 0,
         world: int = 1,
+        setting: str = "data.batch_size",
     ):
+        """``setting``: the config key that chose ``batch_size`` (named in the error message)."""
         n = x.shape[0]
         if batch_size * world > n:
             from bench.errors import BenchError
 
             raise BenchError(
-                f"data.batch_size={batch_size} x {world} process(es) exceeds the {n} training images; "
-                "lower it with --set data.batch_size=N"
+                f"{setting}={batch_size} x {world} process(es) exceeds the {n} training images; "
+                f"lower it with --set {setting}=N"
             )
         self.x = x.to(device)
         self.y = y.to(device)

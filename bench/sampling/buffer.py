@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from bench.errors import BenchError
+from bench.sampling import gaussians as gaussians_mod
 
 INITS = ("uniform", "informative")
 
@@ -85,11 +86,16 @@ class ReplayBuffer:
             idx = torch.randint(0, self.size, (batch_size,), device=self.device)
         x0 = self.x[idx]
         if self.reinit_freq > 0:
-            # fresh starts for the whole batch, kept where the coin says so: no count of the
-            # restarts is ever read back, so a draw never waits for the device
             redo = torch.rand(batch_size, device=self.device) < self.reinit_freq
-            fresh = self.fresh(batch_size, y if self.conditional else None)
-            x0 = torch.where(redo.view(-1, *([1] * len(self.image_shape))), fresh, x0)
+            if gaussians_mod.sync_free_default(self.device):
+                # fresh starts for the whole batch, kept where the coin says so: the number of
+                # restarts is never read back, so a draw never waits for the device
+                fresh = self.fresh(batch_size, y if self.conditional else None)
+                x0 = torch.where(redo.view(-1, *([1] * len(self.image_shape))), fresh, x0)
+            else:  # on the CPU reading the coins costs nothing, and only the restarts are drawn
+                rows = redo.nonzero().squeeze(1)
+                if rows.numel():
+                    x0[rows] = self.fresh(rows.shape[0], y[rows] if self.conditional else None)
         return x0, idx
 
     def write(self, idx: torch.Tensor, x: torch.Tensor) -> None:
