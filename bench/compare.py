@@ -24,7 +24,9 @@ import pandas as pd
 from bench.errors import BenchError
 from bench.records import list_runs, load_record
 
-RUN_COLUMNS = ["run_id", "method", "dataset", "arch", "preset", "seed", "status", "epochs", "train_min"]
+RUN_COLUMNS = ["run_id", "method", "dataset", "arch", "preset", "changes", "seed", "status", "epochs", "train_min"]
+# settings chosen by their own flags or columns, never listed under "changes"
+_NOT_CHANGES = {"method", "preset", "seed", "device", "data.dataset", "data.data_dir", "model.arch"}
 REF_COLUMNS = ["source", "note"]
 # metric -> [(key, column label, scale)]: the headline numbers shown in the leaderboard
 HEADLINES: dict[str, list[tuple[str, str, float]]] = {
@@ -70,13 +72,43 @@ def reference_frame() -> pd.DataFrame:
     return df.rename(columns={"row": "run_id"})
 
 
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{'method' if k == 'method_cfg' and not prefix else k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def preset_changes(record: dict[str, Any]) -> str:
+    """The run's settings that differ from what its method and preset give today (its --set /
+    --config choices, or preset edits made since it ran), as ``key=value`` items; "?" when
+    the method or preset no longer resolves."""
+    import json
+
+    from bench.config import resolve_config
+
+    cfg = record.get("config") or {}
+    try:
+        ref = resolve_config(record["method"], preset=record["preset"], dataset=cfg["data"]["dataset"],
+                             arch=cfg["model"]["arch"]).to_dict()
+    except Exception:  # an unknown method/preset, or a record from another version
+        return "?"
+    ran, now = _flat(json.loads(json.dumps(cfg))), _flat(json.loads(json.dumps(ref)))
+    return " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(ran.items())
+                    if k not in _NOT_CHANGES and k in now and now[k] != v)
+
+
 def run_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for r in records:
         tr = r.get("training") or {}
         rows.append({
             "run_id": r["run_id"], "method": r.get("method"), "dataset": r.get("dataset"), "arch": r.get("arch"),
-            "preset": r.get("preset"), "seed": r.get("seed"), "status": r.get("status"),
+            "preset": r.get("preset"), "changes": preset_changes(r), "seed": r.get("seed"), "status": r.get("status"),
             "epochs": tr.get("epochs_done"),
             "train_min": round((r.get("timings") or {}).get("train_seconds", 0) / 60, 2),
         })

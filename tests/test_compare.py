@@ -106,3 +106,23 @@ def test_no_runs(bench_cli, tmp_path):
     res = bench_cli("compare", "--out", str(tmp_path / "empty"))
     assert res.exit_code == 2
     assert res.stderr.startswith("error: no runs under") and "bench run --method ce --preset smoke" in res.stderr
+
+
+def test_changes_column_lists_the_settings_a_run_changed_from_its_preset(bench_cli, results, complete_run):
+    rows = {r["run_id"]: r for r in _csv(bench_cli, results)}
+    changes = rows[complete_run.name]["changes"].split()
+    # the tiny run's --set items, and nothing chosen by a flag (data_dir, seed, device)
+    assert "train.max_steps=4" in changes
+    assert not any(c.startswith(("data.data_dir=", "seed=", "device=")) for c in changes)
+    assert rows["r1-ce"]["changes"] == "?"  # a record without a config: unknown, not "none"
+
+
+def test_changes_column_is_empty_for_a_preset_run_and_names_a_switch(tmp_path):
+    from bench.compare import preset_changes
+    from bench.config import resolve_config
+
+    cfg = resolve_config("ebjdat", preset="cpu").to_dict()
+    rec = {"method": "ebjdat", "preset": "cpu", "config": cfg}
+    assert preset_changes(rec) == ""
+    switched = resolve_config("ebjdat", preset="cpu", overrides=["method.adv_energy_sign=-1"]).to_dict()
+    assert preset_changes({**rec, "config": switched}) == "method.adv_energy_sign=-1.0"
