@@ -30,9 +30,7 @@ overridable with --set). A new base is one more row.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,10 +40,9 @@ from bench.attacks.ebjdat import ATTACK_IMPLS, EPS_UNITS, ebjdat_attack
 from bench.config import update_dataclass
 from bench.errors import BenchError
 from bench.models.base import energy_from_logits
-from bench.sampling.images import save_grid
-from bench.sampling.langevin import from_sym
 from bench.sampling.sampler import ContrastiveSampler, SamplerConfig
-from methods.base import BatchSpec, Method, register_method
+from bench.sampling.owner import SamplerOwner
+from methods.base import BatchSpec, register_method
 
 
 @dataclass(frozen=True)
@@ -198,7 +195,7 @@ def base_defaults(base: str) -> EBJDATConfig:
                         adv_weight=adv_weight, sampler=SamplerConfig(**b.sampler), **b.px_batch)
 
 
-class EBJDAT(Method):
+class EBJDAT(SamplerOwner):
     Config = EBJDATConfig
     extra_batches = 1  # x_u, the independent batch of the energy terms
     reference_loop_settings = ("method.attack_impl=reference",)  # bench perf's reference-style loop
@@ -214,11 +211,6 @@ class EBJDAT(Method):
                 f"run --method {method_name(str(base))} instead of --method {cls.name}")
         return update_dataclass(base_defaults(cls.base_name), values)
 
-    def __init__(self, cfg: EBJDATConfig):
-        super().__init__(cfg)
-        self.sampler: ContrastiveSampler | None = None
-        self._artifacts: dict[str, str] = {}
-
     def batch_specs(self) -> list[BatchSpec]:
         """The labelled batch as ``data.*`` says; the p(x) batch x_u with its own size,
         augmentation and noise when the base (or --set method.px_*) gives them."""
@@ -233,28 +225,6 @@ class EBJDAT(Method):
     def setup(self, model, data, device):
         if self.cfg.px_weight > 0 or self.cfg.energy_l2 > 0:
             self.sampler = ContrastiveSampler(self.cfg.sampler, data, device)
-
-    def state_dict(self):
-        return {"sampler": self.sampler.state_dict() if self.sampler is not None else None}
-
-    def load_state_dict(self, state):
-        saved = (state or {}).get("sampler")
-        if self.sampler is not None and saved is not None:
-            self.sampler.load_state_dict(saved)
-
-    def on_checkpoint(self, run_dir, step):
-        """A PNG grid of replay-buffer entries, spread over the whole buffer."""
-        if self.cfg.grid_size <= 0 or self.sampler is None or self.sampler.buffer is None:
-            return
-        buf = self.sampler.buffer
-        n = min(self.cfg.grid_size, buf.size)
-        idx = torch.linspace(0, buf.size - 1, n).round().long().to(buf.x.device)
-        rel = Path("samples") / f"buffer-step-{step:08d}.png"
-        save_grid(from_sym(buf.x[idx]).clamp(0, 1), Path(run_dir) / rel, nrow=max(1, round(math.sqrt(n))))
-        self._artifacts["buffer_grid"] = str(rel)
-
-    def artifacts(self) -> dict[str, str]:
-        return dict(self._artifacts)
 
     def loss_weights(self):
         c = self.cfg

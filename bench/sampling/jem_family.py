@@ -24,20 +24,15 @@ issues 4 and 8, strength about 0.1); off by default and recorded in the config.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from bench.errors import BenchError
 from bench.models.base import energy_from_logits
-from bench.sampling.images import save_grid
-from bench.sampling.langevin import from_sym
 from bench.sampling.sampler import ContrastiveSampler, SamplerConfig
-from methods.base import Method
+from bench.sampling.owner import SamplerOwner
 
 
 @dataclass
@@ -58,15 +53,10 @@ class JEMFamilyConfig:
             self.sampler = SamplerConfig(**self.sampler)
 
 
-class JEMFamily(Method):
+class JEMFamily(SamplerOwner):
     """Base class of the JEM-family method plugins: subclasses set ``Config`` and ``run_defaults``."""
 
     Config = JEMFamilyConfig
-
-    def __init__(self, cfg: Any):
-        super().__init__(cfg)
-        self.sampler: ContrastiveSampler | None = None
-        self._artifacts: dict[str, str] = {}
 
     @property
     def extra_batches(self) -> int:  # type: ignore[override]
@@ -115,30 +105,8 @@ class JEMFamily(Method):
     def _draw(self, model, n: int, ctx) -> torch.Tensor:
         """Negative samples; with a class-conditional buffer, for uniformly drawn labels (sampling
         x|y with E(x, y), as JEM's class-conditional buffer option does)."""
-        y_q = None
-        if self.cfg.sampler.conditional:
-            y_q = torch.randint(0, ctx.num_classes, (n,), device=ctx.device)
-        return ctx.reuse("x_hat", lambda: self.sampler.draw(model, n, y=y_q))
+        def draw() -> torch.Tensor:
+            y_q = torch.randint(0, ctx.num_classes, (n,), device=ctx.device) if self.cfg.sampler.conditional else None
+            return self.sampler.draw(model, n, y=y_q)
 
-    # -- state and artifacts ---------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {"sampler": self.sampler.state_dict() if self.sampler is not None else None}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = (state or {}).get("sampler")
-        if self.sampler is not None and saved is not None:
-            self.sampler.load_state_dict(saved)
-
-    def on_checkpoint(self, run_dir, step: int) -> None:
-        if self.cfg.grid_size <= 0 or self.sampler is None or self.sampler.buffer is None:
-            return
-        buf = self.sampler.buffer
-        n = min(self.cfg.grid_size, buf.size)
-        idx = torch.linspace(0, buf.size - 1, n).round().long()  # spread over the buffer (all class blocks)
-        rel = Path("samples") / f"buffer-step-{step:08d}.png"
-        save_grid(from_sym(buf.x[idx.to(buf.x.device)]).clamp(0, 1), Path(run_dir) / rel,
-                  nrow=max(1, round(math.sqrt(n))))
-        self._artifacts["buffer_grid"] = str(rel)
-
-    def artifacts(self) -> dict[str, str]:
-        return dict(self._artifacts)
+        return ctx.reuse("x_hat", draw)  # SAM's second pass draws neither labels nor samples again
