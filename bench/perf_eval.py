@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from bench.perf import FlopCount, sync
+from bench.perf import FlopCount, forward_flops_per_image, sync
 
 
 def time_sampler(trainer, model, method, *, reps: int, warmup: int = 1) -> dict[str, Any] | None:
@@ -36,7 +36,7 @@ def time_sampler(trainer, model, method, *, reps: int, warmup: int = 1) -> dict[
         return None
     device = trainer.device
     batch = sampler.last_batch_size or trainer.cfg.data.batch_size  # as many as a training step draws
-    fwd = _forward_flops(model, trainer)
+    fwd = forward_flops_per_image(model, tuple(trainer.data.image_shape), device)
     # a class-conditional sampler draws x | y: labels as the training step draws them (uniform)
     y = torch.randint(0, trainer.data.num_classes, (batch,), device=device) if sampler.cfg.conditional else None
     model.train()
@@ -55,12 +55,6 @@ def time_sampler(trainer, model, method, *, reps: int, warmup: int = 1) -> dict[
     steps = f"{c.steps}x{c.in_steps}" if c.kind == "pyld" else str(c.steps)
     return {"kind": c.kind, "steps": steps, "batch_size": batch, "ms_per_draw": 1e3 * dt,
             "images_per_s": batch / dt, "fe_per_image": fc.total / (fwd * batch) if fwd else 0.0}
-
-
-def _forward_flops(model, trainer) -> float:
-    from bench.perf import forward_flops_per_image
-
-    return forward_flops_per_image(model, tuple(trainer.data.image_shape), trainer.device)
 
 
 def time_fid_features(device: torch.device, *, n_images: int = 512, batch_size: int = 64,

@@ -16,6 +16,7 @@ import torch
 from bench import distributed as D
 from bench.config import RunConfig, from_dict
 from bench.data import load_dataset, split_validation
+from bench.data.stream import check_batch_fits
 from bench.errors import BenchError, DivergenceError, InterruptedRun
 from bench.models import build_model
 from bench.records import RunLock, load_record, new_record, new_run_dir, resolve_run, save_record
@@ -202,11 +203,8 @@ def start_run(cfg: RunConfig, out: str | Path = "results", show_progress: bool =
     data = _prepare_data_ranked(cfg, dist)  # fails before anything is written if the data is missing
     built = _build(cfg, data, device)  # so do a bad architecture (e.g. wrn depth) and method setup
     for spec in built[1].batch_specs():  # every batch of a step must fit the training set
-        size = spec.batch_size or cfg.data.batch_size
-        setting = spec.batch_size_setting if spec.batch_size else "data.batch_size"
-        if size * dist.world > data.x_train.shape[0]:
-            raise BenchError(f"{setting}={size} x {dist.world} process(es) exceeds the "
-                             f"{data.x_train.shape[0]} training images; lower it with --set {setting}=N")
+        check_batch_fits(spec.batch_size or cfg.data.batch_size, dist.world, data.x_train.shape[0],
+                         spec.batch_size_setting)
     run = new_run_dir(out, cfg.method, cfg.data.dataset) if dist.is_main else None
     run_id, run_dir = D.broadcast_object(run, dist)
     record = new_record(run_id, cfg, device, data.summary())

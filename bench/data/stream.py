@@ -50,6 +50,15 @@ def augment_batch(
     return x
 
 
+def check_batch_fits(batch_size: int, world: int, n: int, setting: str = "data.batch_size") -> None:
+    """One clear error when ``world`` processes' batches of ``batch_size`` exceed ``n`` images."""
+    if batch_size * world > n:
+        from bench.errors import BenchError
+
+        raise BenchError(f"{setting}={batch_size} x {world} process(es) exceeds the {n} training images; "
+                         f"lower it with --set {setting}=N")
+
+
 class BatchStream:
     """Shuffled fixed-size batches of one split, resident on ``device`` (sharded across ranks)."""
 
@@ -68,14 +77,7 @@ class BatchStream:
         setting: str = "data.batch_size",
     ):
         """``setting``: the config key that chose ``batch_size`` (named in the error message)."""
-        n = x.shape[0]
-        if batch_size * world > n:
-            from bench.errors import BenchError
-
-            raise BenchError(
-                f"{setting}={batch_size} x {world} process(es) exceeds the {n} training images; "
-                f"lower it with --set {setting}=N"
-            )
+        check_batch_fits(batch_size, world, x.shape[0], setting)
         self.x = x.to(device)
         self.y = y.to(device)
         self.batch_size = batch_size
