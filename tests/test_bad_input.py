@@ -60,6 +60,12 @@ def out_with_a_run(tmp_path, complete_run):
     (["--method", "ce", "--dataset", "npz:/nonexistent/data.npz"], ["npz dataset '/nonexistent/data.npz' not found"]),
     (["--method", "ce", "--dataset", "cifar10", "--set", "data.download=false"],
      ["cifar10 not found in", "cifar-10-python.tar.gz", "--data-dir"]),
+    (["--method", "ce", "--set", "optim.sam_rho=-1"], ["optim.sam_rho must be >= 0"]),
+    (["--method", "ce", "--set", "optim.sam_adaptive=maybe"], ["optim.sam_adaptive", "maybe"]),
+    (["--method", "ce", "--set", "train.fast=sometimes"], ["train.fast expects true/false"]),
+    (["--method", "ce", "--set", "train.compile=turbo"], ["train.compile", "turbo"]),
+    (["--method", "ebjdat-sada-jem", "--set", "method.px_augment=twice"], ["method.px_augment='twice' is not valid"]),
+    (["--method", "ebjdat-sada-jem", "--set", "method.px_batch_size=-4"], ["method.px_batch_size must be >= 0"]),
     (["--checkpoint", "x.pt", "--method", "ce"], ["--checkpoint only goes with --resume"]),
     ([], ["missing --method", "bench list methods"]),
 ])

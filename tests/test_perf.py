@@ -135,3 +135,13 @@ def test_sampler_timing_with_a_class_conditional_buffer(shapes_data_dir):
                       fid_images=0, overrides=(f"data.data_dir={shapes_data_dir}", "method.sampler.conditional=true"))
     (row,) = report["samplers"]
     assert row["method"] == "jem" and row["images_per_s"] > 0
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--fid-images", "-1"], "--fid-images must be >= 0 and --aa-n >= 1"),
+    (["--aa-n", "0"], "--fid-images must be >= 0 and --aa-n >= 1"),
+])
+def test_perf_cli_rejects_bad_counts(bench_cli, args, fragment):
+    res = bench_cli("perf", "--method", "ce", *args)
+    assert res.exit_code == 2 and fragment in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
