@@ -3,8 +3,11 @@
 The tidy frame has a row per (run, protocol, metric, key) with the value and the sample count
 that produced it. The leaderboard has a row per run and, grouped per protocol (``quick``,
 ``standard``, ``paper``, then any other), a column per headline number (``<protocol>/clean``,
-``<protocol>/autoattack``, ``<protocol>/fid``, ``<protocol>/energy.gap_adv``, ...; accuracies and
-ECE in percent), each followed by its sample count (``... n``).
+``<protocol>/autoattack``, ``<protocol>/fid``, ``<protocol>/energy.gap_adv``, ...), each followed
+by its sample count (``... n``). Which numbers are headlines, their scale (accuracies and ECE in
+percent) and the order of the columns come from each metric's :class:`metrics.Presentation`, so a
+plugin's metric gets its columns with no change here. A run's ``changes`` (its settings that
+depart from its method's preset) are stored in its record when it starts.
 
 Reference rows (published numbers; ``bench/reference/reported.csv``: the EB-JDAT paper's rows
 from a secondary source and RobustBench leaderboard entries) are added with ``reference=True``.
@@ -23,23 +26,10 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.records import list_runs, load_record
+from metrics import presentation
 
 RUN_COLUMNS = ["run_id", "method", "dataset", "arch", "preset", "changes", "seed", "status", "epochs", "train_min"]
-# settings chosen by their own flags or columns, never listed under "changes"
-_NOT_CHANGES = {"method", "preset", "seed", "device", "data.dataset", "data.data_dir", "model.arch"}
 REF_COLUMNS = ["source", "note"]
-# metric -> [(key, column label, scale)]: the headline numbers shown in the leaderboard
-HEADLINES: dict[str, list[tuple[str, str, float]]] = {
-    "clean": [("accuracy", "clean", 100.0)],
-    "pgd": [("accuracy", "pgd", 100.0)],
-    "autoattack": [("accuracy", "autoattack", 100.0)],
-    "fid": [("fid", "fid", 1.0)],
-    "kid": [("kid_mean", "kid", 1.0)],
-    "is": [("is_mean", "is", 1.0)],
-    "energy": [("gap_adv", "energy.gap_adv", 1.0), ("gap_gen", "energy.gap_gen", 1.0)],
-    "calibration": [("ece", "ece", 100.0)],
-}
-PRIMARY = {m: h[0][0] for m, h in HEADLINES.items()}  # metric -> its first headline key (kept for callers)
 PROTOCOL_ORDER = ["quick", "standard", "paper"]
 REFERENCE_NOTE = ("reported rows are published numbers, not measured here. 'paper' rows: the EB-JDAT paper as given by "
                   "secondary notes (en.papernotes.org), not yet checked against the PDF, under the authors' protocol "
@@ -72,34 +62,21 @@ def reference_frame() -> pd.DataFrame:
     return df.rename(columns={"row": "run_id"})
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{'method' if k == 'method_cfg' and not prefix else k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def preset_changes(record: dict[str, Any]) -> str:
-    """The run's settings that differ from what its method and preset give today (its --set /
-    --config choices, or preset edits made since it ran), as ``key=value`` items; "?" when
-    the method or preset no longer resolves."""
+    """The run's settings that differ from its method's preset (its --set / --config choices), as
+    ``key=value`` items. Stored in the record since schema 2; for older records worked out again
+    from today's method and preset ("?" when they no longer resolve)."""
     import json
 
-    from bench.config import resolve_config
+    changes = record.get("changes")
+    if changes is None:
+        from bench.resolve import preset_changes as from_config  # records from before schema 2 only
 
-    cfg = record.get("config") or {}
-    try:
-        ref = resolve_config(record["method"], preset=record["preset"], dataset=cfg["data"]["dataset"],
-                             arch=cfg["model"]["arch"]).to_dict()
-    except Exception:  # an unknown method/preset, or a record from another version
-        return "?"
-    ran, now = _flat(json.loads(json.dumps(cfg))), _flat(json.loads(json.dumps(ref)))
-    return " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(ran.items())
-                    if k not in _NOT_CHANGES and k in now and now[k] != v)
+        try:
+            changes = from_config(record.get("config") or {})
+        except Exception:  # an unknown method/preset, or a record from another version
+            return "?"
+    return " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(changes.items()))
 
 
 def run_table(records: list[dict[str, Any]]) -> pd.DataFrame:
@@ -120,17 +97,34 @@ def _protocol_rank(p: str) -> tuple[int, str]:
 
 
 def headline(t: pd.DataFrame) -> pd.DataFrame:
-    """The tidy rows that are headline numbers, with ``column``, scaled ``value`` and an order."""
-    metric_order = list(HEADLINES)
+    """The tidy rows that are headline numbers, with ``column``, shown ``value`` and an order.
+
+    A metric that declares no headlines shows its accuracy, or else every number it stored (the
+    keys it stored in any run)."""
     keep = []
+    stored: dict[str, dict[str, float]] = {}  # metric -> the keys it stored, in any run
     for row in t.itertuples(index=False):
-        for i, (key, label, scale) in enumerate(HEADLINES.get(row.metric, [])):
-            if key == row.key:
-                keep.append({"run_id": row.run_id, "column": f"{row.protocol}/{label}",
-                             "value": round(row.value * scale, 2 if scale != 1.0 else 4),
+        stored.setdefault(row.metric, {})[row.key] = row.value
+    for row in t.itertuples(index=False):
+        shown = presentation(row.metric)
+        for i, h in enumerate(shown.headlines_for(row.metric, stored[row.metric])):
+            if h.key == row.key:
+                keep.append({"run_id": row.run_id, "column": f"{row.protocol}/{h.label}", "value": h.shown(row.value),
                              "n_examples": row.n_examples,
-                             "order": (_protocol_rank(row.protocol), metric_order.index(row.metric), i)})
+                             "order": (_protocol_rank(row.protocol), shown.order, row.metric, i)})
     return pd.DataFrame(keep, columns=["run_id", "column", "value", "n_examples", "order"])
+
+
+def higher_is_better(column: str) -> bool | None:
+    """For a headline column ``<protocol>/<label>``: whether its metric says higher is better (None: not one)."""
+    from metrics import METRICS
+
+    _, _, label = column.partition("/")
+    for name in METRICS.names():
+        for h in presentation(name).headlines:
+            if h.label == label:
+                return h.higher_is_better
+    return None
 
 
 def _wide(head: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -227,6 +221,8 @@ def compare(out: str | Path, fmt: str = "md", sort: str | None = None, ascending
         raise BenchError(f"no runs under {Path(out) / 'runs'}/; train one with: bench run --method ce --preset smoke")
     df = leaderboard(records, reference=reference)
     df = apply_filters(df, filters)
+    if sort and not ascending and higher_is_better(sort) is False:
+        ascending = True  # best first: a lower FID, KID, ECE or energy gap is better
     df = sort_table(df, sort, ascending)
     if reference:
         df = _drop_empty(df)

@@ -1,11 +1,10 @@
-"""Typed run configuration and its resolution.
+"""The typed run configuration: schema, coercion and validation.
 
-Resolution order (later wins): dataclass defaults (the specification's) -> the method's
-reference settings (``Method.run_defaults``) -> the preset (``presets/<preset>.yaml``: its
-common ``config:``, then its ``methods: {<method>: ...}`` part, then the method's own file
-``presets/methods/<method>.yaml``, section ``<preset>:``) -> a config file (``--config``) ->
-``--set key=value`` overrides. The resolved config is
-stored in every run record, so a run can be reproduced from its record alone.
+A leaf: it imports nothing of the project but ``bench.errors``, so anything can load a config
+(a record's, a checkpoint's) without the plugin packages. Layering method defaults, presets,
+``--config`` files and ``--set`` items into one config is ``bench/resolve.py``'s job, above the
+plugins. The resolved config is stored in every run record, so a run can be reproduced from its
+record alone.
 """
 
 from __future__ import annotations
@@ -15,14 +14,11 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
-from pathlib import Path
 from typing import Any, get_type_hints
 
 import yaml
 
 from bench.errors import BenchError
-
-PRESET_DIR = Path(__file__).parent / "presets"
 
 
 @dataclass
@@ -250,100 +246,6 @@ def parse_set(item: str) -> dict[str, Any]:
     return out
 
 
-# ----------------------------------------------------------------------------------------
-# presets
-# ----------------------------------------------------------------------------------------
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-
-
-def load_preset(name: str) -> dict[str, Any]:
-    path = PRESET_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise BenchError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
-    with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
-    return data
-
-
-def method_preset(method: str, preset: str) -> dict[str, Any]:
-    """A method's own variant of a preset: section ``<preset>:`` of ``presets/methods/<method>.yaml``."""
-    path = PRESET_DIR / "methods" / f"{method}.yaml"
-    if not path.is_file():
-        return {}
-    with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
-    return data.get(preset, {}) or {}
-
-
-def _normalise_section_keys(d: dict[str, Any]) -> dict[str, Any]:
-    d = dict(d)
-    if "method" in d and isinstance(d["method"], dict):
-        d["method_cfg"] = deep_merge(d.get("method_cfg", {}), d.pop("method"))
-    return d
-
-
-def load_config_file(path: str) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise BenchError(f"config file {path!r} not found; pass an existing YAML or JSON file to --config")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise BenchError(f"config file {path!r} is not valid YAML/JSON ({str(exc).splitlines()[0]}); fix its syntax")
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise BenchError(f"config file {path!r} must hold a mapping of sections (data:, optim:, ...)")
-    return _normalise_section_keys(data)
-
-
-def resolve_config(
-    method: str,
-    preset: str = "cpu",
-    dataset: str | None = None,
-    arch: str | None = None,
-    seed: int | None = None,
-    device: str | None = None,
-    config_file: str | None = None,
-    overrides: list[str] | tuple[str, ...] = (),
-) -> RunConfig:
-    """Build and validate the run config (see the module docstring for the order)."""
-    from methods import get_method  # local import: methods import bench
-
-    method_cls = get_method(method)
-    cfg = RunConfig(method=method, preset=preset)
-    cfg = update_dataclass(cfg, _normalise_section_keys(getattr(method_cls, "run_defaults", {}) or {}))
-    p = load_preset(preset)
-    cfg = update_dataclass(cfg, _normalise_section_keys(p.get("config", {}) or {}))
-    per_method = (p.get("methods", {}) or {}).get(method, {}) or {}
-    cfg = update_dataclass(cfg, _normalise_section_keys(per_method))
-    cfg = update_dataclass(cfg, _normalise_section_keys(method_preset(method, preset)))
-    if config_file:
-        cfg = update_dataclass(cfg, load_config_file(config_file))
-    cli: dict[str, Any] = {}
-    for item in overrides:
-        cli = deep_merge(cli, parse_set(item))
-    for key, value in (("seed", seed), ("device", device)):
-        if value is not None:
-            cli[key] = value
-    if dataset is not None:
-        cli = deep_merge(cli, {"data": {"dataset": dataset}})
-    if arch is not None:
-        cli = deep_merge(cli, {"model": {"arch": arch}})
-    cfg = update_dataclass(cfg, cli)
-    for key, chosen in (("method", method), ("preset", preset)):
-        got = getattr(cfg, key)
-        if got != chosen:  # e.g. `method: pgd-at` in a --config file: it would not switch the method's code
-            raise BenchError(f"{key} {got!r} set in a config file or --set differs from --{key} {chosen}; "
-                             f"choose it with --{key} {got} instead")
-    # the method's own config: typed, validated, all defaults filled in
-    method_cfg = method_cls.make_config(cfg.method_cfg)
-    cfg = dataclasses.replace(cfg, method_cfg=to_dict(method_cfg))
-    validate(cfg)
-    return cfg
-
-
 CHOICES = {
     "optim.name": ("sgd", "adam"),
     "optim.schedule": ("constant", "cosine", "step"),
@@ -378,10 +280,6 @@ def validate(cfg: RunConfig) -> None:
             raise BenchError(f"{path} must be positive, got {value}")
     if cfg.train.epochs <= 0 and cfg.train.max_steps <= 0:
         raise BenchError("train.epochs must be positive (or set train.max_steps)")
-    if cfg.eval.enabled:  # an unknown protocol would only fail after training
-        from metrics import get_protocol
-
-        get_protocol(cfg.eval.protocol)
     if cfg.eval.checkpoint == "best" and (cfg.data.val_size <= 0 or cfg.train.eval_every <= 0):
         raise BenchError("eval.checkpoint=best needs a validation split and periodic validation: "
                          "set data.val_size > 0 and train.eval_every > 0")
@@ -391,3 +289,17 @@ def validate(cfg: RunConfig) -> None:
         raise BenchError(f"optim.sam_rho must be >= 0 (0 = no SAM), got {cfg.optim.sam_rho}")
     if not 0 <= cfg.data.noise_std < 1:
         raise BenchError(f"data.noise_std is in pixel units and must lie in [0, 1), got {cfg.data.noise_std}")
+
+
+def check_settings(obj: Any, prefix: str, choices: dict[str, Any] | None = None,
+                   minimum: dict[str, float] | None = None) -> None:
+    """Refuse, with one line naming the setting, a value of ``obj`` outside its ``choices`` or below
+    its ``minimum`` (``{"eps": 0}``: eps >= 0). ``prefix`` is the settings' section, e.g. ``"method."``."""
+    for name, allowed in (choices or {}).items():
+        if getattr(obj, name) not in allowed:
+            raise BenchError(f"{prefix}{name}={getattr(obj, name)!r} is not valid; choose one of: "
+                             f"{', '.join(map(str, allowed))}")
+    for name, low in (minimum or {}).items():
+        value = getattr(obj, name)
+        if not value >= low:  # NaN fails too
+            raise BenchError(f"{prefix}{name} must be >= {low:g}, got {value}")

@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
 
-from bench.config import RunConfig, deep_merge, parse_set, resolve_config, to_dict, update_dataclass
+from bench.config import RunConfig, deep_merge, parse_set, to_dict, update_dataclass
+from bench.resolve import resolve_config
 from bench.models import build_model
-from bench.runner import prepare_data, resolve_device
+from bench.data import load_run_data
+from bench.device import resolve_device
+from bench.flops import FlopCount, forward_flops_per_image, measure_peak_flops, sync
 from bench.timing import measure_regions
 from bench.trainer import Trainer
 from methods import get_method
@@ -50,62 +51,6 @@ class StepTiming:
     forward_gflop_per_image: float = 0.0
     fe_per_image: float = 0.0
     mfu: float | None = None
-
-
-class FlopCount(TorchDispatchMode):
-    """Total FLOPs of the aten ops run inside the block, by torch's own formulas
-    (``torch.utils.flop_counter.flop_registry``: matmuls and convolutions, forward and backward).
-
-    Unlike ``FlopCounterMode`` it tracks no modules, so it also works around
-    ``torch.autograd.grad`` with respect to inputs (attack and sampler steps).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        formula = flop_registry.get(func._overloadpacket)
-        if formula is not None:
-            self.total += int(formula(*args, **kwargs, out_val=out))
-        return out
-
-
-def measure_peak_flops(device: torch.device, seconds: float = 1.0) -> tuple[float, str]:
-    """Dense matmul FLOP/s: bf16 8192^3 on CUDA, fp32 1024^3 on CPU."""
-    if device.type == "cuda":
-        n, dtype = 8192, torch.bfloat16
-    else:
-        n, dtype = 1024, torch.float32
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        reps += 1
-    sync(device)
-    dt = time.perf_counter() - t0
-    return 2 * n**3 * reps / dt, f"{str(dtype).replace('torch.', '')} matmul {n}x{n}"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def forward_flops_per_image(model: torch.nn.Module, shape: tuple[int, ...], device: torch.device) -> float:
-    x = torch.rand(2, *shape, device=device)
-    was = model.training
-    model.eval()
-    with torch.no_grad(), FlopCount() as fc:
-        model(x)
-    model.train(was)
-    return fc.total / 2
 
 
 def variant_config(cfg: RunConfig, variant: str, method: str) -> RunConfig:
@@ -129,7 +74,7 @@ def time_method(cfg: RunConfig, variant: str, *, steps: int, warmup: int, peak: 
                 data=None, sampler_rows: list | None = None) -> StepTiming:
     """Time ``steps`` training steps; with ``sampler_rows``, also time the method's sampler alone."""
     device = resolve_device(cfg.device)
-    data = data if data is not None else prepare_data(cfg)
+    data = data if data is not None else load_run_data(cfg)
     vcfg = variant_config(cfg, variant, cfg.method)
     torch.manual_seed(vcfg.seed)
     model = build_model(vcfg.model, data.num_classes).to(device)
@@ -190,7 +135,7 @@ def run_perf(methods: list[str], preset: str, *, arch: str | None = None, device
         cfg = resolve_config(m, preset=preset, arch=arch, device=device, overrides=list(overrides))
         key = cfg.data.dataset + str(cfg.data.train_subset)
         if key not in data_cache:
-            data_cache[key] = prepare_data(cfg)
+            data_cache[key] = load_run_data(cfg)
         wanted = list(variants) + (["reference"] if get_method(m).reference_loop_settings else [])
         for v in wanted:
             results.append(time_method(cfg, v, steps=steps, warmup=warmup, peak=peak, data=data_cache[key],

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from bench.perf import FlopCount, forward_flops_per_image, sync
+from bench.flops import FlopCount, forward_flops_per_image, sync
 
 
 def time_sampler(trainer, model, method, *, reps: int, warmup: int = 1) -> dict[str, Any] | None:
@@ -94,7 +94,7 @@ def time_autoattack(run_ref: str, out: str | Path, device: torch.device, *, n_ex
                     version: str = "standard", batch_size: int = 500) -> dict[str, Any]:
     """The `autoattack` metric on a trained run's first ``n_examples`` test images, timed."""
     from bench.records import resolve_run
-    from bench.runner import load_run_model
+    from bench.saved_runs import load_run_model
     from metrics.autoattack import autoattack
     from metrics.base import EvalContext
 

@@ -1,12 +1,16 @@
 """Run directories and run records (``results/runs/<run-id>/record.json``).
 
-A record is plain JSON with fixed top-level keys (see :func:`new_record`); every evaluation
-number sits under ``evaluations[<protocol>][<metric>]`` together with its settings and sample
-count. Records are rewritten atomically as a run progresses.
+:class:`RunRecord` is the one writer of ``record.json``: the runner updates it as training goes
+(``update_training``, ``set_status``), the evaluation layer merges results into it
+(``merge_evaluation``), and both go through ``save``, which writes atomically under the record's
+lock and keeps every evaluation another process wrote meanwhile. The schema (version
+:data:`SCHEMA`) is documented in ``docs/records.md``; records of older versions are upgraded in
+memory when loaded, so every record ever written still loads.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import platform
 import secrets
@@ -21,7 +25,7 @@ from typing import Any
 from bench.errors import BenchError
 from bench.io import read_json, write_json
 
-SCHEMA = 1
+SCHEMA = 2  # 2: `changes` (settings that depart from the method's preset) stored when the run starts
 PACKAGES = ("torch", "torchvision", "numpy", "pandas", "pyautoattack", "torch-fidelity", "trilemma-bench")
 
 
@@ -103,7 +107,7 @@ def environment(device) -> dict[str, Any]:
     }
 
 
-def new_record(run_id: str, cfg, device, data_summary: dict) -> dict[str, Any]:
+def new_record(run_id: str, cfg, device, data_summary: dict, changes: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "run_id": run_id,
@@ -115,6 +119,7 @@ def new_record(run_id: str, cfg, device, data_summary: dict) -> dict[str, Any]:
         "seed": cfg.seed,
         "config": cfg.to_dict(),
         "config_digest": cfg.digest(),
+        "changes": dict(changes or {}),
         "environment": environment(device),
         "data": data_summary,
         "created_at": now(),
@@ -128,9 +133,129 @@ def new_record(run_id: str, cfg, device, data_summary: dict) -> dict[str, Any]:
     }
 
 
-def save_record(run_dir: Path, record: dict[str, Any]) -> None:
-    record["updated_at"] = now()
-    write_json(Path(run_dir) / "record.json", record)
+def upgrade(rec: dict[str, Any]) -> dict[str, Any]:
+    """A record of any schema version as the current version reads it (in memory; the file is untouched)."""
+    version = rec.get("schema", 1)
+    if version < 2:
+        rec.setdefault("changes", None)  # not stored before version 2: `bench compare` works it out
+    for key, empty in (("evaluations", {}), ("artifacts", {}), ("timings", {}), ("training", {})):
+        if not isinstance(rec.get(key), dict):
+            rec[key] = dict(empty)
+    rec["schema"] = SCHEMA
+    return rec
+
+
+def _newer(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Of two results of one metric, the later evaluated (``b`` on a tie)."""
+    return a if str(a.get("evaluated_at", "")) > str(b.get("evaluated_at", "")) else b
+
+
+class RunRecord:
+    """A run's ``record.json``: read it, change it, save it; the only code that writes the file."""
+
+    def __init__(self, run_dir: Path, data: dict[str, Any]):
+        self.run_dir = Path(run_dir)
+        self.data = data
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir / "record.json"
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    # -- create / load / save ------------------------------------------------------------
+    @classmethod
+    def create(cls, run_dir: Path, run_id: str, cfg, device, data_summary: dict,
+               changes: dict[str, Any] | None = None, save: bool = True) -> "RunRecord":
+        rec = cls(run_dir, new_record(run_id, cfg, device, data_summary, changes))
+        if save:
+            rec.save()
+        return rec
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "RunRecord":
+        return cls(run_dir, load_record(run_dir))
+
+    def save(self) -> None:
+        """Write atomically under a lock on the run directory, keeping evaluations another process saved since
+        this copy was read (of two results of one metric, the later evaluated wins)."""
+        with _dir_lock(self.run_dir):
+            if self.path.is_file():
+                try:
+                    disk = read_json(self.path)
+                except (OSError, ValueError):
+                    disk = {}
+                self._merge_evaluations_from(disk.get("evaluations") or {} if isinstance(disk, dict) else {})
+            self.data["updated_at"] = now()
+            write_json(self.path, self.data)
+
+    def _merge_evaluations_from(self, other: dict[str, Any]) -> None:
+        mine = self.data.setdefault("evaluations", {})
+        for protocol, results in other.items():
+            if not isinstance(results, dict):
+                continue
+            slot = mine.setdefault(protocol, {})
+            for metric, res in results.items():
+                if isinstance(res, dict):
+                    slot[metric] = _newer(res, slot[metric]) if isinstance(slot.get(metric), dict) else res
+
+    # -- changes ------------------------------------------------------------------------
+    def set_status(self, status: str, message: str | None = None, save: bool = True) -> None:
+        self.data["status"] = status
+        self.data["message"] = message
+        if status == "complete":
+            self.data["finished_at"] = now()
+        if save:
+            self.save()
+
+    def update_training(self, artifacts: dict[str, str] | None = None, train_seconds: float | None = None,
+                        save: bool = True, **training: Any) -> None:
+        """Training progress (steps, history, validation, rollbacks, ...), its time and artifacts."""
+        self.data["training"].update(training)
+        if train_seconds is not None:
+            self.data["timings"]["train_seconds"] = round(train_seconds, 3)
+        self.data["artifacts"].update(artifacts or {})
+        if save:
+            self.save()
+
+    def add_resume(self, at_step: int) -> None:
+        self.data["training"].setdefault("resumes", []).append({"at_step": at_step, "time": now()})
+
+    def merge_evaluation(self, protocol: str, results: dict[str, dict[str, Any]],
+                         skipped: dict[str, str] | None = None, save: bool = True) -> None:
+        """Add ``results`` (metric -> result) under ``evaluations[protocol]``, keeping the other metrics'
+        earlier results; their artifacts go into ``artifacts`` as ``<protocol>/<metric>/<name>``."""
+        self.data.setdefault("evaluations", {}).setdefault(protocol, {}).update(results)
+        arts = self.data.setdefault("artifacts", {})
+        for metric, res in results.items():
+            for name, rel in (res.get("artifacts") or {}).items():
+                arts[f"{protocol}/{metric}/{name}"] = rel
+        if skipped:
+            self.data.setdefault("evaluation_skipped", {})[protocol] = dict(skipped)
+        t = self.data.setdefault("timings", {})
+        t["eval_seconds"] = round(t.get("eval_seconds", 0) + sum(r.get("seconds", 0) for r in results.values()), 3)
+        if save:
+            self.save()
+
+
+class _dir_lock:
+    """An exclusive ``flock`` on the directory ``path`` itself for the block: no lock file is left
+    behind, and the OS releases it if the process dies."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> None:
+        self.fd = os.open(self.path, os.O_RDONLY)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
 
 
 class RunLock:
@@ -198,7 +323,7 @@ def load_record(run_dir: Path) -> dict[str, Any]:
         raise BenchError(f"record {path} is unreadable ({type(exc).__name__}); it may have been edited by hand")
     if not isinstance(rec, dict) or "run_id" not in rec:
         raise BenchError(f"{path} is not a trilemma-bench run record")
-    return rec
+    return upgrade(rec)
 
 
 def list_runs(out: str | Path) -> list[Path]:

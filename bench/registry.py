@@ -1,14 +1,25 @@
-"""Name -> factory registries, filled by decorators and by entry points of installed packages.
+"""Name -> object registries, filled by decorators and by entry points of installed packages.
 
-One registry per plug-in kind (methods, metrics, datasets, architectures). Built-in entries
-register themselves with a decorator when their module is imported; third-party packages
-declare an entry point in the registry's group (e.g. ``trilemma_bench.methods``) pointing at
-the object to register, or at a module whose import registers it.
+One mechanism for every plug-in kind: methods, metrics, protocols, datasets, architectures and
+samplers each have one :class:`Registry`. On first lookup a registry imports every public module
+(name not starting with ``_``) of its built-in packages, whose decorators register the built-in
+entries, then reads its entry-point group (e.g. ``trilemma_bench.methods``): each entry point
+names the object to register, or a module whose import registers it.
+
+| kind | registry | group |
+| --- | --- | --- |
+| method | ``methods.METHODS`` | ``trilemma_bench.methods`` |
+| metric | ``metrics.METRICS`` | ``trilemma_bench.metrics`` |
+| protocol | ``metrics.PROTOCOLS`` | ``trilemma_bench.protocols`` |
+| dataset | ``bench.data.DATASETS`` | ``trilemma_bench.datasets`` |
+| architecture | ``bench.models.ARCHS`` | ``trilemma_bench.archs`` |
+| sampler | ``bench.sampling.SAMPLERS`` | ``trilemma_bench.samplers`` |
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import re
 from importlib.metadata import entry_points
 from typing import Any, Callable, Generic, Iterator, TypeVar
@@ -19,10 +30,11 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, group: str | None = None, builtin_modules: tuple[str, ...] = ()):
+    def __init__(self, kind: str, group: str | None = None, packages: tuple[str, ...] = ()):
+        """``packages``: the built-in packages whose public modules register entries when imported."""
         self.kind = kind
         self.group = group
-        self._builtin_modules = builtin_modules
+        self.packages = packages
         self._entries: dict[str, T] = {}
         self._patterns: list[tuple[re.Pattern[str], str, Callable[..., T]]] = []
         self._loaded = False
@@ -60,8 +72,9 @@ class Registry(Generic[T]):
         if self._loaded:
             return
         self._loaded = True
-        for module in self._builtin_modules:
-            importlib.import_module(module)
+        for package in self.packages:
+            for module in builtin_modules(package):
+                importlib.import_module(module)
         if self.group:
             for ep in entry_points(group=self.group):
                 if ep.name in self._entries:
@@ -117,6 +130,12 @@ class _Bound:
 
     def __call__(self, **more: Any) -> Any:
         return self.factory(**self.kwargs, **more)
+
+
+def builtin_modules(package: str) -> list[str]:
+    """The public modules of ``package`` (names not starting with ``_``), sorted."""
+    pkg = importlib.import_module(package)
+    return sorted(f"{package}.{m.name}" for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
 
 
 def _num(v: str) -> Any:

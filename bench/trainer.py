@@ -32,7 +32,7 @@ from bench.data import BatchStream, ImageData, augment_batch, to_float
 from bench.errors import BenchError, DivergenceError, InterruptedRun
 from bench.timing import region
 from bench import distributed as D
-from methods.base import BatchSpec, Method, StepContext
+from bench.step import BatchSpec, StepContext, TrainingMethod
 
 
 def compile_model(model: torch.nn.Module, mode: str, backend: str = "inductor") -> None:
@@ -126,7 +126,7 @@ class Trainer:
         self,
         cfg: RunConfig,
         model: torch.nn.Module,
-        method: Method,
+        method: TrainingMethod,
         data: ImageData,
         device: torch.device,
         run_dir: Path,

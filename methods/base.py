@@ -1,27 +1,25 @@
-"""The method plugin interface."""
+"""The method plugin interface: the :class:`Method` base class and the ``METHODS`` registry.
+
+The trainer's side of the contract (:class:`~bench.step.StepContext`, :class:`~bench.step.BatchSpec`)
+lives in ``bench/step.py`` and is re-exported here, so a plugin needs only ``from methods import ...``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
 
 from bench.config import from_dict, to_dict
+from bench.errors import BenchError
 from bench.registry import Registry
+from bench.step import BatchSpec, StepContext
+
+__all__ = ["METHODS", "BatchSpec", "Method", "StepContext", "get_method", "register_method"]
 
 
-class _MethodRegistry(Registry):
-    _builtin_loader = None
-
-    def _load(self) -> None:
-        if not self._loaded and self._builtin_loader is not None:
-            self._builtin_loader()
-        super()._load()
-
-
-METHODS: _MethodRegistry = _MethodRegistry("method", group="trilemma_bench.methods")
+METHODS: Registry = Registry("method", group="trilemma_bench.methods", packages=("methods",))
 
 
 def register_method(name: str):
@@ -37,50 +35,6 @@ def register_method(name: str):
 
 def get_method(name: str) -> type["Method"]:
     return METHODS.get(name)
-
-
-@dataclass(frozen=True)
-class BatchSpec:
-    """How one of a step's batches is drawn and prepared; None keeps the run's ``data.*`` setting."""
-
-    batch_size: int | None = None
-    batch_size_setting: str = "data.batch_size"  # the config key that sets batch_size (for error messages)
-    augment: bool | None = None  # random crop + flip
-    noise_std: float | None = None  # Gaussian noise, pixel units
-
-
-@dataclass
-class StepContext:
-    """What a training step sees besides the model and the batch."""
-
-    step: int  # global optimiser step (0-based)
-    epoch: int
-    device: torch.device
-    num_classes: int
-    autocast: Any  # a context-manager factory: ``with ctx.autocast(): ...`` (bf16 on CUDA)
-    extra: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # independent batches
-    data: Any = None  # the ImageData (train split) for methods that need dataset statistics
-    steps_per_epoch: int = 0
-    sam_pass: bool = False  # True while SAM recomputes the loss at the perturbed weights
-    memo: dict[str, Any] = field(default_factory=dict)
-
-    def reuse(self, name: str, make: Callable[[], Any]) -> Any:
-        """``make()`` once per step: sampled or adversarial inputs are computed on the first pass
-        and returned as they are when the loss is recomputed (SAM's second pass), as the
-        references do. Give each input its own name: on the first pass a repeated name is an error."""
-        if self.sam_pass:
-            if name not in self.memo:
-                raise KeyError(f"ctx.reuse({name!r}): nothing was made under this name on the first pass")
-            return self.memo[name]
-        if name in self.memo:
-            raise KeyError(f"ctx.reuse({name!r}) called twice in one step; give each input its own name")
-        self.memo[name] = make()
-        return self.memo[name]
-
-    @property
-    def epoch_progress(self) -> float:
-        """Fractional epochs completed before this step (``step / steps_per_epoch``)."""
-        return self.step / self.steps_per_epoch if self.steps_per_epoch else float(self.epoch)
 
 
 class Method:
@@ -107,8 +61,6 @@ class Method:
     def make_config(cls, values: dict[str, Any]):
         if cls.Config is None:
             if values:
-                from bench.errors import BenchError
-
                 raise BenchError(f"method {cls.name!r} takes no method.* settings")
             return {}
         return from_dict(cls.Config, values)

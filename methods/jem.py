@@ -4,7 +4,7 @@ an Energy Based Model and You Should Treat it Like One").
 Loss per step: ``CE(f(x), y) + mean E(x_u) - mean E(x_hat)``, with x_hat from 20 steps of SGLD
 (step 1, noise 0.01 on the [-1, 1] scale, model in eval mode, no clamping) started from a
 replay buffer of 10,000 uniform-noise chains, 5% re-initialised per draw
-(``bench/sampling/jem_family.py`` holds the shared objective).
+(``methods/_energy.py`` holds the shared objective).
 
 Reference settings (wgrathwohl/JEM README command for CIFAR-10 and train_wrn_ebm.py defaults):
 Adam lr 1e-4, no weight decay, 1000 warm-up iterations, batch 64, data noise 0.03 on [-1, 1]
@@ -24,19 +24,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bench.sampling.jem_family import JEMFamily, JEMFamilyConfig
-from bench.sampling.sampler import SamplerConfig
+from bench.sampling.sampler import SamplerConfig, reference_sampler
+from methods._energy import JEMFamily, JEMFamilyConfig
 from methods.base import register_method
-
-
-def jem_sampler() -> SamplerConfig:
-    return SamplerConfig(kind="sgld", steps=20, step_size=1.0, noise_std=0.01, clamp=False, mode="eval",
-                         buffer_size=10000, reinit_freq=0.05, init="uniform")
 
 
 @dataclass
 class JEMConfig(JEMFamilyConfig):
-    sampler: SamplerConfig = field(default_factory=jem_sampler)
+    sampler: SamplerConfig = field(default_factory=lambda: reference_sampler("jem"))
 
 
 @register_method("jem")

@@ -1,6 +1,6 @@
 """``jem++``: JEM++ (Yang & Ji, ICCV 2021, "JEM++: Improved Techniques for Training JEM").
 
-The JEM loss (``bench/sampling/jem_family.py``) with two changes to the negative samples:
+The JEM loss (``methods/_energy.py``) with two changes to the negative samples:
 PYLD ("proximal YOPO Langevin": 10 outer full-gradient steps, each followed by 5 first-layer-only
 steps of 0.2 with the gradient clamped to +-1 and the image range clamped after every sub-step,
 no noise), and informative initialisation (fresh chains drawn from per-class Gaussians fitted on
@@ -18,20 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bench.sampling.jem_family import JEMFamily, JEMFamilyConfig
-from bench.sampling.sampler import SamplerConfig
+from bench.sampling.sampler import SamplerConfig, reference_sampler
+from methods._energy import JEMFamily, JEMFamilyConfig
 from methods.base import register_method
-
-
-def jempp_sampler() -> SamplerConfig:
-    return SamplerConfig(kind="pyld", steps=10, in_steps=5, pyld_lr=0.2, eps=1.0, step_size=0.0, noise_std=0.0,
-                         mode="train", buffer_size=10000, reinit_freq=0.05, init="informative",
-                         fit_augment=True, fit_noise_std=0.03)
 
 
 @dataclass
 class JEMPPConfig(JEMFamilyConfig):
-    sampler: SamplerConfig = field(default_factory=jempp_sampler)
+    sampler: SamplerConfig = field(default_factory=lambda: reference_sampler("jem++"))
 
 
 @register_method("jem++")

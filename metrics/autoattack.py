@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from bench.io import write_json
-from metrics.base import register_metric, test_subset
+from metrics.base import accuracy_headline, accuracy_summary, register_metric, test_subset
 
 VERSIONS = ("standard", "rand", "plus", "custom")
 ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
@@ -137,7 +137,16 @@ class _Recorder(logging.Handler):
         self.on_attack(attack, count)
 
 
-@register_metric("autoattack")
+def summary(res: dict) -> str:
+    """Robust accuracy, with each attack's accuracy after it, and n."""
+    text = accuracy_summary(res)
+    if res.get("per_attack"):
+        per = ", ".join(f"{a} {100 * v:.2f}%" for a, v in res["per_attack"].items())
+        text = text.replace("%  n=", f"% ({per})  n=", 1)
+    return text
+
+
+@register_metric("autoattack", headlines=(accuracy_headline("autoattack"),), order=30, summary=summary)
 def autoattack(model, data, settings, ctx) -> dict:
     from pyautoattack.state import EvaluationState
 

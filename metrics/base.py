@@ -1,4 +1,12 @@
-"""Metric registry and shared helpers."""
+"""Metric registry, how a metric presents its numbers, and shared helpers.
+
+A metric is ``fn(model, data, settings, ctx) -> dict`` of named numbers plus ``n_examples``,
+registered with :func:`register_metric`, which also records how its numbers are presented
+(:class:`Presentation`): the headline keys a leaderboard shows, their scale and unit, whether
+higher is better, where the metric's columns go, and the one-line summary `bench eval` and
+`bench show` print. `bench compare`, `bench show` and `bench eval` read that; none of them names
+a metric, so a plugin's metric reaches every table.
+"""
 
 from __future__ import annotations
 
@@ -10,26 +18,84 @@ import torch
 
 from bench.registry import Registry
 
-def _builtin_metric_modules() -> tuple[str, ...]:
-    """Every module of the ``metrics`` package is a built-in metric module (imported on first use)."""
-    import pkgutil
-
-    import metrics
-
-    skip = {"base", "protocols"}
-    return tuple(f"metrics.{m.name}" for m in pkgutil.iter_modules(metrics.__path__)
-                 if m.name not in skip and not m.name.startswith("_"))
+METRICS: Registry = Registry("metric", group="trilemma_bench.metrics", packages=("metrics",))
+NOT_NUMBERS = frozenset({"n_examples", "seconds"})  # bookkeeping keys of a result, never shown as numbers
 
 
-class _MetricRegistry(Registry):
-    def _load(self) -> None:
-        if not self._loaded:
-            self._builtin_modules = _builtin_metric_modules()
-        super()._load()
+@dataclass(frozen=True)
+class Headline:
+    """One number a leaderboard shows for a metric: ``result[key] * scale``, rounded, in ``unit``."""
+
+    key: str  # the key in the metric's result
+    label: str  # the column's name after ``<protocol>/``
+    scale: float = 1.0  # shown value = stored value * scale (100 for accuracies stored as fractions)
+    unit: str = ""  # "%" for percentages
+    higher_is_better: bool = True
+    decimals: int = 4
+
+    def shown(self, value: float) -> float:
+        return round(float(value) * self.scale, self.decimals)
 
 
-METRICS: Registry = _MetricRegistry("metric", group="trilemma_bench.metrics")
-register_metric = METRICS.register
+def accuracy_headline(label: str) -> Headline:
+    """An accuracy stored as a fraction under ``accuracy``, shown in percent."""
+    return Headline("accuracy", label, scale=100.0, unit="%", decimals=2)
+
+
+def _numbers(res: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in res.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_NUMBERS}
+
+
+@dataclass(frozen=True)
+class Presentation:
+    """How a metric's results are shown. ``order`` places its columns: accuracy (10s) before
+    robustness (20s), generation (40s), energies (50s), calibration (60s) and the rest (100)."""
+
+    headlines: tuple[Headline, ...] = ()
+    order: int = 100
+    summary: Callable[[dict[str, Any]], str] | None = None  # one line for `bench eval` / `bench show`
+
+    def headlines_for(self, metric: str, res: dict[str, Any]) -> tuple[Headline, ...]:
+        """The declared headlines; for an undeclared metric, its accuracy in percent if it has
+        one, otherwise every number it returned."""
+        if self.headlines:
+            return self.headlines
+        nums = _numbers(res)
+        if "accuracy" in nums:
+            return (accuracy_headline(metric),)
+        return tuple(Headline(k, f"{metric}.{k}") for k in nums)
+
+    def describe(self, metric: str, res: dict[str, Any]) -> str:
+        """The one-line summary: the metric's own, else its headline numbers and n."""
+        if self.summary is not None:
+            return self.summary(res)
+        parts = [f"{h.label} {h.shown(res[h.key]):g}{h.unit}" for h in self.headlines_for(metric, res)
+                 if isinstance(res.get(h.key), (int, float)) and not isinstance(res.get(h.key), bool)]
+        n = res.get("n_examples")
+        return ", ".join(parts) + (f"  n={n}" if n is not None else "")
+
+
+def register_metric(name: str, fn: Callable | None = None, *, headlines: tuple[Headline, ...] = (),
+                    order: int = 100, summary: Callable[[dict[str, Any]], str] | None = None, replace: bool = False):
+    """Register metric ``fn`` (or decorate it) under ``name``, with how its numbers are presented."""
+
+    def add(f: Callable) -> Callable:
+        f.presentation = Presentation(tuple(headlines), order, summary)
+        METRICS.register(name, f, replace=replace)
+        return f
+
+    return add(fn) if fn is not None else add
+
+
+def presentation(metric: str) -> Presentation:
+    """How ``metric``'s results are shown; a metric no longer installed gets the default."""
+    fn = METRICS.get(metric) if metric in METRICS else None
+    return getattr(fn, "presentation", None) or Presentation()
+
+
+def accuracy_summary(res: dict[str, Any]) -> str:
+    return f"accuracy {100 * res['accuracy']:.2f}%  n={res.get('n_examples')}"
 
 
 @dataclass

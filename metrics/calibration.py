@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.io import save_figure
-from metrics.base import batches, register_metric, test_subset
+from metrics.base import Headline, batches, register_metric, test_subset
 
 
 def ece_bins(conf: np.ndarray, correct: np.ndarray, n_bins: int = 15):
@@ -60,7 +60,12 @@ def reliability_diagram(counts, acc, cbar, ece: float, path: Path, title: str) -
     return save_figure(fig, path)
 
 
-@register_metric("calibration")
+def summary(res: dict) -> str:
+    return f"ECE {100 * res['ece']:.2f}% ({res['bins']} bins), NLL {res['nll']:.3f}  n={res.get('n_examples')}"
+
+
+@register_metric("calibration", order=60, summary=summary, headlines=(
+    Headline("ece", "ece", scale=100.0, unit="%", higher_is_better=False, decimals=2),))
 @torch.no_grad()
 def calibration(model, data, settings, ctx) -> dict:
     n_bins = int(settings.get("bins", 15))

@@ -21,7 +21,7 @@ import torch
 from bench.attacks.pgd import pgd_linf
 from bench.errors import BenchError
 from bench.io import save_figure
-from metrics.base import batches, progress, register_metric, test_subset
+from metrics.base import Headline, batches, progress, register_metric, test_subset
 from metrics.protocols import MetricUnavailable
 
 
@@ -69,7 +69,18 @@ def histogram(sets: dict[str, np.ndarray], path: Path, title: str) -> Path:
     return save_figure(fig, path)
 
 
-@register_metric("energy")
+def summary(res: dict) -> str:
+    parts = [f"E clean {res['mean_clean']:.3f}", f"adv {res['mean_adv']:.3f}", f"gap_adv {res['gap_adv']:.3f}",
+             f"W1 {res['w1_adv']:.3f}"]
+    if res.get("gap_gen") is not None:
+        parts += [f"gen {res['mean_gen']:.3f}", f"gap_gen {res['gap_gen']:.3f}", f"W1 {res['w1_gen']:.3f}"]
+    return ", ".join(parts) + f"  n={res.get('n_examples')} (gen {res.get('n_generated', 0)})"
+
+
+# the gaps E(x_adv) - E(x) and E(x_gen) - E(x): smaller means the energies of the three sources line up
+@register_metric("energy", order=50, summary=summary, headlines=(
+    Headline("gap_adv", "energy.gap_adv", higher_is_better=False),
+    Headline("gap_gen", "energy.gap_gen", higher_is_better=False)))
 def energy(model, data, settings, ctx) -> dict:
     from scipy.stats import wasserstein_distance
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from bench.errors import BenchError
-from metrics.base import register_metric
+from metrics.base import Headline, register_metric
 from metrics.protocols import MetricUnavailable
 
 OFFICIAL_NAME = "weights-inception-2015-12-05-6726825d.pth"
@@ -352,6 +352,23 @@ def _metric(name: str):
     return metric
 
 
-register_metric("fid", _metric("fid"))
-register_metric("kid", _metric("kid"))
-register_metric("is", _metric("is"))
+def _fid_summary(res: dict) -> str:
+    return (f"FID {res['fid']:.3f}  n={res['n_samples']} vs {res['n_real']} {res['real_split']}, "
+            f"weights sha256 {str(res.get('weights_sha256'))[:12]}")
+
+
+def _kid_summary(res: dict) -> str:
+    return f"KID {res['kid_mean']:.5f} +- {res['kid_std']:.5f}  n={res['n_samples']}"
+
+
+def _is_summary(res: dict) -> str:
+    if res.get("is_mean") is None:
+        return "IS n/a (weights without the 1008-way fc layer)"
+    return f"IS {res['is_mean']:.3f} +- {res['is_std']:.3f}  n={res['n_samples']}"
+
+
+register_metric("fid", _metric("fid"), order=40, summary=_fid_summary,
+                headlines=(Headline("fid", "fid", higher_is_better=False),))
+register_metric("kid", _metric("kid"), order=41, summary=_kid_summary,
+                headlines=(Headline("kid_mean", "kid", higher_is_better=False),))
+register_metric("is", _metric("is"), order=42, summary=_is_summary, headlines=(Headline("is_mean", "is"),))

@@ -11,10 +11,10 @@ import math
 import torch
 
 from bench.attacks.pgd import pgd_linf
-from metrics.base import batches, progress, register_metric, test_subset
+from metrics.base import accuracy_headline, accuracy_summary, batches, progress, register_metric, test_subset
 
 
-@register_metric("pgd")
+@register_metric("pgd", headlines=(accuracy_headline("pgd"),), order=20, summary=accuracy_summary)
 def pgd(model, data, settings, ctx) -> dict:
     eps = settings.get("eps", 8 / 255)
     alpha = settings.get("alpha", 2 / 255)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from bench.errors import BenchError
+from bench.registry import Registry
 from metrics.base import METRICS, EvalContext
 
 
@@ -39,11 +40,12 @@ class Protocol:
     input_noise: float = 0.0  # std of Gaussian noise added once to the [0, 1] test images (pixel units)
 
 
-PROTOCOLS: dict[str, Protocol] = {}
+# a plugin's entry point (group trilemma_bench.protocols) names a Protocol, or a module calling register_protocol
+PROTOCOLS: Registry = Registry("protocol", group="trilemma_bench.protocols", packages=("metrics",))
 
 
-def register_protocol(p: Protocol) -> Protocol:
-    PROTOCOLS[p.name] = p
+def register_protocol(p: Protocol, replace: bool = False) -> Protocol:
+    PROTOCOLS.register(p.name, p, replace=replace)
     return p
 
 
@@ -115,9 +117,7 @@ register_protocol(
 
 
 def get_protocol(name: str) -> Protocol:
-    if name not in PROTOCOLS:
-        raise BenchError(f"unknown protocol {name!r}; choose one of: {', '.join(sorted(PROTOCOLS))}")
-    return PROTOCOLS[name]
+    return PROTOCOLS.get(name)
 
 
 def noisy_view(data, std: float, seed: int):

@@ -38,7 +38,7 @@ def test_best_without_a_validation_split_is_refused_before_training(bench_cli, r
 
 
 def test_load_run_model_follows_eval_checkpoint(bench_cli, results_root, shapes_data_dir):
-    from bench.runner import load_run_model
+    from bench.saved_runs import load_run_model
 
     res = bench_cli("run", "--method", "ce", "--preset", "smoke", "-q", "--out", str(results_root),
                     "--data-dir", str(shapes_data_dir), "--set", "data.val_size=100", "--set", "train.epochs=2",

@@ -119,7 +119,7 @@ def test_changes_column_lists_the_settings_a_run_changed_from_its_preset(bench_c
 
 def test_changes_column_is_empty_for_a_preset_run_and_names_a_switch(tmp_path):
     from bench.compare import preset_changes
-    from bench.config import resolve_config
+    from bench.resolve import resolve_config
 
     cfg = resolve_config("ebjdat", preset="cpu").to_dict()
     rec = {"method": "ebjdat", "preset": "cpu", "config": cfg}

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import pytest
 import yaml
 
-from bench import config as config_mod
-from bench.config import RunConfig, from_dict, parse_set, resolve_config
+from bench import resolve as resolve_mod
+from bench.config import RunConfig, from_dict, parse_set
+from bench.resolve import resolve_config
 from bench.errors import BenchError
 
 
@@ -43,10 +44,7 @@ def layered(tmp_path, monkeypatch):
     (presets / "lay.yaml").write_text(yaml.safe_dump({
         "description": "test preset",
         "config": {"optim": {"gamma": 0.3, "momentum": 0.3, "weight_decay": 0.3, "grad_clip": 0.3},
-                   "train": {"rollback_lr_factor": 0.3}},
-        "methods": {"test-layers": {"optim": {"gamma": 0.35, "momentum": 0.35, "weight_decay": 0.35,
-                                              "grad_clip": 0.35}, "method": {"knob": 3}},
-                    "ce": {"optim": {"gamma": 0.99}}},
+                   "train": {"rollback_lr_factor": 0.3}, "method": {"knob": 3}},
     }))
     (presets / "methods" / "test-layers.yaml").write_text(yaml.safe_dump({
         "lay": {"optim": {"gamma": 0.4, "momentum": 0.4, "weight_decay": 0.4}, "method": {"knob": 4}},
@@ -54,7 +52,7 @@ def layered(tmp_path, monkeypatch):
     }))
     cfg_file = tmp_path / "run.yaml"
     cfg_file.write_text(yaml.safe_dump({"optim": {"gamma": 0.5, "momentum": 0.5}, "method": {"knob": 5}}))
-    monkeypatch.setattr(config_mod, "PRESET_DIR", presets)
+    monkeypatch.setattr(resolve_mod, "PRESET_DIR", presets)
     yield cfg_file
     METHODS.unregister("test-layers")
 
@@ -65,12 +63,21 @@ def test_resolution_order(layered):
     assert cfg.optim.gamma == 0.6  # --set
     assert cfg.optim.momentum == 0.5  # --config file
     assert cfg.optim.weight_decay == 0.4  # presets/methods/<method>.yaml, section <preset>
-    assert cfg.optim.grad_clip == 0.35  # preset's methods: {<method>: ...}
-    assert cfg.train.rollback_lr_factor == 0.3  # preset's config:
+    assert cfg.optim.grad_clip == 0.3 and cfg.train.rollback_lr_factor == 0.3  # preset's config:
     assert cfg.data.noise_std == 0.2  # method run_defaults
     assert cfg.model.dropout == 0.0 and cfg.optim.lr == 0.1  # dataclass defaults
     assert cfg.method_cfg == {"knob": 6, "other": "default"}
     assert cfg.preset == "lay" and cfg.method == "test-layers"
+
+
+def test_a_preset_with_an_unknown_section_is_refused(layered):
+    """The per-preset ``methods:`` layer is gone: per-method settings live in presets/methods/<method>.yaml."""
+    path = resolve_mod.PRESET_DIR / "lay.yaml"
+    data = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**data, "methods": {"test-layers": {"optim": {"gamma": 0.35}}}}))
+    with pytest.raises(BenchError, match=r"lay.yaml.*methods.*presets/methods/test-layers.yaml") as exc:
+        resolve_config("test-layers", preset="lay")
+    assert "\n" not in str(exc.value)
 
 
 def test_each_layer_wins_over_the_one_below(layered):
@@ -80,12 +87,12 @@ def test_each_layer_wins_over_the_one_below(layered):
 
 
 def test_real_presets_and_method_preset_files():
-    smoke = yaml.safe_load((config_mod.PRESET_DIR / "smoke.yaml").read_text())["config"]
+    smoke = yaml.safe_load((resolve_mod.PRESET_DIR / "smoke.yaml").read_text())["config"]
     cfg = resolve_config("ce", preset="smoke")
     assert cfg.data.train_subset == smoke["data"]["train_subset"]
     assert cfg.train.epochs == smoke["train"]["epochs"]
     assert cfg.optim.schedule == "cosine"  # ce's run_defaults survive the preset
-    pgd_smoke = yaml.safe_load((config_mod.PRESET_DIR / "methods" / "pgd-at.yaml").read_text())["smoke"]
+    pgd_smoke = yaml.safe_load((resolve_mod.PRESET_DIR / "methods" / "pgd-at.yaml").read_text())["smoke"]
     cfg = resolve_config("pgd-at", preset="smoke")
     assert cfg.method_cfg["steps"] == pgd_smoke["method"]["steps"]
     assert cfg.optim.schedule == "step"  # pgd-at's reference schedule

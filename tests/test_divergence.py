@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bench import checkpoint
-from bench.runner import load_run_model
+from bench.saved_runs import load_run_model
 
 DIVERGE_AT_STEP_8 = (
     "train.max_steps=12", "train.log_every=2", "train.checkpoint_every=2", "eval.enabled=false",

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.attacks.ebjdat import ebjdat_attack
-from bench.config import ModelConfig, resolve_config
+from bench.config import ModelConfig
+from bench.resolve import resolve_config
 from bench.data import ImageData
 from bench.errors import BenchError
 from bench.models import build_model

@@ -137,7 +137,7 @@ def test_weights_fc_detection(tmp_path):
 @pytest.mark.skipif(not os.environ.get("BENCH_SLOW_TESTS"), reason="InceptionV3 at 299x299 on CPU: ~2 min; BENCH_SLOW_TESTS=1")
 def test_inception_weights_without_fc_give_fid_and_is_na(tmp_path):
     """The real InceptionV3 code path with a weights file whose fc is NaN (as `bench fid-weights` writes)."""
-    from bench.commands.fid_weights import _inception_skeleton
+    from metrics.fid_weights import _inception_skeleton
     from metrics.fid import sha256_file, weights_have_fc
 
     torch.manual_seed(0)

@@ -17,9 +17,9 @@ import tempfile
 import pytest
 import torch
 
-from bench.config import resolve_config
+from bench.resolve import resolve_config
 from bench.models import build_model
-from bench.runner import prepare_data
+from bench.data import load_run_data
 from bench.trainer import Trainer
 from methods import get_method
 
@@ -30,7 +30,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 def build_trainer(method: str, overrides: list[str], device: str = "cpu", tmp: str = ""):
     cfg = resolve_config(method, preset="smoke", device=device, overrides=["data.batch_size=32", *overrides])
     dev = torch.device(device)
-    data = prepare_data(cfg)
+    data = load_run_data(cfg)
     torch.manual_seed(0)
     model = build_model(cfg.model, data.num_classes).to(dev)
     m = get_method(method).from_dict(cfg.method_cfg)

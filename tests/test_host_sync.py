@@ -17,9 +17,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import bench.sampling.gaussians as gaussians_mod
-from bench.config import resolve_config
+from bench.resolve import resolve_config
 from bench.models import build_model
-from bench.runner import prepare_data
+from bench.data import load_run_data
 from bench.sampling import ClassGaussians, ReplayBuffer
 from bench.trainer import Trainer
 from methods import get_method
@@ -114,7 +114,7 @@ def test_the_recorder_sees_mask_indexing_and_item():
 def test_a_training_step_between_log_steps_does_not_sync(method, extra, cuda_code_path):
     cfg = resolve_config(method, preset="smoke", device="cpu",
                          overrides=["train.log_every=100", "data.batch_size=16", *extra])
-    data = prepare_data(cfg)
+    data = load_run_data(cfg)
     torch.manual_seed(0)
     model = build_model(cfg.model, data.num_classes)
     m = get_method(method).from_dict(cfg.method_cfg)

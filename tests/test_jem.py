@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from bench import checkpoint
-from bench.config import resolve_config
+from bench.resolve import resolve_config
 from bench.errors import InterruptedRun
 from bench.runner import resume_run, start_run
-from bench.sampling.jem_family import JEMFamily
+from methods._energy import JEMFamily
 
 SMALL_SAMPLER = ("method.sampler.steps=2", "method.sampler.in_steps=2", "method.sampler.buffer_size=64",
                  "method.grid_size=9", "eval.enabled=false")

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from bench.perf import FlopCount, forward_flops_per_image, run_perf
+from bench.flops import FlopCount, forward_flops_per_image
+from bench.perf import run_perf
 from bench.config import ModelConfig
 from bench.models import build_model
 
@@ -82,7 +83,7 @@ def test_sampler_rows_count_the_samplers_gradient_steps(shapes_data_dir, monkeyp
                       variants=("fast",), fid_images=0, overrides=(f"data.data_dir={shapes_data_dir}",))
     rows = {r["method"]: r for r in report["samplers"]}
     assert set(rows) == {"jem", "jem++"}  # ce has no sampler
-    from bench.config import resolve_config
+    from bench.resolve import resolve_config
 
     for m, row in rows.items():
         sc = resolve_config(m, preset="smoke").method_cfg["sampler"]

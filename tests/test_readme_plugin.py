@@ -33,3 +33,28 @@ def test_readme_plugin_example_trains(bench_cli, results_root, shapes_data_dir):
     finally:
         METHODS.unregister("mixed-at")
         sys.modules.pop("my_plugin", None)
+
+
+def test_readme_metric_example_reaches_eval_and_compare(bench_cli, tmp_path, complete_run):
+    import shutil
+
+    from metrics import METRICS
+
+    text = (REPO_ROOT / "README.md").read_text()
+    (code,) = re.findall(r"```python\n(# my_metrics\.py\n.*?)```", text, re.S)
+    module = types.ModuleType("my_metrics")
+    sys.modules["my_metrics"] = module
+    results = tmp_path / "results"
+    shutil.copytree(complete_run, results / "runs" / complete_run.name)
+    try:
+        exec(compile(code, "README.md:my_metrics.py", "exec"), module.__dict__)
+        res = bench_cli("eval", complete_run.name, "--out", str(results), "--protocol", "quick",
+                        "--metrics", "noise-acc", "--set", "noise-acc.sigma=0.2", "-q")
+        assert res.exit_code == 0, res.stderr
+        assert "noisy accuracy" in res.stdout and "at sigma 0.2" in res.stdout
+        table = bench_cli("compare", "--out", str(results), "--format", "csv")
+        header = table.stdout.splitlines()[0].split(",")
+        assert "quick/noise" in header and header.index("quick/pgd") < header.index("quick/noise")
+    finally:
+        METRICS.unregister("noise-acc")
+        sys.modules.pop("my_metrics", None)

@@ -37,7 +37,7 @@ def _args(out: Path, data_dir: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def reference_weights(shapes_data_dir, tmp_path_factory):
     """The uninterrupted run (in-process, through the library)."""
-    from bench.config import resolve_config
+    from bench.resolve import resolve_config
     from bench.runner import start_run
 
     cfg = resolve_config("pgd-at", preset="smoke", seed=3,
@@ -153,17 +153,18 @@ def test_ctrl_c_during_the_evaluation(shapes_data_dir, tmp_path, bench_cli, tiny
         assert all(torch.equal(final[k], v) for k, v in weights.items())  # no extra training
     finally:
         METRICS.unregister("test-ctrl-c")
-        PROTOCOLS.pop("test-ctrl-c", None)
+        PROTOCOLS.unregister("test-ctrl-c")
 
 
 def test_a_run_from_an_older_version_resumes_under_its_recorded_digest(shapes_data_dir, tmp_path):
     """A run started before its config gained fields (new fields change ``cfg.digest()``) still
     resumes: checkpoints are matched against the digest recorded when the run started."""
     from bench import checkpoint
-    from bench.config import resolve_config
+    from bench.resolve import resolve_config
     from bench.errors import BenchError
-    from bench.records import load_record, save_record
-    from bench.runner import load_run_model, resume_run, start_run
+    from bench.records import RunRecord
+    from bench.runner import resume_run, start_run
+    from bench.saved_runs import load_run_model
 
     cfg = resolve_config("ce", preset="smoke", overrides=[
         "data.train_subset=64", "data.batch_size=16", "train.max_steps=4", "train.checkpoint_every=2",
@@ -175,9 +176,9 @@ def test_a_run_from_an_older_version_resumes_under_its_recorded_digest(shapes_da
         ckpt["config_digest"] = old
         ckpt["step"] = ckpt["state"]["step"] = 2  # as if interrupted half-way
         checkpoint.save(path, ckpt)
-    rec = load_record(run_dir)
-    rec.update(status="interrupted", config_digest=old)
-    save_record(run_dir, rec)
+    rec = RunRecord.load(run_dir)
+    rec.data.update(status="interrupted", config_digest=old)
+    rec.save()
     assert cfg.digest() != old
 
     res = resume_run(str(run_dir), out=tmp_path, show_progress=False)

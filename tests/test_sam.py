@@ -11,9 +11,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench import sam
-from bench.config import resolve_config
+from bench.resolve import resolve_config
 from bench.models import build_model
-from bench.runner import prepare_data
+from bench.data import load_run_data
 from bench.trainer import Trainer
 from methods import get_method
 
@@ -71,7 +71,7 @@ def test_adaptive_auto_follows_sada_jems_rule():
 
 def _trainer(method, overrides, tmp):
     cfg = resolve_config(method, preset="smoke", device="cpu", overrides=["data.batch_size=16", *overrides])
-    data = prepare_data(cfg)
+    data = load_run_data(cfg)
     torch.manual_seed(0)
     model = build_model(cfg.model, data.num_classes)
     m = get_method(method).from_dict(cfg.method_cfg)

@@ -250,7 +250,7 @@ def test_contrastive_sampler_draw_writes_back(tmp_path):
 
 
 def test_make_sample_fn_for_a_plain_classifier(tmp_path, monkeypatch):
-    from bench.config import resolve_config
+    from bench.resolve import resolve_config
 
     monkeypatch.setenv("TRILEMMA_BENCH_CACHE", str(tmp_path))  # the Gaussian fit's default cache
 

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.attacks.trades import trades_attack
-from bench.config import ModelConfig, resolve_config
+from bench.config import ModelConfig
+from bench.resolve import resolve_config
 from bench.errors import BenchError
 from bench.models import build_model
 from methods import get_method

@@ -14,10 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from bench import io
-from bench.config import OptimConfig, resolve_config
+from bench.config import OptimConfig
+from bench.resolve import resolve_config
 from bench.data import to_float
 from bench.errors import BenchError
-from bench.runner import _build, prepare_data, start_run
+from bench.data import load_run_data
+from bench.runner import _build, start_run
 from bench.trainer import Trainer, lr_factor
 from methods import METHODS, Method, register_method
 
@@ -80,7 +82,7 @@ def _cfg(shapes_data_dir, method, *extra):
 
 def test_loss_terms_are_weighted_summed_and_logged(weighted_method, shapes_data_dir, tmp_path):
     cfg = _cfg(shapes_data_dir, "test-weighted", "train.max_steps=3", "optim.lr=0.05")
-    data = prepare_data(cfg)
+    data = load_run_data(cfg)
     device = torch.device("cpu")
     model, method = _build(cfg, data, device)
     # the reference: the same first step by hand
@@ -166,7 +168,7 @@ def test_checkpoints_contents_and_pruning(shapes_data_dir, tmp_path):
     assert torch.load(ck / "step-00000006.pt", weights_only=False)["step"] == 6
     assert len(last["state"]["history"]) == 7
     # the checkpointed weights are the final weights used for evaluation
-    from bench.runner import load_run_model
+    from bench.saved_runs import load_run_model
 
     model, *_ = load_run_model(res.run_dir, torch.device("cpu"))
     for k, v in last["model"].items():

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import click
 
-from bench.cli import CONTEXT, cli
+from bench.commands._common import CONTEXT
 from bench.errors import BenchError
 
 
-@cli.command(context_settings=CONTEXT)
+@click.command(context_settings=CONTEXT)
 @click.option("--method", "-m", "methods", multiple=True, help="Method(s) to time (default: all registered).")
 @click.option("--preset", "-p", default="smoke", show_default=True, help="Preset giving model, batch size, method settings.")
 @click.option("--arch", "-a", default=None, help="Override the preset's architecture (e.g. wrn-28-10 on a GPU).")
@@ -47,7 +47,7 @@ def perf(methods, preset, arch, device, steps, warmup, peak_tflops, no_plain, ov
     if steps < 1 or warmup < 0:
         raise BenchError("--steps must be >= 1 and --warmup >= 0")
     if fid_images is None:
-        from bench.runner import resolve_device
+        from bench.device import resolve_device
 
         fid_images = 4096 if resolve_device(device).type == "cuda" else 64
     if fid_images < 0 or aa_examples < 1:
@@ -72,3 +72,6 @@ def perf(methods, preset, arch, device, steps, warmup, peak_tflops, no_plain, ov
 
         write_json(Path(json_out), report)
         click.echo(f"json: {json_out}")
+
+
+COMMANDS = (perf,)

@@ -1,6 +1,6 @@
 """Datasets: a registry of loaders returning uint8 image tensors, plus device-resident batching."""
 
-from bench.data.base import ImageData, DATASETS, register_dataset, load_dataset, split_validation
+from bench.data.base import ImageData, DATASETS, register_dataset, load_dataset, load_run_data, split_validation
 from bench.data.stream import BatchStream, augment_batch, to_float
 
 __all__ = [
@@ -8,6 +8,7 @@ __all__ = [
     "DATASETS",
     "register_dataset",
     "load_dataset",
+    "load_run_data",
     "split_validation",
     "BatchStream",
     "augment_batch",

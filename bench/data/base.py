@@ -8,11 +8,7 @@ import torch
 
 from bench.registry import Registry
 
-DATASETS: Registry = Registry(
-    "dataset",
-    group="trilemma_bench.datasets",
-    builtin_modules=("bench.data.shapes", "bench.data.cifar", "bench.data.npz"),
-)
+DATASETS: Registry = Registry("dataset", group="trilemma_bench.datasets", packages=("bench.data",))
 register_dataset = DATASETS.register
 
 
@@ -58,6 +54,12 @@ def load_dataset(cfg) -> ImageData:
     data = factory(cfg=cfg)
     _check(data)
     return data
+
+
+def load_run_data(cfg) -> ImageData:
+    """A run's data (``cfg`` a RunConfig): its dataset with the seeded validation split and subset applied."""
+    data = load_dataset(cfg.data)
+    return split_validation(data, cfg.data.val_size, cfg.seed, cfg.data.train_subset)
 
 
 def _check(data: ImageData) -> None:

@@ -12,11 +12,7 @@ import torch.nn as nn
 
 from bench.registry import Registry
 
-ARCHS: Registry = Registry(
-    "architecture",
-    group="trilemma_bench.archs",
-    builtin_modules=("bench.models.wrn", "bench.models.resnet"),
-)
+ARCHS: Registry = Registry("architecture", group="trilemma_bench.archs", packages=("bench.models",))
 register_arch = ARCHS.register
 
 

@@ -1,4 +1,4 @@
-"""Shared sampling for the JEM family (JEM, JEM++, EB-JDAT) and for generating from any run.
+"""Samplers for the JEM family (JEM, JEM++, EB-JDAT) and for generating from any run.
 
 Scale: samplers, replay buffers and class Gaussians work on the references' symmetric [-1, 1]
 scale (``to_sym`` / ``from_sym``); models are always called on [0, 1] images. Step sizes,
@@ -7,7 +7,9 @@ clamps and ``eps`` are therefore the references' numbers.
 - :func:`sgld`, :func:`pyld`: the samplers (whole batches, input-only gradients).
 - :class:`ClassGaussians`: per-class mean + covariance of the training images (informative init).
 - :class:`ReplayBuffer`: persistent chains with re-initialisation, optionally class-conditional.
-- :class:`SamplerConfig`, :class:`ContrastiveSampler`: what a method nests in its config / owns.
+- :class:`SamplerConfig`, :class:`ContrastiveSampler`: what a method nests in its config / owns;
+  :func:`reference_sampler`: a reference's settings (``references.yaml``, each written once).
+- ``SAMPLERS``: the registry of sampler kinds (``method.sampler.kind``), plugins included.
 - :func:`make_sample_fn`: samples from any trained run (for FID, `bench sample`).
 """
 
@@ -15,11 +17,13 @@ from bench.sampling.buffer import ReplayBuffer, fresh_starts
 from bench.sampling.gaussians import ClassGaussians
 from bench.sampling.generate import GENERIC_SAMPLER, SampleFn, make_sample_fn, run_sampler_config
 from bench.sampling.images import save_grid, save_npz, to_uint8_nhwc
+from bench.sampling.kinds import SAMPLERS, SamplerKind, register_sampler
 from bench.sampling.langevin import first_layer_is_affine, from_sym, model_mode, pyld, sgld, to_sym
-from bench.sampling.sampler import ContrastiveSampler, SamplerConfig, run_sampler
+from bench.sampling.sampler import ContrastiveSampler, SamplerConfig, reference_sampler, run_sampler
 
 __all__ = [
-    "ClassGaussians", "ContrastiveSampler", "GENERIC_SAMPLER", "ReplayBuffer", "SampleFn", "SamplerConfig",
-    "first_layer_is_affine", "fresh_starts", "from_sym", "make_sample_fn", "model_mode", "pyld", "run_sampler",
-    "run_sampler_config", "save_grid", "save_npz", "sgld", "to_sym", "to_uint8_nhwc",
+    "ClassGaussians", "ContrastiveSampler", "GENERIC_SAMPLER", "ReplayBuffer", "SAMPLERS", "SampleFn", "SamplerConfig",
+    "SamplerKind", "first_layer_is_affine", "fresh_starts", "from_sym", "make_sample_fn", "model_mode", "pyld",
+    "reference_sampler", "register_sampler", "run_sampler", "run_sampler_config", "save_grid", "save_npz", "sgld",
+    "to_sym", "to_uint8_nhwc",
 ]

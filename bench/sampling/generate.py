@@ -15,29 +15,24 @@ The model is left as it was: its mode is restored, and for samplers that run in 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from typing import Any, Iterator
 
 import torch
 
 from bench.config import from_dict
+from bench.data import load_run_data
 from bench.errors import BenchError
 from bench.models.base import energy_from_logits
 from bench.sampling.buffer import fresh_starts
 from bench.sampling.gaussians import ClassGaussians
+from bench.sampling.kinds import SAMPLERS
 from bench.sampling.langevin import from_sym, model_mode
-from bench.sampling.sampler import KINDS, SamplerConfig, run_sampler
+from bench.sampling.sampler import SamplerConfig, run_sampler, with_kind
 
 FRESH_STEPS = 100  # JEM's eval_wrn_ebm.py --n_sample_steps default for samples from scratch
 
 GENERIC_SAMPLER = SamplerConfig(kind="sgld", steps=FRESH_STEPS, step_size=1.0, noise_std=0.01, clamp=True,
                                 mode="eval", buffer_size=0, init="informative")
-
-# a sampler kind's own reference step settings, used when a run's sampler is swapped for the other kind
-KIND_SETTINGS: dict[str, dict[str, Any]] = {
-    "sgld": {"step_size": 1.0, "noise_std": 0.01, "grad_clamp": 0.0},  # JEM
-    "pyld": {"in_steps": 5, "pyld_lr": 0.2, "eps": 1.0, "step_size": 0.0, "noise_std": 0.0},  # JEM++
-}
 
 
 def run_sampler_config(cfg) -> tuple[SamplerConfig, bool]:
@@ -164,7 +159,7 @@ def make_sample_fn(model, cfg, device, *, steps: int | None = None, sampler: str
     """A sampling function for the run with config ``cfg`` (a RunConfig) and trained ``model``.
 
     ``steps``: sampler steps per chain (default 100 from fresh starts, 0 from a saved buffer).
-    ``sampler``: ``"sgld"``/``"pyld"`` swaps the run's sampler kind (with that kind's reference
+    ``sampler``: a sampler kind (``"sgld"``, ``"pyld"``, a plugin's) swaps the run's sampler kind (with that kind's reference
     step settings), a :class:`SamplerConfig` replaces it. ``buffer_state``: a replay-buffer
     state (``ReplayBuffer.state_dict()``, e.g. ``ckpt["method"]["sampler"]["buffer"]``) to start
     from instead of fresh starts. ``data``: the run's ImageData, loaded when an informative
@@ -175,10 +170,9 @@ def make_sample_fn(model, cfg, device, *, steps: int | None = None, sampler: str
     if isinstance(sampler, SamplerConfig):
         scfg = sampler
     elif sampler is not None:
-        if sampler not in KINDS:
-            raise BenchError(f"sampler {sampler!r} is not valid; choose sgld or pyld")
-        if sampler != scfg.kind:
-            scfg = dataclasses.replace(scfg, kind=sampler, **KIND_SETTINGS[sampler])
+        if sampler not in SAMPLERS:
+            raise BenchError(f"sampler {sampler!r} is not valid; choose one of: {', '.join(SAMPLERS.names())}")
+        scfg = with_kind(scfg, sampler)
     if steps is not None and steps < 0:
         raise BenchError(f"steps must be >= 0, got {steps}")
     buffer, conditional = None, False
@@ -190,9 +184,7 @@ def make_sample_fn(model, cfg, device, *, steps: int | None = None, sampler: str
         n_steps = FRESH_STEPS if steps is None else steps
     gaussians = None
     if buffer is None and data is None:  # fresh starts need the image shape (and maybe the Gaussian fit)
-        from bench.runner import prepare_data
-
-        data = prepare_data(cfg)
+        data = load_run_data(cfg)
     if buffer is None and scfg.init == "informative":
         gaussians = ClassGaussians.fit_or_load(data, augment=scfg.fit_augment, noise_std=scfg.fit_noise_std,
                                                cache_dir=scfg.cache_dir, device=device)

@@ -13,26 +13,30 @@ numbers); ``draw`` converts to and from the [0, 1] pixels models take.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
-
-from bench.timing import region
+import yaml
 
 from bench.errors import BenchError
 from bench.sampling.buffer import INITS, ReplayBuffer, fresh_starts
 from bench.sampling.gaussians import ClassGaussians
-from bench.sampling.langevin import MODES, from_sym, pyld, sgld
+from bench.sampling.kinds import SAMPLERS
+from bench.sampling.langevin import MODES, from_sym
+from bench.timing import region
 
-KINDS = ("sgld", "pyld")
+REFERENCES = Path(__file__).with_name("references.yaml")
 
 
 @dataclass
 class SamplerConfig:
     """Sampler and replay-buffer settings. Defaults: JEM's SGLD (Grathwohl et al. 2020)."""
 
-    kind: str = "sgld"  # sgld (JEM) | pyld (JEM++)
+    kind: str = "sgld"  # a registered sampler kind: sgld (JEM) | pyld (JEM++) | a plugin's
     steps: int = 20  # SGLD steps; PYLD outer steps (JEM++: 10)
     step_size: float = 1.0  # SGLD alpha; PYLD's optional outer step lr_sgld (JEM++: 0 = off)
     noise_std: float = 0.01  # SGLD sigma; PYLD's noise after the inner steps (JEM++: 0)
@@ -52,8 +56,9 @@ class SamplerConfig:
     cache_dir: str = ""  # where Gaussian fits are cached; "" = ~/.cache/trilemma-bench; "off" = never
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise BenchError(f"method.sampler.kind={self.kind!r} is not valid; choose sgld or pyld")
+        if self.kind not in SAMPLERS:
+            raise BenchError(f"method.sampler.kind={self.kind!r} is not valid; choose one of: "
+                             f"{', '.join(SAMPLERS.names())}")
         if self.init not in INITS:
             raise BenchError(f"method.sampler.init={self.init!r} is not valid; choose uniform or informative")
         if self.mode not in MODES:
@@ -74,11 +79,29 @@ def run_sampler(cfg: SamplerConfig, model: torch.nn.Module, xs: torch.Tensor, y:
     """Run ``cfg``'s sampler on symmetric-scale ``xs`` (``steps`` overrides ``cfg.steps``)."""
     n = cfg.steps if steps is None else steps
     mode = cfg.mode if mode is None else mode
-    if cfg.kind == "sgld":
-        return sgld(model, xs, steps=n, step_size=cfg.step_size, noise_std=cfg.noise_std, clamp=cfg.clamp, y=y,
-                    mode=mode, grad_clamp=cfg.grad_clamp, trace=trace)
-    return pyld(model, xs, n_steps=n, in_steps=cfg.in_steps, lr=cfg.pyld_lr, eps=cfg.eps, sgld_lr=cfg.step_size,
-                sgld_std=cfg.noise_std, y=y, mode=mode, fast=None if cfg.fast else False, trace=trace)
+    return SAMPLERS.get(cfg.kind).run(cfg, model, xs, y, n, mode, trace)
+
+
+@lru_cache(maxsize=None)
+def _references() -> dict[str, dict[str, Any]]:
+    return yaml.safe_load(REFERENCES.read_text())
+
+
+def reference_sampler(name: str, **changes: Any) -> SamplerConfig:
+    """The sampler settings of reference ``name`` (an entry of ``references.yaml``), with ``changes``."""
+    refs = _references()
+    if name not in refs:
+        raise BenchError(f"unknown reference sampler {name!r}; choose one of: {', '.join(refs)}")
+    return SamplerConfig(**{**refs[name], **changes})
+
+
+def with_kind(cfg: SamplerConfig, kind: str) -> SamplerConfig:
+    """``cfg`` with its sampler swapped for ``kind``, taking that kind's reference step settings."""
+    if cfg.kind == kind:
+        return cfg
+    entry = SAMPLERS.get(kind)
+    ref = reference_sampler(entry.reference) if entry.reference else SamplerConfig(kind=kind)
+    return dataclasses.replace(cfg, kind=kind, **{f: getattr(ref, f) for f in entry.step_fields})
 
 
 def _match_memory_format(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

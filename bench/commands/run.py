@@ -1,0 +1,115 @@
+"""`bench run`: train one method with the shared training core, then evaluate it."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from bench.commands._common import CONTEXT
+from bench.errors import BenchError
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--method", "-m", help="Training method (see `bench list methods`).")
+@click.option("--dataset", "-d", default=None, help="shapes10 (default, embedded), cifar10, cifar100 or npz:PATH.")
+@click.option("--arch", "-a", default=None, help="Architecture, e.g. resnet8, wrn-28-10 (see `bench list archs`).")
+@click.option("--preset", "-p", default="paper", show_default=True,
+              help="smoke (seconds), cpu (minutes), paper (WRN-28-10, reference settings).")
+@click.option("--config", "config_file", default=None, help="YAML/JSON file of settings (sections data:, optim:, ...).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override one setting, e.g. --set optim.lr=0.01 --set method.steps=7. Repeatable.")
+@click.option("--seed", type=int, default=None, help="Random seed (default 0).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Default: auto.")
+@click.option("--data-dir", default=None, help="Folder holding the dataset files (default ./data).")
+@click.option("--on-divergence", type=click.Choice(["stop", "rollback"]), default=None,
+              help="stop (keep the last good checkpoint) or roll back to it with a lower learning rate.")
+@click.option("--out", default="results", show_default=True, help="Results root; runs go to OUT/runs/<run-id>/.")
+@click.option("--resume", default=None, metavar="RUN", help="Continue an interrupted run (id or directory).")
+@click.option("--checkpoint", "checkpoint_path", default=None, help="With --resume: a specific checkpoint file.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Data-parallel processes (GPUs) on this machine; launches torchrun. Beyond one node, "
+                   "call torchrun yourself: torchrun --nnodes ... -m bench run ...")
+def run(method, dataset, arch, preset, config_file, overrides, seed, device, data_dir, on_divergence, out, resume,
+        checkpoint_path, quiet, nproc):
+    """Train one method with the shared training core, then evaluate it.
+
+    \b
+    Examples:
+      bench run --method ce --preset smoke
+      bench run --method pgd-at --dataset shapes10 --preset cpu --seed 1
+      bench run --method pgd-at --dataset npz:../shared/data/cifar10-train-5k.npz --preset cpu
+      bench run --method ebjdat --dataset cifar10 --data-dir ~/data
+      bench run --resume 20261124-101500-pgd-at-shapes10-1a2b3c
+    """
+    from bench.runner import resume_run, start_run
+    from bench.summary import run_summary_lines
+
+    if nproc > 1:
+        from bench.distributed import launched_by_torchrun
+
+        if not launched_by_torchrun():
+            sys.exit(_relaunch_with_torchrun(nproc))
+    if resume:
+        given = [n for n, v in (("--method", method), ("--dataset", dataset), ("--arch", arch),
+                                ("--config", config_file), ("--set", overrides), ("--seed", seed)) if v]
+        if given:
+            raise BenchError(f"--resume continues a run with its saved config; drop {', '.join(given)}")
+        result = resume_run(resume, out=out, device=device, show_progress=not quiet, checkpoint_path=checkpoint_path,
+                            announce=_announce)
+    else:
+        if not method:
+            raise BenchError("missing --method; choose one with `bench list methods`, e.g. bench run --method ce")
+        if checkpoint_path:
+            raise BenchError("--checkpoint only goes with --resume RUN")
+        from bench.resolve import resolve_config
+
+        extra = list(overrides)
+        if data_dir:
+            extra.append(f"data.data_dir={data_dir}")
+        if on_divergence:
+            extra.append(f"train.on_divergence={on_divergence}")
+        cfg = resolve_config(method, preset=preset, dataset=dataset, arch=arch, seed=seed, device=device,
+                             config_file=config_file, overrides=extra)
+        if preset == "paper" and (device or "auto") != "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                click.echo(f"note: preset 'paper' trains {cfg.model.arch} for {cfg.train.epochs:g} epochs; "
+                           "on a CPU use --preset cpu or --preset smoke", err=True)
+        result = start_run(cfg, out=out, show_progress=not quiet, announce=_announce)
+    if os.environ.get("RANK", "0") == "0":
+        for line in run_summary_lines(result.record):  # the headline accuracies; `bench show` prints everything
+            click.echo(line)
+        click.echo(f"record: {result.run_dir / 'record.json'}")
+
+
+def _announce(line: str) -> None:
+    click.echo(line, err=True)
+
+
+def _relaunch_with_torchrun(nproc: int) -> int:
+    """Run this same command under torchrun with ``nproc`` processes; returns its exit code."""
+    import subprocess
+
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "bench", *args]
+    click.echo(f"launching {nproc} processes: torchrun --standalone --nproc-per-node={nproc} -m bench "
+               + " ".join(args), err=True)
+    return subprocess.call(cmd)
+
+
+COMMANDS = (run,)

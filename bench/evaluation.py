@@ -1,0 +1,110 @@
+"""Evaluating runs: the end-of-run evaluation of `bench run` and `bench eval` on a saved run.
+
+Both run a protocol's metrics (:func:`metrics.evaluate`) and merge the results into the run's
+:class:`~bench.records.RunRecord`. For a saved run nothing is written until a metric has produced
+its result: every check that can fail early (unknown metric or protocol, missing samples, missing
+Inception weights) runs before any evaluation, and a metric that fails leaves its earlier entry
+untouched (results of the metrics that finished before it are kept). An interrupted AutoAttack
+keeps its state in the run directory and resumes when the same command is run again.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError, InterruptedRun
+from bench.device import resolve_device
+from bench.records import RunRecord
+from bench.saved_runs import buffer_state, load_run_model
+from metrics import METRICS, EvalContext, evaluate, get_protocol, presentation
+from metrics.protocols import preflight
+
+
+def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, dict[str, Any]]:
+    """``METRIC.KEY=VALUE`` items -> ``{metric: {key: value}}`` (values parsed as JSON when they are JSON)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        metric, dot, name = key.strip().partition(".")
+        if not sep or not dot or not metric or not name:
+            raise BenchError(f"--set {item!r}: write METRIC.KEY=VALUE, e.g. --set autoattack.n_examples=200")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = [v for v in raw.split(",")] if "," in raw else raw
+        out.setdefault(metric, {})[name] = value
+    return out
+
+
+def format_result(metric: str, res: dict[str, Any]) -> str:
+    """One line for a stored result, as the metric presents itself (its headline numbers if its own
+    summary does not fit the result, e.g. a result of an older version)."""
+    shown = presentation(metric)
+    try:
+        return shown.describe(metric, res)
+    except (KeyError, TypeError, ValueError):
+        return shown.__class__(headlines=shown.headlines).describe(metric, res)
+
+
+def evaluate_into(record: RunRecord, model, data, cfg, device, show_progress: bool, protocol: str | None = None,
+                  n_examples: int | None = None, metrics: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Evaluate ``model`` (the run's, in memory) with a protocol and merge the results into ``record``."""
+    proto = protocol or cfg.eval.protocol
+    # the run config lets generative metrics draw samples with the run's own sampler
+    ctx = EvalContext(device=device, batch_size=cfg.eval.batch_size, seed=cfg.seed, out_dir=record.run_dir,
+                      show_progress=show_progress,
+                      extra={"cfg": cfg, "run_dir": str(record.run_dir), "samples": None, "weights": None})
+    skipped: dict[str, str] = {}
+    results = evaluate(model, data, proto, n_examples or cfg.eval.n_examples, ctx, metrics, skipped=skipped)
+    for name, why in skipped.items():  # optional metrics whose inputs are missing (e.g. FID weights)
+        print(f"skipped {name}: {why}", file=sys.stderr)
+    record.merge_evaluation(proto, results, skipped=skipped)
+    return results
+
+
+def evaluate_saved_run(run_dir: Path, protocol: str = "standard", metrics: list[str] | None = None,
+                       n_examples: int | None = None, samples: str | None = None, weights: str | None = None,
+                       checkpoint: str | None = None, device: str | None = None, batch_size: int | None = None,
+                       overrides: dict | None = None, show_progress: bool = True, echo=None):
+    """Library entry point of `bench eval`: returns (results, skipped, record)."""
+    echo = echo or (lambda s: None)
+    proto = get_protocol(protocol)
+    for m in metrics or ():
+        METRICS.get(m)  # unknown names fail here, with the list of known ones
+    dev = resolve_device(device) if device else None
+    model, cfg, data, _ = load_run_model(run_dir, dev, checkpoint)
+    dev = next(model.parameters()).device
+    extra: dict[str, Any] = {"cfg": cfg, "run_dir": str(run_dir), "samples": samples, "weights": weights}
+    buffer = buffer_state(run_dir, checkpoint)
+    if buffer is not None:
+        extra["buffer_state"] = buffer
+    ctx = EvalContext(device=dev, batch_size=batch_size or cfg.eval.batch_size, seed=cfg.seed, out_dir=Path(run_dir),
+                      show_progress=show_progress, extra=extra)
+    n = n_examples if n_examples is not None else cfg.eval.n_examples
+    names, skipped = preflight(protocol, metrics, ctx, n, overrides)  # fails before anything runs
+    for name, why in skipped.items():
+        echo(f"skipped {name}: {why}")
+    results: dict[str, dict[str, Any]] = {}
+    record = RunRecord.load(run_dir)
+    try:
+        for name in names:
+            echo(f"[{proto.name}] {name} ...")
+            results.update(evaluate(model, data, protocol, n, ctx, [name], overrides))
+    except KeyboardInterrupt:
+        if results:
+            RunRecord.load(run_dir).merge_evaluation(protocol, results)
+        hint = (f"; AutoAttack keeps its state under {Path(run_dir) / 'autoattack'}/ and resumes"
+                if "autoattack" in names and "autoattack" not in results else "")
+        raise InterruptedRun(f"evaluation interrupted{' (finished metrics saved)' if results else ''}; "
+                             f"run the same command again to continue{hint}")
+    except BaseException:
+        if results:
+            RunRecord.load(run_dir).merge_evaluation(protocol, results)
+        raise
+    if results:
+        record = RunRecord.load(run_dir)  # re-read: another process may have written meanwhile
+        record.merge_evaluation(protocol, results)
+    return results, skipped, record.data

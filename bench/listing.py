@@ -1,0 +1,124 @@
+"""What `bench list KIND` prints: the registered names of a kind, one per line, each with its
+one-line description where the kind has one.
+
+:data:`KINDS` is the table: kind -> how to get its names and describe each. Listing a new kind
+is one more row; the registries are imported only when their kind is listed.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+from bench.errors import BenchError
+
+
+@dataclass(frozen=True)
+class Listing:
+    """How one kind is listed: ``names()``; ``describe(name)`` (None: names only); the width of the
+    name column (None: the longest name) and what separates it from the description; ``errors()``:
+    ``{name: error}`` of entries that failed to load, listed after the others."""
+
+    names: Callable[[], list[str]]
+    describe: Callable[[str], str] | None = None
+    width: int | None = None
+    sep: str = "  "
+    errors: Callable[[], dict[str, str]] | None = None
+
+
+def _first_doc_line(obj) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+# -- per-kind accessors (imported lazily: listing presets must not import every method) -------------
+def _methods():
+    from methods import METHODS
+
+    return METHODS
+
+
+def _method_reference(name: str) -> str:
+    return getattr(_methods().get(name), "reference", "") or ""
+
+
+def _datasets() -> list[str]:
+    from bench.data import DATASETS
+
+    return DATASETS.names()
+
+
+def _archs() -> list[str]:
+    from bench.models import ARCHS
+
+    return ARCHS.names()
+
+
+def _preset_names() -> list[str]:
+    from bench.resolve import preset_names
+
+    return preset_names()
+
+
+def _preset_description(name: str) -> str:
+    from bench.resolve import load_preset
+
+    return load_preset(name).get("description", "")
+
+
+def _metrics() -> list[str]:
+    from metrics import METRICS
+
+    return METRICS.names()
+
+
+def _protocols() -> list[str]:
+    from metrics import PROTOCOLS
+
+    return sorted(PROTOCOLS.names())
+
+
+def _protocol_description(name: str) -> str:
+    from metrics import PROTOCOLS
+
+    return PROTOCOLS.get(name).description
+
+
+def _samplers() -> list[str]:
+    from bench.sampling.kinds import SAMPLERS
+
+    return SAMPLERS.names()
+
+
+def _sampler_description(name: str) -> str:
+    from bench.sampling.kinds import SAMPLERS
+
+    kind = SAMPLERS.get(name)
+    return _first_doc_line(getattr(kind, "run", kind))
+
+
+KINDS: dict[str, Listing] = {
+    "methods": Listing(lambda: _methods().names(), _method_reference, errors=lambda: dict(_methods().load_errors)),
+    "datasets": Listing(_datasets),
+    "archs": Listing(_archs),
+    "presets": Listing(_preset_names, _preset_description, width=8, sep=" "),
+    "metrics": Listing(_metrics),
+    "protocols": Listing(_protocols, _protocol_description, width=10, sep=" "),
+    "samplers": Listing(_samplers, _sampler_description),
+}
+
+
+def list_lines(kind: str) -> list[str]:
+    """The lines of `bench list KIND`."""
+    if kind not in KINDS:
+        raise BenchError(f"cannot list {kind!r}; choose one of {', '.join(KINDS)}")
+    listing = KINDS[kind]
+    names = listing.names()
+    if listing.describe is None:
+        return list(names)
+    errors = listing.errors() if listing.errors else {}
+    width = listing.width if listing.width is not None else max([len(n) for n in [*names, *errors]] or [0])
+    lines = [f"{name:{width}s}{listing.sep}{listing.describe(name)}" for name in names]
+    lines += [f"{name:{width}s}{listing.sep}(failed to load: {err})" for name, err in errors.items()]
+    return lines

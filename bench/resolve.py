@@ -1,0 +1,160 @@
+"""Resolve a run's config: method defaults, presets, a ``--config`` file and ``--set`` items.
+
+Order (later wins):
+
+1. the dataclass defaults of ``bench/config.py`` (the specification's);
+2. the method's reference settings (``Method.run_defaults``);
+3. the preset's common part (``presets/<preset>.yaml``, section ``config:``);
+4. the method's own variant of the preset (``presets/methods/<method>.yaml``, section ``<preset>:``);
+5. a config file (``--config``);
+6. ``--set key=value`` items and the flags ``--dataset``, ``--arch``, ``--seed``, ``--device``.
+
+Layers 1-4 are what a method "is" under a preset; :func:`preset_changes` lists every setting in
+which a run departs from them (its ``--config`` and ``--set`` choices), and the runner stores that
+list in the record when the run starts. This module sits above the plugin packages (it looks up
+the method and the protocol); ``bench/config.py`` below them holds the schema alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.config import RunConfig, deep_merge, parse_set, to_dict, update_dataclass, validate
+from bench.errors import BenchError
+from methods import get_method
+from metrics import get_protocol
+
+PRESET_DIR = Path(__file__).parent / "presets"
+PRESET_KEYS = frozenset({"description", "config"})
+# settings chosen by their own flags or shown in their own columns, never listed as changes
+NOT_CHANGES = frozenset({"method", "preset", "seed", "device", "data.dataset", "data.data_dir", "model.arch"})
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    with open(path) as fh:
+        return yaml.safe_load(fh) or {}
+
+
+def load_preset(name: str, method: str = "<method>") -> dict[str, Any]:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise BenchError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+    data = _read_yaml(path)
+    unknown = sorted(set(data) - PRESET_KEYS)
+    if unknown:
+        raise BenchError(f"preset file {path} has unknown sections {', '.join(unknown)}: a preset holds "
+                         f"{' and '.join(sorted(PRESET_KEYS))}; per-method settings go in "
+                         f"presets/methods/{method}.yaml under {name}:")
+    return data
+
+
+def method_preset(method: str, preset: str) -> dict[str, Any]:
+    """A method's own variant of a preset: section ``<preset>:`` of ``presets/methods/<method>.yaml``."""
+    path = PRESET_DIR / "methods" / f"{method}.yaml"
+    return (_read_yaml(path).get(preset) or {}) if path.is_file() else {}
+
+
+def sections(d: dict[str, Any]) -> dict[str, Any]:
+    """A mapping of config sections as written in files (``method:``) -> RunConfig's names (``method_cfg``)."""
+    d = dict(d)
+    if "method" in d and isinstance(d["method"], dict):
+        d["method_cfg"] = deep_merge(d.get("method_cfg", {}), d.pop("method"))
+    return d
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise BenchError(f"config file {path!r} not found; pass an existing YAML or JSON file to --config")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise BenchError(f"config file {path!r} is not valid YAML/JSON ({str(exc).splitlines()[0]}); fix its syntax")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise BenchError(f"config file {path!r} must hold a mapping of sections (data:, optim:, ...)")
+    return sections(data)
+
+
+def _preset_layers(method: str, preset: str) -> RunConfig:
+    """Layers 1-4: what ``method`` is under ``preset``, before any file or ``--set``."""
+    method_cls = get_method(method)
+    cfg = RunConfig(method=method, preset=preset)
+    cfg = update_dataclass(cfg, sections(getattr(method_cls, "run_defaults", {}) or {}))
+    cfg = update_dataclass(cfg, sections(load_preset(preset, method).get("config", {}) or {}))
+    return update_dataclass(cfg, sections(method_preset(method, preset)))
+
+
+def _finish(cfg: RunConfig) -> RunConfig:
+    """The method's own config typed, validated and filled in; the whole config validated."""
+    method_cfg = get_method(cfg.method).make_config(cfg.method_cfg)
+    cfg = dataclasses.replace(cfg, method_cfg=to_dict(method_cfg))
+    validate(cfg)
+    if cfg.eval.enabled:  # an unknown protocol would only fail after training
+        get_protocol(cfg.eval.protocol)
+    return cfg
+
+
+def resolve_config(
+    method: str,
+    preset: str = "cpu",
+    dataset: str | None = None,
+    arch: str | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    config_file: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> RunConfig:
+    """Build and validate the run config (see the module docstring for the order)."""
+    cfg = _preset_layers(method, preset)
+    if config_file:
+        cfg = update_dataclass(cfg, load_config_file(config_file))
+    cli: dict[str, Any] = {}
+    for item in overrides:
+        cli = deep_merge(cli, parse_set(item))
+    for key, value in (("seed", seed), ("device", device)):
+        if value is not None:
+            cli[key] = value
+    if dataset is not None:
+        cli = deep_merge(cli, {"data": {"dataset": dataset}})
+    if arch is not None:
+        cli = deep_merge(cli, {"model": {"arch": arch}})
+    cfg = update_dataclass(cfg, cli)
+    for key, chosen in (("method", method), ("preset", preset)):
+        got = getattr(cfg, key)
+        if got != chosen:  # e.g. `method: pgd-at` in a --config file: it would not switch the method's code
+            raise BenchError(f"{key} {got!r} set in a config file or --set differs from --{key} {chosen}; "
+                             f"choose it with --{key} {got} instead")
+    return _finish(cfg)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections -> ``{"optim.lr": 0.1, "method.sampler.steps": 5, ...}`` (``method_cfg`` read as ``method``)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{'method' if k == 'method_cfg' and not prefix else k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def preset_changes(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a resolved config (as stored in a record) that differ from what its method
+    and preset give (its ``--config`` / ``--set`` choices), as ``{"optim.lr": 0.01, ...}``."""
+    ref = _finish(update_dataclass(_preset_layers(config["method"], config["preset"]),
+                                   {"data": {"dataset": config["data"]["dataset"]},
+                                    "model": {"arch": config["model"]["arch"]}}))
+    ran, now = flatten(json.loads(json.dumps(config))), flatten(json.loads(json.dumps(ref.to_dict())))
+    return {k: v for k, v in sorted(ran.items()) if k not in NOT_CHANGES and k in now and now[k] != v}

@@ -1,0 +1,52 @@
+"""The sampler registry: ``method.sampler.kind`` names an entry of ``SAMPLERS``.
+
+A sampler kind is a function ``run(cfg, model, xs, y, steps, mode, trace) -> xs`` on the
+symmetric [-1, 1] scale (``cfg`` a :class:`~bench.sampling.sampler.SamplerConfig`; ``steps`` and
+``mode`` already resolved), registered with ``@register_sampler(name, reference=..., step_fields=...)``
+or, from another package, through the entry-point group ``trilemma_bench.samplers``.
+``reference`` names the entry of ``references.yaml`` whose step settings (``step_fields``) the
+kind takes when a run's sampler is swapped for it (``bench sample --sampler``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from bench.registry import Registry
+from bench.sampling.langevin import pyld, sgld
+
+
+@dataclass(frozen=True)
+class SamplerKind:
+    name: str
+    run: Callable
+    reference: str = ""  # the references.yaml entry holding this kind's reference step settings
+    step_fields: tuple[str, ...] = ()  # the SamplerConfig fields that are this kind's step settings
+
+
+SAMPLERS: Registry = Registry("sampler", group="trilemma_bench.samplers")
+
+
+def register_sampler(name: str, reference: str = "", step_fields: tuple[str, ...] = ()):
+    """Decorator on a ``run(cfg, model, xs, y, steps, mode, trace)`` function."""
+
+    def add(run: Callable) -> Callable:
+        SAMPLERS.register(name, SamplerKind(name, run, reference, step_fields))
+        return run
+
+    return add
+
+
+@register_sampler("sgld", reference="jem", step_fields=("step_size", "noise_std", "grad_clamp"))
+def run_sgld(cfg, model, xs, y, steps, mode, trace):
+    """SGLD (JEM): ``steps`` Langevin steps of ``step_size`` with ``noise_std`` noise."""
+    return sgld(model, xs, steps=steps, step_size=cfg.step_size, noise_std=cfg.noise_std, clamp=cfg.clamp, y=y,
+                mode=mode, grad_clamp=cfg.grad_clamp, trace=trace)
+
+
+@register_sampler("pyld", reference="jem++", step_fields=("in_steps", "pyld_lr", "eps", "step_size", "noise_std"))
+def run_pyld(cfg, model, xs, y, steps, mode, trace):
+    """PYLD (JEM++): ``steps`` outer steps, each with ``in_steps`` first-layer-only steps."""
+    return pyld(model, xs, n_steps=steps, in_steps=cfg.in_steps, lr=cfg.pyld_lr, eps=cfg.eps, sgld_lr=cfg.step_size,
+                sgld_std=cfg.noise_std, y=y, mode=mode, fast=None if cfg.fast else False, trace=trace)

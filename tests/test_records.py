@@ -1,0 +1,84 @@
+"""The run record: one writer, a schema version, records of older versions still load."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from bench.records import SCHEMA, RunRecord, load_record
+
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "schema1"
+
+
+@pytest.fixture
+def old_results(tmp_path):
+    """Records written by the version before schema 2 (commit 506b067: two 3-step smoke runs)."""
+    shutil.copytree(FIXTURES, tmp_path / "old")
+    return tmp_path / "old"
+
+
+def test_schema1_records_load_and_upgrade_in_memory(old_results):
+    for run_dir in (old_results / "runs").iterdir():
+        on_disk = json.loads((run_dir / "record.json").read_text())
+        assert on_disk["schema"] == 1 and "changes" not in on_disk
+        rec = load_record(run_dir)
+        assert rec["schema"] == SCHEMA and rec["changes"] is None  # unknown, worked out by compare
+        assert json.loads((run_dir / "record.json").read_text()) == on_disk  # loading never rewrites
+
+
+def test_schema1_records_in_compare_and_show(old_results, bench_cli):
+    res = bench_cli("compare", "--out", str(old_results), "--format", "csv")
+    assert res.exit_code == 0, res.stderr
+    rows = {line.split(",")[0]: line for line in res.stdout.splitlines()[1:] if line}
+    header = res.stdout.splitlines()[0].split(",")
+    pgd = [r for r in rows if "pgd-at" in r][0]
+    fields = dict(zip(header, rows[pgd].split(",")))
+    assert "optim.lr=0.02" in fields["changes"] and fields["quick/clean n"] == "20"
+    for run in rows:
+        shown = bench_cli("show", run, "--out", str(old_results))
+        assert shown.exit_code == 0 and "eval [quick]" in shown.stdout and "accuracy" in shown.stdout
+
+
+def test_new_records_store_their_changes_and_compare_reads_them(tmp_path, bench_cli, tiny_args, shapes_data_dir,
+                                                                 monkeypatch):
+    out = tmp_path / "results"
+    res = bench_cli("run", "--method", "ce", *tiny_args(out, shapes_data_dir, steps=2), "--set", "optim.lr=0.03",
+                    "--set", "eval.enabled=false")
+    assert res.exit_code == 0, res.stderr
+    (run_dir,) = (out / "runs").iterdir()
+    rec = json.loads((run_dir / "record.json").read_text())
+    assert rec["schema"] == SCHEMA and rec["changes"]["optim.lr"] == 0.03 and rec["changes"]["train.max_steps"] == 2
+    assert not any(k in rec["changes"] for k in ("seed", "device", "data.data_dir"))
+
+    import bench.resolve
+
+    def no_resolving(*a, **k):
+        raise AssertionError("compare re-resolved a record that stores its changes")
+
+    monkeypatch.setattr(bench.resolve, "preset_changes", no_resolving)
+    table = bench_cli("compare", "--out", str(out), "--format", "csv")
+    assert table.exit_code == 0 and "optim.lr=0.03" in table.stdout
+
+
+def test_a_stale_copy_never_drops_evaluations_another_process_saved(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    trainer = RunRecord(run_dir, {"run_id": "r", "status": "running", "training": {}, "timings": {},
+                                  "evaluations": {}, "artifacts": {}})
+    trainer.save()
+    evaluator = RunRecord.load(run_dir)  # e.g. `bench eval` in another process
+    evaluator.merge_evaluation("standard", {"autoattack": {"accuracy": 0.4, "n_examples": 10, "seconds": 2.0,
+                                                           "evaluated_at": "2026-11-30T10:00:00+0000"}})
+    trainer.update_training(steps_done=5)  # the trainer's copy never saw that result
+    rec = load_record(run_dir)
+    assert rec["training"]["steps_done"] == 5 and rec["evaluations"]["standard"]["autoattack"]["accuracy"] == 0.4
+    # of two results of one metric, the later one is kept whichever copy saves last
+    trainer.merge_evaluation("standard", {"autoattack": {"accuracy": 0.3, "n_examples": 10,
+                                                         "evaluated_at": "2026-11-30T09:00:00+0000"}})
+    assert load_record(run_dir)["evaluations"]["standard"]["autoattack"]["accuracy"] == 0.4
+    evaluator = RunRecord.load(run_dir)
+    evaluator.merge_evaluation("standard", {"autoattack": {"accuracy": 0.5, "n_examples": 10,
+                                                           "evaluated_at": "2026-11-30T11:00:00+0000"}})
+    assert load_record(run_dir)["evaluations"]["standard"]["autoattack"]["accuracy"] == 0.5

@@ -1,0 +1,188 @@
+"""The package structure: no import cycles, layers that only import downwards, each module importable alone.
+
+Layers, lowest first (docs/architecture.md):
+
+- leaf: ``bench.errors``, ``bench.config`` (the typed schema), ``bench.io``, ``bench.timing``, ``bench.device``;
+- core: the rest of ``bench/`` below the application layer (registry, data, models, attacks,
+  sampling, step, trainer, checkpoints, records, ...): it never imports the plugin packages;
+- plugins: ``methods/`` and ``metrics/``, which import the core but not each other, and no
+  method imports another method (``methods.base`` and the shared ``methods._energy`` aside);
+- application: the modules that compose plugins and core (:data:`APP`), the CLI and its commands.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("bench", "methods", "metrics")
+APP = {"bench.cli", "bench.__main__", "bench.resolve", "bench.runner", "bench.evaluation", "bench.saved_runs",
+       "bench.compare", "bench.summary", "bench.listing", "bench.perf", "bench.perf_eval"}
+LEAVES = {"bench.errors": set(), "bench.config": {"bench.errors"}, "bench.io": set(), "bench.timing": set(),
+          "bench.device": {"bench.errors"}}
+SHARED_METHOD_MODULES = {"methods", "methods.base", "methods._energy"}
+
+
+def project_modules() -> dict[str, Path]:
+    mods = {}
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            mods[".".join(parts)] = path
+    return mods
+
+
+MODULES = project_modules()
+
+
+def is_app(mod: str) -> bool:
+    return mod in APP or mod == "bench.commands" or mod.startswith("bench.commands.")
+
+
+def imports_of(mod: str, path: Path) -> set[str]:
+    """Every project module ``mod`` imports, at module level or inside functions."""
+    out = set()
+    is_pkg = path.name == "__init__.py"
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative import
+                base = mod.split(".") if is_pkg else mod.split(".")[:-1]
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            names = [f"{target}.{a.name}" if f"{target}.{a.name}" in MODULES else target for a in node.names]
+        else:
+            continue
+        for name in names:
+            while name and name not in MODULES:
+                name = name.rpartition(".")[0]
+            if name and name != mod:
+                out.add(name)
+    return out
+
+
+GRAPH = {m: imports_of(m, p) for m, p in MODULES.items()}
+
+
+def test_no_import_cycle():
+    """Tarjan's strongly connected components over every project import (function-level ones too)."""
+    index, low, stack, on, cycles = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in GRAPH[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    sys.setrecursionlimit(10_000)
+    for v in GRAPH:
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_the_graph_sees_imports():
+    """The checks below mean something only if the parser finds real edges."""
+    assert "methods.base" in GRAPH["methods.ebjdat"] and "bench.trainer" in GRAPH["bench.runner"]
+    assert "metrics.base" in GRAPH["metrics.clean"] and "bench.registry" in GRAPH["methods.base"]
+
+
+def test_core_never_imports_plugins_or_the_application():
+    bad = {m: sorted(d for d in deps if d.split(".")[0] in ("methods", "metrics") or is_app(d))
+           for m, deps in GRAPH.items() if m.startswith("bench") and not is_app(m)}
+    assert not {m: d for m, d in bad.items() if d}, "core modules importing upwards"
+
+
+def test_leaves_import_nothing_else_of_the_project():
+    for mod, allowed in LEAVES.items():
+        assert GRAPH[mod] <= allowed, f"{mod} imports {sorted(GRAPH[mod] - allowed)}"
+
+
+def test_plugins_import_only_the_core_and_methods_import_no_other_method():
+    for mod, deps in GRAPH.items():
+        top = mod.split(".")[0]
+        if top not in ("methods", "metrics"):
+            continue
+        other = "metrics" if top == "methods" else "methods"
+        assert not [d for d in deps if d.split(".")[0] == other or is_app(d)], mod
+        if top == "methods" and mod not in SHARED_METHOD_MODULES:
+            others = [d for d in deps if d.startswith("methods") and d not in SHARED_METHOD_MODULES]
+            assert not others, f"method module {mod} imports another method: {others}"
+
+
+def test_the_core_loads_without_the_plugin_packages():
+    core = sorted(m for m in MODULES if m.startswith("bench") and not is_app(m))
+    code = ("import importlib, sys\n"
+            f"for m in {core!r}: importlib.import_module(m)\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('methods', 'metrics'))\n"
+            "assert not bad, bad\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+FORK_EACH = """
+import importlib, os, sys, traceback
+import click, numpy, pandas, scipy.stats, torch, torchvision, tqdm, yaml  # third-party only: no project module
+failed = {}
+for mod in sys.argv[1:]:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child starts with no project module imported
+        os.close(r)
+        try:
+            importlib.import_module(mod)
+            code = 0
+        except BaseException:
+            os.write(w, traceback.format_exc().strip().splitlines()[-1].encode())
+            code = 1
+        os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as fh:
+        err = fh.read()
+    if os.waitpid(pid, 0)[1] != 0:
+        failed[mod] = err
+print(failed)
+sys.exit(1 if failed else 0)
+"""
+
+
+def test_every_module_imports_alone():
+    """Each module imported first, in a process holding no project module (forked from one that
+    imported only third-party packages): a module-level import cycle fails here whatever the order."""
+    res = subprocess.run([sys.executable, "-c", FORK_EACH, *sorted(MODULES)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+
+
+def test_method_files_stay_small():
+    for path in (ROOT / "methods").glob("*.py"):
+        if not path.name.startswith("_"):
+            assert len(path.read_text().splitlines()) <= 150, path.name
