@@ -2,10 +2,16 @@
 
 ``checkpoints/last.pt`` is always the newest *good* checkpoint (written atomically, only after
 the divergence guard has passed); periodic copies ``step-XXXXXXXX.pt`` are kept as well.
+
+A checkpoint holds tensors and plain values only (the RNG states too), and every load is
+``torch.load(weights_only=True)``: a file that needs any other Python object to unpickle is
+refused as "not a trilemma-bench checkpoint", and nothing in it runs. The one exception allowed
+is numpy's array reconstruction, for the numpy RNG state of checkpoints written before format 2.
 """
 
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -16,11 +22,18 @@ import torch
 from bench.errors import BenchError
 from bench.io import torch_save
 
-FORMAT = 1
+FORMAT = 2  # 2: the numpy RNG state stored as a tensor and plain values (1: as a numpy array)
+READABLE = (1, 2)
+# what format-1 checkpoints need besides tensors and plain values: numpy's array reconstruction
+_NUMPY_MULTIARRAY = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray  # numpy 2 / 1
+_NUMPY_RNG_GLOBALS = [_NUMPY_MULTIARRAY._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def rng_state() -> dict[str, Any]:
-    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    st = {"torch": torch.get_rng_state(), "python": random.getstate(),
+          "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                    "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
     if torch.cuda.is_available():
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st
@@ -28,7 +41,10 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(st: dict[str, Any]) -> None:
     torch.set_rng_state(st["torch"])
-    np.random.set_state(st["numpy"])
+    nps = st["numpy"]
+    if isinstance(nps, dict):
+        nps = (nps["name"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"], nps["cached_gaussian"])
+    np.random.set_state(nps)
     random.setstate(st["python"])
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
@@ -43,13 +59,17 @@ def load(path: Path, expect_digest: str | None = None) -> dict[str, Any]:
     if not path.is_file():
         raise BenchError(f"checkpoint {path} is missing; the run cannot be resumed (start a new run)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_NUMPY_RNG_GLOBALS):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "global" in str(exc).lower():  # torch names the Python object it refused to unpickle
+            raise BenchError(f"checkpoint {path} is not a trilemma-bench checkpoint: it holds Python objects "
+                             "other than tensors and plain values, and is not unpickled; use a checkpoint this "
+                             "tool wrote")
+        raise _corrupt(path, exc)
     except Exception as exc:
-        raise BenchError(
-            f"checkpoint {path} is corrupt ({type(exc).__name__}); resume from an earlier one with "
-            f"--checkpoint {path.parent}/step-*.pt or start a new run"
-        )
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
+        raise _corrupt(path, exc)
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in READABLE or "model" not in ckpt:
         raise BenchError(f"checkpoint {path} is not a trilemma-bench checkpoint (format {FORMAT})")
     if expect_digest is not None and ckpt.get("config_digest") != expect_digest:
         raise BenchError(
@@ -57,6 +77,11 @@ def load(path: Path, expect_digest: str | None = None) -> dict[str, Any]:
             f"{expect_digest}); resume it with the run it came from"
         )
     return ckpt
+
+
+def _corrupt(path: Path, exc: Exception) -> BenchError:
+    return BenchError(f"checkpoint {path} is corrupt ({type(exc).__name__}); resume from an earlier one with "
+                      f"--checkpoint {path.parent}/step-*.pt or start a new run")
 
 
 def prune(ckpt_dir: Path, keep: int) -> None:

@@ -115,18 +115,6 @@ def headline(t: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(keep, columns=["run_id", "column", "value", "n_examples", "order"])
 
 
-def higher_is_better(column: str) -> bool | None:
-    """For a headline column ``<protocol>/<label>``: whether its metric says higher is better (None: not one)."""
-    from metrics import METRICS
-
-    _, _, label = column.partition("/")
-    for name in METRICS.names():
-        for h in presentation(name).headlines:
-            if h.label == label:
-                return h.higher_is_better
-    return None
-
-
 def _wide(head: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     values = head.pivot_table(index="run_id", columns="column", values="value", aggfunc="first")
     counts = head.pivot_table(index="run_id", columns="column", values="n_examples", aggfunc="first")
@@ -166,6 +154,8 @@ def leaderboard(records: list[dict[str, Any]], reference: bool = False) -> pd.Da
 
 def apply_filters(df: pd.DataFrame, filters: tuple[str, ...] | list[str]) -> pd.DataFrame:
     for f in filters:
+        if "=" not in f:
+            raise BenchError(f"--filter {f!r} names no value; write COLUMN=VALUE or COLUMN!=VALUE, e.g. method=ce")
         op = "!=" if "!=" in f else "="
         key, _, value = f.partition(op)
         key = key.strip()
@@ -221,8 +211,6 @@ def compare(out: str | Path, fmt: str = "md", sort: str | None = None, ascending
         raise BenchError(f"no runs under {Path(out) / 'runs'}/; train one with: bench run --method ce --preset smoke")
     df = leaderboard(records, reference=reference)
     df = apply_filters(df, filters)
-    if sort and not ascending and higher_is_better(sort) is False:
-        ascending = True  # best first: a lower FID, KID, ECE or energy gap is better
     df = sort_table(df, sort, ascending)
     if reference:
         df = _drop_empty(df)

@@ -88,6 +88,8 @@ class TrainConfig:
     channels_last: bool = True
     compile: str = "off"  # torch.compile the model: off | default | reduce-overhead (CUDA graphs) | max-autotune
     compile_backend: str = "inductor"  # torch.compile backend (inductor; aot_eager for debugging)
+    # torch's deterministic algorithms while training (slower on CUDA). Runs are reproducible without
+    # it on the CPU; on CUDA some kernels (e.g. scatter-adds in backward) are not unless it is on.
     deterministic: bool = False
 
 
@@ -143,7 +145,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return value
         raise BenchError(f"{where} expects true/false, got {value!r}")
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or int(value) != value:
             raise BenchError(f"{where} expects an integer, got {value!r}")
         return int(value)
     if hint is float:
@@ -157,6 +160,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 value = number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise BenchError(f"{where} expects a number, got {value!r}")
+        if not math.isfinite(value):  # every numeric setting: NaN or infinity is never meant
+            raise BenchError(f"{where} expects a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if isinstance(value, bool):  # YAML 1.1 reads the words off/on (and no/yes) as booleans
@@ -274,6 +279,8 @@ def validate(cfg: RunConfig) -> None:
         "eval.n_examples": cfg.eval.n_examples,
         "eval.batch_size": cfg.eval.batch_size,
         "train.log_every": cfg.train.log_every,
+        "train.eval_examples": cfg.train.eval_examples,
+        "train.divergence_bound": cfg.train.divergence_bound,
     }
     for path, value in positive.items():
         if value <= 0:
@@ -287,6 +294,8 @@ def validate(cfg: RunConfig) -> None:
         raise BenchError(f"optim.lr must be positive, got {cfg.optim.lr}")
     if cfg.optim.sam_rho < 0:
         raise BenchError(f"optim.sam_rho must be >= 0 (0 = no SAM), got {cfg.optim.sam_rho}")
+    if not 0 <= cfg.model.dropout < 1:
+        raise BenchError(f"model.dropout is a probability and must lie in [0, 1), got {cfg.model.dropout}")
     if not 0 <= cfg.data.noise_std < 1:
         raise BenchError(f"data.noise_std is in pixel units and must lie in [0, 1), got {cfg.data.noise_std}")
 

@@ -19,7 +19,7 @@ from bench.errors import BenchError, InterruptedRun
 from bench.device import resolve_device
 from bench.records import RunRecord
 from bench.saved_runs import buffer_state, load_run_model
-from metrics import METRICS, EvalContext, evaluate, get_protocol, presentation
+from metrics import METRICS, EvalContext, Presentation, evaluate, get_protocol, presentation
 from metrics.protocols import preflight
 
 
@@ -42,11 +42,10 @@ def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, dict[str, A
 def format_result(metric: str, res: dict[str, Any]) -> str:
     """One line for a stored result, as the metric presents itself (its headline numbers if its own
     summary does not fit the result, e.g. a result of an older version)."""
-    shown = presentation(metric)
     try:
-        return shown.describe(metric, res)
+        return presentation(metric).describe(metric, res)
     except (KeyError, TypeError, ValueError):
-        return shown.__class__(headlines=shown.headlines).describe(metric, res)
+        return Presentation().describe(metric, res)
 
 
 def evaluate_into(record: RunRecord, model, data, cfg, device, show_progress: bool, protocol: str | None = None,
@@ -71,6 +70,8 @@ def evaluate_saved_run(run_dir: Path, protocol: str = "standard", metrics: list[
                        overrides: dict | None = None, show_progress: bool = True, echo=None):
     """Library entry point of `bench eval`: returns (results, skipped, record)."""
     echo = echo or (lambda s: None)
+    if n_examples is not None and n_examples < 1:  # 0 would mean "every test image" to the metrics
+        raise BenchError(f"-n/--n-examples must be a positive number of test images, got {n_examples}")
     proto = get_protocol(protocol)
     for m in metrics or ():
         METRICS.get(m)  # unknown names fail here, with the list of known ones
@@ -88,23 +89,23 @@ def evaluate_saved_run(run_dir: Path, protocol: str = "standard", metrics: list[
     for name, why in skipped.items():
         echo(f"skipped {name}: {why}")
     results: dict[str, dict[str, Any]] = {}
-    record = RunRecord.load(run_dir)
+
+    def save() -> dict:  # read-modify-write under the run's lock: the run may be training meanwhile
+        return RunRecord.update(run_dir, lambda rec: rec.merge_evaluation(protocol, results, save=False)).data
+
     try:
         for name in names:
             echo(f"[{proto.name}] {name} ...")
             results.update(evaluate(model, data, protocol, n, ctx, [name], overrides))
     except KeyboardInterrupt:
         if results:
-            RunRecord.load(run_dir).merge_evaluation(protocol, results)
+            save()
         hint = (f"; AutoAttack keeps its state under {Path(run_dir) / 'autoattack'}/ and resumes"
                 if "autoattack" in names and "autoattack" not in results else "")
         raise InterruptedRun(f"evaluation interrupted{' (finished metrics saved)' if results else ''}; "
                              f"run the same command again to continue{hint}")
     except BaseException:
         if results:
-            RunRecord.load(run_dir).merge_evaluation(protocol, results)
+            save()
         raise
-    if results:
-        record = RunRecord.load(run_dir)  # re-read: another process may have written meanwhile
-        record.merge_evaluation(protocol, results)
-    return results, skipped, record.data
+    return results, skipped, save() if results else RunRecord.load(run_dir).data

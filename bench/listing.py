@@ -95,17 +95,30 @@ def _sampler_description(name: str) -> str:
     from bench.sampling.kinds import SAMPLERS
 
     kind = SAMPLERS.get(name)
-    return _first_doc_line(getattr(kind, "run", kind))
+    return _first_doc_line(getattr(kind, "run", kind)).replace("``", "")
+
+
+def _load_errors(registry: str) -> Callable[[], dict[str, str]]:
+    """``{name: error}`` of the plugins of ``registry`` ("package:NAME") that failed to load."""
+    module, _, name = registry.partition(":")
+
+    def errors() -> dict[str, str]:
+        import importlib
+
+        return dict(getattr(importlib.import_module(module), name).load_errors)
+
+    return errors
 
 
 KINDS: dict[str, Listing] = {
-    "methods": Listing(lambda: _methods().names(), _method_reference, errors=lambda: dict(_methods().load_errors)),
-    "datasets": Listing(_datasets),
-    "archs": Listing(_archs),
+    "methods": Listing(lambda: _methods().names(), _method_reference, errors=_load_errors("methods:METHODS")),
+    "datasets": Listing(_datasets, errors=_load_errors("bench.data:DATASETS")),
+    "archs": Listing(_archs, errors=_load_errors("bench.models:ARCHS")),
     "presets": Listing(_preset_names, _preset_description, width=8, sep=" "),
-    "metrics": Listing(_metrics),
-    "protocols": Listing(_protocols, _protocol_description, width=10, sep=" "),
-    "samplers": Listing(_samplers, _sampler_description),
+    "metrics": Listing(_metrics, errors=_load_errors("metrics:METRICS")),
+    "protocols": Listing(_protocols, _protocol_description, width=10, sep=" ",
+                         errors=_load_errors("metrics:PROTOCOLS")),
+    "samplers": Listing(_samplers, _sampler_description, errors=_load_errors("bench.sampling.kinds:SAMPLERS")),
 }
 
 
@@ -115,9 +128,9 @@ def list_lines(kind: str) -> list[str]:
         raise BenchError(f"cannot list {kind!r}; choose one of {', '.join(KINDS)}")
     listing = KINDS[kind]
     names = listing.names()
-    if listing.describe is None:
-        return list(names)
     errors = listing.errors() if listing.errors else {}
+    if listing.describe is None:
+        return [*names, *(f"{name}  (failed to load: {err})" for name, err in errors.items())]
     width = listing.width if listing.width is not None else max([len(n) for n in [*names, *errors]] or [0])
     lines = [f"{name:{width}s}{listing.sep}{listing.describe(name)}" for name in names]
     lines += [f"{name:{width}s}{listing.sep}(failed to load: {err})" for name, err in errors.items()]

@@ -20,7 +20,7 @@ import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bench.errors import BenchError
 from bench.io import read_json, write_json
@@ -119,7 +119,7 @@ def new_record(run_id: str, cfg, device, data_summary: dict, changes: dict[str, 
         "seed": cfg.seed,
         "config": cfg.to_dict(),
         "config_digest": cfg.digest(),
-        "changes": dict(changes or {}),
+        "changes": None if changes is None else dict(changes),
         "environment": environment(device),
         "data": data_summary,
         "created_at": now(),
@@ -134,8 +134,12 @@ def new_record(run_id: str, cfg, device, data_summary: dict, changes: dict[str, 
 
 
 def upgrade(rec: dict[str, Any]) -> dict[str, Any]:
-    """A record of any schema version as the current version reads it (in memory; the file is untouched)."""
+    """A record of any older schema version as the current version reads it (in memory: the file
+    changes only when the record is next saved, e.g. by `bench eval` or a resume)."""
     version = rec.get("schema", 1)
+    if not isinstance(version, int) or version > SCHEMA:
+        raise BenchError(f"record of run {rec.get('run_id')} has schema {version!r}, newer than this trilemma-bench "
+                         f"reads ({SCHEMA}); upgrade trilemma-bench to read it")
     if version < 2:
         rec.setdefault("changes", None)  # not stored before version 2: `bench compare` works it out
     for key, empty in (("evaluations", {}), ("artifacts", {}), ("timings", {}), ("training", {})):
@@ -181,27 +185,52 @@ class RunRecord:
         return cls(run_dir, load_record(run_dir))
 
     def save(self) -> None:
-        """Write atomically under a lock on the run directory, keeping evaluations another process saved since
-        this copy was read (of two results of one metric, the later evaluated wins)."""
+        """Write atomically under a lock on the run directory. What the evaluation layer owns
+        (results, their artifacts, skipped metrics, evaluation time) and another process saved since
+        this copy was read is kept: of two results of one metric, the later evaluated wins."""
         with _dir_lock(self.run_dir):
-            if self.path.is_file():
-                try:
-                    disk = read_json(self.path)
-                except (OSError, ValueError):
-                    disk = {}
-                self._merge_evaluations_from(disk.get("evaluations") or {} if isinstance(disk, dict) else {})
-            self.data["updated_at"] = now()
-            write_json(self.path, self.data)
+            self._write_locked()
 
-    def _merge_evaluations_from(self, other: dict[str, Any]) -> None:
+    @classmethod
+    def update(cls, run_dir: Path, change: Callable[["RunRecord"], None]) -> "RunRecord":
+        """Read-modify-write for a process that does not own the run (e.g. `bench eval` while it
+        trains): the record is read, changed and written under the lock, so nothing is put back stale."""
+        with _dir_lock(Path(run_dir)):
+            rec = cls.load(run_dir)
+            change(rec)
+            rec._write_locked()
+        return rec
+
+    def _write_locked(self) -> None:
+        if self.path.is_file():
+            try:
+                disk = read_json(self.path)
+            except (OSError, ValueError):
+                disk = {}
+            if isinstance(disk, dict):
+                self._keep_evaluation_parts(disk)
+        self.data["updated_at"] = now()
+        write_json(self.path, self.data)
+
+    def _keep_evaluation_parts(self, disk: dict[str, Any]) -> None:
         mine = self.data.setdefault("evaluations", {})
-        for protocol, results in other.items():
+        for protocol, results in (disk.get("evaluations") or {}).items():
             if not isinstance(results, dict):
                 continue
             slot = mine.setdefault(protocol, {})
             for metric, res in results.items():
                 if isinstance(res, dict):
                     slot[metric] = _newer(res, slot[metric]) if isinstance(slot.get(metric), dict) else res
+        arts = self.data.setdefault("artifacts", {})
+        for key, rel in (disk.get("artifacts") or {}).items():
+            if key.count("/") >= 2:  # <protocol>/<metric>/<name>: an evaluation's figure
+                arts.setdefault(key, rel)
+        for protocol, why in (disk.get("evaluation_skipped") or {}).items():
+            self.data.setdefault("evaluation_skipped", {}).setdefault(protocol, why)
+        done = (disk.get("timings") or {}).get("eval_seconds")
+        if isinstance(done, (int, float)):
+            t = self.data.setdefault("timings", {})
+            t["eval_seconds"] = max(t.get("eval_seconds", 0), done)
 
     # -- changes ------------------------------------------------------------------------
     def set_status(self, status: str, message: str | None = None, save: bool = True) -> None:
@@ -259,48 +288,46 @@ class _dir_lock:
 
 
 class RunLock:
-    """Exclusive ownership of a run directory while a process trains it (``.lock`` holds the PID).
-
-    A lock left by a process that no longer exists (kill -9, a crash) is taken over.
-    """
+    """Exclusive ownership of a run directory while a process trains it: an OS lock (``flock``) on
+    ``.lock``, held for the process's life and released by the OS when it dies (kill -9, a crash),
+    so a dead owner's lock is simply taken. The file holds "host pid" of the owner, for messages."""
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / ".lock"
         self.held = False
+        self.fd: int | None = None
 
     def __enter__(self) -> "RunLock":
         me = f"{socket.gethostname()} {os.getpid()}"
-        for _ in range(2):
+        for _ in range(20):
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                owner = self.path.read_text().strip() if self.path.is_file() else ""
-                host, _, pid = owner.rpartition(" ")
-                if host == socket.gethostname() and pid.isdigit() and _alive(int(pid)):
-                    raise BenchError(f"run {self.path.parent.name} is being trained by process {pid}; "
-                                     "wait for it to finish or stop it before resuming")
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.read(fd, 256).decode(errors="replace").strip()
+                os.close(fd)
+                pid = owner.rpartition(" ")[2] or "?"
+                raise BenchError(f"run {self.path.parent.name} is being trained by process {pid}; "
+                                 "wait for it to finish or stop it before resuming")
+            try:  # the lock is ours unless its owner unlinked the file while we opened it: then retry
+                current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if not current:
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(me)
-            self.held = True
+            os.ftruncate(fd, 0)
+            os.write(fd, me.encode())
+            self.fd, self.held = fd, True
             return self
         raise BenchError(f"could not lock {self.path}; remove it if no process trains this run")
 
     def __exit__(self, *exc) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        if self.held and self.fd is not None:
+            self.path.unlink(missing_ok=True)  # while still holding it: a taker that opened it retries
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd, self.held = None, False
 
 
 def resolve_run(ref: str, out: str | Path) -> Path:

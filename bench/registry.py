@@ -71,10 +71,14 @@ class Registry(Generic[T]):
     def _load(self) -> None:
         if self._loaded:
             return
-        self._loaded = True
-        for package in self.packages:
-            for module in builtin_modules(package):
-                importlib.import_module(module)
+        self._loaded = True  # set first: a built-in module may look entries up while it registers its own
+        try:
+            for package in self.packages:
+                for module in builtin_modules(package):
+                    importlib.import_module(module)
+        except BaseException:
+            self._loaded = False  # a broken built-in module fails every lookup loudly, not as "unknown name"
+            raise
         if self.group:
             for ep in entry_points(group=self.group):
                 if ep.name in self._entries:

@@ -164,7 +164,10 @@ def start_run(cfg: RunConfig, out: str | Path = "results", show_progress: bool =
     for spec in built[1].batch_specs():  # every batch of a step must fit the training set
         check_batch_fits(spec.batch_size or cfg.data.batch_size, dist.world, data.x_train.shape[0],
                          spec.batch_size_setting)
-    changes = preset_changes(cfg.to_dict())
+    try:
+        changes = preset_changes(cfg.to_dict())
+    except Exception:  # a config the presets no longer describe: `bench compare` works it out ("?")
+        changes = None
     run = new_run_dir(out, cfg.method, cfg.data.dataset) if dist.is_main else None
     run_id, run_dir = D.broadcast_object(run, dist)
     record = RunRecord.create(run_dir, run_id, cfg, device, data.summary(), changes=changes, save=dist.is_main)

@@ -14,6 +14,7 @@ from bench.models import build_model
 from bench.errors import BenchError
 from bench.records import RunRecord, resolve_run
 from bench.sampling.generate import make_sample_fn
+from bench.sampling.kinds import SAMPLERS
 from bench.sampling.images import save_grid, save_npz
 
 
@@ -42,15 +43,18 @@ def load_run_model(run_dir: Path, device: torch.device | None = None, checkpoint
     return model, cfg, data, record
 
 
-def buffer_state(run_dir: Path, checkpoint: str | None):
-    """The replay buffer saved with a JEM-family run's checkpoint (None for other runs)."""
-    path = Path(checkpoint) if checkpoint else Path(run_dir) / "checkpoints" / "last.pt"
+def buffer_state(run_dir: Path, checkpoint_path: str | None, strict: bool = False):
+    """The replay buffer saved with a JEM-family run's checkpoint (None for other runs, and for an
+    unreadable checkpoint unless ``strict``)."""
+    path = Path(checkpoint_path) if checkpoint_path else Path(run_dir) / "checkpoints" / "last.pt"
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        buf = ((ckpt.get("method") or {}).get("sampler") or {}).get("buffer")
-        return buf if isinstance(buf, dict) and "x" in buf else None
-    except Exception:
+        ckpt = checkpoint.load(path)
+    except BenchError:
+        if strict:
+            raise
         return None
+    buf = ((ckpt.get("method") or {}).get("sampler") or {}).get("buffer")
+    return buf if isinstance(buf, dict) and "x" in buf else None
 
 
 GRID_MAX = 256  # images shown in the PNG grid (the npz holds all of them)
@@ -83,6 +87,8 @@ def sample_run(run_ref: str, *, n: int = 64, klass: str | None = None, steps: in
         raise BenchError(f"--batch-size must be positive, got {batch_size}")
     if npz_out is not None and not npz_out.endswith(".npz"):
         raise BenchError(f"--out {npz_out!r} must name an .npz file, e.g. --out samples.npz")
+    if sampler is not None and sampler not in SAMPLERS:
+        raise BenchError(f"--sampler {sampler!r} is not a sampler kind; choose one of: {', '.join(SAMPLERS.names())}")
     if buffer not in ("fresh", "saved"):
         raise BenchError(f"--buffer {buffer!r} is not valid; choose fresh or saved")
     run_dir = resolve_run(run_ref, results)
@@ -90,14 +96,13 @@ def sample_run(run_ref: str, *, n: int = 64, klass: str | None = None, steps: in
     model, cfg, data, record = load_run_model(run_dir, dev, checkpoint_path)
     dev = next(model.parameters()).device
     k = _parse_class(klass, data.classes)
-    buffer_state = None
+    saved = None
     if buffer == "saved":
-        ckpt = checkpoint.load(Path(checkpoint_path) if checkpoint_path else run_dir / "checkpoints" / "last.pt")
-        buffer_state = ((ckpt.get("method") or {}).get("sampler") or {}).get("buffer")
-        if buffer_state is None:
+        saved = buffer_state(run_dir, checkpoint_path, strict=True)
+        if saved is None:
             raise BenchError(f"run {record['run_id']} ({record['method']}) saved no replay buffer; use --buffer fresh")
     torch.manual_seed(seed)
-    fn = make_sample_fn(model, cfg, dev, steps=steps, sampler=sampler, buffer_state=buffer_state, data=data,
+    fn = make_sample_fn(model, cfg, dev, steps=steps, sampler=sampler, buffer_state=saved, data=data,
                         batch_size=batch_size)
     x = fn(n, y=k)
     stats = dict(fn.stats)

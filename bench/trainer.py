@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import sys
 import time
@@ -45,6 +46,24 @@ def compile_model(model: torch.nn.Module, mode: str, backend: str = "inductor") 
     if backend == "inductor" and mode != "default":
         options["mode"] = mode
     model.compile(**options)
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool):
+    """``train.deterministic``: torch's deterministic algorithms for the block (an op that has none
+    fails, naming itself) and no cuDNN autotuning; the previous settings are restored afterwards."""
+    if not enabled:
+        yield
+        return
+    was, autotune = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS needs
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was)
+        torch.backends.cudnn.benchmark = autotune
 
 
 def step_seed(seed: int, step: int, salt: int = 0) -> int:
@@ -349,7 +368,7 @@ class Trainer:
         maxabs: dict[str, torch.Tensor] = {}
         count, t_window, lr = 0, time.perf_counter(), 0.0
         eval_every_steps = max(1, round(t.eval_every * self.steps_per_epoch)) if t.eval_every > 0 else 0
-        with _Interrupt() as interrupt:
+        with deterministic_algorithms(t.deterministic), _Interrupt() as interrupt:
             while self.state.step < self.total_steps:
                 lr = self.set_lr(self.state.step)
                 logged = self.train_step(self.state.step)

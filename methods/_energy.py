@@ -162,11 +162,14 @@ class JEMFamily(SamplerOwner):
                 logits = model(x)
                 terms = px_term(model, x, lambda: self._draw(model, x.shape[0], ctx), self.sampler,
                                 e_data=energy_from_logits(logits))
-        terms["ce"] = F.cross_entropy(logits.float(), y)
-        terms["acc"] = (logits.argmax(1) == y).float().mean().detach()
-        if self.cfg.energy_l2 <= 0:  # only when used: squared energies would tighten the guard's bound on E
-            del terms["energy_sq"]
-        return terms
+        out = {"px": terms["px"], "ce": F.cross_entropy(logits.float(), y),
+               **{k: terms[k] for k in ("e_data", "e_sample", "e_gap")},
+               "acc": (logits.argmax(1) == y).float().mean().detach()}
+        if self.cfg.energy_l2 > 0:  # only when used: squared energies would tighten the guard's bound on E
+            out["energy_sq"] = terms["energy_sq"]
+        if "e_start" in terms:
+            out["e_start"] = terms["e_start"]
+        return out
 
     def _draw(self, model, n: int, ctx) -> torch.Tensor:
         """Negative samples; with a class-conditional buffer, for uniformly drawn labels (sampling

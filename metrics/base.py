@@ -30,7 +30,7 @@ class Headline:
     label: str  # the column's name after ``<protocol>/``
     scale: float = 1.0  # shown value = stored value * scale (100 for accuracies stored as fractions)
     unit: str = ""  # "%" for percentages
-    higher_is_better: bool = True
+    higher_is_better: bool | None = True  # None: no direction (e.g. a signed gap)
     decimals: int = 4
 
     def shown(self, value: float) -> float:
@@ -67,11 +67,14 @@ class Presentation:
         return tuple(Headline(k, f"{metric}.{k}") for k in nums)
 
     def describe(self, metric: str, res: dict[str, Any]) -> str:
-        """The one-line summary: the metric's own, else its headline numbers and n."""
+        """The one-line summary: the metric's own; else its declared headline numbers and n; else
+        every number it returned."""
         if self.summary is not None:
             return self.summary(res)
-        parts = [f"{h.label} {h.shown(res[h.key]):g}{h.unit}" for h in self.headlines_for(metric, res)
+        parts = [f"{h.label} {h.shown(res[h.key]):.{h.decimals}f}{h.unit}" for h in self.headlines
                  if isinstance(res.get(h.key), (int, float)) and not isinstance(res.get(h.key), bool)]
+        if not parts:
+            return ", ".join(f"{k} {v:.4g}" for k, v in _numbers(res).items())
         n = res.get("n_examples")
         return ", ".join(parts) + (f"  n={n}" if n is not None else "")
 

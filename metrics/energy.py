@@ -77,10 +77,10 @@ def summary(res: dict) -> str:
     return ", ".join(parts) + f"  n={res.get('n_examples')} (gen {res.get('n_generated', 0)})"
 
 
-# the gaps E(x_adv) - E(x) and E(x_gen) - E(x): smaller means the energies of the three sources line up
+# the gaps E(x_adv) - E(x) and E(x_gen) - E(x) are signed: no direction is better
 @register_metric("energy", order=50, summary=summary, headlines=(
-    Headline("gap_adv", "energy.gap_adv", higher_is_better=False),
-    Headline("gap_gen", "energy.gap_gen", higher_is_better=False)))
+    Headline("gap_adv", "energy.gap_adv", higher_is_better=None),
+    Headline("gap_gen", "energy.gap_gen", higher_is_better=None)))
 def energy(model, data, settings, ctx) -> dict:
     from scipy.stats import wasserstein_distance
 

@@ -44,7 +44,7 @@ class Protocol:
 PROTOCOLS: Registry = Registry("protocol", group="trilemma_bench.protocols", packages=("metrics",))
 
 
-def register_protocol(p: Protocol, replace: bool = False) -> Protocol:
+def register_protocol(p: Protocol, replace: bool = True) -> Protocol:
     PROTOCOLS.register(p.name, p, replace=replace)
     return p
 

@@ -66,6 +66,15 @@ def out_with_a_run(tmp_path, complete_run):
     (["--method", "ce", "--set", "train.compile=turbo"], ["train.compile", "turbo"]),
     (["--method", "ebjdat-sada-jem", "--set", "method.px_augment=twice"], ["method.px_augment='twice' is not valid"]),
     (["--method", "ebjdat-sada-jem", "--set", "method.px_batch_size=-4"], ["method.px_batch_size must be >= 0"]),
+    (["--method", "ce", "--set", "optim.lr=.nan"], ["optim.lr expects a finite number, got nan"]),
+    (["--method", "ce", "--set", "data.batch_size=.nan"], ["data.batch_size expects an integer, got nan"]),
+    (["--method", "ce", "--set", "data.batch_size=.inf"], ["data.batch_size expects an integer, got inf"]),
+    (["--method", "ce", "--set", "train.epochs=.nan"], ["train.epochs expects a finite number, got nan"]),
+    (["--method", "ce", "--set", "train.epochs=.inf"], ["train.epochs expects a finite number, got inf"]),
+    (["--method", "ce", "--set", "train.eval_examples=0"], ["train.eval_examples must be positive, got 0"]),
+    (["--method", "ce", "--set", "model.dropout=2"], ["model.dropout is a probability", "[0, 1)"]),
+    (["--method", "ce", "--set", "train.divergence_bound=-1"], ["train.divergence_bound must be positive"]),
+    (["--method", "ebjdat", "--set", "method.eps=.nan"], ["eps expects a finite number, got nan"]),
     (["--checkpoint", "x.pt", "--method", "ce"], ["--checkpoint only goes with --resume"]),
     ([], ["missing --method", "bench list methods"]),
 ])
@@ -208,6 +217,14 @@ def test_unreadable_record(bench_cli, out_with_a_run, complete_run):
 
 
 # -- concurrency -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", ["0", "-5"])
+def test_eval_with_no_test_images_is_refused_and_keeps_the_stored_result(bench_cli, out_with_a_run, complete_run, n):
+    before = snapshot(out_with_a_run)
+    res = bench_cli("eval", complete_run.name, "--out", str(out_with_a_run), "--protocol", "quick", "-n", n, "-q")
+    assert_one_error_line(res, f"-n/--n-examples must be a positive number of test images, got {n}")
+    assert snapshot(out_with_a_run) == before
+
+
 @pytest.mark.slow
 def test_concurrent_runs_into_one_results_root(tmp_path, shapes_data_dir, out_with_a_run):
     out = out_with_a_run

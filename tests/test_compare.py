@@ -95,6 +95,7 @@ def test_formats(bench_cli, results):
 @pytest.mark.parametrize("args, match", [
     (("--sort", "quick/fid"), "cannot sort by 'quick/fid'; choose one of: run_id"),
     (("--filter", "colour=red"), "cannot filter on 'colour'; filter as COLUMN=VALUE with one of: run_id"),
+    (("--filter", "method"), "--filter 'method' names no value; write COLUMN=VALUE or COLUMN!=VALUE"),
 ])
 def test_bad_sort_or_filter(bench_cli, results, args, match):
     res = bench_cli("compare", "--out", str(results), *args)

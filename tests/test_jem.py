@@ -138,6 +138,7 @@ def test_bench_sample_writes_grid_and_npz(bench_cli, jem_run, tmp_path):
     (["--class", "zebra"], "neither a class index nor a class name"),
     (["--out", "x.png"], "must name an .npz file"),
     (["--steps", "-1"], "--steps must be >= 0"),
+    (["--sampler", "langevin-9000"], "--sampler 'langevin-9000' is not a sampler kind; choose one of: pyld, sgld"),
 ])
 def test_bench_sample_bad_input_is_one_line(bench_cli, jem_run, args, needle):
     res = bench_cli("sample", str(jem_run), *args)

@@ -82,3 +82,62 @@ def test_a_stale_copy_never_drops_evaluations_another_process_saved(tmp_path):
     evaluator.merge_evaluation("standard", {"autoattack": {"accuracy": 0.5, "n_examples": 10,
                                                            "evaluated_at": "2026-11-30T11:00:00+0000"}})
     assert load_record(run_dir)["evaluations"]["standard"]["autoattack"]["accuracy"] == 0.5
+
+
+def test_a_stale_copy_keeps_the_artifacts_skips_and_time_of_an_evaluation(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    trainer = RunRecord(run_dir, {"run_id": "r", "status": "running", "training": {}, "timings": {"train_seconds": 1.0},
+                                  "evaluations": {}, "artifacts": {"checkpoint": "checkpoints/last.pt"}})
+    trainer.save()
+    RunRecord.update(run_dir, lambda rec: rec.merge_evaluation("standard", {"energy": {
+        "gap_adv": 0.1, "n_examples": 8, "seconds": 3.0, "evaluated_at": "2026-11-30T10:00:00+0000",
+        "artifacts": {"histogram": "figures/energy.png"}}}, skipped={"fid": "no weights"}, save=False))
+    trainer.update_training(steps_done=7, train_seconds=2.0)
+    rec = load_record(run_dir)
+    assert rec["artifacts"] == {"checkpoint": "checkpoints/last.pt", "standard/energy/histogram": "figures/energy.png"}
+    assert rec["evaluation_skipped"] == {"standard": {"fid": "no weights"}}
+    assert rec["timings"] == {"train_seconds": 2.0, "eval_seconds": 3.0} and rec["training"]["steps_done"] == 7
+
+
+def test_a_record_of_a_newer_schema_is_refused_in_one_line(tmp_path):
+    from bench.errors import BenchError
+
+    (tmp_path / "record.json").write_text(json.dumps({"run_id": "r", "schema": SCHEMA + 1}))
+    with pytest.raises(BenchError, match="newer than this trilemma-bench reads") as exc:
+        load_record(tmp_path)
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.slow
+def test_bench_eval_while_the_run_trains_keeps_both(tmp_path, shapes_data_dir):
+    """`bench eval` in one process while `bench run` trains in another: the trainer's later record
+    writes keep the evaluation, and the evaluation does not put back stale training state."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO_ROOT, run_subprocess, subprocess_env
+
+    out = tmp_path / "results"
+    cmd = [sys.executable, "-m", "bench", "run", "--method", "ce", "--preset", "smoke", "--out", str(out),
+           "--data-dir", str(shapes_data_dir), "-q", "--set", "train.max_steps=250", "--set", "train.checkpoint_every=4",
+           "--set", "eval.enabled=false", "--set", "data.batch_size=16"]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.time() + 120
+        while not list(out.glob("runs/*/checkpoints/last.pt")) and time.time() < deadline:
+            time.sleep(0.1)
+        (run_dir,) = (out / "runs").iterdir()
+        res = run_subprocess("eval", run_dir.name, "--out", out, "--protocol", "quick", "--metrics", "clean", "-n", "16",
+                             "-q")
+        assert res.exit_code == 0, res.stderr
+        still_training = proc.poll() is None
+    finally:
+        _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert still_training, "training ended before the evaluation: make the run longer"
+    rec = load_record(run_dir)
+    assert rec["status"] == "complete" and rec["training"]["steps_done"] == 250
+    assert rec["evaluations"]["quick"]["clean"]["n_examples"] == 16

@@ -6,11 +6,14 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
 from bench.errors import BenchError
 from bench.records import RunLock
+
+from conftest import REPO_ROOT
 
 
 def test_lock_is_exclusive_and_released(tmp_path):
@@ -35,9 +38,12 @@ def test_resume_refused_while_another_process_holds_the_run(bench_cli, complete_
     before = record.read_bytes()
     text = before.decode().replace('"status": "complete"', '"status": "interrupted"')
     record.write_text(text)
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # a process that really holds the run's lock (as a training process does)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from bench.records import RunLock; "
+                               f"lock = RunLock({str(run_dir)!r}).__enter__(); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
     try:
-        (run_dir / ".lock").write_text(f"{socket.gethostname()} {holder.pid}")
+        assert holder.stdout.readline().strip() == "held"
         res = bench_cli("run", "--resume", str(run_dir))
         assert res.exit_code != 0
         assert res.error_lines and f"being trained by process {holder.pid}" in res.error_lines[0]
@@ -46,3 +52,34 @@ def test_resume_refused_while_another_process_holds_the_run(bench_cli, complete_
         holder.kill()
         (run_dir / ".lock").unlink(missing_ok=True)
         record.write_bytes(before)
+
+
+def _take(run_dir, barrier, wins):
+    barrier.wait()
+    try:
+        with RunLock(run_dir):
+            wins.put(os.getpid())
+            time.sleep(0.3)  # held while every other taker tries
+    except BenchError:
+        pass
+
+
+@pytest.mark.parametrize("round_", range(5))
+def test_many_concurrent_takers_of_a_dead_owners_lock_one_wins(tmp_path, round_):
+    import multiprocessing as mp
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".lock").write_text(f"{socket.gethostname()} {int(dead.stdout)}")  # left by a killed process
+    ctx = mp.get_context("fork")
+    n = 12
+    barrier, wins = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_take, args=(tmp_path, barrier, wins)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    winners = []
+    while not wins.empty():
+        winners.append(wins.get())
+    assert len(winners) == 1, winners
+    assert not (tmp_path / ".lock").exists()  # released and removed by its holder

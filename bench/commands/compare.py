@@ -10,9 +10,8 @@ from bench.commands._common import CONTEXT
 @click.command(context_settings=CONTEXT)
 @click.option("--out", default="results", show_default=True, help="Results root to read runs from.")
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex", "json"]), default="md", show_default=True)
-@click.option("--sort", default=None, metavar="COL", help="Sort by a column, e.g. quick/pgd, best first (descending, or ascending where the metric "
-                   "says lower is better, e.g. FID).")
-@click.option("--ascending", is_flag=True, help="Sort ascending.")
+@click.option("--sort", default=None, metavar="COL", help="Sort by a column, e.g. quick/pgd (descending).")
+@click.option("--ascending", is_flag=True, help="Sort ascending instead.")
 @click.option("--filter", "filters", multiple=True, metavar="COL=VALUE",
               help="Keep rows where COL equals (or with !=, differs from) VALUE. Repeatable.")
 @click.option("--reference", is_flag=True,

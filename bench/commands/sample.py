@@ -13,8 +13,9 @@ from bench.commands._common import CONTEXT
 @click.option("--class", "klass", default=None, metavar="K", help="Sample x|y for class K (index or name).")
 @click.option("--steps", type=int, default=None,
               help="Sampler steps per chain [default: 100 from fresh starts, 0 from the saved buffer].")
-@click.option("--sampler", type=click.Choice(["sgld", "pyld"]), default=None,
-              help="Sampler [default: the run's own; SGLD for runs without one].")
+@click.option("--sampler", default=None, metavar="KIND",
+              help="Sampler kind: sgld, pyld or a plugin's (bench list samplers) [default: the run's own; SGLD "
+                   "for runs without one].")
 @click.option("--buffer", type=click.Choice(["fresh", "saved"]), default="fresh", show_default=True,
               help="Start from fresh noise / class Gaussians, or from the run's saved replay buffer.")
 @click.option("--out", "npz_out", default=None, metavar="FILE.npz",

@@ -99,8 +99,17 @@ class ReplayBuffer:
         return x0, idx
 
     def write(self, idx: torch.Tensor, x: torch.Tensor) -> None:
-        """Put sampler results back at ``idx`` (a repeated index keeps the last of its results)."""
-        self.x[idx.to(self.device)] = x.detach().to(self.device, self.x.dtype).reshape(-1, *self.image_shape)
+        """Put sampler results back at ``idx``; a repeated index keeps the last of its results.
+
+        ``x[idx] = v`` with a repeated index has no defined winner when several threads (or a
+        GPU) write at once, so every write to one index is given the same value first: that of
+        the index's last occurrence, as the references' sequential loop leaves it. The result is
+        the same on any number of threads, and nothing is read back from the device."""
+        idx = idx.to(self.device)
+        pos = torch.arange(idx.shape[0], device=self.device)
+        last = torch.where(idx[:, None] == idx[None, :], pos[None, :], -1).amax(dim=1)  # last occurrence of each
+        x = x.detach().to(self.device, self.x.dtype).reshape(-1, *self.image_shape)
+        self.x[idx] = x[last]
 
     def class_of(self, idx: torch.Tensor) -> torch.Tensor:
         """The class block of each index of a conditional buffer."""
