@@ -201,7 +201,16 @@ def render(df: pd.DataFrame, fmt: str) -> str:
 
 
 def load_records(out: str | Path) -> list[dict[str, Any]]:
-    return [load_record(d) for d in list_runs(out)]
+    """Every readable record under ``out``; an unreadable one is skipped with a warning naming its file."""
+    import sys
+
+    records = []
+    for d in list_runs(out):
+        try:
+            records.append(load_record(d))
+        except BenchError as exc:
+            print(f"warning: skipped {d / 'record.json'}: {exc}", file=sys.stderr)
+    return records
 
 
 def compare(out: str | Path, fmt: str = "md", sort: str | None = None, ascending: bool = False,

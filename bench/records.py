@@ -149,6 +149,20 @@ def upgrade(rec: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
+def run_config(rec: dict[str, Any]):
+    """The run's resolved config (a RunConfig) from its record; one line if the record has none usable."""
+    from bench.config import RunConfig, from_dict
+
+    cfg = rec.get("config")
+    if not isinstance(cfg, dict):
+        raise BenchError(f"the record of run {rec.get('run_id')} holds no config, so the run cannot be resumed or "
+                         "evaluated; start a new run")
+    try:
+        return from_dict(RunConfig, cfg)
+    except BenchError as exc:
+        raise BenchError(f"the config in the record of run {rec.get('run_id')} is not valid ({exc}); start a new run")
+
+
 def _newer(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """Of two results of one metric, the later evaluated (``b`` on a tie)."""
     return a if str(a.get("evaluated_at", "")) > str(b.get("evaluated_at", "")) else b

@@ -13,14 +13,14 @@ from typing import Any, Callable
 import torch
 
 from bench import distributed as D
-from bench.config import RunConfig, from_dict
+from bench.config import RunConfig
 from bench.data import load_run_data
 from bench.data.stream import check_batch_fits
 from bench.errors import BenchError, DivergenceError, InterruptedRun
 from bench.models import build_model
 from bench.evaluation import evaluate_into
 from bench.device import resolve_device
-from bench.records import RunLock, RunRecord, new_run_dir, resolve_run
+from bench.records import RunLock, RunRecord, new_run_dir, resolve_run, run_config
 from bench.resolve import preset_changes
 from bench.trainer import Trainer, TrainState
 from methods import get_method
@@ -184,7 +184,7 @@ def resume_run(ref: str, out: str | Path = "results", device: str | None = None,
     record = RunRecord.load(run_dir)
     if record.get("status") == "complete":
         raise BenchError(f"run {record['run_id']} is already complete; start a new run instead of --resume")
-    cfg = from_dict(RunConfig, record["config"])
+    cfg = run_config(record.data)
     if device is not None:
         cfg.device = device
     dist, device_name = D.init(cfg.device)

@@ -7,12 +7,11 @@ from pathlib import Path
 import torch
 
 from bench import checkpoint
-from bench.config import RunConfig, from_dict
 from bench.data import load_run_data
 from bench.device import resolve_device
 from bench.models import build_model
 from bench.errors import BenchError
-from bench.records import RunRecord, resolve_run
+from bench.records import RunRecord, resolve_run, run_config
 from bench.sampling.generate import make_sample_fn
 from bench.sampling.kinds import SAMPLERS
 from bench.sampling.images import save_grid, save_npz
@@ -25,7 +24,7 @@ def load_run_model(run_dir: Path, device: torch.device | None = None, checkpoint
     validation accuracy) when it is ``best`` and that file exists, otherwise ``last.pt``.
     """
     record = RunRecord.load(run_dir).data
-    cfg = from_dict(RunConfig, record["config"])
+    cfg = run_config(record)
     dev = device or resolve_device(cfg.device)
     data = load_run_data(cfg)
     model = build_model(cfg.model, data.num_classes).to(dev)

@@ -211,8 +211,12 @@ def test_unreadable_record(bench_cli, out_with_a_run, complete_run):
     rec.write_text("{ half a record")
     res = bench_cli("show", complete_run.name, "--out", str(out_with_a_run))
     assert_one_error_line(res, "is unreadable")
-    res = bench_cli("compare", "--out", str(out_with_a_run))
-    assert_one_error_line(res, "is unreadable")
+    # one corrupt record does not fail the whole table: it is skipped with a warning naming its file
+    shutil.copytree(complete_run, out_with_a_run / "runs" / "a-good-copy")
+    res = bench_cli("compare", "--out", str(out_with_a_run), "--format", "csv")
+    assert res.exit_code == 0 and complete_run.name in res.stdout and len(res.stdout.strip().splitlines()) == 2
+    assert res.stderr.strip() == f"warning: skipped {rec}: record {rec} is unreadable (JSONDecodeError); " \
+                                 "it may have been edited by hand"
     assert rec.read_text() == "{ half a record"
 
 
@@ -246,3 +250,18 @@ def test_concurrent_runs_into_one_results_root(tmp_path, shapes_data_dir, out_wi
     after = snapshot(out)
     assert {k: v for k, v in after.items() if k in before} == before  # the earlier run is untouched
     assert len({k.split("/")[1] for k in after}) == 3
+
+
+def test_a_record_without_config_gives_one_line(bench_cli, out_with_a_run, complete_run):
+    rec_path = out_with_a_run / "runs" / complete_run.name / "record.json"
+    rec = json.loads(rec_path.read_text())
+    del rec["config"]
+    rec["status"] = "interrupted"
+    rec_path.write_text(json.dumps(rec))
+    before = snapshot(out_with_a_run)
+    for args in (["run", "--resume", complete_run.name], ["eval", complete_run.name, "-n", "8"]):
+        res = bench_cli(*args, "--out", str(out_with_a_run), "-q")
+        assert_one_error_line(res, "holds no config", "start a new run")
+    shown = bench_cli("show", complete_run.name, "--out", str(out_with_a_run))
+    assert shown.exit_code == 0 and complete_run.name in shown.stdout
+    assert snapshot(out_with_a_run) == before

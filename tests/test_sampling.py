@@ -274,3 +274,23 @@ def test_make_sample_fn_for_a_plain_classifier(tmp_path, monkeypatch):
     k = int(pred[0])
     out_k = fn2(5, y=k)
     assert torch.all(model(out_k).argmax(1) == k)
+
+
+def test_a_run_caches_its_gaussian_fit_under_its_data_directory(bench_cli, tiny_args, shapes_data_dir, tmp_path,
+                                                                monkeypatch):
+    import json
+    import shutil
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(shapes_data_dir, data_dir, ignore=shutil.ignore_patterns("cache"))  # the images only
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("TRILEMMA_BENCH_CACHE", raising=False)
+    out = tmp_path / "results"
+    res = bench_cli("run", "--method", "jem++", *tiny_args(out, data_dir, steps=1), "--set", "eval.enabled=false",
+                    "--set", "method.sampler.buffer_size=32")
+    assert res.exit_code == 0, res.stderr
+    fits = list((data_dir / "cache" / "gaussians").glob("*.pt"))
+    assert len(fits) == 1 and not home.exists()  # nothing outside the data directory
+    (run_dir,) = (out / "runs").iterdir()
+    assert json.loads((run_dir / "record.json").read_text())["data"]["cache_dir"] == str(data_dir / "cache")

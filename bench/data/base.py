@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -26,6 +27,7 @@ class ImageData:
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
     info: dict = field(default_factory=dict)
+    cache_dir: str = ""  # where what is derived from these images is cached (class-Gaussian fits); "" = none set
 
     @property
     def num_classes(self) -> int:
@@ -44,6 +46,7 @@ class ImageData:
             "val": int(self.x_val.shape[0]) if self.x_val is not None else 0,
             "test": int(self.x_test.shape[0]),
             "image_shape": list(self.image_shape),
+            **({"cache_dir": self.cache_dir} if self.cache_dir else {}),
             **self.info,
         }
 
@@ -57,9 +60,11 @@ def load_dataset(cfg) -> ImageData:
 
 
 def load_run_data(cfg) -> ImageData:
-    """A run's data (``cfg`` a RunConfig): its dataset with the seeded validation split and subset applied."""
-    data = load_dataset(cfg.data)
-    return split_validation(data, cfg.data.val_size, cfg.seed, cfg.data.train_subset)
+    """A run's data (``cfg`` a RunConfig): its dataset with the seeded validation split and subset
+    applied; what is derived from it is cached under ``<data.data_dir>/cache``."""
+    data = split_validation(load_dataset(cfg.data), cfg.data.val_size, cfg.seed, cfg.data.train_subset)
+    data.cache_dir = str(Path(cfg.data.data_dir) / "cache")
+    return data
 
 
 def _check(data: ImageData) -> None:

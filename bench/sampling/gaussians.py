@@ -136,14 +136,17 @@ class ClassGaussians:
                     device: torch.device | str = "cpu") -> "ClassGaussians":
         """Fit on ``data.x_train`` (an ImageData), or load the cached fit of the same images and settings.
 
-        ``cache_dir``: ``None`` or ``""`` = :func:`default_cache_dir`; ``"off"`` = never cache.
+        ``cache_dir``: where to cache; ``None`` or ``""`` = ``<data.cache_dir>/gaussians`` (a run's
+        data directory, see ``load_run_data``), or :func:`default_cache_dir` for data that names
+        none; ``"off"`` = never cache.
         """
         settings = {"version": VERSION, "augment": augment, "noise_std": noise_std, "pad_mode": pad_mode,
                     "flip": flip, "seed": seed, "num_classes": data.num_classes}
         use_cache = str(cache_dir).lower() not in ("off", "none", "false")
         path = None
         if use_cache:
-            root = Path(cache_dir) if cache_dir else default_cache_dir()
+            own = getattr(data, "cache_dir", "")
+            root = Path(cache_dir) if cache_dir else Path(own) / "gaussians" if own else default_cache_dir()
             key = hashlib.blake2b(
                 (content_hash(data.x_train, data.y_train) + json.dumps(settings, sort_keys=True)).encode(),
                 digest_size=10).hexdigest()

@@ -53,7 +53,7 @@ class SamplerConfig:
     conditional: bool = False  # class-conditional buffer (index y * (size // K) + i)
     fit_augment: bool = True  # informative: fit the Gaussians on augmented images (the reference)
     fit_noise_std: float = 0.03  # informative: noise added before fitting, symmetric scale (reference 0.03)
-    cache_dir: str = ""  # where Gaussian fits are cached; "" = ~/.cache/trilemma-bench; "off" = never
+    cache_dir: str = ""  # where Gaussian fits are cached; "" = <data.data_dir>/cache/gaussians; "off" = never
 
     def __post_init__(self):
         if self.kind not in SAMPLERS:
