@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.records import list_runs, load_record
+from bench.records import list_runs, live_status, load_record
 from metrics import presentation
 
 RUN_COLUMNS = ["run_id", "method", "dataset", "arch", "preset", "changes", "seed", "status", "epochs", "train_min"]
@@ -207,9 +207,12 @@ def load_records(out: str | Path) -> list[dict[str, Any]]:
     records = []
     for d in list_runs(out):
         try:
-            records.append(load_record(d))
+            rec = load_record(d)
         except BenchError as exc:
             print(f"warning: skipped {d / 'record.json'}: {exc}", file=sys.stderr)
+            continue
+        rec["status"] = live_status(d, rec)  # a run whose process died shows as interrupted
+        records.append(rec)
     return records
 
 

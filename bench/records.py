@@ -344,6 +344,31 @@ class RunLock:
             self.fd, self.held = None, False
 
 
+def live_status(run_dir: Path, rec: dict[str, Any]) -> str | None:
+    """The record's status, except that a run recorded as ``running`` whose training process is gone
+    (killed before it could write ``interrupted``) reads as ``interrupted``. Only a process on this
+    host can be checked: the owner named in ``.lock`` (or no ``.lock`` at all) must still exist."""
+    status = rec.get("status")
+    if status != "running":
+        return status
+    lock = Path(run_dir) / ".lock"
+    try:
+        host, _, pid = lock.read_text().strip().rpartition(" ")
+    except FileNotFoundError:
+        return "interrupted"  # the lock goes only with its process, so nobody trains this run
+    except OSError:
+        return status
+    if host != socket.gethostname() or not pid.isdigit():
+        return status  # trained elsewhere: cannot tell from here
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return "interrupted"
+    except PermissionError:
+        pass
+    return status
+
+
 def resolve_run(ref: str, out: str | Path) -> Path:
     """A run given by id (under ``out``/runs), by its directory, or by its record.json path."""
     p = Path(ref)

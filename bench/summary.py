@@ -7,9 +7,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.evaluation import format_result
+from bench.records import live_status
 from metrics import presentation
 
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def _status(rec: dict, run_dir: Path) -> str:
+    status = live_status(run_dir, rec)
+    if status != rec.get("status"):
+        return f"{status}: its process is gone; continue with bench run --resume {rec['run_id']}"
+    return str(status)
 
 
 def describe_record(rec: dict, run_dir: Path) -> str:
@@ -17,7 +25,7 @@ def describe_record(rec: dict, run_dir: Path) -> str:
     env = rec.get("environment", {})
     tr = rec.get("training", {})
     lines = [
-        f"run       {rec['run_id']}  ({rec.get('status')})",
+        f"run       {rec['run_id']}  ({_status(rec, run_dir)})",
         f"method    {rec.get('method')}  dataset {rec.get('dataset')}  arch {rec.get('arch')}  "
         f"preset {rec.get('preset')}  seed {rec.get('seed')}",
         f"training  {tr.get('steps_done', 0)}/{tr.get('total_steps', '?')} steps "

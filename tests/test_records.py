@@ -141,3 +141,38 @@ def test_bench_eval_while_the_run_trains_keeps_both(tmp_path, shapes_data_dir):
     rec = load_record(run_dir)
     assert rec["status"] == "complete" and rec["training"]["steps_done"] == 250
     assert rec["evaluations"]["quick"]["clean"]["n_examples"] == 16
+
+
+def test_a_running_record_whose_process_is_gone_reads_as_interrupted(tmp_path, bench_cli, complete_run):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from bench.records import live_status
+
+    results = tmp_path / "results"
+    run_dir = results / "runs" / complete_run.name
+    shutil.copytree(complete_run, run_dir)
+    rec = json.loads((run_dir / "record.json").read_text())
+    rec["status"] = "running"
+    (run_dir / "record.json").write_text(json.dumps(rec))
+    host = socket.gethostname()
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+
+    assert live_status(run_dir, rec) == "interrupted"  # no .lock: nobody trains it
+    (run_dir / ".lock").write_text(f"{host} {os.getpid()}")
+    assert live_status(run_dir, rec) == "running"  # its owner lives
+    (run_dir / ".lock").write_text(f"elsewhere {dead}")
+    assert live_status(run_dir, rec) == "running"  # another host: cannot tell
+    (run_dir / ".lock").write_text(f"{host} {dead}")
+    assert live_status(run_dir, rec) == "interrupted"
+    assert live_status(run_dir, {**rec, "status": "complete"}) == "complete"
+
+    table = bench_cli("compare", "--out", str(results), "--format", "csv")
+    header, row = table.stdout.splitlines()[:2]
+    assert dict(zip(header.split(","), row.split(",")))["status"] == "interrupted"
+    shown = bench_cli("show", complete_run.name, "--out", str(results))
+    assert f"(interrupted: its process is gone; continue with bench run --resume {complete_run.name})" in shown.stdout
+    assert json.loads((run_dir / "record.json").read_text())["status"] == "running"  # reading changes nothing
