@@ -2,8 +2,8 @@
 
 :class:`RunRecord` is the one writer of ``record.json``: the runner updates it as training goes
 (``update_training``, ``set_status``), the evaluation layer merges results into it
-(``merge_evaluation``), and both go through ``save``, which writes atomically under the record's
-lock and keeps every evaluation another process wrote meanwhile. The schema (version
+(``merge_evaluation``), and both go through ``save``, which writes atomically under a lock on the
+run directory and keeps every evaluation another process wrote meanwhile. The schema (version
 :data:`SCHEMA`) is documented in ``docs/records.md``; records of older versions are upgraded in
 memory when loaded, so every record ever written still loads.
 """
@@ -212,11 +212,11 @@ class RunRecord:
         with _dir_lock(Path(run_dir)):
             rec = cls.load(run_dir)
             change(rec)
-            rec._write_locked()
+            rec._write_locked(keep_disk=False)  # read under this lock: nothing on disk is newer
         return rec
 
-    def _write_locked(self) -> None:
-        if self.path.is_file():
+    def _write_locked(self, keep_disk: bool = True) -> None:
+        if keep_disk and self.path.is_file():
             try:
                 disk = read_json(self.path)
             except (OSError, ValueError):
