@@ -79,6 +79,34 @@ def load(path: Path, expect_digest: str | None = None) -> dict[str, Any]:
     return ckpt
 
 
+def load_weights(model: torch.nn.Module, state: Any, path: Path) -> None:
+    """Put a checkpoint's weights into ``model``, or say in one line how they do not fit it."""
+    own = model.state_dict()
+    if not isinstance(state, dict):
+        raise BenchError(f"checkpoint {path} holds no model weights; use a checkpoint this run wrote")
+    missing = [k for k in own if k not in state]
+    unknown = [k for k in state if k not in own]
+    wrong = [(k, tuple(getattr(state[k], "shape", ())), tuple(v.shape)) for k, v in own.items()
+             if k in state and tuple(getattr(state[k], "shape", ())) != tuple(v.shape)]
+    parts = []
+    if wrong:
+        k, got, want = wrong[0]
+        parts.append(f"{k} has shape {list(got)} in the file but {list(want)} in the model"
+                     + (f" ({len(wrong) - 1} more differ)" if len(wrong) > 1 else ""))
+    if missing:
+        parts.append(f"{len(missing)} weight(s) missing, e.g. {missing[0]}")
+    if unknown:
+        parts.append(f"{len(unknown)} weight(s) the model does not have, e.g. {unknown[0]}")
+    if not parts:
+        try:
+            model.load_state_dict(state)
+            return
+        except (RuntimeError, TypeError, ValueError) as exc:
+            parts.append(" ".join(str(exc).split())[:160])
+    raise BenchError(f"checkpoint {path} does not fit the run's model: {'; '.join(parts)}; use a checkpoint "
+                     "written by this run")
+
+
 def _corrupt(path: Path, exc: Exception) -> BenchError:
     return BenchError(f"checkpoint {path} is corrupt ({type(exc).__name__}); resume from an earlier one with "
                       f"--checkpoint {path.parent}/step-*.pt or start a new run")

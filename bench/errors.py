@@ -17,3 +17,9 @@ class InterruptedRun(BenchError):
     """The run was interrupted (Ctrl-C); a resumable checkpoint was written."""
 
     exit_code = 130
+
+
+class DiskFull(BenchError):
+    """A write failed because the disk (or the user's quota) is full. Nothing already saved is lost."""
+
+    exit_code = 4

@@ -19,6 +19,7 @@ from bench.errors import BenchError, InterruptedRun
 from bench.device import resolve_device
 from bench.records import RunRecord
 from bench.saved_runs import buffer_state, load_run_model
+from bench.signals import terminate_as_interrupt
 from metrics import METRICS, EvalContext, Presentation, evaluate, get_protocol, presentation
 from metrics.protocols import preflight
 
@@ -94,9 +95,10 @@ def evaluate_saved_run(run_dir: Path, protocol: str = "standard", metrics: list[
         return RunRecord.update(run_dir, lambda rec: rec.merge_evaluation(protocol, results, save=False)).data
 
     try:
-        for name in names:
-            echo(f"[{proto.name}] {name} ...")
-            results.update(evaluate(model, data, protocol, n, ctx, [name], overrides))
+        with terminate_as_interrupt():  # SIGTERM (a scheduler's stop) saves the finished metrics too
+            for name in names:
+                echo(f"[{proto.name}] {name} ...")
+                results.update(evaluate(model, data, protocol, n, ctx, [name], overrides))
     except KeyboardInterrupt:
         if results:
             save()

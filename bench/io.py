@@ -5,6 +5,7 @@ A reader (or a crash, or kill -9) sees either the old file or the new one, never
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -13,6 +14,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from bench.errors import DiskFull
+
+FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left / quota exceeded
 
 
 def _atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
@@ -25,12 +30,36 @@ def _atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if _is_disk_full(exc):
+            raise DiskFull(f"no space left on the disk holding {path.parent} (writing {path.name}; any earlier "
+                           f"{path.name} is intact): free space there") from None
         raise
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """Python reports a full disk as OSError(ENOSPC); torch.save as a RuntimeError raised while handling it."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in FULL:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def remove_litter(folder: Path, name: str = "*") -> list[Path]:
+    """Delete the temporary files that writes of ``folder/<name>`` killed midway left (``.<name>.*.tmp``).
+    Call it only while no other process can be writing such files (under the lock their writers hold)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.glob(f".{name}.*.tmp") if p.is_file()]
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
 
 
 def _jsonable(obj: Any) -> Any:

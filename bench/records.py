@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench.errors import BenchError
-from bench.io import read_json, write_json
+from bench.io import remove_litter, read_json, write_json
 
 SCHEMA = 2  # 2: `changes` (settings that depart from the method's preset) stored when the run starts
 PACKAGES = ("torch", "torchvision", "numpy", "pandas", "pyautoattack", "torch-fidelity", "trilemma-bench")
@@ -265,8 +265,24 @@ class RunRecord:
         if save:
             self.save()
 
-    def add_resume(self, at_step: int) -> None:
-        self.data["training"].setdefault("resumes", []).append({"at_step": at_step, "time": now()})
+    def add_resume(self, at_step: int, overrides: dict[str, dict[str, Any]] | None = None,
+                   note: str | None = None) -> None:
+        """One entry per resume: the step it continued from, and the settings it changed
+        (``{"optim.lr": {"from": 0.1, "to": 0.01}}``) or why it restarted (``note``)."""
+        entry: dict[str, Any] = {"at_step": at_step, "time": now()}
+        if overrides:
+            entry["overrides"] = overrides
+        if note:
+            entry["note"] = note
+        self.data["training"].setdefault("resumes", []).append(entry)
+
+    def remove_litter(self) -> list[Path]:
+        """Delete temporary files left by writes that a kill interrupted: the record's (under the
+        directory lock its writers hold) and the trainer's. Call it while holding the run's lock."""
+        with _dir_lock(self.run_dir):
+            found = remove_litter(self.run_dir, "record.json")
+        # written only by the trainer, which holds the run's lock (`bench eval` writes elsewhere in samples/)
+        return found + remove_litter(self.run_dir / "checkpoints") + remove_litter(self.run_dir / "samples", "buffer-*")
 
     def merge_evaluation(self, protocol: str, results: dict[str, dict[str, Any]],
                          skipped: dict[str, str] | None = None, save: bool = True) -> None:

@@ -158,3 +158,32 @@ def preset_changes(config: dict[str, Any]) -> dict[str, Any]:
                                     "model": {"arch": config["model"]["arch"]}}))
     ran, now = flatten(json.loads(json.dumps(config))), flatten(json.loads(json.dumps(ref.to_dict())))
     return {k: v for k, v in sorted(ran.items()) if k not in NOT_CHANGES and k in now and now[k] != v}
+
+
+# What `bench run --resume RUN --set ...` may change: how training continues after a divergence
+# (learning rate, divergence policy), how often it checkpoints, where its data files are, and how it
+# is evaluated. Everything else defines what the weights so far were trained on and stays as recorded.
+RESUME_OVERRIDABLE = ("optim.lr", "train.on_divergence", "train.max_rollbacks", "train.rollback_lr_factor",
+                      "train.divergence_bound", "train.checkpoint_every", "train.keep_checkpoints", "data.data_dir",
+                      "eval.")
+
+
+def _overridable(key: str) -> bool:
+    return any(key == s or (s.endswith(".") and key.startswith(s)) for s in RESUME_OVERRIDABLE)
+
+
+def resume_overrides(cfg: RunConfig, overrides: list[str] | tuple[str, ...]) -> tuple[RunConfig, dict[str, Any]]:
+    """``cfg`` with the ``--set`` items of a resume applied, and what they changed
+    (``{"optim.lr": {"from": 0.1, "to": 0.01}}``). Only :data:`RESUME_OVERRIDABLE` settings may change."""
+    cli: dict[str, Any] = {}
+    for item in overrides:
+        cli = deep_merge(cli, parse_set(item))
+    keys = list(flatten(cli))
+    refused = [k for k in keys if not _overridable(k)]
+    if refused:
+        allowed = ", ".join(s + "*" if s.endswith(".") else s for s in RESUME_OVERRIDABLE)
+        raise BenchError(f"--resume cannot change {', '.join(refused)} (the weights so far were trained with the "
+                         f"recorded value); on resume only {allowed} may change; start a new run for the rest")
+    new = _finish(update_dataclass(cfg, cli))
+    before, after = flatten(cfg.to_dict()), flatten(new.to_dict())
+    return new, {k: {"from": before.get(k), "to": after.get(k)} for k in keys if before.get(k) != after.get(k)}

@@ -15,13 +15,14 @@ import torch
 from bench import distributed as D
 from bench.config import RunConfig
 from bench.data import load_run_data
-from bench.data.stream import check_batch_fits
-from bench.errors import BenchError, DivergenceError, InterruptedRun
+from bench.data.stream import check_augment_fits, check_batch_fits
+from bench.errors import BenchError, DiskFull, DivergenceError, InterruptedRun
 from bench.models import build_model
 from bench.evaluation import evaluate_into
 from bench.device import resolve_device
 from bench.records import RunLock, RunRecord, new_run_dir, resolve_run, run_config
-from bench.resolve import preset_changes
+from bench.resolve import preset_changes, resume_overrides
+from bench.signals import terminate_as_interrupt
 from bench.trainer import Trainer, TrainState
 from methods import get_method
 
@@ -39,6 +40,24 @@ def _build(cfg: RunConfig, data, device: torch.device):
     model = build_model(cfg.model, data.num_classes).to(device)
     method.setup(model, data, device)
     return model, method
+
+
+def _probe(model: torch.nn.Module, data, cfg: RunConfig, device: torch.device) -> None:
+    """One forward of two test images (eval mode, no gradient): an architecture that cannot take the
+    dataset's images fails here, in one line, before the run directory exists."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(data.x_test[:2].to(device).float().div(255.0))
+    except RuntimeError as exc:
+        raise BenchError(f"{cfg.model.arch} cannot take {data.name}'s {'x'.join(map(str, data.image_shape))} images "
+                         f"({' '.join(str(exc).split())[:120]}); choose another --arch")
+    finally:
+        model.train(was)
+    if out.shape != (min(2, data.x_test.shape[0]), data.num_classes):
+        raise BenchError(f"{cfg.model.arch} returned {tuple(out.shape)} logits for {data.num_classes} classes; "
+                         "a model must return (batch, classes)")
 
 
 def _record_updater(record: RunRecord, trainer_ref: list):
@@ -65,21 +84,42 @@ def _record_updater(record: RunRecord, trainer_ref: list):
     return update
 
 
-def _train_and_evaluate(cfg, data, device, record: RunRecord, show_progress, resume_from: Path | None,
+@dataclass
+class Resume:
+    """How a resume continues: from which checkpoint (None: the run has none, so it restarts from
+    step 0 in place) and which settings it changed (see :data:`bench.resolve.RESUME_OVERRIDABLE`)."""
+
+    checkpoint: Path | None
+    overrides: dict[str, Any]
+
+
+def _save_quietly(record: RunRecord) -> None:
+    """Save a failure's status; if even that cannot be written (a full disk), the dead lock holder
+    makes `bench show` and `bench compare` read the run as interrupted (bench.records.live_status)."""
+    try:
+        record.save()
+    except (BenchError, OSError):
+        pass
+
+
+def _train_and_evaluate(cfg, data, device, record: RunRecord, show_progress, resume: Resume | None,
                         built=None, dist: D.DistInfo = D.SINGLE, announce=None) -> RunResult:
     """Train and evaluate, holding the run directory's lock (rank 0) so no second process trains it."""
     import contextlib
 
     with RunLock(record.run_dir) if dist.is_main else contextlib.nullcontext():
-        return _train_and_evaluate_locked(cfg, data, device, record, show_progress, resume_from, built, dist,
+        return _train_and_evaluate_locked(cfg, data, device, record, show_progress, resume, built, dist,
                                           announce)
 
 
-def _train_and_evaluate_locked(cfg, data, device, record: RunRecord, show_progress, resume_from, built,
+def _train_and_evaluate_locked(cfg, data, device, record: RunRecord, show_progress, resume: Resume | None, built,
                                dist: D.DistInfo, announce) -> RunResult:
     run_dir = record.run_dir
     main = dist.is_main
     save = record.save if main else (lambda: None)
+    if main:
+        record.remove_litter()  # temporary files of writes a kill interrupted
+    resume_from = resume.checkpoint if resume is not None else None
     model, method = built or _build(cfg, data, device)
     D.broadcast_parameters(model, dist)
     ref: list = []
@@ -91,14 +131,47 @@ def _train_and_evaluate_locked(cfg, data, device, record: RunRecord, show_progre
         trainer.load_checkpoint(resume_from)
         if announce and main:
             announce(f"resuming run {record['run_id']} ({cfg.method} on {cfg.data.dataset}) at step "
-                     f"{trainer.state.step} from {resume_from.name}")
-        record.add_resume(trainer.state.step)
+                     f"{trainer.state.step} from {resume_from.name}"
+                     + "".join(f"; {k}: {v['from']} -> {v['to']}" for k, v in resume.overrides.items()))
+        record.add_resume(trainer.state.step, resume.overrides)
+    elif resume is not None:
+        note = "no checkpoint had been written (stopped before its first); trained from step 0 in place"
+        if announce and main:
+            announce(f"run {record['run_id']} has {note}")
+        record.add_resume(0, resume.overrides, note=note)
+    if resume is not None and resume.overrides:  # under the lock: nobody else trains this run now
+        record.data["config"] = cfg.to_dict()
+        try:
+            record.data["changes"] = preset_changes(cfg.to_dict())
+        except Exception:  # a config the presets no longer describe: `bench compare` works it out
+            record.data["changes"] = None
     record.set_status("running", save=False)
     if dist.enabled:
         record.data["distributed"] = {"world_size": dist.world, "backend": "nccl" if device.type == "cuda" else "gloo",
                                       "per_rank_batch": cfg.data.batch_size,
                                       "global_batch": cfg.data.batch_size * dist.world}
     save()
+    try:
+        return _fit_and_evaluate(cfg, data, device, record, trainer, show_progress, dist)
+    except (InterruptedRun, DivergenceError):
+        raise
+    except DiskFull as exc:
+        hint = f"{exc}, then continue with: bench run --resume {run_dir.name}"
+        record.set_status("interrupted", hint, save=False)
+        if main:
+            _save_quietly(record)
+        raise DiskFull(hint) from None
+    except BenchError as exc:
+        record.set_status("failed", str(exc), save=False)
+        if main:
+            _save_quietly(record)
+        raise
+
+
+def _fit_and_evaluate(cfg, data, device, record: RunRecord, trainer: Trainer, show_progress,
+                      dist: D.DistInfo) -> RunResult:
+    run_dir, main, model = record.run_dir, dist.is_main, trainer.model
+    save = record.save if main else (lambda: None)
     try:
         trainer.fit()
     except (InterruptedRun, DivergenceError) as exc:
@@ -121,7 +194,7 @@ def _train_and_evaluate_locked(cfg, data, device, record: RunRecord, show_progre
         if best.is_file():
             from bench import checkpoint as ckpt_io
 
-            model.load_state_dict(ckpt_io.load(best, expect_digest=trainer.config_digest)["model"])
+            ckpt_io.load_weights(model, ckpt_io.load(best, expect_digest=trainer.config_digest)["model"], best)
             record.data["evaluated_checkpoint"] = {**trainer.state.best, "checkpoint": "checkpoints/best.pt"}
         else:  # training ended before the first validation
             record.data["evaluated_checkpoint"] = {"checkpoint": "checkpoints/last.pt", "step": trainer.state.step,
@@ -130,7 +203,8 @@ def _train_and_evaluate_locked(cfg, data, device, record: RunRecord, show_progre
         record.data["evaluated_checkpoint"] = {"checkpoint": "checkpoints/last.pt", "step": trainer.state.step}
     if cfg.eval.enabled:
         try:
-            evaluate_into(record, model, data, cfg, device, show_progress)
+            with terminate_as_interrupt():  # SIGTERM too: a scheduler's stop must not leave `running`
+                evaluate_into(record, model, data, cfg, device, show_progress)
         except KeyboardInterrupt:  # Ctrl-C during a (long) evaluation: the trained weights are checkpointed
             record.set_status("interrupted", "interrupted during the evaluation; finish it with: "
                                              f"bench run --resume {run_dir.name}")
@@ -161,9 +235,12 @@ def start_run(cfg: RunConfig, out: str | Path = "results", show_progress: bool =
     device = resolve_device(device_name)
     data = _prepare_data_ranked(cfg, dist)  # fails before anything is written if the data is missing
     built = _build(cfg, data, device)  # so do a bad architecture (e.g. wrn depth) and method setup
-    for spec in built[1].batch_specs():  # every batch of a step must fit the training set
+    _probe(built[0], data, cfg, device)
+    for spec in built[1].batch_specs():  # every batch of a step must fit the training set, and its augmentation
         check_batch_fits(spec.batch_size or cfg.data.batch_size, dist.world, data.x_train.shape[0],
                          spec.batch_size_setting)
+        check_augment_fits(data.image_shape, cfg.data.augment if spec.augment is None else spec.augment,
+                           cfg.data.pad_mode)
     try:
         changes = preset_changes(cfg.to_dict())
     except Exception:  # a config the presets no longer describe: `bench compare` works it out ("?")
@@ -175,21 +252,41 @@ def start_run(cfg: RunConfig, out: str | Path = "results", show_progress: bool =
         if announce:
             announce(f"run {run_id}: {cfg.method} on {cfg.data.dataset} ({cfg.model.arch}, preset {cfg.preset}, "
                      f"seed {cfg.seed}, {device.type}{f' x{dist.world}' if dist.enabled else ''})")
-    return _train_and_evaluate(cfg, data, device, record, show_progress, resume_from=None, built=built, dist=dist)
+    return _train_and_evaluate(cfg, data, device, record, show_progress, resume=None, built=built, dist=dist)
+
+
+def resume_point(run_dir: Path, checkpoint_path: str | None) -> Path | None:
+    """The checkpoint a resume continues from: the one given, else ``last.pt``; None when the run
+    stopped before writing any (it then trains from step 0 in place, exactly as a new run would)."""
+    if checkpoint_path:
+        return Path(checkpoint_path)  # must exist: loading it says so otherwise
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    last = ckpt_dir / "last.pt"
+    if last.is_file():
+        return last
+    periodic = sorted(ckpt_dir.glob("step-*.pt"))
+    if periodic:
+        raise BenchError(f"checkpoint {last} is missing; continue from the newest periodic one with "
+                         f"--checkpoint {periodic[-1]}")
+    return None
 
 
 def resume_run(ref: str, out: str | Path = "results", device: str | None = None, show_progress: bool = True,
-               checkpoint_path: str | None = None, announce: Callable[[str], None] | None = None) -> RunResult:
+               checkpoint_path: str | None = None, announce: Callable[[str], None] | None = None,
+               overrides: list[str] | tuple[str, ...] = ()) -> RunResult:
+    """Continue a run from its checkpoint; ``overrides`` (``--set`` items) may change the settings of
+    :data:`bench.resolve.RESUME_OVERRIDABLE`, and each resume records what it changed."""
     run_dir = resolve_run(ref, out)
     record = RunRecord.load(run_dir)
     if record.get("status") == "complete":
         raise BenchError(f"run {record['run_id']} is already complete; start a new run instead of --resume")
     cfg = run_config(record.data)
+    cfg, changed = resume_overrides(cfg, overrides) if overrides else (cfg, {})
     if device is not None:
         cfg.device = device
+    ckpt = resume_point(run_dir, checkpoint_path)
     dist, device_name = D.init(cfg.device)
     dev = resolve_device(device_name)
     data = _prepare_data_ranked(cfg, dist)
-    ckpt = Path(checkpoint_path) if checkpoint_path else run_dir / "checkpoints" / "last.pt"
-    return _train_and_evaluate(cfg, data, dev, record, show_progress, resume_from=ckpt, dist=dist,
+    return _train_and_evaluate(cfg, data, dev, record, show_progress, resume=Resume(ckpt, changed), dist=dist,
                                announce=announce)

@@ -37,7 +37,7 @@ def load_run_model(run_dir: Path, device: torch.device | None = None, checkpoint
     else:
         path = run_dir / "checkpoints" / "last.pt"
     ckpt = checkpoint.load(path, expect_digest=record.get("config_digest") or cfg.digest())
-    model.load_state_dict(ckpt["model"])
+    checkpoint.load_weights(model, ckpt["model"], path)
     model.eval()
     return model, cfg, data, record
 

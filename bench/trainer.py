@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from bench import checkpoint, sam
 from bench.config import RunConfig
 from bench.data import BatchStream, ImageData, augment_batch, to_float
+from bench.data.stream import CROP_PAD
 from bench.errors import BenchError, DivergenceError, InterruptedRun
 from bench.timing import region
 from bench import distributed as D
@@ -203,7 +204,7 @@ class Trainer:
         noise_std = d.noise_std if spec is None or spec.noise_std is None else spec.noise_std
         x = to_float(x_u8)
         if augment or noise_std > 0:
-            x = augment_batch(x, crop_pad=4 if augment else 0, pad_mode=d.pad_mode,
+            x = augment_batch(x, crop_pad=CROP_PAD if augment else 0, pad_mode=d.pad_mode,
                               flip=augment and d.flip, noise_std=noise_std)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -250,11 +251,12 @@ class Trainer:
 
     def load_checkpoint(self, path: Path) -> None:
         ckpt = checkpoint.load(path, expect_digest=self.config_digest)
+        checkpoint.load_weights(self.model, ckpt["model"], path)
         try:
-            self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise BenchError(f"checkpoint {path} does not fit this model/optimiser ({str(exc).splitlines()[0][:120]})")
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise BenchError(f"checkpoint {path} holds an optimiser state that does not fit this run's optimiser "
+                             f"({' '.join(str(exc).split())[:120]}); use a checkpoint written by this run")
         saved_world = ckpt.get("world_size", 1)
         if saved_world != self.dist.world:
             raise BenchError(f"checkpoint {path} was written by {saved_world} process(es); resume it with "

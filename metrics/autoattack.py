@@ -146,7 +146,9 @@ def summary(res: dict) -> str:
     return text
 
 
-@register_metric("autoattack", headlines=(accuracy_headline("autoattack"),), order=30, summary=summary)
+@register_metric("autoattack", headlines=(accuracy_headline("autoattack"),), order=30, summary=summary,
+                 settings=("version", "norm", "eps", "attacks", "seed", "batch_size", "apgd_iter", "apgd_restarts",
+                           "apgd_targeted_iter", "fab_iter", "fab_restarts", "square_queries"))
 def autoattack(model, data, settings, ctx) -> dict:
     from pyautoattack.state import EvaluationState
 

@@ -20,6 +20,8 @@ from bench.registry import Registry
 
 METRICS: Registry = Registry("metric", group="trilemma_bench.metrics", packages=("metrics",))
 NOT_NUMBERS = frozenset({"n_examples", "seconds"})  # bookkeeping keys of a result, never shown as numbers
+# settings every metric receives from the protocol (besides those it declares)
+COMMON_SETTINGS = frozenset({"n_examples", "input_noise"})
 
 
 @dataclass(frozen=True)
@@ -80,15 +82,27 @@ class Presentation:
 
 
 def register_metric(name: str, fn: Callable | None = None, *, headlines: tuple[Headline, ...] = (),
-                    order: int = 100, summary: Callable[[dict[str, Any]], str] | None = None, replace: bool = False):
-    """Register metric ``fn`` (or decorate it) under ``name``, with how its numbers are presented."""
+                    order: int = 100, summary: Callable[[dict[str, Any]], str] | None = None,
+                    settings: tuple[str, ...] | None = None, replace: bool = False):
+    """Register metric ``fn`` (or decorate it) under ``name``, with how its numbers are presented.
+
+    ``settings`` names the settings ``fn`` reads (besides ``n_examples`` and ``input_noise``): a
+    ``--set METRIC.KEY=...`` with another key is refused instead of being stored as if applied.
+    None (a plugin that declares nothing) accepts any key.
+    """
 
     def add(f: Callable) -> Callable:
         f.presentation = Presentation(tuple(headlines), order, summary)
+        f.settings = None if settings is None else frozenset(settings) | COMMON_SETTINGS
         METRICS.register(name, f, replace=replace)
         return f
 
     return add(fn) if fn is not None else add
+
+
+def declared_settings(metric: str) -> frozenset[str] | None:
+    """The settings ``metric`` reads, or None when it does not declare them."""
+    return getattr(METRICS.get(metric), "settings", None)
 
 
 def presentation(metric: str) -> Presentation:

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from metrics.base import accuracy_headline, accuracy_summary, batches, progress, register_metric, test_subset
 
 
-@register_metric("clean", headlines=(accuracy_headline("clean"),), order=10, summary=accuracy_summary)
+@register_metric("clean", headlines=(accuracy_headline("clean"),), order=10, summary=accuracy_summary,
+                 settings=())
 @torch.no_grad()
 def clean(model, data, settings, ctx) -> dict:
     x, y = test_subset(data, settings.get("n_examples", 0))

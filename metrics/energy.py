@@ -78,7 +78,8 @@ def summary(res: dict) -> str:
 
 
 # the gaps E(x_adv) - E(x) and E(x_gen) - E(x) are signed: no direction is better
-@register_metric("energy", order=50, summary=summary, headlines=(
+@register_metric("energy", order=50, summary=summary, settings=("attack", "n_generated", "sampler_steps"),
+                 headlines=(
     Headline("gap_adv", "energy.gap_adv", higher_is_better=None),
     Headline("gap_gen", "energy.gap_gen", higher_is_better=None)))
 def energy(model, data, settings, ctx) -> dict:

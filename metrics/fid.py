@@ -367,8 +367,12 @@ def _is_summary(res: dict) -> str:
     return f"IS {res['is_mean']:.3f} +- {res['is_std']:.3f}  n={res['n_samples']}"
 
 
-register_metric("fid", _metric("fid"), order=40, summary=_fid_summary,
+# what fidelity(), generated_samples() and resolve_weights() read
+FIDELITY_SETTINGS = ("feature_extractor", "weights", "download", "real_split", "select_top_ratio", "seed", "n_samples",
+                     "sampler_steps", "splits", "kid_subset_size", "n_real", "cache_dir", "feature_batch_size")
+register_metric("fid", _metric("fid"), order=40, summary=_fid_summary, settings=FIDELITY_SETTINGS,
                 headlines=(Headline("fid", "fid", higher_is_better=False),))
-register_metric("kid", _metric("kid"), order=41, summary=_kid_summary,
+register_metric("kid", _metric("kid"), order=41, summary=_kid_summary, settings=FIDELITY_SETTINGS,
                 headlines=(Headline("kid_mean", "kid", higher_is_better=False),))
-register_metric("is", _metric("is"), order=42, summary=_is_summary, headlines=(Headline("is_mean", "is"),))
+register_metric("is", _metric("is"), order=42, summary=_is_summary, settings=FIDELITY_SETTINGS,
+                headlines=(Headline("is_mean", "is"),))

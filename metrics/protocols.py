@@ -24,7 +24,7 @@ import torch
 
 from bench.errors import BenchError
 from bench.registry import Registry
-from metrics.base import METRICS, EvalContext
+from metrics.base import METRICS, EvalContext, declared_settings
 
 
 class MetricUnavailable(BenchError):
@@ -147,6 +147,7 @@ def preflight(protocol: str, metrics: list[str] | None, ctx: EvalContext,
     """(metrics to run, {skipped metric: reason}). Fails with the one-line fix for a metric asked for by name."""
     proto = get_protocol(protocol)
     names = list(metrics) if metrics else list(proto.metrics)
+    check_overrides(names, overrides)
     run, skipped = [], {}
     for name in names:
         fn = METRICS.get(name)
@@ -161,6 +162,21 @@ def preflight(protocol: str, metrics: list[str] | None, ctx: EvalContext,
                 continue
         run.append(name)
     return run, skipped
+
+
+def check_overrides(names: list[str], overrides: dict[str, dict[str, Any]] | None) -> None:
+    """Refuse ``--set METRIC.KEY=...`` items that would be stored without acting: a metric not being
+    evaluated, or a key the metric does not read (for metrics that declare their settings)."""
+    for metric, items in (overrides or {}).items():
+        METRICS.get(metric)  # an unknown name fails here, with the known ones
+        if metric not in names:
+            raise BenchError(f"--set {metric}.{next(iter(items))}: metric {metric!r} is not evaluated here "
+                             f"(this evaluation runs {', '.join(names)}); add it with --metrics {metric}")
+        known = declared_settings(metric)
+        unknown = sorted(set(items) - known) if known is not None else []
+        if unknown:
+            raise BenchError(f"--set {metric}.{unknown[0]}: unknown setting {unknown[0]!r} of metric {metric}; "
+                             f"its settings: {', '.join(sorted(known))}")
 
 
 def evaluate(model, data, protocol: str, n_examples: int, ctx: EvalContext,

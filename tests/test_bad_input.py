@@ -28,8 +28,8 @@ def assert_one_error_line(res, *fragments, code=2):
     assert "Traceback" not in res.stderr
     assert len(res.error_lines) == 1, res.stderr
     lines = [line for line in res.stderr.splitlines() if line.strip()]
-    # only the "run: ..." banner may come before the error, nothing after it
-    assert lines[-1] == res.error_lines[0] and all(line.startswith("run: ") for line in lines[:-1]), res.stderr
+    # only the "run <id>: ..." banner may come before the error, nothing after it
+    assert lines[-1] == res.error_lines[0] and all(line.startswith("run ") for line in lines[:-1]), res.stderr
     for f in fragments:
         assert f in res.error_lines[0], (f, res.error_lines[0])
 
@@ -96,6 +96,48 @@ def test_bad_npz_file_is_rejected_before_a_run_starts(bench_cli, tmp_path, out_w
     before = snapshot(out_with_a_run)
     res = bench_cli("run", "--method", "ce", "--dataset", f"npz:{bad}", *make_tiny_args(out_with_a_run, shapes_data_dir))
     assert_one_error_line(res, "'x' must be uint8 of shape (N, H, W, 3)")
+    assert snapshot(out_with_a_run) == before
+
+
+def _npz(path, n=60, size=16, labels=None, **extra):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % 2 if labels is None else labels
+    np.savez(path, x=rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), y=np.asarray(y, np.int64), **extra)
+    return path
+
+
+@pytest.mark.parametrize("make, fragments", [
+    (lambda p: _npz(p, n=0, labels=[]), ["holds no images (array 'x' is empty)"]),
+    (lambda p: _npz(p, labels=[0] * 60), ["has 1 class; a classifier needs at least 2"]),
+    (lambda p: _npz(p, classes=__import__("numpy").array(["cat", "dog", "emu"])),
+     ["class 'emu' has no training images", "drop them from 'classes' or add images"]),
+    (lambda p: _npz(p, size=4), ["needs images larger than 4 pixels; these are 4x4", "--set data.pad_mode=zeros"]),
+])
+def test_unusable_npz_data_is_refused_before_a_run_starts(make, fragments, bench_cli, tmp_path, out_with_a_run,
+                                                          shapes_data_dir):
+    bad = make(tmp_path / "bad.npz")
+    before = snapshot(out_with_a_run)
+    res = bench_cli("run", "--method", "ce", *make_tiny_args(out_with_a_run, shapes_data_dir), "--dataset",
+                    f"npz:{bad}", "--set", "data.batch_size=8", "--set", "data.train_subset=0")
+    assert_one_error_line(res, *fragments)
+    assert snapshot(out_with_a_run) == before
+
+
+@pytest.mark.parametrize("sets, fragments", [
+    (["pgd.stepz=1"], ["--set pgd.stepz: unknown setting 'stepz' of metric pgd", "alpha, eps, input_noise",
+                       "restarts, steps"]),
+    (["pgdd.steps=1"], ["unknown metric 'pgdd'"]),
+    (["autoattack.eps=0.1"], ["metric 'autoattack' is not evaluated here (this evaluation runs clean, pgd)",
+                              "--metrics autoattack"]),
+])
+def test_eval_settings_that_would_not_act_are_refused(sets, fragments, bench_cli, out_with_a_run, complete_run):
+    before = snapshot(out_with_a_run)
+    args = ["eval", complete_run.name, "--out", str(out_with_a_run), "-q", "--protocol", "quick"]
+    for item in sets:
+        args += ["--set", item]
+    assert_one_error_line(bench_cli(*args), *fragments)
     assert snapshot(out_with_a_run) == before
 
 

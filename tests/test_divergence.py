@@ -83,3 +83,29 @@ def test_rollbacks_run_out_then_stop(bench_cli, tiny_args, results_root, shapes_
     assert "rolled back 1 times already" in res.error_lines[0]
     _, rec = only_run(results_root)
     assert rec["status"] == "diverged" and len(rec["training"]["rollbacks"]) == 1
+
+
+def test_a_diverged_run_resumes_with_a_lower_learning_rate(bench_cli, tiny_args, results_root, shapes_data_dir):
+    from test_bad_input import assert_one_error_line, snapshot
+
+    assert bench_cli(*jem_args(tiny_args, results_root, shapes_data_dir)).exit_code == 3
+    run_dir, _ = only_run(results_root)
+    before = snapshot(results_root)
+    # only settings that do not redefine the weights trained so far may change
+    res = bench_cli("run", "--resume", run_dir.name, "--out", str(results_root), "--set", "optim.gamma=1")
+    assert_one_error_line(res, "--resume cannot change optim.gamma", "only optim.lr, train.on_divergence")
+    res = bench_cli("run", "--resume", run_dir.name, "--out", str(results_root), "--set", "optim.lr=-1")
+    assert_one_error_line(res, "optim.lr")
+    assert snapshot(results_root) == before
+    # the JEM user's manual restart: the same run, from its last good checkpoint, at a lower learning rate
+    res = bench_cli("run", "--resume", run_dir.name, "--out", str(results_root), "-q", "--set", "optim.lr=1e-9")
+    assert res.exit_code == 0, res.stderr
+    assert "optim.lr: 0.0001 -> 1e-09" in res.stderr
+    rec = json.loads((run_dir / "record.json").read_text())
+    assert rec["status"] == "complete" and rec["training"]["steps_done"] == 12
+    assert rec["config"]["optim"]["lr"] == 1e-9 and rec["changes"]["optim.lr"] == 1e-9
+    resume = rec["training"]["resumes"][-1]
+    assert resume["at_step"] == 8 and resume["overrides"] == {"optim.lr": {"from": 0.0001, "to": 1e-9}}
+    # after the milestone the schedule multiplies the new base rate by gamma: 1e-9 * 1e5
+    assert [h["lr"] for h in rec["training"]["history"] if h["step"] > 8] == pytest.approx([1e-4, 1e-4])
+    assert all(math.isfinite(h["loss"]) for h in rec["training"]["history"])

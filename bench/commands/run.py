@@ -19,7 +19,10 @@ from bench.errors import BenchError
               help="smoke (seconds), cpu (minutes), paper (WRN-28-10, reference settings).")
 @click.option("--config", "config_file", default=None, help="YAML/JSON file of settings (sections data:, optim:, ...).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override one setting, e.g. --set optim.lr=0.01 --set method.steps=7. Repeatable.")
+              help="Override one setting, e.g. --set optim.lr=0.01 --set method.steps=7. Repeatable. With "
+                   "--resume only optim.lr, train.on_divergence, train.max_rollbacks, train.rollback_lr_factor, "
+                   "train.divergence_bound, train.checkpoint_every, train.keep_checkpoints, data.data_dir (--data-dir) and "
+                   "eval.* may change.")
 @click.option("--seed", type=int, default=None, help="Random seed (default 0).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Default: auto.")
 @click.option("--data-dir", default=None, help="Folder holding the dataset files (default ./data).")
@@ -43,6 +46,7 @@ def run(method, dataset, arch, preset, config_file, overrides, seed, device, dat
       bench run --method pgd-at --dataset npz:../shared/data/cifar10-train-5k.npz --preset cpu
       bench run --method ebjdat --dataset cifar10 --data-dir ~/data
       bench run --resume 20261124-101500-pgd-at-shapes10-1a2b3c
+      bench run --resume 20261124-101500-jem++-cifar10-9f8e7d --set optim.lr=0.01 --on-divergence rollback
     """
     from bench.runner import resume_run, start_run
     from bench.summary import run_summary_lines
@@ -54,11 +58,14 @@ def run(method, dataset, arch, preset, config_file, overrides, seed, device, dat
             sys.exit(_relaunch_with_torchrun(nproc))
     if resume:
         given = [n for n, v in (("--method", method), ("--dataset", dataset), ("--arch", arch),
-                                ("--config", config_file), ("--set", overrides), ("--seed", seed)) if v]
+                                ("--config", config_file), ("--seed", seed)) if v]
         if given:
-            raise BenchError(f"--resume continues a run with its saved config; drop {', '.join(given)}")
+            raise BenchError(f"--resume continues a run with its saved config; drop {', '.join(given)} (on resume "
+                             "--set may change only the learning rate, divergence, checkpoint and eval settings)")
+        extra = list(overrides) + ([f"train.on_divergence={on_divergence}"] if on_divergence else []) \
+            + ([f"data.data_dir={data_dir}"] if data_dir else [])
         result = resume_run(resume, out=out, device=device, show_progress=not quiet, checkpoint_path=checkpoint_path,
-                            announce=_announce)
+                            announce=_announce, overrides=extra)
     else:
         if not method:
             raise BenchError("missing --method; choose one with `bench list methods`, e.g. bench run --method ce")

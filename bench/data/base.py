@@ -68,10 +68,31 @@ def load_run_data(cfg) -> ImageData:
 
 
 def _check(data: ImageData) -> None:
+    """Refuse, in one line, a dataset no classifier can be trained and tested on."""
+    from bench.errors import BenchError
+
     for split in ("train", "test"):
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
-        assert x.dtype == torch.uint8 and x.ndim == 4 and x.shape[1] in (1, 3), (split, x.shape, x.dtype)
-        assert y.dtype == torch.int64 and y.shape == (x.shape[0],), (split, y.shape)
+        if not (isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.ndim == 4 and x.shape[1] in (1, 3)):
+            raise BenchError(f"dataset {data.name}: {split} images must be uint8 (N, 3, H, W) (or 1 channel), got "
+                             f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
+        if not (isinstance(y, torch.Tensor) and y.dtype == torch.int64 and y.shape == (x.shape[0],)):
+            raise BenchError(f"dataset {data.name}: {split} labels must be int64 (N,), one per image")
+        if x.shape[0] == 0:
+            raise BenchError(f"dataset {data.name} has no {split} images; a run needs both splits")
+    if data.x_train.shape[1:] != data.x_test.shape[1:]:
+        raise BenchError(f"dataset {data.name}: train images are {tuple(data.x_train.shape[1:])} but test images "
+                         f"{tuple(data.x_test.shape[1:])}; both splits need one image size")
+    if len(data.classes) < 2:
+        raise BenchError(f"dataset {data.name} has {len(data.classes)} class; a classifier needs at least 2 (every "
+                         "accuracy would be 100%)")
+    counts = torch.bincount(data.y_train, minlength=len(data.classes))
+    empty = [data.classes[i] for i in range(len(data.classes)) if counts[i] == 0]
+    if empty:
+        shown = ", ".join(map(repr, empty[:5])) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise BenchError(f"dataset {data.name}: class{'es' if len(empty) > 1 else ''} {shown} "
+                         f"{'have' if len(empty) > 1 else 'has'} no training images; drop them from 'classes' "
+                         "or add images")
 
 
 def split_validation(data: ImageData, val_size: int, seed: int, train_subset: int = 0) -> ImageData:

@@ -46,6 +46,8 @@ def npz_dataset(path, cfg) -> ImageData:
         raise BenchError(f"{path!r} must hold arrays 'x' (uint8 NHWC) and 'y' (labels); it has {sorted(arrays)}")
     x = _nchw(arrays["x"], path, "x")
     y = _labels(arrays["y"], x.shape[0], path, "y")
+    if x.shape[0] == 0:
+        raise BenchError(f"{path!r} holds no images (array 'x' is empty)")
     if "classes" in arrays:
         classes = [str(c) for c in arrays["classes"].tolist()]
     else:

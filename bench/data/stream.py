@@ -59,6 +59,20 @@ def check_batch_fits(batch_size: int, world: int, n: int, setting: str = "data.b
                          f"lower it with --set {setting}=N")
 
 
+CROP_PAD = 4  # pixels of padding before the random crop of data.augment
+
+
+def check_augment_fits(image_shape: tuple[int, ...], augment: bool, pad_mode: str) -> None:
+    """Reflect padding needs images larger than the padding: one clear error instead of F.pad's."""
+    h, w = image_shape[-2:]
+    if augment and pad_mode == "reflect" and min(h, w) <= CROP_PAD:
+        from bench.errors import BenchError
+
+        raise BenchError(f"data.augment pads images by {CROP_PAD} pixels with pad_mode=reflect, which needs images "
+                         f"larger than {CROP_PAD} pixels; these are {h}x{w}: --set data.pad_mode=zeros or "
+                         "--set data.augment=false")
+
+
 class BatchStream:
     """Shuffled fixed-size batches of one split, resident on ``device`` (sharded across ranks)."""
 
