@@ -14,7 +14,8 @@ from bench.attacks.pgd import pgd_linf
 from metrics.base import accuracy_headline, accuracy_summary, batches, progress, register_metric, test_subset
 
 
-@register_metric("pgd", headlines=(accuracy_headline("pgd"),), order=20, summary=accuracy_summary)
+@register_metric("pgd", headlines=(accuracy_headline("pgd"),), order=20, summary=accuracy_summary,
+                 settings=("eps", "alpha", "steps", "restarts"))
 def pgd(model, data, settings, ctx) -> dict:
     eps = settings.get("eps", 8 / 255)
     alpha = settings.get("alpha", 2 / 255)
