@@ -21,6 +21,7 @@ from bench.records import RunRecord
 from bench.saved_runs import buffer_state, load_run_model
 from bench.signals import terminate_as_interrupt
 from metrics import METRICS, EvalContext, Presentation, evaluate, get_protocol, presentation
+from metrics.guards import apply_ordering
 from metrics.protocols import preflight
 
 
@@ -91,8 +92,13 @@ def evaluate_saved_run(run_dir: Path, protocol: str = "standard", metrics: list[
         echo(f"skipped {name}: {why}")
     results: dict[str, dict[str, Any]] = {}
 
+    def merge(rec: RunRecord) -> None:
+        # the ordering checks (AutoAttack <= PGD) also look at this protocol's stored results
+        apply_ordering(results, (rec.data.get("evaluations") or {}).get(protocol))
+        rec.merge_evaluation(protocol, results, save=False)
+
     def save() -> dict:  # read-modify-write under the run's lock: the run may be training meanwhile
-        return RunRecord.update(run_dir, lambda rec: rec.merge_evaluation(protocol, results, save=False)).data
+        return RunRecord.update(run_dir, merge).data
 
     try:
         with terminate_as_interrupt():  # SIGTERM (a scheduler's stop) saves the finished metrics too

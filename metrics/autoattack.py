@@ -36,6 +36,7 @@ import torch
 
 from bench.io import write_json
 from metrics.base import accuracy_headline, accuracy_summary, register_metric, test_subset
+from metrics.guards import ForwardWatch, PerturbationMeter, check, forward_is_random, randomness_check, verdict
 
 VERSIONS = ("standard", "rand", "plus", "custom")
 ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
@@ -208,6 +209,9 @@ def autoattack(model, data, settings, ctx) -> dict:
 
     t0 = time.perf_counter()
     warnings: list[str] = []
+    eot = int(getattr(aa.apgd, "eot_iter", 1) or 1) if any(a.startswith("apgd") for a in order) else 1
+    random, diff = forward_is_random(model, x[: min(n, 64)].to(device))
+    watch, meter = ForwardWatch(model), PerturbationMeter()
     if remaining and (robust is None or bool(robust.any())):
         seg = torch.arange(n) if robust is None else torch.nonzero(robust).view(-1)
         prog["segment"] = seg.tolist()
@@ -230,7 +234,9 @@ def autoattack(model, data, settings, ctx) -> dict:
         was_training = model.training
         model.eval()
         try:
-            _, y_adv = aa.run_standard_evaluation(x[seg], y[seg], batch_size=bs, state_path=state_path)
+            with watch:
+                x_adv, y_adv = aa.run_standard_evaluation(x[seg], y[seg], batch_size=bs, state_path=state_path)
+            meter.add(x[seg].to(x_adv.device), x_adv)
         finally:
             logger.removeHandler(rec)
             logger.setLevel(old_level)
@@ -281,7 +287,15 @@ def autoattack(model, data, settings, ctx) -> dict:
     for p in (state_path, progress_path):
         if p.exists():
             p.unlink()
-    return out
+    checks = {"randomness": randomness_check(random, diff, eot),
+              "library": check(not warnings, "; ".join(warnings) if warnings else
+                               "pyautoattack's own checks raised no warning")}
+    if watch.calls:  # attacks ran in this call (not all restored from an interrupted evaluation's state)
+        checks["forward"] = watch.result()
+        if norm == "Linf":  # the meter measures l-inf distances
+            checks["perturbation"] = meter.result(eps)
+    out["eot"] = eot
+    return verdict(out, checks)
 
 
 def _version() -> str:

@@ -1,7 +1,9 @@
 """``pgd``: robust accuracy under l-inf PGD-k with random start (and optional restarts).
 
-Settings: ``eps``, ``alpha`` (pixel units), ``steps``, ``restarts``, ``n_examples``. A sample
-counts as robust only if it is classified correctly under every restart.
+Settings: ``eps``, ``alpha`` (pixel units), ``steps``, ``restarts``, ``eot`` (gradient samples per
+step for a model whose forward is random; 1 = none), ``n_examples``. A sample counts as robust only
+if it is classified correctly under every restart. The result carries the guardrail checks of
+:mod:`metrics.guards` (forward passes, perturbation size, randomness) and ``reliable``.
 """
 
 from __future__ import annotations
@@ -12,28 +14,41 @@ import torch
 
 from bench.attacks.pgd import pgd_linf
 from metrics.base import accuracy_headline, accuracy_summary, batches, progress, register_metric, test_subset
+from metrics.guards import (ForwardWatch, PerturbationMeter, forward_is_random, randomness_check, verdict,
+                           zero_gradient_check)
 
 
 @register_metric("pgd", headlines=(accuracy_headline("pgd"),), order=20, summary=accuracy_summary,
-                 settings=("eps", "alpha", "steps", "restarts"))
+                 settings=("eps", "alpha", "steps", "restarts", "eot"))
 def pgd(model, data, settings, ctx) -> dict:
     eps = settings.get("eps", 8 / 255)
     alpha = settings.get("alpha", 2 / 255)
     steps = int(settings.get("steps", 20))
     restarts = int(settings.get("restarts", 1))
+    eot = max(1, int(settings.get("eot", 1)))
     x, y = test_subset(data, settings.get("n_examples", 0))
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(ctx.seed)  # the same random starts for every model evaluated with this seed
     robust = clean = 0
+    random, diff, gradients = False, 0.0, {}
+    meter = PerturbationMeter()
     nb = math.ceil(x.shape[0] / ctx.batch_size)
     try:
-        for xb, yb in progress(batches(x, y, ctx.batch_size, ctx.device), nb, f"pgd-{steps}", ctx.show_progress):
-            with torch.no_grad():
-                clean += int((model(xb).argmax(1) == yb).sum())
-            x_adv = pgd_linf(model, xb, yb, eps=eps, alpha=alpha, steps=steps, restarts=restarts)
-            with torch.no_grad():
-                robust += int((model(x_adv).argmax(1) == yb).sum())
+        with ForwardWatch(model) as watch:
+            for i, (xb, yb) in enumerate(progress(batches(x, y, ctx.batch_size, ctx.device), nb, f"pgd-{steps}",
+                                                  ctx.show_progress)):
+                if i == 0:
+                    random, diff = forward_is_random(model, xb[:64])
+                    gradients = zero_gradient_check(model, xb[:64], yb[:64])
+                with torch.no_grad():
+                    clean += int((model(xb).argmax(1) == yb).sum())
+                x_adv = pgd_linf(model, xb, yb, eps=eps, alpha=alpha, steps=steps, restarts=restarts, eot=eot)
+                meter.add(xb, x_adv)
+                with torch.no_grad():
+                    robust += int((model(x_adv).argmax(1) == yb).sum())
     finally:
         torch.random.set_rng_state(gen_state)
     n = x.shape[0]
-    return {"accuracy": robust / n, "clean_accuracy": clean / n, "n_examples": n}
+    out = {"accuracy": robust / n, "clean_accuracy": clean / n, "n_examples": n, "eps": eps, "eot": eot}
+    return verdict(out, {"forward": watch.result(), "perturbation": meter.result(eps), "gradients": gradients,
+                         "randomness": randomness_check(random, diff, eot)})

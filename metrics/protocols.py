@@ -25,6 +25,8 @@ import torch
 from bench.errors import BenchError
 from bench.registry import Registry
 from metrics.base import METRICS, EvalContext, declared_settings
+from metrics.guards import apply_ordering
+from metrics.intervals import accuracy_interval
 
 
 class MetricUnavailable(BenchError):
@@ -37,7 +39,10 @@ class Protocol:
     description: str
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # metric -> settings
     optional: frozenset[str] = frozenset()  # skipped (with the reason) when their inputs are unavailable
-    input_noise: float = 0.0  # std of Gaussian noise added once to the [0, 1] test images (pixel units)
+    input_noise: float = 0.0  # std of Gaussian noise on the [0, 1] test images (pixel units)
+    # False: the noise is drawn once per image, before any metric (the attacked function is deterministic);
+    # True: drawn afresh inside every forward pass, a randomised defence (attack it with EOT)
+    noise_per_forward: bool = False
 
 
 # a plugin's entry point (group trilemma_bench.protocols) names a Protocol, or a module calling register_protocol
@@ -116,6 +121,38 @@ register_protocol(
 )
 
 
+register_protocol(
+    Protocol(
+        name="paper-eot",
+        description=(
+            "the paper protocol's settings (eps 4/255 and PGD-20 step 0.5/255 in pixels, random start; AutoAttack "
+            "APGD 20 iterations) on a randomised deployment: the N(0, 0.015^2) pixel noise is drawn afresh inside every "
+            "forward pass (clamped to [0, 1]), and the attacks average over it (expectation over transformation): "
+            "PGD-20 with EOT 20, AutoAttack 'rand' (APGD-CE, APGD-DLR, 20 iterations, EOT 20, 1 restart). The gap to "
+            "`paper` (noise drawn once per image) is the robustness the noise gives against an attacker that averages"
+        ),
+        metrics={
+            "clean": {},
+            "pgd": {**PAPER_PGD, "eot": 20},
+            "autoattack": {"version": "rand", "norm": "Linf", "eps": 4 / 255, "apgd_iter": 20, "apgd_restarts": 1},
+        },
+        input_noise=0.015,
+        noise_per_forward=True,
+    )
+)
+
+
+class TestTimeNoise(torch.nn.Module):
+    """``model`` behind N(0, std^2) noise on its [0, 1] input, drawn afresh on every forward pass."""
+
+    def __init__(self, model: torch.nn.Module, std: float):
+        super().__init__()
+        self.model, self.std = model, std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x + self.std * torch.randn_like(x)).clamp(0.0, 1.0))
+
+
 def get_protocol(name: str) -> Protocol:
     return PROTOCOLS.get(name)
 
@@ -139,6 +176,7 @@ def metric_settings(proto: Protocol, name: str, n_examples: int | None,
     settings.update((overrides or {}).get(name, {}))
     if proto.input_noise:
         settings["input_noise"] = proto.input_noise
+        settings["input_noise_drawn"] = "every forward pass" if proto.noise_per_forward else "once per image"
     return settings
 
 
@@ -193,7 +231,9 @@ def evaluate(model, data, protocol: str, n_examples: int, ctx: EvalContext,
     names, why = preflight(protocol, metrics, ctx, n_examples, overrides)
     if skipped is not None:
         skipped.update(why)
-    if proto.input_noise:
+    if proto.input_noise and proto.noise_per_forward:
+        model = TestTimeNoise(model, proto.input_noise)
+    elif proto.input_noise:
         data = noisy_view(data, proto.input_noise, ctx.seed)
     results: dict[str, dict[str, Any]] = {}
     was_training = model.training
@@ -206,6 +246,7 @@ def evaluate(model, data, protocol: str, n_examples: int, ctx: EvalContext,
             out = fn(model, data, settings, ctx)
             results[name] = {
                 **out,
+                **_interval(out),
                 "protocol": proto.name,
                 "settings": settings,
                 "seconds": round(time.perf_counter() - t0, 3),
@@ -213,4 +254,13 @@ def evaluate(model, data, protocol: str, n_examples: int, ctx: EvalContext,
             }
     finally:
         model.train(was_training)
+    apply_ordering(results)
     return results
+
+
+def _interval(out: dict[str, Any]) -> dict[str, Any]:
+    """``accuracy_ci95``, the 95 % Wilson interval, for a result with an accuracy on n examples."""
+    acc, n = out.get("accuracy"), out.get("n_examples")
+    if isinstance(acc, (int, float)) and not isinstance(acc, bool) and isinstance(n, int) and n > 0:
+        return {"accuracy_ci95": accuracy_interval(float(acc), n)}
+    return {}

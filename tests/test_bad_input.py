@@ -126,7 +126,7 @@ def test_unusable_npz_data_is_refused_before_a_run_starts(make, fragments, bench
 
 
 @pytest.mark.parametrize("sets, fragments", [
-    (["pgd.stepz=1"], ["--set pgd.stepz: unknown setting 'stepz' of metric pgd", "alpha, eps, input_noise",
+    (["pgd.stepz=1"], ["--set pgd.stepz: unknown setting 'stepz' of metric pgd", "alpha, eot, eps, input_noise",
                        "restarts, steps"]),
     (["pgdd.steps=1"], ["unknown metric 'pgdd'"]),
     (["autoattack.eps=0.1"], ["metric 'autoattack' is not evaluated here (this evaluation runs clean, pgd)",

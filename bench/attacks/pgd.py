@@ -61,6 +61,7 @@ def pgd_linf(
     lo: float = 0.0,
     hi: float = 1.0,
     start: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    eot: int = 1,
 ) -> torch.Tensor:
     """Return adversarial examples for ``(x, y)`` (detached, within the eps-ball and [lo, hi]).
 
@@ -69,6 +70,8 @@ def pgd_linf(
     ``start``, when given, maps the clean batch to the starting point of each restart in place
     of the uniform random start (used as returned: the projection applies after the first
     step; TRADES starts from ``x + 0.001 * N(0, I)``).
+    ``eot`` > 1: expectation over transformation for a model whose forward is random; each step
+    follows the sign of the gradient summed over ``eot`` forward/backward passes.
     """
     x = x.detach()
     best, best_loss, best_wrong = x.clone(), None, None
@@ -84,6 +87,8 @@ def pgd_linf(
             for _ in range(steps):
                 x_adv.requires_grad_(True)
                 g = input_grad(objective(model(x_adv), y), x_adv)
+                for _ in range(eot - 1):
+                    g = g + input_grad(objective(model(x_adv), y), x_adv)
                 x_adv = project_linf(x_adv.detach() + alpha * g.sign(), x, eps, lo, hi)
             x_adv = x_adv.detach()
             if restarts <= 1:
