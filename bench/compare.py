@@ -38,18 +38,42 @@ REFERENCE_NOTE = ("reported rows are published numbers, not measured here. 'pape
                   "RobustBench leaderboard (10k test images, standard AutoAttack).")
 
 
+TIDY_COLUMNS = ["run_id", "protocol", "metric", "key", "value", "n_examples", "reliable", "ci_lo", "ci_hi"]
+
+
+def _interval(res: dict[str, Any], key: str) -> tuple[float | None, float | None]:
+    """The stored 95 % interval of an accuracy (worked out from n for results stored before intervals)."""
+    if key != "accuracy":
+        return None, None
+    ci = res.get("accuracy_ci95")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2:
+        return float(ci[0]), float(ci[1])
+    n = res.get("n_examples")
+    if isinstance(n, int) and n > 0:
+        from metrics.intervals import accuracy_interval
+
+        lo, hi = accuracy_interval(float(res["accuracy"]), n)
+        return lo, hi
+    return None, None
+
+
 def tidy(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """A row per stored number, with its sample count, its result's reliability (None: unchecked)
+    and, for accuracies, the 95 % interval."""
     rows = []
     for r in records:
         for protocol, metrics in (r.get("evaluations") or {}).items():
             for metric, res in metrics.items():
                 if not isinstance(res, dict):
                     continue
+                reliable = res.get("reliable") if isinstance(res.get("reliable"), bool) else None
                 for key, value in res.items():
                     if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("n_examples", "seconds"):
+                        lo, hi = _interval(res, key)
                         rows.append({"run_id": r["run_id"], "protocol": protocol, "metric": metric, "key": key,
-                                     "value": float(value), "n_examples": res.get("n_examples")})
-    return pd.DataFrame(rows, columns=["run_id", "protocol", "metric", "key", "value", "n_examples"])
+                                     "value": float(value), "n_examples": res.get("n_examples"),
+                                     "reliable": reliable, "ci_lo": lo, "ci_hi": hi})
+    return pd.DataFrame(rows, columns=TIDY_COLUMNS)
 
 
 def reference_frame() -> pd.DataFrame:
@@ -109,37 +133,60 @@ def headline(t: pd.DataFrame) -> pd.DataFrame:
         shown = presentation(row.metric)
         for i, h in enumerate(shown.headlines_for(row.metric, stored[row.metric])):
             if h.key == row.key:
+                ci = [None if pd.isna(v) else h.shown(v) for v in (getattr(row, "ci_lo", None), getattr(row, "ci_hi", None))]
+                # a checked metric's result without checks (stored before they existed) is "unchecked"
+                reliable = getattr(row, "reliable", None)
+                reliable = "no" if reliable is False else "yes" if reliable is True else (
+                    "unchecked" if shown.checked else None)
                 keep.append({"run_id": row.run_id, "column": f"{row.protocol}/{h.label}", "value": h.shown(row.value),
-                             "n_examples": row.n_examples,
+                             "n_examples": row.n_examples, "reliable": reliable, "ci_lo": ci[0], "ci_hi": ci[1],
                              "order": (_protocol_rank(row.protocol), shown.order, row.metric, i)})
-    return pd.DataFrame(keep, columns=["run_id", "column", "value", "n_examples", "order"])
+    return pd.DataFrame(keep, columns=["run_id", "column", "value", "n_examples", "reliable", "ci_lo", "ci_hi", "order"])
 
 
-def _wide(head: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    values = head.pivot_table(index="run_id", columns="column", values="value", aggfunc="first")
-    counts = head.pivot_table(index="run_id", columns="column", values="n_examples", aggfunc="first")
+def _wide(head: pd.DataFrame, ci: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """Runs x columns: each headline number followed by its ``n``, its ``reliable`` mark (robustness
+    numbers) and, with ``ci``, its 95 % interval bounds (accuracies)."""
     order = head.drop_duplicates("column").sort_values("order", kind="stable")["column"].tolist()
-    counts = counts.reindex(columns=order)
-    counts.columns = [f"{c} n" for c in counts.columns]
-    wide = values.reindex(columns=order).join(counts)
+
+    def pivot(values: str, suffix: str) -> pd.DataFrame:
+        p = head.pivot_table(index="run_id", columns="column", values=values, aggfunc="first", dropna=False)
+        p = p.reindex(columns=order)
+        p.columns = [f"{c}{suffix}" for c in p.columns]
+        return p
+
+    parts = {"": pivot("value", ""), " n": pivot("n_examples", " n"), " reliable": pivot("reliable", " reliable")}
+    if ci:
+        parts[" ci_lo"], parts[" ci_hi"] = pivot("ci_lo", " ci_lo"), pivot("ci_hi", " ci_hi")
+    wide = pd.concat(parts.values(), axis=1)
     cols = []
     for c in order:
-        cols += [c, f"{c} n"]
+        for suffix in parts:
+            name = f"{c}{suffix}"
+            if suffix == "" or suffix == " n" or wide[name].notna().any():
+                cols.append(name)
     return wide[cols].reset_index(), cols
 
 
-def leaderboard(records: list[dict[str, Any]], reference: bool = False) -> pd.DataFrame:
+def leaderboard(records: list[dict[str, Any]], reference: bool = False, ci: bool = False,
+                reliable_only: bool = False) -> pd.DataFrame:
+    """The table: a row per run (and reference row), headline columns with n, reliability and
+    (``ci``) intervals. ``reliable_only`` blanks every number that failed a guardrail check or
+    was never checked."""
     runs = run_table(records)
     head = headline(tidy(records))
+    if reliable_only:
+        head = head[head["reliable"].isna() | (head["reliable"] == "yes")]
     ref = reference_frame() if reference else None
     if ref is not None:
         ref_head = headline(ref[["run_id", "protocol", "metric", "key", "value", "n_examples"]])
+        ref_head["reliable"] = "reported"  # published numbers: their checks are the source's
         head = pd.concat([head, ref_head], ignore_index=True) if not head.empty else ref_head
     if head.empty:
         df = runs
         cols: list[str] = []
     else:
-        wide, cols = _wide(head)
+        wide, cols = _wide(head, ci=ci)
         df = runs.merge(wide, on="run_id", how="left")
     if ref is None:
         return df
@@ -184,17 +231,48 @@ def _drop_empty(df: pd.DataFrame) -> pd.DataFrame:
     return df[keep]
 
 
+MARKS = {"no": "!", "unchecked": "?"}
+MARK_NOTE = ("! failed a guardrail check (bench show RUN lists which); ? stored before the checks existed "
+             "(evaluate again with bench eval)")
+
+
+def for_reading(df: pd.DataFrame) -> pd.DataFrame:
+    """The table as text cells for Markdown/LaTeX: a robustness number carries its reliability mark
+    (``!`` failed a check, ``?`` unchecked) and, where present, its interval ``[lo, hi]``; the
+    helper columns behind them are folded in."""
+    out = df.astype(object).where(df.notna(), None)
+    helpers = [c for c in df.columns if c.endswith((" reliable", " ci_lo", " ci_hi"))]
+    for c in df.columns:
+        if f"{c} reliable" not in df.columns and f"{c} ci_lo" not in df.columns:
+            continue
+        cells = []
+        for i in range(len(df)):
+            v = df[c].iloc[i]
+            if pd.isna(v):
+                cells.append(None)
+                continue
+            text = f"{v:g}"
+            if f"{c} ci_lo" in df.columns and pd.notna(df[f"{c} ci_lo"].iloc[i]):
+                text += f" [{df[f'{c} ci_lo'].iloc[i]:g}, {df[f'{c} ci_hi'].iloc[i]:g}]"
+            if f"{c} reliable" in df.columns:
+                text += MARKS.get(df[f"{c} reliable"].iloc[i], "")
+            cells.append(text)
+        out[c] = cells
+    return out.drop(columns=helpers)
+
+
 def render(df: pd.DataFrame, fmt: str) -> str:
     if fmt == "md":
-        shown = df.astype(object).where(df.notna(), None)  # missing values blank in every column type
-        text = shown.to_markdown(index=False, floatfmt="g", missingval="")
+        text = for_reading(df).to_markdown(index=False, floatfmt="g", missingval="")
+        if any(c.endswith(" reliable") and df[c].isin(list(MARKS)).any() for c in df.columns):
+            text += "\n\n" + MARK_NOTE
         if "kind" in df.columns and (df["kind"] == "reported").any():
             text += "\n\n" + REFERENCE_NOTE
         return text
     if fmt == "csv":
         return df.to_csv(index=False)
     if fmt == "latex":
-        return df.to_latex(index=False, na_rep="", float_format=lambda v: f"{v:g}", escape=True)
+        return for_reading(df).to_latex(index=False, na_rep="", float_format=lambda v: f"{v:g}", escape=True)
     if fmt == "json":
         return df.to_json(orient="records", indent=2)
     raise BenchError(f"unknown format {fmt!r}; choose md, csv, latex or json")
@@ -217,11 +295,12 @@ def load_records(out: str | Path) -> list[dict[str, Any]]:
 
 
 def compare(out: str | Path, fmt: str = "md", sort: str | None = None, ascending: bool = False,
-            filters: tuple[str, ...] = (), reference: bool = False) -> str:
+            filters: tuple[str, ...] = (), reference: bool = False, ci: bool = False,
+            reliable_only: bool = False) -> str:
     records = load_records(out)
     if not records and not reference:
         raise BenchError(f"no runs under {Path(out) / 'runs'}/; train one with: bench run --method ce --preset smoke")
-    df = leaderboard(records, reference=reference)
+    df = leaderboard(records, reference=reference, ci=ci, reliable_only=reliable_only)
     df = apply_filters(df, filters)
     df = sort_table(df, sort, ascending)
     if reference:

@@ -45,9 +45,18 @@ def format_result(metric: str, res: dict[str, Any]) -> str:
     """One line for a stored result, as the metric presents itself (its headline numbers if its own
     summary does not fit the result, e.g. a result of an older version)."""
     try:
-        return presentation(metric).describe(metric, res)
+        text = presentation(metric).describe(metric, res)
     except (KeyError, TypeError, ValueError):
-        return Presentation().describe(metric, res)
+        text = Presentation().describe(metric, res)
+    ci = res.get("accuracy_ci95")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2:
+        text += f"  95% CI [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]%"
+    if res.get("reliable") is False:
+        failed = [k for k, c in (res.get("checks") or {}).items() if not c.get("passed", True)]
+        text += f"  UNRELIABLE (failed: {', '.join(failed)}; see unreliable_reasons in the record)"
+    elif res.get("reliable") is None and presentation(metric).checked:
+        text += "  (unchecked: stored before the guardrail checks; evaluate again)"
+    return text
 
 
 def evaluate_into(record: RunRecord, model, data, cfg, device, show_progress: bool, protocol: str | None = None,

@@ -121,7 +121,7 @@ def run_perf(methods: list[str], preset: str, *, arch: str | None = None, device
              aa_examples: int = 100, aa_version: str = "standard", out: str = "results") -> dict[str, Any]:
     """Training steps per method and variant, the samplers, FID features (``fid_images`` > 0) and
     AutoAttack on the trained runs ``aa_runs``."""
-    from bench.perf_eval import time_autoattack, time_fid_features
+    from bench.perf_eval import time_autoattack, time_fid_features, time_guardrails
 
     dev = resolve_device(device)
     if peak_tflops:
@@ -142,6 +142,7 @@ def run_perf(methods: list[str], preset: str, *, arch: str | None = None, device
                                        sampler_rows=samplers if v == "fast" else None))
     fid = time_fid_features(dev, n_images=fid_images) if fid_images > 0 else {"skipped": "not asked (--fid-images 0)"}
     attacks = [time_autoattack(r, out, dev, n_examples=aa_examples, version=aa_version) for r in aa_runs]
+    guards = [time_guardrails(r, out, dev, n_examples=aa_examples) for r in aa_runs]
     return {
         "device": _device_name(dev),
         "torch": torch.__version__,
@@ -155,6 +156,7 @@ def run_perf(methods: list[str], preset: str, *, arch: str | None = None, device
         "samplers": samplers,
         "fid_features": fid,
         "autoattack": attacks,
+        "guardrails": guards,
     }
 
 
@@ -225,6 +227,12 @@ def format_table(report: dict[str, Any]) -> str:
                   pd.DataFrame(rows).to_markdown(index=False, floatfmt="g")]
     else:
         lines.append("AutoAttack: not timed; pass --aa-run RUN (a robust and a non-robust run) to time it")
+    if report.get("guardrails"):
+        rows = [{"run": r["run"], "method": r["method"], "n": r["n_examples"], "attack": f"PGD-{r['steps']}",
+                 "s without checks": round(r["seconds_bare"], 2), "s with checks": round(r["seconds_checked"], 2),
+                 "overhead %": round(100 * r["overhead"], 1)} for r in report["guardrails"]]
+        lines += ["", "guardrail checks (the `pgd` metric vs the same attack loop without its checks):", "",
+                  pd.DataFrame(rows).to_markdown(index=False, floatfmt="g")]
     return "\n".join(lines)
 
 

@@ -109,3 +109,46 @@ def time_autoattack(run_ref: str, out: str | Path, device: torch.device, *, n_ex
             "n_examples": res["n_examples"], "clean_accuracy": res["clean_accuracy"], "robust_accuracy": res["accuracy"],
             "per_attack": res["per_attack"], "seconds": wall, "images_per_s": res["n_examples"] / wall,
             "library": res["library"]}
+
+
+def time_guardrails(run_ref: str, out: str | Path, device: torch.device, *, n_examples: int, steps: int = 20,
+                    batch_size: int = 250, reps: int = 2) -> dict[str, Any]:
+    """What the guardrail checks add to an evaluation: the `pgd` metric (PGD-``steps`` with its
+    checks) against the same attack loop without them, on a trained run's test images. The two
+    are timed alternately, ``reps`` times each, and the faster time of each is compared."""
+    from bench.attacks.pgd import pgd_linf
+    from bench.records import resolve_run
+    from bench.saved_runs import load_run_model
+    from metrics.base import EvalContext, batches, test_subset
+    from metrics.pgd import pgd
+
+    run_dir = resolve_run(run_ref, out)
+    model, cfg, data, record = load_run_model(run_dir, device)
+    settings = {"eps": 8 / 255, "alpha": 2 / 255, "steps": steps, "restarts": 1, "n_examples": n_examples}
+    x, y = test_subset(data, n_examples)
+
+    def bare() -> None:
+        torch.manual_seed(cfg.seed)
+        for xb, yb in batches(x, y, batch_size, device):
+            with torch.no_grad():
+                int((model(xb).argmax(1) == yb).sum())
+            x_adv = pgd_linf(model, xb, yb, eps=settings["eps"], alpha=settings["alpha"], steps=steps)
+            with torch.no_grad():
+                int((model(x_adv).argmax(1) == yb).sum())
+
+    def checked() -> None:
+        ctx = EvalContext(device=device, batch_size=batch_size, seed=cfg.seed, show_progress=False)
+        pgd(model, data, settings, ctx)
+
+    times: dict[str, list[float]] = {"bare": [], "checked": []}
+    model.eval()
+    for _ in range(reps):
+        for name, fn in (("bare", bare), ("checked", checked)):
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    b, c = min(times["bare"]), min(times["checked"])
+    return {"run": record["run_id"], "method": cfg.method, "n_examples": int(x.shape[0]), "steps": steps,
+            "seconds_bare": b, "seconds_checked": c, "overhead": c / b - 1}

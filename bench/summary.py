@@ -51,6 +51,8 @@ def describe_record(rec: dict, run_dir: Path) -> str:
             lines.append(f"  {name:11s} {format_result(name, res)}{when}")
             if res.get("note"):
                 lines.append(f"  {'':11s} note: {res['note']}")
+            for reason in res.get("unreliable_reasons") or ():
+                lines.append(f"  {'':11s} ! {reason}")
     if rec.get("message"):
         lines.append(f"message   {rec['message']}")
     arts = rec.get("artifacts", {})

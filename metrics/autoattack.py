@@ -149,7 +149,7 @@ def summary(res: dict) -> str:
 
 @register_metric("autoattack", headlines=(accuracy_headline("autoattack"),), order=30, summary=summary,
                  settings=("version", "norm", "eps", "attacks", "seed", "batch_size", "apgd_iter", "apgd_restarts",
-                           "apgd_targeted_iter", "fab_iter", "fab_restarts", "square_queries"))
+                           "apgd_targeted_iter", "fab_iter", "fab_restarts", "square_queries"), checked=True)
 def autoattack(model, data, settings, ctx) -> dict:
     from pyautoattack.state import EvaluationState
 

@@ -57,6 +57,7 @@ class Presentation:
     headlines: tuple[Headline, ...] = ()
     order: int = 100
     summary: Callable[[dict[str, Any]], str] | None = None  # one line for `bench eval` / `bench show`
+    checked: bool = False  # its results carry guardrail checks and `reliable` (robustness metrics)
 
     def headlines_for(self, metric: str, res: dict[str, Any]) -> tuple[Headline, ...]:
         """The declared headlines; for an undeclared metric, its accuracy in percent if it has
@@ -83,16 +84,17 @@ class Presentation:
 
 def register_metric(name: str, fn: Callable | None = None, *, headlines: tuple[Headline, ...] = (),
                     order: int = 100, summary: Callable[[dict[str, Any]], str] | None = None,
-                    settings: tuple[str, ...] | None = None, replace: bool = False):
+                    settings: tuple[str, ...] | None = None, checked: bool = False, replace: bool = False):
     """Register metric ``fn`` (or decorate it) under ``name``, with how its numbers are presented.
 
     ``settings`` names the settings ``fn`` reads (besides ``n_examples`` and ``input_noise``): a
     ``--set METRIC.KEY=...`` with another key is refused instead of being stored as if applied.
-    None (a plugin that declares nothing) accepts any key.
+    None (a plugin that declares nothing) accepts any key. ``checked``: its results carry guardrail
+    ``checks`` and ``reliable`` (see metrics.guards); tables mark a result without them as unchecked.
     """
 
     def add(f: Callable) -> Callable:
-        f.presentation = Presentation(tuple(headlines), order, summary)
+        f.presentation = Presentation(tuple(headlines), order, summary, checked)
         f.settings = None if settings is None else frozenset(settings) | COMMON_SETTINGS
         METRICS.register(name, f, replace=replace)
         return f

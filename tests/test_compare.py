@@ -75,11 +75,12 @@ def test_formats(bench_cli, results):
     out = str(results)
     md = bench_cli("compare", "--out", out, "--sort", "quick/pgd", "--filter", "method=pgd-at")
     assert md.exit_code == 0, md.stderr
-    lines = md.stdout.strip().splitlines()
+    lines = [line for line in md.stdout.strip().splitlines() if line.startswith("|")]
     assert lines[0].startswith("|") and "quick/clean" in lines[0] and "quick/pgd" in lines[0]
     assert set(lines[1].replace("|", "").replace(":", "").strip()) <= {"-", " "}
     assert len(lines) == 4 and "r3-pgd" in lines[2] and "r2-pgd" in lines[3]
-    assert "| 45 " in lines[2] or "45 |" in lines[2]
+    assert "| 45? " in lines[2]  # a PGD result stored before the guardrail checks: marked unchecked
+    assert md.stdout.strip().endswith("(evaluate again with bench eval)")
 
     latex = bench_cli("compare", "--out", out, "--format", "latex", "--filter", "method=ce")
     assert latex.exit_code == 0, latex.stderr
@@ -127,3 +128,36 @@ def test_changes_column_is_empty_for_a_preset_run_and_names_a_switch(tmp_path):
     assert preset_changes(rec) == ""
     switched = resolve_config("ebjdat", preset="cpu", overrides=["method.adv_energy_sign=-1"]).to_dict()
     assert preset_changes({**rec, "config": switched}) == "method.adv_energy_sign=-1.0"
+
+
+def _checked(rec, reliable, reasons=()):
+    pgd = rec["evaluations"]["quick"]["pgd"]
+    pgd["reliable"] = reliable
+    pgd["checks"] = {"randomness": {"passed": reliable, "detail": "x"}}
+    if reasons:
+        pgd["unreliable_reasons"] = list(reasons)
+    return rec
+
+
+def test_reliability_marks_intervals_and_reliable_only(bench_cli, tmp_path):
+    out = tmp_path / "results"
+    for rec in (_checked(_record("r1-ok", "pgd-at", "shapes10", 0, 0.70, 0.40), True),
+                _checked(_record("r2-bad", "pgd-at", "shapes10", 1, 0.70, 0.55), False, ["randomness: no EOT"]),
+                _record("r3-old", "pgd-at", "shapes10", 2, 0.60, 0.45)):
+        write_json(out / "runs" / rec["run_id"] / "record.json", rec)
+    md = bench_cli("compare", "--out", str(out), "--ci")
+    assert md.exit_code == 0, md.stderr
+    row = {line.split("|")[1].strip(): line for line in md.stdout.splitlines() if line.startswith("| r")}
+    # pgd 40% of 500: Wilson [35.8, 44.4] (scipy's binomtest agrees; see test_guards)
+    assert "| 40 [35.8" in row["r1-ok"] and "]  |" not in row["r1-ok"] and "!" not in row["r1-ok"]
+    assert "| 55 [50.6" in row["r2-bad"] and row["r2-bad"].split("55 [")[1].split("|")[0].strip().endswith("]!")
+    assert "45 [" in row["r3-old"] and row["r3-old"].split("45 [")[1].split("|")[0].strip().endswith("]?")
+    assert "! failed a guardrail check" in md.stdout
+    rows = {r["run_id"]: r for r in _csv(bench_cli, out, "--ci")}
+    assert [rows[k]["quick/pgd reliable"] for k in ("r1-ok", "r2-bad", "r3-old")] == ["yes", "no", "unchecked"]
+    assert float(rows["r1-ok"]["quick/pgd ci_lo"]) == pytest.approx(35.8, abs=0.1)
+    assert "quick/clean reliable" not in rows["r1-ok"]  # clean accuracy is not an attack: no checks
+    assert float(rows["r1-ok"]["quick/clean ci_lo"]) == pytest.approx(65.8, abs=0.1)
+    only = {r["run_id"]: r for r in _csv(bench_cli, out, "--reliable-only")}
+    assert only["r1-ok"]["quick/pgd"] == "40.0" and only["r2-bad"]["quick/pgd"] == "" and only["r3-old"]["quick/pgd"] == ""
+    assert only["r2-bad"]["quick/clean"] == "70.0"  # the run stays, with its numbers that need no checks

@@ -126,6 +126,16 @@ def test_autoattack_timing_on_a_trained_run(complete_run):
     assert res["library"].startswith("pyautoattack")
 
 
+def test_guardrail_overhead_timing_on_a_trained_run(complete_run):
+    from bench.perf_eval import time_guardrails
+
+    res = time_guardrails(str(complete_run), complete_run.parent.parent, torch.device("cpu"), n_examples=8, steps=2,
+                          reps=1)
+    assert res["run"] == complete_run.name and res["n_examples"] == 8 and res["steps"] == 2
+    assert res["seconds_bare"] > 0 and res["seconds_checked"] > 0
+    assert res["overhead"] == pytest.approx(res["seconds_checked"] / res["seconds_bare"] - 1)
+
+
 def test_perf_cli_rejects_an_unknown_aa_run(bench_cli, tmp_path):
     res = bench_cli("perf", "--method", "ce", "--aa-run", "nope", "--out", str(tmp_path))
     assert res.exit_code == 2 and "run 'nope' not found" in res.stderr

@@ -16,8 +16,15 @@ from bench.commands._common import CONTEXT
               help="Keep rows where COL equals (or with !=, differs from) VALUE. Repeatable.")
 @click.option("--reference", is_flag=True,
               help="Add published reference rows (EB-JDAT paper, RobustBench), marked kind=reported, after the measured ones.")
-def compare(out, fmt, sort, ascending, filters, reference):
+@click.option("--ci", is_flag=True, help="Show each accuracy's 95% Wilson interval [lo, hi] (from its n).")
+@click.option("--reliable-only", is_flag=True,
+              help="Blank robustness numbers that failed a guardrail check (!) or were never checked (?).")
+def compare(out, fmt, sort, ascending, filters, reference, ci, reliable_only):
     """Leaderboard of all runs: a row per run, a column per protocol/metric (accuracy in %).
+
+    Every number comes with its sample count (`<column> n`); a robustness number with its
+    reliability: `!` failed a guardrail check (`bench show RUN` says which), `?` stored before the
+    checks existed (CSV/JSON: a `<column> reliable` column of yes/no/unchecked).
 
     \b
     Examples:
@@ -25,10 +32,12 @@ def compare(out, fmt, sort, ascending, filters, reference):
       bench compare --sort quick/pgd --filter dataset=shapes10
       bench compare --format latex > table.tex
       bench compare --reference --filter dataset=cifar10
+      bench compare --ci --reliable-only
     """
     from bench.compare import compare as build
 
-    click.echo(build(out, fmt=fmt, sort=sort, ascending=ascending, filters=tuple(filters), reference=reference))
+    click.echo(build(out, fmt=fmt, sort=sort, ascending=ascending, filters=tuple(filters), reference=reference,
+                     ci=ci, reliable_only=reliable_only))
 
 
 COMMANDS = (compare,)
