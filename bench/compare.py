@@ -241,9 +241,9 @@ def for_reading(df: pd.DataFrame) -> pd.DataFrame:
     (``!`` failed a check, ``?`` unchecked) and, where present, its interval ``[lo, hi]``; the
     helper columns behind them are folded in."""
     out = df.astype(object).where(df.notna(), None)
-    helpers = [c for c in df.columns if c.endswith((" reliable", " ci_lo", " ci_hi"))]
+    helpers = [c for c in df.columns if c.endswith((" reliable", " ci_lo", " ci_hi", " ±"))]
     for c in df.columns:
-        if f"{c} reliable" not in df.columns and f"{c} ci_lo" not in df.columns:
+        if not any(f"{c}{suffix}" in df.columns for suffix in (" reliable", " ci_lo", " ±")):
             continue
         cells = []
         for i in range(len(df)):
@@ -252,6 +252,8 @@ def for_reading(df: pd.DataFrame) -> pd.DataFrame:
                 cells.append(None)
                 continue
             text = f"{v:g}"
+            if f"{c} ±" in df.columns and pd.notna(df[f"{c} ±"].iloc[i]):
+                text += f" ± {df[f'{c} ±'].iloc[i]:g}"
             if f"{c} ci_lo" in df.columns and pd.notna(df[f"{c} ci_lo"].iloc[i]):
                 text += f" [{df[f'{c} ci_lo'].iloc[i]:g}, {df[f'{c} ci_hi'].iloc[i]:g}]"
             if f"{c} reliable" in df.columns:
@@ -296,12 +298,19 @@ def load_records(out: str | Path) -> list[dict[str, Any]]:
 
 def compare(out: str | Path, fmt: str = "md", sort: str | None = None, ascending: bool = False,
             filters: tuple[str, ...] = (), reference: bool = False, ci: bool = False,
-            reliable_only: bool = False) -> str:
+            reliable_only: bool = False, group: str | None = None) -> str:
+    """The leaderboard as text; ``group="seeds"`` folds runs that differ only in seed (bench.grouping)."""
     records = load_records(out)
     if not records and not reference:
         raise BenchError(f"no runs under {Path(out) / 'runs'}/; train one with: bench run --method ce --preset smoke")
     df = leaderboard(records, reference=reference, ci=ci, reliable_only=reliable_only)
     df = apply_filters(df, filters)
+    if group == "seeds":
+        from bench.grouping import group_seeds
+
+        df = group_seeds(df)
+    elif group is not None:
+        raise BenchError(f"unknown --group {group!r}; choose: seeds")
     df = sort_table(df, sort, ascending)
     if reference:
         df = _drop_empty(df)

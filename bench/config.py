@@ -312,3 +312,19 @@ def check_settings(obj: Any, prefix: str, choices: dict[str, Any] | None = None,
         value = getattr(obj, name)
         if not value >= low:  # NaN fails too
             raise BenchError(f"{prefix}{name} must be >= {low:g}, got {value}")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``: distinct non-negative integers, at least one."""
+    items = [t.strip() for t in str(text).split(",")]
+    if not any(items):
+        raise BenchError("--seeds is empty; give distinct integers separated by commas, e.g. --seeds 0,1,2")
+    seeds = []
+    for t in items:
+        if not t.isdigit():
+            raise BenchError(f"--seeds {text!r}: {t!r} is not a non-negative integer; e.g. --seeds 0,1,2")
+        seeds.append(int(t))
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise BenchError(f"--seeds {text!r} repeats {', '.join(map(str, repeated))}; each seed once, e.g. --seeds 0,1,2")
+    return seeds

@@ -19,7 +19,10 @@ from bench.commands._common import CONTEXT
 @click.option("--ci", is_flag=True, help="Show each accuracy's 95% Wilson interval [lo, hi] (from its n).")
 @click.option("--reliable-only", is_flag=True,
               help="Blank robustness numbers that failed a guardrail check (!) or were never checked (?).")
-def compare(out, fmt, sort, ascending, filters, reference, ci, reliable_only):
+@click.option("--group", type=click.Choice(["seeds"]), default=None,
+              help="seeds: one row per method/dataset/arch/preset/changes, each number the mean +- 95% t-interval "
+                   "over its seeds (with the seed count).")
+def compare(out, fmt, sort, ascending, filters, reference, ci, reliable_only, group):
     """Leaderboard of all runs: a row per run, a column per protocol/metric (accuracy in %).
 
     Every number comes with its sample count (`<column> n`); a robustness number with its
@@ -33,11 +36,12 @@ def compare(out, fmt, sort, ascending, filters, reference, ci, reliable_only):
       bench compare --format latex > table.tex
       bench compare --reference --filter dataset=cifar10
       bench compare --ci --reliable-only
+      bench compare --group seeds
     """
     from bench.compare import compare as build
 
     click.echo(build(out, fmt=fmt, sort=sort, ascending=ascending, filters=tuple(filters), reference=reference,
-                     ci=ci, reliable_only=reliable_only))
+                     ci=ci, reliable_only=reliable_only, group=group))
 
 
 COMMANDS = (compare,)

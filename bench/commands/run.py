@@ -24,6 +24,9 @@ from bench.errors import BenchError
                    "train.divergence_bound, train.checkpoint_every, train.keep_checkpoints, data.data_dir (--data-dir) and "
                    "eval.* may change.")
 @click.option("--seed", type=int, default=None, help="Random seed (default 0).")
+@click.option("--seeds", default=None, metavar="S1,S2,...",
+              help="Train one run per seed, one after another (e.g. 0,1,2); `bench compare --group seeds` "
+                   "then shows mean +- 95% t-interval.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Default: auto.")
 @click.option("--data-dir", default=None, help="Folder holding the dataset files (default ./data).")
 @click.option("--on-divergence", type=click.Choice(["stop", "rollback"]), default=None,
@@ -35,22 +38,25 @@ from bench.errors import BenchError
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel processes (GPUs) on this machine; launches torchrun. Beyond one node, "
                    "call torchrun yourself: torchrun --nnodes ... -m bench run ...")
-def run(method, dataset, arch, preset, config_file, overrides, seed, device, data_dir, on_divergence, out, resume,
-        checkpoint_path, quiet, nproc):
+def run(method, dataset, arch, preset, config_file, overrides, seed, seeds, device, data_dir, on_divergence, out,
+        resume, checkpoint_path, quiet, nproc):
     """Train one method with the shared training core, then evaluate it.
 
     \b
     Examples:
       bench run --method ce --preset smoke
       bench run --method pgd-at --dataset shapes10 --preset cpu --seed 1
+      bench run --method pgd-at --preset smoke --seeds 0,1,2
       bench run --method pgd-at --dataset npz:../shared/data/cifar10-train-5k.npz --preset cpu
       bench run --method ebjdat --dataset cifar10 --data-dir ~/data
       bench run --resume 20261124-101500-pgd-at-shapes10-1a2b3c
       bench run --resume 20261124-101500-jem++-cifar10-9f8e7d --set optim.lr=0.01 --on-divergence rollback
     """
     from bench.runner import resume_run, start_run
-    from bench.summary import run_summary_lines
 
+    if seeds is not None and nproc > 1:
+        raise BenchError("--seeds runs the seeds one after another in one process; with --nproc launch one "
+                         "bench run --seed S per seed instead")
     if nproc > 1:
         from bench.distributed import launched_by_torchrun
 
@@ -58,7 +64,7 @@ def run(method, dataset, arch, preset, config_file, overrides, seed, device, dat
             sys.exit(_relaunch_with_torchrun(nproc))
     if resume:
         given = [n for n, v in (("--method", method), ("--dataset", dataset), ("--arch", arch),
-                                ("--config", config_file), ("--seed", seed)) if v]
+                                ("--config", config_file), ("--seed", seed), ("--seeds", seeds)) if v is not None and v != ()]
         if given:
             raise BenchError(f"--resume continues a run with its saved config; drop {', '.join(given)} (on resume "
                              "--set may change only the learning rate, divergence, checkpoint and eval settings)")
@@ -78,15 +84,30 @@ def run(method, dataset, arch, preset, config_file, overrides, seed, device, dat
             extra.append(f"data.data_dir={data_dir}")
         if on_divergence:
             extra.append(f"train.on_divergence={on_divergence}")
-        cfg = resolve_config(method, preset=preset, dataset=dataset, arch=arch, seed=seed, device=device,
-                             config_file=config_file, overrides=extra)
+        if seeds is not None and seed is not None:
+            raise BenchError("give either --seed or --seeds, not both")
+        from bench.config import parse_seeds
+
+        seed_list = parse_seeds(seeds) if seeds is not None else [seed]
+        # every config is resolved (and checked) before the first run starts
+        cfgs = [resolve_config(method, preset=preset, dataset=dataset, arch=arch, seed=s, device=device,
+                               config_file=config_file, overrides=extra) for s in seed_list]
+        cfg = cfgs[0]
         if preset == "paper" and (device or "auto") != "cuda":
             import torch
 
             if not torch.cuda.is_available():
                 click.echo(f"note: preset 'paper' trains {cfg.model.arch} for {cfg.train.epochs:g} epochs; "
                            "on a CPU use --preset cpu or --preset smoke", err=True)
-        result = start_run(cfg, out=out, show_progress=not quiet, announce=_announce)
+        for cfg in cfgs[:-1]:
+            _report(start_run(cfg, out=out, show_progress=not quiet, announce=_announce))
+        result = start_run(cfgs[-1], out=out, show_progress=not quiet, announce=_announce)
+    _report(result)
+
+
+def _report(result) -> None:
+    from bench.summary import run_summary_lines
+
     if os.environ.get("RANK", "0") == "0":
         for line in run_summary_lines(result.record):  # the headline accuracies; `bench show` prints everything
             click.echo(line)
