@@ -38,7 +38,7 @@ REFERENCE_NOTE = ("reported rows are published numbers, not measured here. 'pape
                   "RobustBench leaderboard (10k test images, standard AutoAttack).")
 
 
-TIDY_COLUMNS = ["run_id", "protocol", "metric", "key", "value", "n_examples", "reliable", "ci_lo", "ci_hi"]
+TIDY_COLUMNS = ["run_id", "protocol", "metric", "key", "value", "n_examples", "reliable", "ci_lo", "ci_hi", "small_n"]
 
 
 def _interval(res: dict[str, Any], key: str) -> tuple[float | None, float | None]:
@@ -67,12 +67,13 @@ def tidy(records: list[dict[str, Any]]) -> pd.DataFrame:
                 if not isinstance(res, dict):
                     continue
                 reliable = res.get("reliable") if isinstance(res.get("reliable"), bool) else None
+                small_n = bool(res.get("small_n"))  # e.g. a FID on < 10k samples: comparable only at equal n
                 for key, value in res.items():
                     if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("n_examples", "seconds"):
                         lo, hi = _interval(res, key)
                         rows.append({"run_id": r["run_id"], "protocol": protocol, "metric": metric, "key": key,
                                      "value": float(value), "n_examples": res.get("n_examples"),
-                                     "reliable": reliable, "ci_lo": lo, "ci_hi": hi})
+                                     "reliable": reliable, "ci_lo": lo, "ci_hi": hi, "small_n": small_n})
     return pd.DataFrame(rows, columns=TIDY_COLUMNS)
 
 
@@ -127,21 +128,29 @@ def headline(t: pd.DataFrame) -> pd.DataFrame:
     keys it stored in any run)."""
     keep = []
     stored: dict[str, dict[str, float]] = {}  # metric -> the keys it stored, in any run
+    values: dict[tuple, float] = {}  # (run, protocol, metric, key) -> value, for spreads
     for row in t.itertuples(index=False):
         stored.setdefault(row.metric, {})[row.key] = row.value
+        values[(row.run_id, row.protocol, row.metric, row.key)] = row.value
     for row in t.itertuples(index=False):
         shown = presentation(row.metric)
         for i, h in enumerate(shown.headlines_for(row.metric, stored[row.metric])):
             if h.key == row.key:
+                spread = values.get((row.run_id, row.protocol, row.metric, h.spread)) if h.spread else None
+                # a number its metric marks as biased at this n sits in a column of its own n
+                column = f"{row.protocol}/{h.label}" + (f"@{int(row.n_examples)}" if getattr(row, "small_n", False)
+                                                         and pd.notna(row.n_examples) else "")
                 ci = [None if pd.isna(v) else h.shown(v) for v in (getattr(row, "ci_lo", None), getattr(row, "ci_hi", None))]
                 # a checked metric's result without checks (stored before they existed) is "unchecked"
                 reliable = getattr(row, "reliable", None)
                 reliable = "no" if reliable is False else "yes" if reliable is True else (
                     "unchecked" if shown.checked else None)
-                keep.append({"run_id": row.run_id, "column": f"{row.protocol}/{h.label}", "value": h.shown(row.value),
+                keep.append({"run_id": row.run_id, "column": column, "value": h.shown(row.value),
                              "n_examples": row.n_examples, "reliable": reliable, "ci_lo": ci[0], "ci_hi": ci[1],
-                             "order": (_protocol_rank(row.protocol), shown.order, row.metric, i)})
-    return pd.DataFrame(keep, columns=["run_id", "column", "value", "n_examples", "reliable", "ci_lo", "ci_hi", "order"])
+                             "spread": None if spread is None else h.shown(spread),
+                             "order": (_protocol_rank(row.protocol), shown.order, row.metric, i, column)})
+    return pd.DataFrame(keep, columns=["run_id", "column", "value", "n_examples", "reliable", "ci_lo", "ci_hi", "spread",
+                                       "order"])
 
 
 def _wide(head: pd.DataFrame, ci: bool = False) -> tuple[pd.DataFrame, list[str]]:
@@ -155,7 +164,8 @@ def _wide(head: pd.DataFrame, ci: bool = False) -> tuple[pd.DataFrame, list[str]
         p.columns = [f"{c}{suffix}" for c in p.columns]
         return p
 
-    parts = {"": pivot("value", ""), " n": pivot("n_examples", " n"), " reliable": pivot("reliable", " reliable")}
+    parts = {"": pivot("value", ""), " ±": pivot("spread", " ±"), " n": pivot("n_examples", " n"),
+             " reliable": pivot("reliable", " reliable")}
     if ci:
         parts[" ci_lo"], parts[" ci_hi"] = pivot("ci_lo", " ci_lo"), pivot("ci_hi", " ci_hi")
     wide = pd.concat(parts.values(), axis=1)

@@ -67,6 +67,9 @@ def evaluate_into(record: RunRecord, model, data, cfg, device, show_progress: bo
     ctx = EvalContext(device=device, batch_size=cfg.eval.batch_size, seed=cfg.seed, out_dir=record.run_dir,
                       show_progress=show_progress,
                       extra={"cfg": cfg, "run_dir": str(record.run_dir), "samples": None, "weights": None})
+    buffer = buffer_state(record.run_dir, None)  # as `bench eval` does: sample_source=auto then means the buffer
+    if buffer is not None:
+        ctx.extra["buffer_state"] = buffer
     skipped: dict[str, str] = {}
     results = evaluate(model, data, proto, n_examples or cfg.eval.n_examples, ctx, metrics, skipped=skipped)
     for name, why in skipped.items():  # optional metrics whose inputs are missing (e.g. FID weights)

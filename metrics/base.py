@@ -34,6 +34,7 @@ class Headline:
     unit: str = ""  # "%" for percentages
     higher_is_better: bool | None = True  # None: no direction (e.g. a signed gap)
     decimals: int = 4
+    spread: str | None = None  # the result's key of this number's spread (e.g. KID's std), shown as +-
 
     def shown(self, value: float) -> float:
         return round(float(value) * self.scale, self.decimals)

@@ -78,7 +78,7 @@ def summary(res: dict) -> str:
 
 
 # the gaps E(x_adv) - E(x) and E(x_gen) - E(x) are signed: no direction is better
-@register_metric("energy", order=50, summary=summary, settings=("attack", "n_generated", "sampler_steps"),
+@register_metric("energy", order=50, summary=summary, settings=("attack", "n_generated", "sampler_steps", "sample_source"),
                  headlines=(
     Headline("gap_adv", "energy.gap_adv", higher_is_better=None),
     Headline("gap_gen", "energy.gap_gen", higher_is_better=None)))

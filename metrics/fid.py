@@ -5,7 +5,8 @@ or, without one, from the run's own sampler (``bench.sampling.generate.make_samp
 Settings: ``n_samples`` (at most that many generated images; the number used is recorded),
 ``real_split`` (``train``, ``test`` or ``train+test``), ``n_real`` (0: the whole split),
 ``select_top_ratio`` (keep the most confident fraction per predicted class, as the EB-JDAT
-authors do; 1.0 keeps all), ``sampler_steps``, ``feature_extractor`` (a torch-fidelity registry
+authors do; 1.0 keeps all), ``sample_source`` (``auto``: the run's saved replay buffer when it
+has one, else fresh chains; ``buffer``; ``fresh``; recorded with the result), ``sampler_steps``, ``feature_extractor`` (a torch-fidelity registry
 name; default ``inception-v3-compat``), ``kid_subset_size``, ``splits`` (IS), ``weights``.
 
 Inception weights, first found wins: ``--weights PATH`` (``ctx.extra["weights"]``), the
@@ -146,18 +147,39 @@ def samples_available(ctx) -> None:
                                 "or evaluate a saved run so that its sampler can draw them")
 
 
+SOURCES = ("auto", "fresh", "buffer")
+UNBIASED_N = 10_000  # FID/KID on fewer generated samples are biased (upwards for FID): compare only at equal n
+
+
+def sample_source(settings: dict, ctx) -> str:
+    """Where generated samples come from: ``npz`` (``--samples``), ``buffer`` (the run's saved
+    replay buffer, 0 sampler steps unless ``sampler_steps``) or ``fresh`` (new chains from the
+    run's sampler). ``sample_source=auto`` takes the buffer when the run saved one."""
+    want = settings.get("sample_source", "auto")
+    if want not in SOURCES:
+        raise BenchError(f"sample_source {want!r} unknown; choose one of: {', '.join(SOURCES)}")
+    if ctx.extra.get("samples"):
+        return "npz"
+    has_buffer = ctx.extra.get("buffer_state") is not None
+    if want == "buffer" and not has_buffer:
+        raise MetricUnavailable("sample_source=buffer: this run saved no replay buffer; use --set "
+                                "<metric>.sample_source=fresh")
+    return "buffer" if want == "buffer" or (want == "auto" and has_buffer) else "fresh"
+
+
 def generated_samples(model, data, settings: dict, ctx) -> tuple[torch.Tensor, dict[str, Any]]:
     """(uint8 (N, C, H, W) generated images, provenance). Drawn once per evaluation and shared by metrics."""
     n = int(settings.get("n_samples") or 10000)
     steps = settings.get("sampler_steps")
+    source = sample_source(settings, ctx)
     memo = ctx.extra.setdefault("_generated", {})
-    key = (ctx.extra.get("samples"), n, steps)
+    key = (ctx.extra.get("samples"), source, n, steps)
     if key in memo:
         return memo[key]
-    for (src, n_have, st), (x_have, info_have) in memo.items():  # a larger set drawn earlier: use its prefix
-        if src == key[0] and st == steps and n_have >= n:
+    for (path, src, n_have, st), (x_have, info_have) in memo.items():  # a larger set drawn earlier: its prefix
+        if (path, src, st) == (key[0], source, steps) and n_have >= n:
             return x_have[:n], info_have
-    if ctx.extra.get("samples"):
+    if source == "npz":
         x, _ = load_npz_samples(ctx.extra["samples"])
         x = x[:n]
         info = {"source": "npz", "path": str(ctx.extra["samples"]), "sha256": sha256_file(ctx.extra["samples"])}
@@ -165,13 +187,13 @@ def generated_samples(model, data, settings: dict, ctx) -> tuple[torch.Tensor, d
         samples_available(ctx)
         from bench.sampling.generate import make_sample_fn
 
-        fn = make_sample_fn(model, ctx.extra["cfg"], ctx.device, steps=steps, data=data,
-                            batch_size=ctx.batch_size, buffer_state=ctx.extra.get("buffer_state"))
+        fn = make_sample_fn(model, ctx.extra["cfg"], ctx.device, steps=steps, data=data, batch_size=ctx.batch_size,
+                            buffer_state=ctx.extra.get("buffer_state") if source == "buffer" else None)
         torch.manual_seed(ctx.seed)
         x01 = fn(n)
         x = x01.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
-        info = {"source": "sampler", "steps": steps if steps is not None else "default",
-                "from_buffer": ctx.extra.get("buffer_state") is not None}
+        info = {"source": source, "steps": steps if steps is not None else "default",
+                "from_buffer": source == "buffer"}
         if ctx.out_dir is not None:
             try:
                 from bench.sampling.images import save_npz
@@ -249,7 +271,7 @@ def fidelity(model, data, settings: dict, ctx, only_is: bool = False) -> dict[st
     ratio = float(settings.get("select_top_ratio", 1.0))
     seed = int(settings.get("seed", ctx.seed))
     memo = ctx.extra.setdefault("_fidelity", {})
-    gen_key = (extractor, weights_sha, ctx.extra.get("samples"), settings.get("n_samples"),
+    gen_key = (extractor, weights_sha, ctx.extra.get("samples"), sample_source(settings, ctx), settings.get("n_samples"),
                settings.get("sampler_steps"), ratio, seed, settings.get("splits", 10))
     mkey = (gen_key, split, settings.get("n_real"), settings.get("kid_subset_size"), only_is)
     if mkey in memo:
@@ -307,8 +329,11 @@ def fidelity(model, data, settings: dict, ctx, only_is: bool = False) -> dict[st
         "n_examples": int(gen.shape[0]), "select_top_ratio": ratio, "real_split": split,
         "feature_extractor": extractor, "weights": weights, "weights_source": weights_source,
         "weights_sha256": weights_sha, "real_stats_cache": real_key, "real_stats_cached": cache_hit,
-        "samples": info, "library": f"torch-fidelity {torch_fidelity.__version__}",
+        "samples": info, "sample_source": info["source"], "library": f"torch-fidelity {torch_fidelity.__version__}",
     }
+    if gen.shape[0] < UNBIASED_N:
+        common["small_n"] = (f"{int(gen.shape[0])} < {UNBIASED_N:,} generated samples: FID is biased upwards at small n; "
+                             "compare it only with FIDs of the same n")
     if only_is:
         common.update(n_real=None, real_split=None, real_stats_cache=None, real_stats_cached=None)
     out = {} if only_is else {
@@ -339,6 +364,7 @@ def fidelity(model, data, settings: dict, ctx, only_is: bool = False) -> dict[st
 
 def _preflight(settings: dict, ctx) -> None:
     samples_available(ctx)
+    sample_source(settings, ctx)
     resolve_weights(settings, ctx)
 
 
@@ -352,13 +378,18 @@ def _metric(name: str):
     return metric
 
 
+def _source(res: dict) -> str:
+    src = res.get("sample_source") or (res.get("samples") or {}).get("source", "?")
+    return f"{src}{', biased: n < 10k' if res.get('small_n') else ''}"
+
+
 def _fid_summary(res: dict) -> str:
-    return (f"FID {res['fid']:.3f}  n={res['n_samples']} vs {res['n_real']} {res['real_split']}, "
+    return (f"FID {res['fid']:.3f}  n={res['n_samples']} ({_source(res)}) vs {res['n_real']} {res['real_split']}, "
             f"weights sha256 {str(res.get('weights_sha256'))[:12]}")
 
 
 def _kid_summary(res: dict) -> str:
-    return f"KID {res['kid_mean']:.5f} +- {res['kid_std']:.5f}  n={res['n_samples']}"
+    return f"KID {res['kid_mean']:.5f} +- {res['kid_std']:.5f}  n={res['n_samples']} ({_source(res)})"
 
 
 def _is_summary(res: dict) -> str:
@@ -369,10 +400,11 @@ def _is_summary(res: dict) -> str:
 
 # what fidelity(), generated_samples() and resolve_weights() read
 FIDELITY_SETTINGS = ("feature_extractor", "weights", "download", "real_split", "select_top_ratio", "seed", "n_samples",
-                     "sampler_steps", "splits", "kid_subset_size", "n_real", "cache_dir", "feature_batch_size")
+                     "sampler_steps", "sample_source", "splits", "kid_subset_size", "n_real", "cache_dir",
+                     "feature_batch_size")
 register_metric("fid", _metric("fid"), order=40, summary=_fid_summary, settings=FIDELITY_SETTINGS,
                 headlines=(Headline("fid", "fid", higher_is_better=False),))
 register_metric("kid", _metric("kid"), order=41, summary=_kid_summary, settings=FIDELITY_SETTINGS,
-                headlines=(Headline("kid_mean", "kid", higher_is_better=False),))
+                headlines=(Headline("kid_mean", "kid", higher_is_better=False, decimals=5, spread="kid_std"),))
 register_metric("is", _metric("is"), order=42, summary=_is_summary, settings=FIDELITY_SETTINGS,
                 headlines=(Headline("is_mean", "is"),))

@@ -6,6 +6,7 @@ import os
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.linalg
 import torch
@@ -183,3 +184,43 @@ def test_is_alone_reads_no_real_images(tmp_path):
                       extra={"samples": str(tmp_path / "gen.npz")})
     res = METRICS.get("is")(None, data, {"feature_extractor": NAME, "n_samples": 50, "splits": 2}, ctx)
     assert res["is_mean"] > 1.0 and res["n_samples"] == 50 and res["n_real"] is None
+
+
+def test_the_sample_source_is_chosen_recorded_and_refused_when_missing(tmp_path):
+    from bench.errors import BenchError
+    from metrics.fid import sample_source
+    from metrics.protocols import MetricUnavailable
+
+    with_buffer = SimpleNamespace(extra={"buffer_state": {"x": torch.zeros(4, 3, 8, 8)}})
+    without = SimpleNamespace(extra={})
+    npz = SimpleNamespace(extra={"samples": "gen.npz", "buffer_state": {"x": torch.zeros(4, 3, 8, 8)}})
+    assert sample_source({}, with_buffer) == "buffer" and sample_source({}, without) == "fresh"
+    assert sample_source({"sample_source": "fresh"}, with_buffer) == "fresh"
+    assert sample_source({"sample_source": "fresh"}, npz) == "npz"  # --samples wins, and says so
+    with pytest.raises(MetricUnavailable, match="this run saved no replay buffer"):
+        sample_source({"sample_source": "buffer"}, without)
+    with pytest.raises(BenchError, match="sample_source 'chains' unknown; choose one of: auto, fresh, buffer"):
+        sample_source({"sample_source": "chains"}, without)
+
+
+def test_a_small_sample_fid_is_labelled_and_gets_a_column_of_its_own_n(tmp_path):
+    from bench.compare import leaderboard
+
+    data = make_data()
+    write_samples(tmp_path / "gen.npz")
+    ctx = EvalContext(device=torch.device("cpu"), batch_size=16, seed=0, out_dir=None, show_progress=False,
+                      extra={"samples": str(tmp_path / "gen.npz")})
+    settings = {"feature_extractor": NAME, "real_split": "train+test", "n_samples": 50}
+    fid = METRICS.get("fid")(None, data, settings, ctx)
+    kid = METRICS.get("kid")(None, data, settings, ctx)
+    assert fid["sample_source"] == "npz" and "50 < 10,000 generated samples" in fid["small_n"]
+    small = fid["fid"]
+    big = {**fid, "fid": 12.5, "n_samples": 10000, "n_examples": 10000}
+    big.pop("small_n")
+    recs = [{"run_id": rid, "method": "jem", "evaluations": {"standard": ev}} for rid, ev in (
+        ("small", {"fid": fid, "kid": kid}), ("big", {"fid": big}))]
+    df = leaderboard(recs).set_index("run_id")
+    assert df.loc["small", "standard/fid@50"] == pytest.approx(round(small, 4))
+    assert pd.isna(df.loc["small", "standard/fid"]) and df.loc["big", "standard/fid"] == 12.5
+    assert pd.isna(df.loc["big", "standard/fid@50"])
+    assert df.loc["small", "standard/kid@50 ±"] == pytest.approx(round(kid["kid_std"], 5))
