@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.compare_view import HELPERS
 from bench.errors import BenchError
 from bench.records import list_runs, live_status, load_record
 from metrics import presentation
@@ -146,11 +147,23 @@ def headline(t: pd.DataFrame) -> pd.DataFrame:
                 reliable = "no" if reliable is False else "yes" if reliable is True else (
                     "unchecked" if shown.checked else None)
                 keep.append({"run_id": row.run_id, "column": column, "value": h.shown(row.value),
+                             "protocol": row.protocol, "metric": row.metric,
+                             "label": column.split("/", 1)[1], "checked": shown.checked, "brief": shown.brief,
                              "n_examples": row.n_examples, "reliable": reliable, "ci_lo": ci[0], "ci_hi": ci[1],
                              "spread": None if spread is None else h.shown(spread),
                              "order": (_protocol_rank(row.protocol), shown.order, row.metric, i, column)})
-    return pd.DataFrame(keep, columns=["run_id", "column", "value", "n_examples", "reliable", "ci_lo", "ci_hi", "spread",
-                                       "order"])
+    return pd.DataFrame(keep, columns=["run_id", "column", "value", "protocol", "metric", "label", "checked", "brief",
+                                       "n_examples", "reliable", "ci_lo", "ci_hi", "spread", "order"])
+
+
+def column_meta(head: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """column -> its protocol, metric, label (without the protocol), whether it is an attack
+    (``checked``), whether it is in the brief view, and its presentation order."""
+    meta = {}
+    for row in head.drop_duplicates("column").itertuples(index=False):
+        meta[row.column] = {"protocol": row.protocol, "metric": row.metric, "label": row.label,
+                            "checked": bool(row.checked), "brief": bool(row.brief), "order": row.order[1]}
+    return meta
 
 
 def _wide(head: pd.DataFrame, ci: bool = False) -> tuple[pd.DataFrame, list[str]]:
@@ -183,6 +196,10 @@ def leaderboard(records: list[dict[str, Any]], reference: bool = False, ci: bool
     """The table: a row per run (and reference row), headline columns with n, reliability and
     (``ci``) intervals. ``reliable_only`` blanks every number that failed a guardrail check or
     was never checked."""
+    return _leaderboard(records, reference, ci, reliable_only)[0]
+
+
+def _leaderboard(records, reference: bool, ci: bool, reliable_only: bool) -> tuple[pd.DataFrame, dict[str, dict]]:
     runs = run_table(records)
     head = headline(tidy(records))
     if reliable_only:
@@ -192,6 +209,7 @@ def leaderboard(records: list[dict[str, Any]], reference: bool = False, ci: bool
         ref_head = headline(ref[["run_id", "protocol", "metric", "key", "value", "n_examples"]])
         ref_head["reliable"] = "reported"  # published numbers: their checks are the source's
         head = pd.concat([head, ref_head], ignore_index=True) if not head.empty else ref_head
+    meta = column_meta(head) if not head.empty else {}
     if head.empty:
         df = runs
         cols: list[str] = []
@@ -199,28 +217,58 @@ def leaderboard(records: list[dict[str, Any]], reference: bool = False, ci: bool
         wide, cols = _wide(head, ci=ci)
         df = runs.merge(wide, on="run_id", how="left")
     if ref is None:
-        return df
+        return df, meta
     df.insert(0, "kind", "measured")
-    meta = ref.drop_duplicates("run_id")[["run_id", "method", "dataset", "arch", "source", "note"]]
-    rep = meta.assign(kind="reported")
+    rows = ref.drop_duplicates("run_id")[["run_id", "method", "dataset", "arch", "source", "note"]]
+    rep = rows.assign(kind="reported")
     if not head.empty:
         rep = rep.merge(wide, on="run_id", how="left")
     df = pd.concat([df, rep], ignore_index=True)
-    return df[["kind", *RUN_COLUMNS, *cols, *REF_COLUMNS]]
+    return df[["kind", *RUN_COLUMNS, *cols, *REF_COLUMNS]], meta
+
+
+FILTER_OPS = (">=", "<=", "!=", ">", "<", "=")  # two-character operators first
 
 
 def apply_filters(df: pd.DataFrame, filters: tuple[str, ...] | list[str]) -> pd.DataFrame:
+    """Keep the rows matching every filter: ``COL=VALUE``, ``COL!=VALUE``, or a number compared
+    with ``>``, ``>=``, ``<``, ``<=`` (e.g. ``standard/autoattack>40``; empty cells never match)."""
     for f in filters:
-        if "=" not in f:
-            raise BenchError(f"--filter {f!r} names no value; write COLUMN=VALUE or COLUMN!=VALUE, e.g. method=ce")
-        op = "!=" if "!=" in f else "="
+        op = next((o for o in FILTER_OPS if o in f), None)
+        if op is None:
+            raise BenchError(f"--filter {f!r} names no value; write COLUMN=VALUE, COLUMN!=VALUE or COLUMN>NUMBER, "
+                             "e.g. method=ce")
         key, _, value = f.partition(op)
-        key = key.strip()
+        key, value = key.strip(), value.strip()
         if not key or key not in df.columns:
             raise BenchError(f"cannot filter on {key!r}; filter as COLUMN=VALUE with one of: {', '.join(df.columns)}")
-        col = df[key].astype(str)
-        df = df[col != value] if op == "!=" else df[col == value]
+        if op in ("=", "!="):
+            col = df[key].astype(str)
+            df = df[col != value] if op == "!=" else df[col == value]
+            continue
+        try:
+            bound = float(value)
+        except ValueError:
+            raise BenchError(f"--filter {f!r}: {op} compares numbers; {value!r} is not one")
+        col = pd.to_numeric(df[key], errors="coerce")
+        keep = {">": col > bound, ">=": col >= bound, "<": col < bound, "<=": col <= bound}[op]
+        df = df[keep.fillna(False)]
     return df
+
+
+def select_columns(df: pd.DataFrame, columns: str | None) -> pd.DataFrame:
+    """``--columns a,b,c``: the run id, these columns and their n / reliability / interval columns."""
+    if not columns:
+        return df
+    wanted = [c.strip() for c in columns.split(",") if c.strip()]
+    unknown = [c for c in wanted if c not in df.columns]
+    if not wanted or unknown:
+        raise BenchError(f"--columns: unknown {', '.join(unknown) or 'nothing given'}; choose from: "
+                         f"{', '.join(c for c in df.columns if not c.endswith(HELPERS))}")
+    keep = [c for c in ("kind", "run_id") if c in df.columns and c not in wanted]
+    for c in wanted:
+        keep += [c] + [f"{c}{s}" for s in HELPERS if f"{c}{s}" in df.columns]
+    return df[keep]
 
 
 def sort_table(df: pd.DataFrame, column: str | None, ascending: bool) -> pd.DataFrame:
@@ -235,59 +283,15 @@ def sort_table(df: pd.DataFrame, column: str | None, ascending: bool) -> pd.Data
     return df.sort_values(column, ascending=ascending, na_position="last", kind="stable")
 
 
-def _drop_empty(df: pd.DataFrame) -> pd.DataFrame:
-    """With reference rows: drop columns empty in every row (e.g. training columns of a table of reported rows)."""
-    keep = [c for c in df.columns if c in ("kind", "run_id") or df[c].notna().any()]
-    return df[keep]
-
-
-MARKS = {"no": "!", "unchecked": "?"}
-MARK_NOTE = ("! failed a guardrail check (bench show RUN lists which); ? stored before the checks existed "
-             "(evaluate again with bench eval)")
-
-
-def for_reading(df: pd.DataFrame) -> pd.DataFrame:
-    """The table as text cells for Markdown/LaTeX: a robustness number carries its reliability mark
-    (``!`` failed a check, ``?`` unchecked) and, where present, its interval ``[lo, hi]``; the
-    helper columns behind them are folded in."""
-    out = df.astype(object).where(df.notna(), None)
-    helpers = [c for c in df.columns if c.endswith((" reliable", " ci_lo", " ci_hi", " ±"))]
-    for c in df.columns:
-        if not any(f"{c}{suffix}" in df.columns for suffix in (" reliable", " ci_lo", " ±")):
-            continue
-        cells = []
-        for i in range(len(df)):
-            v = df[c].iloc[i]
-            if pd.isna(v):
-                cells.append(None)
-                continue
-            text = f"{v:g}"
-            if f"{c} ±" in df.columns and pd.notna(df[f"{c} ±"].iloc[i]):
-                text += f" ± {df[f'{c} ±'].iloc[i]:g}"
-            if f"{c} ci_lo" in df.columns and pd.notna(df[f"{c} ci_lo"].iloc[i]):
-                text += f" [{df[f'{c} ci_lo'].iloc[i]:g}, {df[f'{c} ci_hi'].iloc[i]:g}]"
-            if f"{c} reliable" in df.columns:
-                text += MARKS.get(df[f"{c} reliable"].iloc[i], "")
-            cells.append(text)
-        out[c] = cells
-    return out.drop(columns=helpers)
-
-
-def render(df: pd.DataFrame, fmt: str) -> str:
-    if fmt == "md":
-        text = for_reading(df).to_markdown(index=False, floatfmt="g", missingval="")
-        if any(c.endswith(" reliable") and df[c].isin(list(MARKS)).any() for c in df.columns):
-            text += "\n\n" + MARK_NOTE
-        if "kind" in df.columns and (df["kind"] == "reported").any():
-            text += "\n\n" + REFERENCE_NOTE
-        return text
-    if fmt == "csv":
-        return df.to_csv(index=False)
-    if fmt == "latex":
-        return for_reading(df).to_latex(index=False, na_rep="", float_format=lambda v: f"{v:g}", escape=True)
-    if fmt == "json":
-        return df.to_json(orient="records", indent=2)
-    raise BenchError(f"unknown format {fmt!r}; choose md, csv, latex or json")
+def drop_empty(df: pd.DataFrame) -> pd.DataFrame:
+    """Drop number columns empty in every row (after filtering), with their helper columns; with
+    reference rows also empty run columns."""
+    numbers = [c for c in df.columns if "/" in c and not c.endswith(HELPERS)]
+    empty = {c for c in numbers if df[c].isna().all()}
+    gone = empty | {f"{c}{s}" for c in empty for s in HELPERS}
+    if "kind" in df.columns:
+        gone |= {c for c in df.columns if c not in ("kind", "run_id") and df[c].isna().all()}
+    return df[[c for c in df.columns if c not in gone]]
 
 
 def load_records(out: str | Path) -> list[dict[str, Any]]:
@@ -308,12 +312,23 @@ def load_records(out: str | Path) -> list[dict[str, Any]]:
 
 def compare(out: str | Path, fmt: str = "md", sort: str | None = None, ascending: bool = False,
             filters: tuple[str, ...] = (), reference: bool = False, ci: bool = False,
-            reliable_only: bool = False, group: str | None = None) -> str:
-    """The leaderboard as text; ``group="seeds"`` folds runs that differ only in seed (bench.grouping)."""
+            reliable_only: bool = False, group: str | None = None, wide: bool = False, protocol: str | None = None,
+            columns: str | None = None, all_runs: bool = False) -> str:
+    """The leaderboard as text: ``md``/``latex`` in the brief view unless ``wide`` or ``columns``
+    (bench.compare_view), ``csv``/``json`` with every column. Runs still training are left out
+    unless ``all_runs``; ``group="seeds"`` folds runs that differ only in seed (bench.grouping)."""
+    from bench.compare_view import render
+
     records = load_records(out)
     if not records and not reference:
         raise BenchError(f"no runs under {Path(out) / 'runs'}/; train one with: bench run --method ce --preset smoke")
-    df = leaderboard(records, reference=reference, ci=ci, reliable_only=reliable_only)
+    notes = []
+    if not all_runs:
+        running = [r for r in records if r.get("status") == "running"]
+        records = [r for r in records if r.get("status") != "running"]
+        if running:
+            notes.append(f"{len(running)} run(s) still training are not shown (--all shows them)")
+    df, meta = _leaderboard(records, reference, ci, reliable_only)
     df = apply_filters(df, filters)
     if group == "seeds":
         from bench.grouping import group_seeds
@@ -321,7 +336,9 @@ def compare(out: str | Path, fmt: str = "md", sort: str | None = None, ascending
         df = group_seeds(df)
     elif group is not None:
         raise BenchError(f"unknown --group {group!r}; choose: seeds")
-    df = sort_table(df, sort, ascending)
-    if reference:
-        df = _drop_empty(df)
-    return render(df, fmt)
+    df = drop_empty(sort_table(df, sort, ascending))
+    if columns:
+        df, wide = select_columns(df, columns), True
+    if "kind" in df.columns and (df["kind"] == "reported").any() and fmt == "md":
+        notes.append(REFERENCE_NOTE)
+    return render(df, fmt, meta, wide=wide, protocol=protocol, notes=tuple(notes))

@@ -59,6 +59,7 @@ class Presentation:
     order: int = 100
     summary: Callable[[dict[str, Any]], str] | None = None  # one line for `bench eval` / `bench show`
     checked: bool = False  # its results carry guardrail checks and `reliable` (robustness metrics)
+    brief: bool = True  # its headlines are in `bench compare`'s default view (not only with --wide)
 
     def headlines_for(self, metric: str, res: dict[str, Any]) -> tuple[Headline, ...]:
         """The declared headlines; for an undeclared metric, its accuracy in percent if it has
@@ -85,17 +86,19 @@ class Presentation:
 
 def register_metric(name: str, fn: Callable | None = None, *, headlines: tuple[Headline, ...] = (),
                     order: int = 100, summary: Callable[[dict[str, Any]], str] | None = None,
-                    settings: tuple[str, ...] | None = None, checked: bool = False, replace: bool = False):
+                    settings: tuple[str, ...] | None = None, checked: bool = False, brief: bool = True,
+                    replace: bool = False):
     """Register metric ``fn`` (or decorate it) under ``name``, with how its numbers are presented.
 
     ``settings`` names the settings ``fn`` reads (besides ``n_examples`` and ``input_noise``): a
     ``--set METRIC.KEY=...`` with another key is refused instead of being stored as if applied.
     None (a plugin that declares nothing) accepts any key. ``checked``: its results carry guardrail
     ``checks`` and ``reliable`` (see metrics.guards); tables mark a result without them as unchecked.
+    ``brief``: its headlines are in the default leaderboard view (False: only with ``--wide``).
     """
 
     def add(f: Callable) -> Callable:
-        f.presentation = Presentation(tuple(headlines), order, summary, checked)
+        f.presentation = Presentation(tuple(headlines), order, summary, checked, brief)
         f.settings = None if settings is None else frozenset(settings) | COMMON_SETTINGS
         METRICS.register(name, f, replace=replace)
         return f

@@ -406,5 +406,5 @@ register_metric("fid", _metric("fid"), order=40, summary=_fid_summary, settings=
                 headlines=(Headline("fid", "fid", higher_is_better=False),))
 register_metric("kid", _metric("kid"), order=41, summary=_kid_summary, settings=FIDELITY_SETTINGS,
                 headlines=(Headline("kid_mean", "kid", higher_is_better=False, decimals=5, spread="kid_std"),))
-register_metric("is", _metric("is"), order=42, summary=_is_summary, settings=FIDELITY_SETTINGS,
+register_metric("is", _metric("is"), order=42, summary=_is_summary, settings=FIDELITY_SETTINGS, brief=False,
                 headlines=(Headline("is_mean", "is"),))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
+import socket
 
 import pytest
 
@@ -76,16 +78,23 @@ def test_formats(bench_cli, results):
     md = bench_cli("compare", "--out", out, "--sort", "quick/pgd", "--filter", "method=pgd-at")
     assert md.exit_code == 0, md.stderr
     lines = [line for line in md.stdout.strip().splitlines() if line.startswith("|")]
-    assert lines[0].startswith("|") and "quick/clean" in lines[0] and "quick/pgd" in lines[0]
+    # the brief view: one protocol, named below the table with n when it is the same for every run
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == ["run", "method", "dataset", "seed", "clean", "pgd"]  # changes "?" (schema 1) goes below
     assert set(lines[1].replace("|", "").replace(":", "").strip()) <= {"-", " "}
     assert len(lines) == 4 and "r3-pgd" in lines[2] and "r2-pgd" in lines[3]
-    assert "| 45? " in lines[2]  # a PGD result stored before the guardrail checks: marked unchecked
-    assert md.stdout.strip().endswith("(evaluate again with bench eval)")
+    assert "| 45? (n=200)" in lines[2]  # n differs between the runs: in the cell; ? = stored before the checks
+    below = md.stdout.strip().splitlines()[len(lines) + 1:]
+    assert below[0] == "protocol quick" and "? stored before the checks (bench eval again)" in md.stdout
+    assert "arch resnet8, preset cpu, status complete" in md.stdout
+    wide = bench_cli("compare", "--out", out, "--wide", "--filter", "method=pgd-at")
+    assert "quick/clean" in wide.stdout and "quick/pgd n" in wide.stdout
 
     latex = bench_cli("compare", "--out", out, "--format", "latex", "--filter", "method=ce")
     assert latex.exit_code == 0, latex.stderr
     assert "\\begin{tabular}" in latex.stdout and "\\end{tabular}" in latex.stdout
-    assert "run\\_id" in latex.stdout and "r1-ce" in latex.stdout and "r2-pgd" not in latex.stdout
+    assert "\\toprule" in latex.stdout and "r1-ce" in latex.stdout and "r2-pgd" not in latex.stdout
+    assert "\\caption{protocol quick" in latex.stdout  # the brief view: the protocol named, headline columns only
 
     js = bench_cli("compare", "--out", out, "--format", "json", "--sort", "quick/clean")
     rows = json.loads(js.stdout)
@@ -96,7 +105,7 @@ def test_formats(bench_cli, results):
 @pytest.mark.parametrize("args, match", [
     (("--sort", "quick/fid"), "cannot sort by 'quick/fid'; choose one of: run_id"),
     (("--filter", "colour=red"), "cannot filter on 'colour'; filter as COLUMN=VALUE with one of: run_id"),
-    (("--filter", "method"), "--filter 'method' names no value; write COLUMN=VALUE or COLUMN!=VALUE"),
+    (("--filter", "method"), "--filter 'method' names no value; write COLUMN=VALUE, COLUMN!=VALUE or COLUMN>NUMBER"),
 ])
 def test_bad_sort_or_filter(bench_cli, results, args, match):
     res = bench_cli("compare", "--out", str(results), *args)
@@ -161,3 +170,82 @@ def test_reliability_marks_intervals_and_reliable_only(bench_cli, tmp_path):
     only = {r["run_id"]: r for r in _csv(bench_cli, out, "--reliable-only")}
     assert only["r1-ok"]["quick/pgd"] == "40.0" and only["r2-bad"]["quick/pgd"] == "" and only["r3-old"]["quick/pgd"] == ""
     assert only["r2-bad"]["quick/clean"] == "70.0"  # the run stays, with its numbers that need no checks
+
+
+def _full(run_id, method, seed, clean, robust, status="complete"):
+    """A record as a demo leaves it: `quick` from bench run, `standard` from bench eval (every metric)."""
+    rec = _checked(_record(run_id, method, "shapes10", seed, clean, robust + 0.05, n=1000), True)
+    rec["status"] = rec_status = status
+    aa = {"accuracy": robust, "clean_accuracy": clean, "n_examples": 1000, "eps": 8 / 255, "reliable": robust < 0.5,
+          "checks": {"library": {"passed": robust < 0.5, "detail": "x"}}}
+    std = {"clean": {"accuracy": clean, "n_examples": 1000},
+           "pgd": {"accuracy": robust + 0.02, "clean_accuracy": clean, "n_examples": 1000, "eps": 8 / 255,
+                   "reliable": True},
+           "autoattack": aa,
+           "calibration": {"ece": 0.05, "n_examples": 1000},
+           "fid": {"fid": 123.456, "n_samples": 500, "n_examples": 500, "small_n": "500 < 10,000"},
+           "kid": {"kid_mean": 0.0812, "kid_std": 0.0031, "n_samples": 500, "n_examples": 500, "small_n": "500 < 10,000"},
+           "is": {"is_mean": 3.21, "is_std": 0.1, "n_examples": 500},
+           "energy": {"gap_adv": -1.234, "gap_gen": 5.678, "n_examples": 1000}}
+    rec["evaluations"]["standard"] = std
+    rec["changes"] = {"method.sampler.steps": 5} if method == "jem++" else {}
+    assert rec_status == status
+    return rec
+
+
+@pytest.fixture
+def demo(tmp_path):
+    out = tmp_path / "results"
+    recs = [_full(f"20261201-10000{i}-{m}-shapes10-{h}", m, 0, c, r) for i, (m, h, c, r) in enumerate([
+        ("ce", "a1b2c3", 0.92, 0.0), ("pgd-at", "d4e5f6", 0.71, 0.38), ("jem++", "0a1b2c", 0.88, 0.02),
+        ("ebjdat", "3d4e5f", 0.80, 0.61)])]
+    recs.append(_full("20261201-110000-trades-shapes10-9f9f9f", "trades", 0, 0.5, 0.2, status="running"))
+    for rec in recs:
+        write_json(out / "runs" / rec["run_id"] / "record.json", rec)
+    # the trades run is alive: its lock names this process
+    (out / "runs" / recs[-1]["run_id"] / ".lock").write_text(f"{socket.gethostname()} {os.getpid()}")
+    return out
+
+
+def test_the_brief_view_fits_120_characters_and_names_protocol_and_n(bench_cli, demo):
+    res = bench_cli("compare", "--out", str(demo))
+    assert res.exit_code == 0, res.stderr
+    lines = res.stdout.rstrip("\n").splitlines()
+    assert max(len(line) for line in lines) <= 120, "\n".join(lines)
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    # accuracy -> robustness (the strongest attack only) -> generation -> energies; no calibration or IS
+    assert header == ["run", "method", "changes", "clean", "autoattack", "fid", "kid", "gap_adv", "gap_gen"]
+    assert "| a1b2c3 " in lines[2] and "ebjdat" in res.stdout and "trades" not in res.stdout
+    assert "| 61! " in res.stdout  # an AutoAttack number failing its library check
+    assert "0.0812 ± 0.0031" in res.stdout  # KID with its std
+    text = res.stdout
+    assert "protocol standard (also stored: quick" in text and "n: clean 1000, autoattack 1000, fid 500*, kid 500*" in text and "* under 10,000 samples: biased" in text
+    assert "1 run(s) still training are not shown (--all shows them)" in text
+    assert "trades" in bench_cli("compare", "--out", str(demo), "--all").stdout
+    quick = bench_cli("compare", "--out", str(demo), "--protocol", "quick").stdout
+    assert "protocol quick (also stored: standard" in quick and "autoattack" not in quick.splitlines()[0]
+    wide = bench_cli("compare", "--out", str(demo), "--wide").stdout
+    assert "standard/calibration.ece" in wide.splitlines()[0] or "standard/ece" in wide.splitlines()[0]
+
+
+def test_compare_for_papers_filters_columns_and_formats(bench_cli, demo):
+    rows = _csv(bench_cli, demo, "--filter", "standard/autoattack>30", "--filter", "standard/clean<=80")
+    assert [r["method"] for r in rows] == ["pgd-at", "ebjdat"] or sorted(r["method"] for r in rows) == ["ebjdat", "pgd-at"]
+    assert rows[0]["standard/autoattack n"] == "1000"  # integers stay integers in CSV
+    res = bench_cli("compare", "--out", str(demo), "--filter", "standard/autoattack>high")
+    assert res.exit_code == 2 and "> compares numbers; 'high' is not one" in res.stderr
+    js = bench_cli("compare", "--out", str(demo), "--format", "json", "--columns", "standard/clean,standard/autoattack")
+    assert '"standard/clean"' in js.stdout and "\\/" not in js.stdout
+    row = json.loads(js.stdout)[0]
+    assert set(row) == {"run_id", "standard/clean", "standard/clean n", "standard/clean reliable",
+                        "standard/autoattack", "standard/autoattack n", "standard/autoattack reliable"} - {
+        "standard/clean reliable"}
+    res = bench_cli("compare", "--out", str(demo), "--columns", "standard/colour")
+    assert res.exit_code == 2 and "--columns: unknown standard/colour; choose from: run_id" in res.stderr
+    res = bench_cli("compare", "--out", str(demo), "--protocol", "paper")
+    assert res.exit_code == 2 and "no numbers of protocol 'paper' in this table; it has: quick, standard" in res.stderr
+    # a column left empty by the filter is dropped
+    only_ce = _csv(bench_cli, demo, "--filter", "method=ce", "--reliable-only")
+    assert "standard/autoattack" in only_ce[0]  # ce's autoattack passed its checks (0 < 50)
+    bad = _csv(bench_cli, demo, "--filter", "method=ebjdat", "--reliable-only")
+    assert "standard/autoattack" not in bad[0] and "standard/autoattack n" not in bad[0]
