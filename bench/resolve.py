@@ -138,6 +138,26 @@ def resolve_config(
     return _finish(cfg)
 
 
+def config_sources(method: str, preset: str, config_file: str | None = None,
+                   cli_keys: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
+    """Which layer set each setting last (see the module docstring): ``method`` (its reference
+    settings), ``preset <p>``, ``preset <p> of <method>``, ``--config`` or ``--set/flags``;
+    a setting in none of them keeps the specification's default."""
+    method_cls = get_method(method)
+    layers = [("method", sections(getattr(method_cls, "run_defaults", {}) or {})),
+              (f"preset {preset}", sections(load_preset(preset, method).get("config", {}) or {})),
+              (f"preset {preset} of {method}", sections(method_preset(method, preset)))]
+    if config_file:
+        layers.append(("--config", load_config_file(config_file)))
+    src: dict[str, str] = {}
+    for name, layer in layers:
+        for key in flatten(layer):
+            src[key] = name
+    for key in cli_keys:
+        src[key] = "--set/flags"
+    return src
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested sections -> ``{"optim.lr": 0.1, "method.sampler.steps": 5, ...}`` (``method_cfg`` read as ``method``)."""
     out: dict[str, Any] = {}

@@ -85,7 +85,7 @@ def sample_run(run_ref: str, *, n: int = 64, klass: str | None = None, steps: in
     if batch_size < 1:
         raise BenchError(f"--batch-size must be positive, got {batch_size}")
     if npz_out is not None and not npz_out.endswith(".npz"):
-        raise BenchError(f"--out {npz_out!r} must name an .npz file, e.g. --out samples.npz")
+        raise BenchError(f"--npz {npz_out!r} must name an .npz file, e.g. --npz samples.npz")
     if sampler is not None and sampler not in SAMPLERS:
         raise BenchError(f"--sampler {sampler!r} is not a sampler kind; choose one of: {', '.join(SAMPLERS.names())}")
     if buffer not in ("fresh", "saved"):

@@ -307,3 +307,30 @@ def test_a_record_without_config_gives_one_line(bench_cli, out_with_a_run, compl
     shown = bench_cli("show", complete_run.name, "--out", str(out_with_a_run))
     assert shown.exit_code == 0 and complete_run.name in shown.stdout
     assert snapshot(out_with_a_run) == before
+
+
+def test_dry_run_prints_the_config_with_its_sources_and_the_plan_and_writes_nothing(bench_cli, tmp_path,
+                                                                                    shapes_data_dir):
+    out = tmp_path / "results"
+    res = bench_cli("run", "--method", "pgd-at", *make_tiny_args(out, shapes_data_dir, steps=6), "--set",
+                    "optim.lr=0.02", "--dry-run")
+    assert res.exit_code == 0, res.stderr
+    lines = {line.split(" = ")[0]: line for line in res.stdout.splitlines() if " = " in line}
+    assert lines["optim.lr"].split() == ["optim.lr", "=", "0.02", "[--set/flags]"]
+    assert lines["data.train_subset"].endswith("[--set/flags]") and lines["optim.momentum"].endswith("[method]")
+    assert lines["data.pad_mode"].endswith("[default]")
+    assert lines["method.steps"].endswith("[preset smoke of pgd-at]")  # the method's own smoke variant
+    assert lines["model.arch"].endswith("[preset smoke]") and lines["method"].endswith("[--method]")
+    assert "plan: 6 steps (1.5 epochs of 4 steps: 128 training images, batch 32)" in res.stdout
+    assert not out.exists()
+    res = bench_cli("run", "--method", "pgd-at", *make_tiny_args(out, shapes_data_dir), "--dataset",
+                    f"npz:{tmp_path / 'none.npz'}", "--dry-run")
+    assert res.exit_code == 0 and "plan: steps unknown: npz dataset" in res.stdout
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_the_default_paper_preset_on_a_cpu_is_refused_in_one_line(bench_cli, tmp_path):
+    res = bench_cli("run", "--method", "ce", "--out", str(tmp_path / "results"))
+    assert_one_error_line(res, "the default preset 'paper' trains wrn-28-10", "GPU-days", "--preset cpu",
+                          "pass --preset paper to run it anyway")
+    assert not (tmp_path / "results").exists()

@@ -187,7 +187,7 @@ def test_a_checkpoint_of_the_wrong_shape_gives_one_line_everywhere(bench_cli, co
     before = snapshot(out)
     expected = f"{key} has shape [3, 7] in the file but"
     for args in (["eval", run_dir.name, "--out", str(out), "-q"],
-                 ["sample", str(run_dir), "--out", str(tmp_path / "samples.npz"), "-n", "4"],
+                 ["sample", run_dir.name, "--out", str(out), "--npz", str(tmp_path / "samples.npz"), "-n", "4"],
                  ["run", "--resume", run_dir.name, "--out", str(out), "-q"]):
         res = bench_cli(*args)
         assert_one_error_line(res, f"checkpoint {last} does not fit the run's model", expected)

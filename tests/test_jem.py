@@ -116,7 +116,7 @@ def jem_run(tmp_path_factory, shapes_data_dir):
 
 def test_bench_sample_writes_grid_and_npz(bench_cli, jem_run, tmp_path):
     npz = tmp_path / "s.npz"
-    res = bench_cli("sample", str(jem_run), "-n", "10", "--steps", "3", "--out", str(npz),
+    res = bench_cli("sample", str(jem_run), "-n", "10", "--steps", "3", "--npz", str(npz),
                     "--grid", str(tmp_path / "g.png"))
     assert res.exit_code == 0, res.stderr
     assert "10 samples (unconditional), sgld 3 steps from fresh starts" in res.stdout
@@ -125,7 +125,7 @@ def test_bench_sample_writes_grid_and_npz(bench_cli, jem_run, tmp_path):
     assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
 
     res = bench_cli("sample", str(jem_run), "-n", "6", "--class", "3", "--buffer", "saved", "--steps", "1",
-                    "--sampler", "pyld", "--out", str(npz))
+                    "--sampler", "pyld", "--npz", str(npz))
     assert res.exit_code == 0, res.stderr
     d = np.load(npz)
     assert d["x"].shape == (6, 32, 32, 3) and d["y"].tolist() == [3] * 6
@@ -136,7 +136,8 @@ def test_bench_sample_writes_grid_and_npz(bench_cli, jem_run, tmp_path):
     (["-n", "0"], "-n must be a positive"),
     (["--class", "10"], "out of range"),
     (["--class", "zebra"], "neither a class index nor a class name"),
-    (["--out", "x.png"], "must name an .npz file"),
+    (["--npz", "x.png"], "--npz 'x.png' must name an .npz file"),
+    (["--out", "x.npz"], "--out is the results folder, as in every command; write the samples with --npz x.npz"),
     (["--steps", "-1"], "--steps must be >= 0"),
     (["--sampler", "langevin-9000"], "--sampler 'langevin-9000' is not a sampler kind; choose one of: pyld, sgld"),
 ])

@@ -15,8 +15,9 @@ from bench.errors import BenchError
 @click.option("--method", "-m", help="Training method (see `bench list methods`).")
 @click.option("--dataset", "-d", default=None, help="shapes10 (default, embedded), cifar10, cifar100 or npz:PATH.")
 @click.option("--arch", "-a", default=None, help="Architecture, e.g. resnet8, wrn-28-10 (see `bench list archs`).")
-@click.option("--preset", "-p", default="paper", show_default=True,
-              help="smoke (seconds), cpu (minutes), paper (WRN-28-10, reference settings).")
+@click.option("--preset", "-p", default=None,
+              help="smoke, demo, cpu or paper (WRN-28-10, the references' settings; the default, on a GPU). "
+                   "See `bench list presets`.")
 @click.option("--config", "config_file", default=None, help="YAML/JSON file of settings (sections data:, optim:, ...).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override one setting, e.g. --set optim.lr=0.01 --set method.steps=7. Repeatable. With "
@@ -35,11 +36,13 @@ from bench.errors import BenchError
 @click.option("--resume", default=None, metavar="RUN", help="Continue an interrupted run (id or directory).")
 @click.option("--checkpoint", "checkpoint_path", default=None, help="With --resume: a specific checkpoint file.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the resolved config (and where each value came from) and the planned steps; train nothing.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel processes (GPUs) on this machine; launches torchrun. Beyond one node, "
                    "call torchrun yourself: torchrun --nnodes ... -m bench run ...")
 def run(method, dataset, arch, preset, config_file, overrides, seed, seeds, device, data_dir, on_divergence, out,
-        resume, checkpoint_path, quiet, nproc):
+        resume, checkpoint_path, quiet, dry_run, nproc):
     """Train one method with the shared training core, then evaluate it.
 
     \b
@@ -62,8 +65,11 @@ def run(method, dataset, arch, preset, config_file, overrides, seed, seeds, devi
 
         if not launched_by_torchrun():
             sys.exit(_relaunch_with_torchrun(nproc))
+    if resume and dry_run:
+        raise BenchError("--dry-run shows a new run's plan; drop it with --resume (bench show RUN shows a run)")
     if resume:
         given = [n for n, v in (("--method", method), ("--dataset", dataset), ("--arch", arch),
+                                ("--preset", preset),
                                 ("--config", config_file), ("--seed", seed), ("--seeds", seeds)) if v is not None and v != ()]
         if given:
             raise BenchError(f"--resume continues a run with its saved config; drop {', '.join(given)} (on resume "
@@ -79,6 +85,8 @@ def run(method, dataset, arch, preset, config_file, overrides, seed, seeds, devi
             raise BenchError("--checkpoint only goes with --resume RUN")
         from bench.resolve import resolve_config
 
+        explicit_preset, preset = preset, preset or "paper"
+
         extra = list(overrides)
         if data_dir:
             extra.append(f"data.data_dir={data_dir}")
@@ -93,7 +101,25 @@ def run(method, dataset, arch, preset, config_file, overrides, seed, seeds, devi
         cfgs = [resolve_config(method, preset=preset, dataset=dataset, arch=arch, seed=s, device=device,
                                config_file=config_file, overrides=extra) for s in seed_list]
         cfg = cfgs[0]
-        if preset == "paper" and (device or "auto") != "cuda":
+        if dry_run:
+            from bench.config import parse_set
+            from bench.dry_run import describe
+            from bench.resolve import flatten
+
+            keys = [k for item in extra for k in flatten(parse_set(item))]
+            keys += [k for k, v in (("data.dataset", dataset), ("model.arch", arch), ("seed", seed),
+                                    ("device", device)) if v is not None]
+            for line in describe(cfg, config_file, keys):
+                click.echo(line)
+            return
+        if explicit_preset is None and (device or "auto") != "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise BenchError(f"the default preset 'paper' trains {cfg.model.arch} for {cfg.train.epochs:g} epochs, "
+                                 "GPU-days; on this machine without a GPU choose --preset cpu (minutes) or --preset "
+                                 "smoke, or pass --preset paper to run it anyway")
+        elif preset == "paper" and (device or "auto") != "cuda":
             import torch
 
             if not torch.cuda.is_available():
