@@ -327,8 +327,8 @@ def test_missing_cifar_gives_one_line_naming_the_place(tmp_path, monkeypatch, ca
     from bench.cli import main
 
     monkeypatch.setattr(sys, "argv", [
-        "bench", "run", "--method", "ebjdat", "--dataset", "cifar10", "--data-dir", str(tmp_path / "nodata"),
-        "--set", "data.download=false", "--out", str(tmp_path / "results"), "-q"])
+        "bench", "run", "--method", "ebjdat", "--dataset", "cifar10", "--preset", "paper", "--data-dir",
+        str(tmp_path / "nodata"), "--set", "data.download=false", "--out", str(tmp_path / "results"), "-q"])
     with pytest.raises(SystemExit) as exit_:
         main()
     assert exit_.value.code == 2

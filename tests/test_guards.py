@@ -13,23 +13,12 @@ from types import SimpleNamespace
 import pytest
 import scipy.stats
 import torch
-import torch.nn as nn
 
 from metrics import EvalContext, evaluate
 from metrics.base import METRICS
 from metrics.guards import ForwardWatch, PerturbationMeter, apply_ordering
 from metrics.intervals import accuracy_interval, t_interval, wilson
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                 nn.Linear(8, 10))
-
-    def forward(self, x):
-        return 4 * self.net(x)
+from test_eval_metrics import Tiny as Net  # a small conv net: 4 x logits of conv-relu-pool-linear
 
 
 class Quantised(Net):

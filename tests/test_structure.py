@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("bench", "methods", "metrics")
 APP = {"bench.cli", "bench.__main__", "bench.resolve", "bench.runner", "bench.evaluation", "bench.saved_runs",
-       "bench.compare", "bench.grouping", "bench.summary", "bench.listing", "bench.perf", "bench.perf_eval"}
+       "bench.compare", "bench.compare_view", "bench.grouping", "bench.dry_run", "bench.summary", "bench.listing", "bench.perf", "bench.perf_eval"}
 LEAVES = {"bench.errors": set(), "bench.config": {"bench.errors"}, "bench.io": {"bench.errors"}, "bench.timing": set(),
           "bench.device": {"bench.errors"}, "bench.signals": set()}
 SHARED_METHOD_MODULES = {"methods", "methods.base", "methods._energy"}
