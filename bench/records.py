@@ -107,7 +107,10 @@ def environment(device) -> dict[str, Any]:
     }
 
 
-def new_record(run_id: str, cfg, device, data_summary: dict, changes: dict[str, Any] | None = None) -> dict[str, Any]:
+def new_record(run_id: str, cfg, device, data_summary: dict, changes: dict[str, Any] | None = None,
+               plugins: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    env = environment(device)
+    env["plugins"] = list(plugins or [])  # each package besides trilemma-bench that provided the method or a metric
     return {
         "schema": SCHEMA,
         "run_id": run_id,
@@ -120,7 +123,7 @@ def new_record(run_id: str, cfg, device, data_summary: dict, changes: dict[str, 
         "config": cfg.to_dict(),
         "config_digest": cfg.digest(),
         "changes": None if changes is None else dict(changes),
-        "environment": environment(device),
+        "environment": env,
         "data": data_summary,
         "created_at": now(),
         "updated_at": now(),
@@ -188,8 +191,9 @@ class RunRecord:
     # -- create / load / save ------------------------------------------------------------
     @classmethod
     def create(cls, run_dir: Path, run_id: str, cfg, device, data_summary: dict,
-               changes: dict[str, Any] | None = None, save: bool = True) -> "RunRecord":
-        rec = cls(run_dir, new_record(run_id, cfg, device, data_summary, changes))
+               changes: dict[str, Any] | None = None, save: bool = True,
+               plugins: list[dict[str, Any]] | None = None) -> "RunRecord":
+        rec = cls(run_dir, new_record(run_id, cfg, device, data_summary, changes, plugins))
         if save:
             rec.save()
         return rec
@@ -276,6 +280,13 @@ class RunRecord:
             entry["note"] = note
         self.data["training"].setdefault("resumes", []).append(entry)
 
+    def add_plugins(self, plugins: list[dict[str, Any]]) -> None:
+        """List each plugin (kind, name, package, version, module) once in ``environment.plugins``."""
+        have = self.data.setdefault("environment", {}).setdefault("plugins", [])
+        for p in plugins:
+            if not any(h.get("kind") == p["kind"] and h.get("name") == p["name"] for h in have):
+                have.append(p)
+
     def remove_litter(self) -> list[Path]:
         """Delete temporary files left by writes that a kill interrupted: the record's (under the
         directory lock its writers hold) and the trainer's. Call it while holding the run's lock."""
@@ -289,6 +300,8 @@ class RunRecord:
         """Add ``results`` (metric -> result) under ``evaluations[protocol]``, keeping the other metrics'
         earlier results; their artifacts go into ``artifacts`` as ``<protocol>/<metric>/<name>``."""
         self.data.setdefault("evaluations", {}).setdefault(protocol, {}).update(results)
+        self.add_plugins([{"kind": "metric", "name": metric, **res["provider"]} for metric, res in results.items()
+                          if isinstance(res.get("provider"), dict)])
         arts = self.data.setdefault("artifacts", {})
         for metric, res in results.items():
             for name, rel in (res.get("artifacts") or {}).items():

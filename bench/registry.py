@@ -152,3 +152,24 @@ def _num(v: str) -> Any:
 
 def _is_module(obj: Any) -> bool:
     return type(obj).__name__ == "module"
+
+
+BUILTIN_PACKAGES = frozenset({"bench", "methods", "metrics"})  # trilemma-bench's own top-level packages
+
+
+def provider(obj: Any) -> dict[str, Any] | None:
+    """Where a registered object (a method class, a metric function, ...) comes from: None for
+    trilemma-bench's own; else its distribution's name and version (as installed) and its module."""
+    module = getattr(obj, "__module__", None) or type(obj).__module__
+    top = module.split(".")[0]
+    if top in BUILTIN_PACKAGES:
+        return None
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    dists = packages_distributions().get(top) or []
+    package = dists[0] if dists else None
+    try:
+        ver = version(package) if package else None
+    except PackageNotFoundError:
+        ver = None
+    return {"package": package or top, "version": ver, "module": module}

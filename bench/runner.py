@@ -21,6 +21,7 @@ from bench.models import build_model
 from bench.evaluation import evaluate_into
 from bench.device import resolve_device
 from bench.records import RunLock, RunRecord, new_run_dir, resolve_run, run_config
+from bench.registry import provider
 from bench.resolve import preset_changes, resume_overrides
 from bench.signals import terminate_as_interrupt
 from bench.trainer import Trainer, TrainState
@@ -247,7 +248,10 @@ def start_run(cfg: RunConfig, out: str | Path = "results", show_progress: bool =
         changes = None
     run = new_run_dir(out, cfg.method, cfg.data.dataset) if dist.is_main else None
     run_id, run_dir = D.broadcast_object(run, dist)
-    record = RunRecord.create(run_dir, run_id, cfg, device, data.summary(), changes=changes, save=dist.is_main)
+    prov = provider(get_method(cfg.method))
+    plugins = [{"kind": "method", "name": cfg.method, **prov}] if prov else []
+    record = RunRecord.create(run_dir, run_id, cfg, device, data.summary(), changes=changes, save=dist.is_main,
+                              plugins=plugins)
     if dist.is_main:
         if announce:
             announce(f"run {run_id}: {cfg.method} on {cfg.data.dataset} ({cfg.model.arch}, preset {cfg.preset}, "

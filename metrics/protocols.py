@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from bench.errors import BenchError
-from bench.registry import Registry
+from bench.registry import Registry, provider
 from metrics.base import METRICS, EvalContext, declared_settings
 from metrics.guards import apply_ordering
 from metrics.intervals import accuracy_interval
@@ -252,6 +252,9 @@ def evaluate(model, data, protocol: str, n_examples: int, ctx: EvalContext,
                 "seconds": round(time.perf_counter() - t0, 3),
                 "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
+            prov = provider(fn)  # a plugin's metric: which package (and version) produced the number
+            if prov:
+                results[name]["provider"] = prov
     finally:
         model.train(was_training)
     apply_ordering(results)

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import json
+
 import importlib
 import shutil
 import sys
@@ -71,6 +73,7 @@ def _install(tmp_path, name: str, module_text: str, groups: dict[str, list[str]]
     dist.mkdir()
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("".join(f"[{g}]\n" + "\n".join(lines) + "\n" for g, lines in groups.items()))
+    (dist / "RECORD").write_text(f"{name}.py,,\n{name}-0.1.dist-info/METADATA,,\n")  # maps the module to its package
     return site
 
 
@@ -89,6 +92,13 @@ def test_a_metric_plugin_reaches_eval_show_and_compare(tmp_path, complete_run, b
                            "--metrics", "noise-acc", "--set", "noise-acc.sigma=0.2", "-q", env=env)
     assert res.exit_code == 0, res.stderr
     assert "noisy accuracy" in res.stdout and "at sigma 0.2" in res.stdout  # the plugin's own summary
+
+    # the record names the package that produced the number, as it names torch
+    rec = json.loads((results / "runs" / complete_run.name / "record.json").read_text())
+    plugin = {"kind": "metric", "name": "noise-acc", "package": "tb-metric-pkg", "version": "0.1",
+              "module": "tb_metric_pkg"}
+    assert plugin in rec["environment"]["plugins"]
+    assert rec["evaluations"]["quick"]["noise-acc"]["provider"] == {k: plugin[k] for k in ("package", "version", "module")}
 
     shown = bench_subprocess("show", complete_run.name, "--out", str(results), env=env)
     assert shown.exit_code == 0 and "noise-acc" in shown.stdout and "at sigma 0.2" in shown.stdout

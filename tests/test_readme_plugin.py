@@ -28,6 +28,9 @@ def test_readme_plugin_example_trains(bench_cli, results_root, shapes_data_dir):
         (run_dir,) = (results_root / "runs").iterdir()
         rec = json.loads((run_dir / "record.json").read_text())
         assert rec["config"]["method_cfg"] == {"eps": 8 / 255, "steps": 2, "clean_weight": 0.5}
+        # the method's provider is recorded (a module not installed as a package: its name, no version)
+        assert {"kind": "method", "name": "mixed-at", "package": "my_plugin", "version": None,
+                "module": "my_plugin"} in rec["environment"]["plugins"]
         logged = [h for h in rec["training"]["history"] if "loss" in h][-1]
         assert abs(logged["loss"] - 0.5 * logged["ce"] - 0.5 * logged["ce_adv"]) < 1e-4
     finally:
