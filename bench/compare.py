@@ -39,7 +39,8 @@ REFERENCE_NOTE = ("reported rows are published numbers, not measured here. 'pape
                   "RobustBench leaderboard (10k test images, standard AutoAttack).")
 
 
-TIDY_COLUMNS = ["run_id", "protocol", "metric", "key", "value", "n_examples", "reliable", "ci_lo", "ci_hi", "small_n"]
+TIDY_COLUMNS = ["run_id", "protocol", "metric", "base", "key", "value", "n_examples", "reliable", "ci_lo", "ci_hi",
+                "small_n"]
 
 
 def _interval(res: dict[str, Any], key: str) -> tuple[float | None, float | None]:
@@ -73,6 +74,7 @@ def tidy(records: list[dict[str, Any]]) -> pd.DataFrame:
                     if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("n_examples", "seconds"):
                         lo, hi = _interval(res, key)
                         rows.append({"run_id": r["run_id"], "protocol": protocol, "metric": metric, "key": key,
+                                     "base": res.get("metric") or metric.split("[")[0],
                                      "value": float(value), "n_examples": res.get("n_examples"),
                                      "reliable": reliable, "ci_lo": lo, "ci_hi": hi, "small_n": small_n})
     return pd.DataFrame(rows, columns=TIDY_COLUMNS)
@@ -134,13 +136,15 @@ def headline(t: pd.DataFrame) -> pd.DataFrame:
         stored.setdefault(row.metric, {})[row.key] = row.value
         values[(row.run_id, row.protocol, row.metric, row.key)] = row.value
     for row in t.itertuples(index=False):
-        shown = presentation(row.metric)
-        for i, h in enumerate(shown.headlines_for(row.metric, stored[row.metric])):
+        base = getattr(row, "base", None) or row.metric  # "pgd" for a result stored as "pgd[steps=50]"
+        variant = row.metric[len(base):] if row.metric.startswith(base) else ""
+        shown = presentation(base)
+        for i, h in enumerate(shown.headlines_for(base, stored[row.metric])):
             if h.key == row.key:
                 spread = values.get((row.run_id, row.protocol, row.metric, h.spread)) if h.spread else None
                 # a number its metric marks as biased at this n sits in a column of its own n
-                column = f"{row.protocol}/{h.label}" + (f"@{int(row.n_examples)}" if getattr(row, "small_n", False)
-                                                         and pd.notna(row.n_examples) else "")
+                column = f"{row.protocol}/{h.label}{variant}" + (
+                    f"@{int(row.n_examples)}" if getattr(row, "small_n", False) and pd.notna(row.n_examples) else "")
                 ci = [None if pd.isna(v) else h.shown(v) for v in (getattr(row, "ci_lo", None), getattr(row, "ci_hi", None))]
                 # a checked metric's result without checks (stored before they existed) is "unchecked"
                 reliable = getattr(row, "reliable", None)

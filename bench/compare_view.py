@@ -70,6 +70,12 @@ def for_reading(df: pd.DataFrame) -> pd.DataFrame:
     return out.drop(columns=[c for c in df.columns if c.endswith(HELPERS[1:])])
 
 
+def _short_label(label: str) -> str:
+    """``energy.gap_adv`` -> ``gap_adv``, ``fid@500`` -> ``fid``, ``pgd[eps=0.03]`` kept whole."""
+    head, bracket, rest = re.sub(r"@\d+$", "", label).partition("[")
+    return head.split(".")[-1] + bracket + rest
+
+
 def pick_protocol(df: pd.DataFrame, meta: dict[str, dict], protocol: str | None) -> str | None:
     present = {}
     for c, m in meta.items():
@@ -131,7 +137,7 @@ def brief(df: pd.DataFrame, meta: dict[str, dict], protocol: str | None = None) 
         out["seeds"] = list(df["seeds"])
     ns = {}
     # energy.gap_adv -> gap_adv, fid@500 -> fid (its n is below the table), when still unique
-    short = [meta[c]["label"].split(".")[-1].split("@")[0] for c in cols]
+    short = [_short_label(meta[c]["label"]) for c in cols]
     for c, brief_label in zip(cols, short):
         label = brief_label if short.count(brief_label) == 1 and brief_label not in out.columns else meta[c]["label"]
         counts = df[f"{c} n"].dropna().unique() if f"{c} n" in df.columns else []

@@ -44,6 +44,7 @@ def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, dict[str, A
 def format_result(metric: str, res: dict[str, Any]) -> str:
     """One line for a stored result, as the metric presents itself (its headline numbers if its own
     summary does not fit the result, e.g. a result of an older version)."""
+    metric = res.get("metric") or metric.split("[")[0]  # a result under changed settings: "pgd[steps=50]"
     try:
         text = presentation(metric).describe(metric, res)
     except (KeyError, TypeError, ValueError):
@@ -116,7 +117,8 @@ def evaluate_saved_run(run_dir: Path, protocol: str = "standard", metrics: list[
         with terminate_as_interrupt():  # SIGTERM (a scheduler's stop) saves the finished metrics too
             for name in names:
                 echo(f"[{proto.name}] {name} ...")
-                results.update(evaluate(model, data, protocol, n, ctx, [name], overrides))
+                own = {name: overrides[name]} if overrides and name in overrides else None  # checked above
+                results.update(evaluate(model, data, protocol, n, ctx, [name], own))
     except KeyboardInterrupt:
         if results:
             save()

@@ -300,8 +300,8 @@ class RunRecord:
         """Add ``results`` (metric -> result) under ``evaluations[protocol]``, keeping the other metrics'
         earlier results; their artifacts go into ``artifacts`` as ``<protocol>/<metric>/<name>``."""
         self.data.setdefault("evaluations", {}).setdefault(protocol, {}).update(results)
-        self.add_plugins([{"kind": "metric", "name": metric, **res["provider"]} for metric, res in results.items()
-                          if isinstance(res.get("provider"), dict)])
+        self.add_plugins([{"kind": "metric", "name": res.get("metric") or metric, **res["provider"]}
+                          for metric, res in results.items() if isinstance(res.get("provider"), dict)])
         arts = self.data.setdefault("artifacts", {})
         for metric, res in results.items():
             for name, rel in (res.get("artifacts") or {}).items():

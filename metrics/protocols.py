@@ -142,6 +142,16 @@ register_protocol(
 )
 
 
+register_protocol(
+    Protocol(
+        name="custom",
+        description=("ad-hoc evaluations: the metrics named with --metrics, each with its own defaults and the --set "
+                     "settings given; [0, 1] inputs, no test-time noise"),
+        metrics={},
+    )
+)
+
+
 class TestTimeNoise(torch.nn.Module):
     """``model`` behind N(0, std^2) noise on its [0, 1] input, drawn afresh on every forward pass."""
 
@@ -185,6 +195,16 @@ def preflight(protocol: str, metrics: list[str] | None, ctx: EvalContext,
     """(metrics to run, {skipped metric: reason}). Fails with the one-line fix for a metric asked for by name."""
     proto = get_protocol(protocol)
     names = list(metrics) if metrics else list(proto.metrics)
+    if not names:
+        raise BenchError(f"protocol {proto.name} has no metrics of its own; name them with --metrics, e.g. "
+                         "--protocol custom --metrics pgd --set pgd.steps=50")
+    if proto.metrics:  # a named protocol: its results must be what it says
+        foreign = [m for m in names if m not in proto.metrics]
+        if foreign:
+            METRICS.get(foreign[0])  # an unknown name fails here, with the known ones
+            raise BenchError(f"metric {foreign[0]!r} is not part of protocol {proto.name} (it has "
+                             f"{', '.join(proto.metrics)}); evaluate it with --protocol custom --metrics "
+                             f"{','.join(foreign)} (its own defaults plus --set)")
     check_overrides(names, overrides)
     run, skipped = [], {}
     for name in names:
@@ -200,6 +220,27 @@ def preflight(protocol: str, metrics: list[str] | None, ctx: EvalContext,
                 continue
         run.append(name)
     return run, skipped
+
+
+def _compact(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return "+".join(_compact(x) for x in v)
+    if isinstance(v, dict):
+        return "{" + ",".join(f"{k}={_compact(x)}" for k, x in sorted(v.items())) + "}"
+    return str(v)
+
+
+def variant_key(metric: str, proto: Protocol, overrides: dict[str, Any] | None) -> str:
+    """The key a result is stored under: the metric's name for the protocol's own settings, and
+    ``metric[key=value,...]`` for settings changed with --set, so that a changed setting is a new
+    entry and never replaces the protocol's result."""
+    own = proto.metrics.get(metric, {})
+    changed = {k: v for k, v in (overrides or {}).items() if k != "n_examples" and own.get(k) != v}
+    if not changed:
+        return metric
+    return f"{metric}[{','.join(f'{k}={_compact(v)}' for k, v in sorted(changed.items()))}]"
 
 
 def check_overrides(names: list[str], overrides: dict[str, dict[str, Any]] | None) -> None:
@@ -244,7 +285,9 @@ def evaluate(model, data, protocol: str, n_examples: int, ctx: EvalContext,
             settings = metric_settings(proto, name, n_examples, overrides)
             t0 = time.perf_counter()
             out = fn(model, data, settings, ctx)
-            results[name] = {
+            key = variant_key(name, proto, (overrides or {}).get(name))
+            results[key] = {
+                "metric": name,
                 **out,
                 **_interval(out),
                 "protocol": proto.name,
@@ -254,7 +297,7 @@ def evaluate(model, data, protocol: str, n_examples: int, ctx: EvalContext,
             }
             prov = provider(fn)  # a plugin's metric: which package (and version) produced the number
             if prov:
-                results[name]["provider"] = prov
+                results[key]["provider"] = prov
     finally:
         model.train(was_training)
     apply_ordering(results)

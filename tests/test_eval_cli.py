@@ -112,3 +112,29 @@ def test_compare_reference_rows_are_kept_apart(bench_cli, run_copy):
     assert "reported rows are published numbers, not measured here" in md.stdout
     plain = bench_cli("compare", "--out", str(out))
     assert "reported" not in plain.stdout and "kind" not in plain.stdout
+
+
+def test_changed_settings_and_ad_hoc_metrics_are_new_entries(bench_cli, tmp_path, complete_run):
+    out = tmp_path / "results"
+    shutil.copytree(complete_run, out / "runs" / complete_run.name)
+    path = out / "runs" / complete_run.name / "record.json"
+    before = json.loads(path.read_text())["evaluations"]["quick"]["pgd"]
+    res = bench_cli("eval", complete_run.name, "--out", str(out), "--protocol", "quick", "--metrics", "pgd",
+                    "--set", "pgd.steps=3", "-n", "16", "-q")
+    assert res.exit_code == 0, res.stderr
+    ev = json.loads(path.read_text())["evaluations"]
+    assert ev["quick"]["pgd"] == before  # the protocol's own result is kept
+    assert ev["quick"]["pgd[steps=3]"]["settings"]["steps"] == 3 and ev["quick"]["pgd[steps=3]"]["metric"] == "pgd"
+    # a metric outside the protocol: one line naming the custom protocol, nothing written
+    res = bench_cli("eval", complete_run.name, "--out", str(out), "--protocol", "quick", "--metrics", "calibration")
+    assert res.exit_code == 2 and "metric 'calibration' is not part of protocol quick" in res.stderr
+    assert "--protocol custom --metrics calibration" in res.stderr
+    res = bench_cli("eval", complete_run.name, "--out", str(out), "--protocol", "custom", "-q")
+    assert res.exit_code == 2 and "protocol custom has no metrics of its own; name them with --metrics" in res.stderr
+    res = bench_cli("eval", complete_run.name, "--out", str(out), "--protocol", "custom", "--metrics", "calibration",
+                    "-n", "16", "-q")
+    assert res.exit_code == 0, res.stderr
+    assert "calibration" in json.loads(path.read_text())["evaluations"]["custom"]
+    table = bench_cli("compare", "--out", str(out), "--format", "csv")
+    header = table.stdout.splitlines()[0].split(",")
+    assert "quick/pgd" in header and "quick/pgd[steps=3]" in header and "custom/ece" in header

@@ -136,11 +136,13 @@ def test_autoattack_on_a_random_model_is_unreliable_and_keeps_the_library_warnin
 def test_the_paper_eot_protocol_draws_noise_per_forward_and_attacks_with_eot(tmp_path):
     res = evaluate(Net().eval(), data(), "paper-eot", 16, ctx(tmp_path), metrics=["clean", "pgd"],
                    overrides={"pgd": {"steps": 2, "eot": 3}})
-    assert res["pgd"]["settings"]["input_noise_drawn"] == "every forward pass"
-    assert res["pgd"]["checks"]["randomness"]["passed"] and "attacked with EOT 3" in res["pgd"]["checks"]["randomness"]["detail"]
+    pgd = res["pgd[eot=3,steps=2]"]  # settings changed from the protocol's: a result of its own
+    assert pgd["settings"]["input_noise_drawn"] == "every forward pass"
+    assert pgd["checks"]["randomness"]["passed"] and "attacked with EOT 3" in pgd["checks"]["randomness"]["detail"]
     paper = evaluate(Net().eval(), data(), "paper", 16, ctx(tmp_path), metrics=["pgd"], overrides={"pgd": {"steps": 2}})
     # noise drawn once per image: the attacked function is deterministic, so no EOT is needed
-    assert paper["pgd"]["checks"]["randomness"]["passed"] and "deterministic" in paper["pgd"]["checks"]["randomness"]["detail"]
+    check = paper["pgd[steps=2]"]["checks"]["randomness"]
+    assert check["passed"] and "deterministic" in check["detail"]
 
 
 @pytest.mark.parametrize("k, n", [(0, 10), (3, 10), (10, 10), (656, 1000), (1, 200)])

@@ -88,8 +88,8 @@ def test_a_metric_plugin_reaches_eval_show_and_compare(tmp_path, complete_run, b
     listed = bench_subprocess("list", "metrics", env=env)
     assert listed.exit_code == 0 and "noise-acc" in listed.stdout.split()
 
-    res = bench_subprocess("eval", complete_run.name, "--out", str(results), "--protocol", "quick",
-                           "--metrics", "noise-acc", "--set", "noise-acc.sigma=0.2", "-q", env=env)
+    res = bench_subprocess("eval", complete_run.name, "--out", str(results), "--protocol", "custom",
+                           "--metrics", "pgd,noise-acc", "--set", "noise-acc.sigma=0.2", "-n", "32", "-q", env=env)
     assert res.exit_code == 0, res.stderr
     assert "noisy accuracy" in res.stdout and "at sigma 0.2" in res.stdout  # the plugin's own summary
 
@@ -98,7 +98,7 @@ def test_a_metric_plugin_reaches_eval_show_and_compare(tmp_path, complete_run, b
     plugin = {"kind": "metric", "name": "noise-acc", "package": "tb-metric-pkg", "version": "0.1",
               "module": "tb_metric_pkg"}
     assert plugin in rec["environment"]["plugins"]
-    assert rec["evaluations"]["quick"]["noise-acc"]["provider"] == {k: plugin[k] for k in ("package", "version", "module")}
+    assert rec["evaluations"]["custom"]["noise-acc[sigma=0.2]"]["provider"] == {k: plugin[k] for k in ("package", "version", "module")}
 
     shown = bench_subprocess("show", complete_run.name, "--out", str(results), env=env)
     assert shown.exit_code == 0 and "noise-acc" in shown.stdout and "at sigma 0.2" in shown.stdout
@@ -107,15 +107,16 @@ def test_a_metric_plugin_reaches_eval_show_and_compare(tmp_path, complete_run, b
     assert table.exit_code == 0, table.stderr
     header = table.stdout.splitlines()[0].split(",")
     # its column, placed by the plugin's order between pgd (20) and anything later, with its n
-    assert "quick/noise" in header and "quick/noise n" in header
-    assert header.index("quick/pgd") < header.index("quick/noise")
+    col = "custom/noise[sigma=0.2]"  # an ad-hoc metric under the custom protocol, its changed setting named
+    assert col in header and f"{col} n" in header
+    assert header.index("custom/pgd") < header.index(col)
     row = table.stdout.splitlines()[1].split(",")
-    value = float(row[header.index("quick/noise")])
+    value = float(row[header.index(col)])
     assert 0.0 <= value <= 100.0 and value == round(value, 2)  # shown in percent, as declared
 
     # without the plugin installed its stored result still shows, with the default presentation
     plain = bench_subprocess("compare", "--out", str(results), "--format", "csv")
-    assert plain.exit_code == 0 and "quick/noise-acc" in plain.stdout.splitlines()[0].split(",")
+    assert plain.exit_code == 0 and "custom/noise-acc[sigma=0.2]" in plain.stdout.splitlines()[0].split(",")
 
 
 def test_protocol_and_sampler_plugins_register_through_entry_points(tmp_path, monkeypatch, shapes_data_dir):

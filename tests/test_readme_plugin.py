@@ -51,13 +51,13 @@ def test_readme_metric_example_reaches_eval_and_compare(bench_cli, tmp_path, com
     shutil.copytree(complete_run, results / "runs" / complete_run.name)
     try:
         exec(compile(code, "README.md:my_metrics.py", "exec"), module.__dict__)
-        res = bench_cli("eval", complete_run.name, "--out", str(results), "--protocol", "quick",
+        res = bench_cli("eval", complete_run.name, "--out", str(results), "--protocol", "custom",
                         "--metrics", "noise-acc", "--set", "noise-acc.sigma=0.2", "-q")
         assert res.exit_code == 0, res.stderr
         assert "noisy accuracy" in res.stdout and "at sigma 0.2" in res.stdout
         table = bench_cli("compare", "--out", str(results), "--format", "csv")
         header = table.stdout.splitlines()[0].split(",")
-        assert "quick/noise" in header and header.index("quick/pgd") < header.index("quick/noise")
+        assert "custom/noise[sigma=0.2]" in header and header.index("quick/pgd") < header.index("custom/noise[sigma=0.2]")
     finally:
         METRICS.unregister("noise-acc")
         sys.modules.pop("my_metrics", None)
