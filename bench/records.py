@@ -231,6 +231,7 @@ class RunRecord:
         write_json(self.path, self.data)
 
     def _keep_evaluation_parts(self, disk: dict[str, Any]) -> None:
+        """Results, their figures, skipped metrics, evaluation time and the plugins that produced them."""
         mine = self.data.setdefault("evaluations", {})
         for protocol, results in (disk.get("evaluations") or {}).items():
             if not isinstance(results, dict):
@@ -245,6 +246,7 @@ class RunRecord:
                 arts.setdefault(key, rel)
         for protocol, why in (disk.get("evaluation_skipped") or {}).items():
             self.data.setdefault("evaluation_skipped", {}).setdefault(protocol, why)
+        self.add_plugins([p for p in (disk.get("environment") or {}).get("plugins") or () if isinstance(p, dict)])
         done = (disk.get("timings") or {}).get("eval_seconds")
         if isinstance(done, (int, float)):
             t = self.data.setdefault("timings", {})
@@ -284,7 +286,7 @@ class RunRecord:
         """List each plugin (kind, name, package, version, module) once in ``environment.plugins``."""
         have = self.data.setdefault("environment", {}).setdefault("plugins", [])
         for p in plugins:
-            if not any(h.get("kind") == p["kind"] and h.get("name") == p["name"] for h in have):
+            if not any(h.get("kind") == p.get("kind") and h.get("name") == p.get("name") for h in have):
                 have.append(p)
 
     def remove_litter(self) -> list[Path]:

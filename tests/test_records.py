@@ -90,14 +90,19 @@ def test_a_stale_copy_keeps_the_artifacts_skips_and_time_of_an_evaluation(tmp_pa
     trainer = RunRecord(run_dir, {"run_id": "r", "status": "running", "training": {}, "timings": {"train_seconds": 1.0},
                                   "evaluations": {}, "artifacts": {"checkpoint": "checkpoints/last.pt"}})
     trainer.save()
+    provider = {"package": "tb-metric-pkg", "version": "0.1", "module": "tb_metric_pkg"}
     RunRecord.update(run_dir, lambda rec: rec.merge_evaluation("standard", {"energy": {
         "gap_adv": 0.1, "n_examples": 8, "seconds": 3.0, "evaluated_at": "2026-11-30T10:00:00+0000",
-        "artifacts": {"histogram": "figures/energy.png"}}}, skipped={"fid": "no weights"}, save=False))
+        "artifacts": {"histogram": "figures/energy.png"}}, "noise-acc": {
+        "accuracy": 0.5, "n_examples": 8, "evaluated_at": "2026-11-30T10:00:00+0000", "provider": provider}},
+        skipped={"fid": "no weights"}, save=False))
     trainer.update_training(steps_done=7, train_seconds=2.0)
     rec = load_record(run_dir)
     assert rec["artifacts"] == {"checkpoint": "checkpoints/last.pt", "standard/energy/histogram": "figures/energy.png"}
     assert rec["evaluation_skipped"] == {"standard": {"fid": "no weights"}}
     assert rec["timings"] == {"train_seconds": 2.0, "eval_seconds": 3.0} and rec["training"]["steps_done"] == 7
+    # the plugin that produced a kept result stays listed with it
+    assert rec["environment"]["plugins"] == [{"kind": "metric", "name": "noise-acc", **provider}]
 
 
 def test_a_record_of_a_newer_schema_is_refused_in_one_line(tmp_path):
