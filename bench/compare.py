@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.compare_view import HELPERS
+from bench.compare_view import HELPERS, number_columns
 from bench.errors import BenchError
 from bench.records import list_runs, live_status, load_record
 from metrics import presentation
@@ -290,8 +290,7 @@ def sort_table(df: pd.DataFrame, column: str | None, ascending: bool) -> pd.Data
 def drop_empty(df: pd.DataFrame) -> pd.DataFrame:
     """Drop number columns empty in every row (after filtering), with their helper columns; with
     reference rows also empty run columns."""
-    numbers = [c for c in df.columns if "/" in c and not c.endswith(HELPERS)]
-    empty = {c for c in numbers if df[c].isna().all()}
+    empty = {c for c in number_columns(df) if df[c].isna().all()}
     gone = empty | {f"{c}{s}" for c in empty for s in HELPERS}
     if "kind" in df.columns:
         gone |= {c for c in df.columns if c not in ("kind", "run_id") and df[c].isna().all()}

@@ -27,7 +27,12 @@ from bench.errors import BenchError
 
 MARKS = {"no": "!", "unchecked": "?"}
 MARK_NOTE = "! failed a guardrail check (bench show RUN says which); ? stored before the checks (bench eval again)"
-HELPERS = (" n", " reliable", " ci_lo", " ci_hi", " ±")
+HELPERS = (" n", " reliable", " ci_lo", " ci_hi", " ±")  # the columns that qualify a number column
+
+
+def number_columns(df: pd.DataFrame) -> list[str]:
+    """The headline number columns (``<protocol>/<label>``), without their helper columns."""
+    return [c for c in df.columns if "/" in c and not c.endswith(HELPERS)]
 CAPTION_COLUMNS = ["dataset", "arch", "preset", "status"]
 CHANGES_WIDTH = 24
 WIDTH = 120  # the notes below a Markdown table are wrapped to this width

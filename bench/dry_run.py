@@ -17,16 +17,16 @@ from bench.resolve import config_sources, flatten
 def plan(cfg: RunConfig) -> dict[str, Any]:
     """Training images, batch, steps per epoch and total steps of ``cfg`` (needs its data)."""
     from bench.data import load_run_data
+    from bench.data.stream import check_batch_fits
+    from bench.trainer import total_steps
     from methods import get_method
 
     data = load_run_data(cfg)
     spec = get_method(cfg.method).from_dict(cfg.method_cfg).batch_specs()[0]
     batch = spec.batch_size or cfg.data.batch_size
-    per_epoch = data.x_train.shape[0] // batch
-    if per_epoch < 1:
-        raise BenchError(f"data.batch_size={batch} exceeds the {data.x_train.shape[0]} training images")
-    t = cfg.train
-    total = t.max_steps if t.max_steps > 0 else max(1, -(-int(t.epochs * per_epoch * 1000) // 1000))
+    check_batch_fits(batch, 1, data.x_train.shape[0], spec.batch_size_setting)
+    per_epoch = data.x_train.shape[0] // batch  # full batches only, as the trainer's stream draws them
+    total = total_steps(cfg.train, per_epoch)
     return {"train_images": int(data.x_train.shape[0]), "batch": batch, "steps_per_epoch": per_epoch,
             "total_steps": total, "epochs": round(total / per_epoch, 3)}
 

@@ -61,15 +61,16 @@ def format_result(metric: str, res: dict[str, Any]) -> str:
 
 
 def evaluate_into(record: RunRecord, model, data, cfg, device, show_progress: bool, protocol: str | None = None,
-                  n_examples: int | None = None, metrics: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Evaluate ``model`` (the run's, in memory) with a protocol and merge the results into ``record``."""
+                  n_examples: int | None = None, metrics: list[str] | None = None,
+                  buffer: dict | None = None) -> dict[str, dict[str, Any]]:
+    """Evaluate ``model`` (the run's, in memory) with a protocol and merge the results into ``record``.
+    ``buffer``: the run's replay-buffer state (in memory, as its last checkpoint holds it), if any."""
     proto = protocol or cfg.eval.protocol
     # the run config lets generative metrics draw samples with the run's own sampler
     ctx = EvalContext(device=device, batch_size=cfg.eval.batch_size, seed=cfg.seed, out_dir=record.run_dir,
                       show_progress=show_progress,
                       extra={"cfg": cfg, "run_dir": str(record.run_dir), "samples": None, "weights": None})
-    buffer = buffer_state(record.run_dir, None)  # as `bench eval` does: sample_source=auto then means the buffer
-    if buffer is not None:
+    if buffer is not None:  # as `bench eval` has it from the checkpoint: sample_source=auto then means the buffer
         ctx.extra["buffer_state"] = buffer
     skipped: dict[str, str] = {}
     results = evaluate(model, data, proto, n_examples or cfg.eval.n_examples, ctx, metrics, skipped=skipped)

@@ -14,14 +14,10 @@ import math
 
 import pandas as pd
 
+from bench.compare_view import number_columns
 from metrics.intervals import t_interval
 
 GROUP_BY = ["method", "dataset", "arch", "preset", "changes"]
-HELPER_SUFFIXES = (" n", " reliable", " ci_lo", " ci_hi", " ±")
-
-
-def _value_columns(df: pd.DataFrame) -> list[str]:
-    return [c for c in df.columns if "/" in c and not c.endswith(HELPER_SUFFIXES)]
 
 
 def _reliability(values: pd.Series) -> str | None:
@@ -40,7 +36,7 @@ def _one(values: pd.Series):
 def group_seeds(df: pd.DataFrame) -> pd.DataFrame:
     measured = df[df["kind"] == "measured"] if "kind" in df.columns else df
     others = df[df["kind"] != "measured"] if "kind" in df.columns else df.iloc[0:0]
-    columns = _value_columns(df)
+    columns = number_columns(df)
     rows = []
     for _, g in measured.groupby(GROUP_BY, dropna=False, sort=False):
         seeds = sorted(int(s) for s in g["seed"].dropna())

@@ -23,6 +23,7 @@ from bench.device import resolve_device
 from bench.records import RunLock, RunRecord, new_run_dir, resolve_run, run_config
 from bench.registry import provider
 from bench.resolve import preset_changes, resume_overrides
+from bench.saved_runs import saved_buffer
 from bench.signals import terminate_as_interrupt
 from bench.trainer import Trainer, TrainState
 from methods import get_method
@@ -205,7 +206,8 @@ def _fit_and_evaluate(cfg, data, device, record: RunRecord, trainer: Trainer, sh
     if cfg.eval.enabled:
         try:
             with terminate_as_interrupt():  # SIGTERM too: a scheduler's stop must not leave `running`
-                evaluate_into(record, model, data, cfg, device, show_progress)
+                evaluate_into(record, model, data, cfg, device, show_progress,
+                              buffer=saved_buffer(trainer.method.state_dict()))
         except KeyboardInterrupt:  # Ctrl-C during a (long) evaluation: the trained weights are checkpointed
             record.set_status("interrupted", "interrupted during the evaluation; finish it with: "
                                              f"bench run --resume {run_dir.name}")

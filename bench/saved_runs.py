@@ -52,7 +52,13 @@ def buffer_state(run_dir: Path, checkpoint_path: str | None, strict: bool = Fals
         if strict:
             raise
         return None
-    buf = ((ckpt.get("method") or {}).get("sampler") or {}).get("buffer")
+    return saved_buffer(ckpt.get("method"))
+
+
+def saved_buffer(method_state: dict | None) -> dict | None:
+    """The replay-buffer state within a method's state (``Method.state_dict()``, as a checkpoint
+    holds it); None for a method without one."""
+    buf = ((method_state or {}).get("sampler") or {}).get("buffer")
     return buf if isinstance(buf, dict) and "x" in buf else None
 
 

@@ -110,6 +110,11 @@ class TrainState:
     train_seconds: float = 0.0
 
 
+def total_steps(t, steps_per_epoch: int) -> int:
+    """A run's optimiser steps (``t`` a TrainConfig): ``max_steps`` when set, else its epochs' worth."""
+    return t.max_steps if t.max_steps > 0 else max(1, math.ceil(t.epochs * steps_per_epoch))
+
+
 class _Interrupt:
     """SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) sets a flag the loop checks between
     steps: the run checkpoints and stops resumable. A second signal aborts at once."""
@@ -182,7 +187,7 @@ class Trainer:
             for k, spec in enumerate(self.batch_specs)
         ]
         self.steps_per_epoch = len(self.streams[0])
-        self.total_steps = t.max_steps if t.max_steps > 0 else max(1, math.ceil(t.epochs * self.steps_per_epoch))
+        self.total_steps = total_steps(t, self.steps_per_epoch)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(cfg.optim, self.params, device, fast=t.fast)
         self.state = TrainState()

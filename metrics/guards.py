@@ -32,6 +32,28 @@ def check(passed: bool, detail: str, **extra: Any) -> dict[str, Any]:
     return {"passed": bool(passed), "detail": detail, **extra}
 
 
+class RunningRange:
+    """The smallest and largest value seen across tensors, kept on their device (no host sync)."""
+
+    def __init__(self) -> None:
+        self.lo: torch.Tensor | None = None
+        self.hi: torch.Tensor | None = None
+
+    def add(self, t: torch.Tensor) -> None:
+        lo, hi = t.detach().amin(), t.detach().amax()
+        self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
+        self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
+
+    def bounds(self) -> tuple[float, float]:
+        """(lo, hi) as numbers; (0, 1) when nothing was seen."""
+        return (float(self.lo), float(self.hi)) if self.lo is not None else (0.0, 1.0)
+
+    def outside_unit(self, what: str) -> str | None:
+        """The problem, when a value left [0, 1] (beyond float slack)."""
+        lo, hi = self.bounds()
+        return f"{what} in [{lo:.4g}, {hi:.4g}], not [0, 1]" if lo < -TOL or hi > 1 + TOL else None
+
+
 class ForwardWatch:
     """Watches every forward call of ``model`` while active: mode, autocast, dtype and input range."""
 
@@ -39,8 +61,7 @@ class ForwardWatch:
         self.model = model
         self.calls = self.train_calls = self.autocast_calls = 0
         self.dtypes: set[str] = set()
-        self.lo: torch.Tensor | None = None
-        self.hi: torch.Tensor | None = None
+        self.range = RunningRange()
         self._handle = None
 
     def __enter__(self) -> "ForwardWatch":
@@ -61,14 +82,10 @@ class ForwardWatch:
         self.autocast_calls += int(torch.is_autocast_enabled(x.device.type))
         if x.dtype != torch.float32:
             self.dtypes.add(str(x.dtype).replace("torch.", ""))
-        xd = x.detach()
-        lo, hi = xd.amin(), xd.amax()
-        self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
-        self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
+        self.range.add(x)
 
     def result(self) -> dict[str, Any]:
-        lo = float(self.lo) if self.lo is not None else 0.0
-        hi = float(self.hi) if self.hi is not None else 1.0
+        lo, hi = self.range.bounds()
         problems = []
         if self.train_calls:
             problems.append(f"{self.train_calls} of {self.calls} forward passes in train mode")
@@ -76,8 +93,9 @@ class ForwardWatch:
             problems.append(f"{self.autocast_calls} under autocast")
         if self.dtypes:
             problems.append(f"inputs in {', '.join(sorted(self.dtypes))}")
-        if lo < -TOL or hi > 1 + TOL:
-            problems.append(f"inputs in [{lo:.4g}, {hi:.4g}], not [0, 1]")
+        outside = self.range.outside_unit("inputs")
+        if outside:
+            problems.append(outside)
         detail = ("; ".join(problems) if problems else
                   f"{self.calls} forward passes, all in eval mode, fp32, no autocast, inputs in [0, 1]")
         return check(not problems, detail, calls=self.calls, input_min=round(lo, 6), input_max=round(hi, 6))
@@ -88,25 +106,23 @@ class PerturbationMeter:
 
     def __init__(self) -> None:
         self.dist: torch.Tensor | None = None
-        self.lo: torch.Tensor | None = None
-        self.hi: torch.Tensor | None = None
+        self.range = RunningRange()
 
     def add(self, x: torch.Tensor, x_adv: torch.Tensor) -> None:
         d = (x_adv.detach().float() - x.detach().float()).abs().amax()
-        lo, hi = x_adv.detach().amin(), x_adv.detach().amax()
         self.dist = d if self.dist is None else torch.maximum(self.dist, d)
-        self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
-        self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
+        self.range.add(x_adv)
 
     def result(self, eps: float) -> dict[str, Any]:
         if self.dist is None:
             return check(True, "no adversarial examples returned", max_linf=0.0)
-        dist, lo, hi = float(self.dist), float(self.lo), float(self.hi)
+        dist = float(self.dist)
         problems = []
         if dist > eps + TOL:
             problems.append(f"max l-inf perturbation {dist * 255:.4g}/255 exceeds eps {eps * 255:.4g}/255")
-        if lo < -TOL or hi > 1 + TOL:
-            problems.append(f"adversarial images in [{lo:.4g}, {hi:.4g}], not [0, 1]")
+        outside = self.range.outside_unit("adversarial images")
+        if outside:
+            problems.append(outside)
         detail = "; ".join(problems) or f"max l-inf perturbation {dist * 255:.4g}/255 <= eps {eps * 255:.4g}/255, in [0, 1]"
         return check(not problems, detail, max_linf=round(dist, 8))
 

@@ -112,17 +112,14 @@ def run(method, dataset, arch, preset, config_file, overrides, seed, seeds, devi
             for line in describe(cfg, config_file, keys):
                 click.echo(line)
             return
-        if explicit_preset is None and (device or "auto") != "cuda":
+        if preset == "paper" and (device or "auto") != "cuda":
             import torch
 
             if not torch.cuda.is_available():
-                raise BenchError(f"the default preset 'paper' trains {cfg.model.arch} for {cfg.train.epochs:g} epochs, "
-                                 "GPU-days; on this machine without a GPU choose --preset cpu (minutes) or --preset "
-                                 "smoke, or pass --preset paper to run it anyway")
-        elif preset == "paper" and (device or "auto") != "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
+                if explicit_preset is None:
+                    raise BenchError(f"the default preset 'paper' trains {cfg.model.arch} for {cfg.train.epochs:g} "
+                                     "epochs, GPU-days; on this machine without a GPU choose --preset cpu (minutes) "
+                                     "or --preset smoke, or pass --preset paper to run it anyway")
                 click.echo(f"note: preset 'paper' trains {cfg.model.arch} for {cfg.train.epochs:g} epochs; "
                            "on a CPU use --preset cpu or --preset smoke", err=True)
         for cfg in cfgs[:-1]:
