@@ -138,6 +138,11 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def coerce(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as type ``hint`` (bool, int, float, str, list[...]), or one line naming ``where``."""
+    return _coerce(value, hint, where)
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     origin = getattr(hint, "__origin__", None)
     if hint is bool:

@@ -86,13 +86,15 @@ class Presentation:
 
 def register_metric(name: str, fn: Callable | None = None, *, headlines: tuple[Headline, ...] = (),
                     order: int = 100, summary: Callable[[dict[str, Any]], str] | None = None,
-                    settings: tuple[str, ...] | None = None, checked: bool = False, brief: bool = True,
+                    settings: tuple[str, ...] | dict[str, type] | None = None, checked: bool = False,
+                    brief: bool = True,
                     replace: bool = False):
     """Register metric ``fn`` (or decorate it) under ``name``, with how its numbers are presented.
 
     ``settings`` names the settings ``fn`` reads (besides ``n_examples`` and ``input_noise``): a
     ``--set METRIC.KEY=...`` with another key is refused instead of being stored as if applied.
-    None (a plugin that declares nothing) accepts any key. ``checked``: its results carry guardrail
+    None (a plugin that declares nothing) accepts any key; a mapping ``{name: type}`` also has each
+    ``--set`` value checked and converted (int, float, str, bool). ``checked``: its results carry guardrail
     ``checks`` and ``reliable`` (see metrics.guards); tables mark a result without them as unchecked.
     ``brief``: its headlines are in the default leaderboard view (False: only with ``--wide``).
     """
@@ -100,6 +102,7 @@ def register_metric(name: str, fn: Callable | None = None, *, headlines: tuple[H
     def add(f: Callable) -> Callable:
         f.presentation = Presentation(tuple(headlines), order, summary, checked, brief)
         f.settings = None if settings is None else frozenset(settings) | COMMON_SETTINGS
+        f.setting_types = {**dict(settings), "n_examples": int} if isinstance(settings, dict) else {}
         METRICS.register(name, f, replace=replace)
         return f
 
@@ -109,6 +112,11 @@ def register_metric(name: str, fn: Callable | None = None, *, headlines: tuple[H
 def declared_settings(metric: str) -> frozenset[str] | None:
     """The settings ``metric`` reads, or None when it does not declare them."""
     return getattr(METRICS.get(metric), "settings", None)
+
+
+def setting_types(metric: str) -> dict[str, type]:
+    """The declared type of each of ``metric``'s settings that declares one."""
+    return getattr(METRICS.get(metric), "setting_types", None) or {}
 
 
 def presentation(metric: str) -> Presentation:

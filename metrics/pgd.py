@@ -19,7 +19,7 @@ from metrics.guards import (ForwardWatch, PerturbationMeter, forward_is_random, 
 
 
 @register_metric("pgd", headlines=(accuracy_headline("pgd"),), order=20, summary=accuracy_summary,
-                 settings=("eps", "alpha", "steps", "restarts", "eot"), checked=True)
+                 settings={"eps": float, "alpha": float, "steps": int, "restarts": int, "eot": int}, checked=True)
 def pgd(model, data, settings, ctx) -> dict:
     eps = settings.get("eps", 8 / 255)
     alpha = settings.get("alpha", 2 / 255)

@@ -24,7 +24,8 @@ import torch
 
 from bench.errors import BenchError
 from bench.registry import Registry, provider
-from metrics.base import METRICS, EvalContext, declared_settings
+from bench.config import coerce
+from metrics.base import METRICS, EvalContext, declared_settings, setting_types
 from metrics.guards import apply_ordering
 from metrics.intervals import accuracy_interval
 
@@ -245,7 +246,8 @@ def variant_key(metric: str, proto: Protocol, overrides: dict[str, Any] | None) 
 
 def check_overrides(names: list[str], overrides: dict[str, dict[str, Any]] | None) -> None:
     """Refuse ``--set METRIC.KEY=...`` items that would be stored without acting: a metric not being
-    evaluated, or a key the metric does not read (for metrics that declare their settings)."""
+    evaluated, or a key the metric does not read (for metrics that declare their settings); convert
+    the values of typed settings, refusing a wrong type in one line."""
     for metric, items in (overrides or {}).items():
         METRICS.get(metric)  # an unknown name fails here, with the known ones
         if metric not in names:
@@ -256,6 +258,9 @@ def check_overrides(names: list[str], overrides: dict[str, dict[str, Any]] | Non
         if unknown:
             raise BenchError(f"--set {metric}.{unknown[0]}: unknown setting {unknown[0]!r} of metric {metric}; "
                              f"its settings: {', '.join(sorted(known))}")
+        for key, kind in setting_types(metric).items():  # typed settings: checked and converted here
+            if key in items:
+                items[key] = coerce(items[key], kind, f"--set {metric}.{key}")
 
 
 def evaluate(model, data, protocol: str, n_examples: int, ctx: EvalContext,

@@ -129,6 +129,8 @@ def test_unusable_npz_data_is_refused_before_a_run_starts(make, fragments, bench
     (["pgd.stepz=1"], ["--set pgd.stepz: unknown setting 'stepz' of metric pgd", "alpha, eot, eps, input_noise",
                        "restarts, steps"]),
     (["pgdd.steps=1"], ["unknown metric 'pgdd'"]),
+    (["pgd.eot=x"], ["--set pgd.eot expects an integer, got 'x'"]),
+    (["pgd.eps=.nan"], ["--set pgd.eps expects a number, got '.nan'"]),
     (["autoattack.eps=0.1"], ["metric 'autoattack' is not evaluated here (this evaluation runs clean, pgd)",
                               "--metrics autoattack"]),
 ])
@@ -239,6 +241,10 @@ def test_missing_checkpoint_and_unknown_run(bench_cli, resumable):
     assert_one_error_line(res, "run '20990101-000000-ce-x-000000' not found")
     res = bench_cli("run", "--resume", run_dir.name, "--out", str(out), "--method", "ce", "--seed", "1")
     assert_one_error_line(res, "--resume continues a run with its saved config; drop --method, --seed")
+    res = bench_cli("run", "--resume", run_dir.name, "--out", str(out), "--preset", "cpu")
+    assert_one_error_line(res, "--resume continues a run with its saved config; drop --preset")
+    res = bench_cli("run", "--resume", run_dir.name, "--out", str(out), "--dry-run")
+    assert_one_error_line(res, "--dry-run shows a new run's plan; drop it with --resume")
 
 
 def test_resume_of_a_complete_run(bench_cli, out_with_a_run, complete_run):
