@@ -7,7 +7,7 @@ PIP    := $(VENV)/bin/pip
 BENCH  := $(VENV)/bin/bench
 DEMO_OUT ?= results/demo
 
-.PHONY: install install-test demo test clean
+.PHONY: install install-test demo test test-extended clean
 
 $(VENV)/.installed: pyproject.toml requirements-lock.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ demo: install
 
 test: install-test
 	$(VENV)/bin/python -m pytest -q tests
+
+test-extended: install-test
+	$(VENV)/bin/python -m pytest -q -m extended tests
 
 clean:
 	rm -rf $(VENV) *.egg-info

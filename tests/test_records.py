@@ -124,10 +124,12 @@ def test_bench_eval_while_the_run_trains_keeps_both(tmp_path, shapes_data_dir):
 
     from conftest import REPO_ROOT, run_subprocess, subprocess_env
 
+    import signal
+
     out = tmp_path / "results"
     cmd = [sys.executable, "-m", "bench", "run", "--method", "ce", "--preset", "smoke", "--out", str(out),
-           "--data-dir", str(shapes_data_dir), "-q", "--set", "train.max_steps=250", "--set", "train.checkpoint_every=4",
-           "--set", "eval.enabled=false", "--set", "data.batch_size=16"]
+           "--data-dir", str(shapes_data_dir), "-q", "--set", "train.max_steps=100000", "--set",
+           "train.checkpoint_every=4", "--set", "eval.enabled=false", "--set", "data.batch_size=16"]
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     try:
@@ -138,13 +140,17 @@ def test_bench_eval_while_the_run_trains_keeps_both(tmp_path, shapes_data_dir):
         res = run_subprocess("eval", run_dir.name, "--out", out, "--protocol", "quick", "--metrics", "clean", "-n", "16",
                              "-q")
         assert res.exit_code == 0, res.stderr
-        still_training = proc.poll() is None
+        assert proc.poll() is None, "training ended before the evaluation"
+        # let the trainer write its record again after the evaluation merged (a checkpoint every 4 steps)
+        seen = load_record(run_dir)["training"]["steps_done"]
+        while load_record(run_dir)["training"]["steps_done"] <= seen + 8 and time.time() < deadline + 60:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
     finally:
         _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-2000:]
-    assert still_training, "training ended before the evaluation: make the run longer"
+    assert proc.returncode == 130, err[-2000:]
     rec = load_record(run_dir)
-    assert rec["status"] == "complete" and rec["training"]["steps_done"] == 250
+    assert rec["status"] == "interrupted" and rec["training"]["steps_done"] > seen + 8
     assert rec["evaluations"]["quick"]["clean"]["n_examples"] == 16
 
 

@@ -4,7 +4,8 @@ The replay buffer's write ``x[idx] = v`` with a repeated index had no defined wi
 threads (two identical jem++ runs ended with different weights); it now gives every write to one
 index the value of its last occurrence. The chaos test kills jem++, ebjdat and ebjdat-sada-jem
 smoke runs with SIGKILL at three random points, resumes each time, and compares weights and
-replay buffer bit for bit with an uninterrupted run, on two threads.
+replay buffer bit for bit with an uninterrupted run, on two threads. The default suite runs the
+ebjdat case; ``make test-extended`` (``pytest -m extended``) runs the other two (about a minute each).
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def _kill_after_checkpoint(args: list[str], run_dir_of, after_step: int, rng: ra
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["jem++", "ebjdat", "ebjdat-sada-jem"])
+@pytest.mark.parametrize("method", [pytest.param("jem++", marks=pytest.mark.extended), "ebjdat",
+                                    pytest.param("ebjdat-sada-jem", marks=pytest.mark.extended)])
 def test_kill_9_at_three_random_points_then_resume_is_bit_identical(method, tmp_path, shapes_data_dir):
     data = ["--data-dir", shapes_data_dir]
     full = tmp_path / "full"
