@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import pandas as pd
 
@@ -200,10 +200,12 @@ def leaderboard(records: list[dict[str, Any]], reference: bool = False, ci: bool
     """The table: a row per run (and reference row), headline columns with n, reliability and
     (``ci``) intervals. ``reliable_only`` blanks every number that failed a guardrail check or
     was never checked."""
-    return _leaderboard(records, reference, ci, reliable_only)[0]
+    return leaderboard_and_meta(records, reference, ci, reliable_only)[0]
 
 
-def _leaderboard(records, reference: bool, ci: bool, reliable_only: bool) -> tuple[pd.DataFrame, dict[str, dict]]:
+def leaderboard_and_meta(records, reference: bool = False, ci: bool = False,
+                         reliable_only: bool = False) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """The table of :func:`leaderboard` and its columns' metadata (:func:`column_meta`)."""
     runs = run_table(records)
     head = headline(tidy(records))
     if reliable_only:
@@ -316,13 +318,20 @@ def load_records(out: str | Path) -> list[dict[str, Any]]:
 def compare(out: str | Path, fmt: str = "md", sort: str | None = None, ascending: bool = False,
             filters: tuple[str, ...] = (), reference: bool = False, ci: bool = False,
             reliable_only: bool = False, group: str | None = None, wide: bool = False, protocol: str | None = None,
-            columns: str | None = None, all_runs: bool = False) -> str:
+            columns: str | None = None, all_runs: bool = False, runs: Collection[str] | None = None) -> str:
     """The leaderboard as text: ``md``/``latex`` in the brief view unless ``wide`` or ``columns``
     (bench.compare_view), ``csv``/``json`` with every column. Runs still training are left out
-    unless ``all_runs``; ``group="seeds"`` folds runs that differ only in seed (bench.grouping)."""
+    unless ``all_runs``; ``group="seeds"`` folds runs that differ only in seed (bench.grouping);
+    ``runs`` (run ids, e.g. a sweep's) keeps only those runs."""
     from bench.compare_view import render
 
     records = load_records(out)
+    if runs is not None:
+        wanted = set(runs)
+        records = [r for r in records if r.get("run_id") in wanted]
+        if not records and not reference:
+            raise BenchError(f"none of the sweep's runs is under {Path(out) / 'runs'}/ yet; `bench sweep-status DIR` "
+                             "shows its cells")
     if not records and not reference:
         raise BenchError(f"no runs under {Path(out) / 'runs'}/; train one with: bench run --method ce --preset smoke")
     notes = []
@@ -331,7 +340,7 @@ def compare(out: str | Path, fmt: str = "md", sort: str | None = None, ascending
         records = [r for r in records if r.get("status") != "running"]
         if running:
             notes.append(f"{len(running)} run(s) still training are not shown (--all shows them)")
-    df, meta = _leaderboard(records, reference, ci, reliable_only)
+    df, meta = leaderboard_and_meta(records, reference, ci, reliable_only)
     df = apply_filters(df, filters)
     if group == "seeds":
         from bench.grouping import group_seeds

@@ -91,6 +91,9 @@ class TrainConfig:
     # torch's deterministic algorithms while training (slower on CUDA). Runs are reproducible without
     # it on the CPU; on CUDA some kernels (e.g. scatter-adds in backward) are not unless it is on.
     deterministic: bool = False
+    # where training curves go besides record.json (bench/loggers): console (progress bar and
+    # validation lines), tensorboard (event files under <run>/tensorboard/), csv (history.csv), plugins
+    loggers: list[str] = field(default_factory=lambda: ["console", "tensorboard"])
 
 
 @dataclass
@@ -119,9 +122,10 @@ class RunConfig:
         return to_dict(self)
 
     def digest(self) -> str:
-        """Hash of everything that changes the numbers (not the device)."""
+        """Hash of everything that changes the numbers (not the device, not the loggers)."""
         d = self.to_dict()
         d.pop("device", None)
+        d["train"].pop("loggers", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -174,7 +178,13 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, (str, int, float)):
             raise BenchError(f"{where} expects a string, got {value!r}")
         return str(value)
+    if hint is dict:
+        if not isinstance(value, dict):
+            raise BenchError(f"{where} expects a mapping, e.g. {{\"steps\": 5}}, got {value!r}")
+        return value
     if origin in (tuple, list):
+        if isinstance(value, str) and getattr(hint, "__args__", (None,))[0] is str and origin is list:
+            value = [value]  # one item of a list of names, e.g. --set autoattack.attacks=apgd-ce
         if not isinstance(value, (list, tuple)):
             raise BenchError(f"{where} expects a list, got {value!r}")
         args = getattr(hint, "__args__", ())

@@ -18,6 +18,8 @@ import torch
 from bench.errors import DiskFull
 
 FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left / quota exceeded
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: files get the permissions open() would give them (mkstemp makes them 0600)
 
 
 def _atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
@@ -29,6 +31,7 @@ def _atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException as exc:
         try:
@@ -78,6 +81,17 @@ def _jsonable(obj: Any) -> Any:
 
 def write_json(path: Path, obj: Any) -> None:
     text = json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n"
+    _atomic(path, lambda fh: fh.write(text), mode="w")
+
+
+def save_npz(path: Path, **arrays: Any) -> None:
+    """Write numpy arrays as one compressed ``.npz`` (atomically)."""
+    import numpy as np
+
+    _atomic(path, lambda fh: np.savez_compressed(fh, **arrays))
+
+
+def write_text(path: Path, text: str) -> None:
     _atomic(path, lambda fh: fh.write(text), mode="w")
 
 

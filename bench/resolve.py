@@ -26,13 +26,15 @@ import yaml
 
 from bench.config import RunConfig, deep_merge, parse_set, to_dict, update_dataclass, validate
 from bench.errors import BenchError
+from bench.loggers import check_logger_names
 from methods import get_method
 from metrics import get_protocol
 
 PRESET_DIR = Path(__file__).parent / "presets"
 PRESET_KEYS = frozenset({"description", "config"})
 # settings chosen by their own flags or shown in their own columns, never listed as changes
-NOT_CHANGES = frozenset({"method", "preset", "seed", "device", "data.dataset", "data.data_dir", "model.arch"})
+NOT_CHANGES = frozenset({"method", "preset", "seed", "device", "data.dataset", "data.data_dir", "model.arch",
+                         "train.loggers"})
 
 
 def preset_names() -> list[str]:
@@ -100,6 +102,7 @@ def _finish(cfg: RunConfig) -> RunConfig:
     method_cfg = get_method(cfg.method).make_config(cfg.method_cfg)
     cfg = dataclasses.replace(cfg, method_cfg=to_dict(method_cfg))
     validate(cfg)
+    check_logger_names(cfg.train.loggers)
     if cfg.eval.enabled:  # an unknown protocol would only fail after training
         get_protocol(cfg.eval.protocol)
     return cfg
@@ -184,8 +187,8 @@ def preset_changes(config: dict[str, Any]) -> dict[str, Any]:
 # (learning rate, divergence policy), how often it checkpoints, where its data files are, and how it
 # is evaluated. Everything else defines what the weights so far were trained on and stays as recorded.
 RESUME_OVERRIDABLE = ("optim.lr", "train.on_divergence", "train.max_rollbacks", "train.rollback_lr_factor",
-                      "train.divergence_bound", "train.checkpoint_every", "train.keep_checkpoints", "data.data_dir",
-                      "eval.")
+                      "train.divergence_bound", "train.checkpoint_every", "train.keep_checkpoints", "train.loggers",
+                      "data.data_dir", "eval.")
 
 
 def _overridable(key: str) -> bool:

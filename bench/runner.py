@@ -19,6 +19,7 @@ from bench.data.stream import check_augment_fits, check_batch_fits
 from bench.errors import BenchError, DiskFull, DivergenceError, InterruptedRun
 from bench.models import build_model
 from bench.evaluation import evaluate_into
+from bench.loggers import RunLoggers, final_metrics
 from bench.device import resolve_device
 from bench.records import RunLock, RunRecord, new_run_dir, resolve_run, run_config
 from bench.registry import provider
@@ -153,6 +154,9 @@ def _train_and_evaluate_locked(cfg, data, device, record: RunRecord, show_progre
                                       "per_rank_batch": cfg.data.batch_size,
                                       "global_batch": cfg.data.batch_size * dist.world}
     save()
+    if main:  # after the resume: an appending logger drops what it holds beyond this step
+        names = [n for n in cfg.train.loggers if show_progress or n != "console"]  # -q: nothing on the terminal
+        trainer.use_loggers(RunLoggers.create(names, run_dir, cfg, start_step=trainer.state.step), show_progress)
     try:
         return _fit_and_evaluate(cfg, data, device, record, trainer, show_progress, dist)
     except (InterruptedRun, DivergenceError):
@@ -168,6 +172,8 @@ def _train_and_evaluate_locked(cfg, data, device, record: RunRecord, show_progre
         if main:
             _save_quietly(record)
         raise
+    finally:
+        trainer.loggers.close()
 
 
 def _fit_and_evaluate(cfg, data, device, record: RunRecord, trainer: Trainer, show_progress,
@@ -212,6 +218,8 @@ def _fit_and_evaluate(cfg, data, device, record: RunRecord, trainer: Trainer, sh
             record.set_status("interrupted", "interrupted during the evaluation; finish it with: "
                                              f"bench run --resume {run_dir.name}")
             raise InterruptedRun(record["message"])
+    if cfg.eval.enabled:
+        trainer.loggers.final(_hparams(cfg), final_metrics(record.get("evaluations") or {}))
     record.set_status("complete", save=False)
     t = record.data["timings"]
     steps = record["training"]["total_steps"]
@@ -219,6 +227,12 @@ def _fit_and_evaluate(cfg, data, device, record: RunRecord, trainer: Trainer, sh
     record.save()
     D.barrier(dist)
     return RunResult(record["run_id"], run_dir, record.data)
+
+
+def _hparams(cfg: RunConfig) -> dict[str, Any]:
+    """The settings a run's final numbers are filed under in the loggers (e.g. TensorBoard's HPARAMS)."""
+    return {"method": cfg.method, "preset": cfg.preset, "dataset": cfg.data.dataset, "arch": cfg.model.arch,
+            "seed": cfg.seed, "lr": cfg.optim.lr, "batch_size": cfg.data.batch_size, "epochs": cfg.train.epochs}
 
 
 def _prepare_data_ranked(cfg: RunConfig, dist: D.DistInfo):

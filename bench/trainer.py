@@ -32,6 +32,7 @@ from bench.config import RunConfig
 from bench.data import BatchStream, ImageData, augment_batch, to_float
 from bench.data.stream import CROP_PAD
 from bench.errors import BenchError, DivergenceError, InterruptedRun
+from bench.loggers import RunLoggers
 from bench.timing import region
 from bench import distributed as D
 from bench.step import BatchSpec, StepContext, TrainingMethod
@@ -159,17 +160,21 @@ class Trainer:
         show_progress: bool = True,
         dist: D.DistInfo = D.SINGLE,
         config_digest: str | None = None,
+        loggers: RunLoggers | None = None,
     ):
         """``config_digest``: the run's digest as recorded when it started (checkpoints carry it);
         default ``cfg.digest()``. A run resumed under a newer version, whose config has gained
-        fields since, keeps its recorded digest."""
+        fields since, keeps its recorded digest. ``loggers``: where the logged terms go besides the
+        record (main rank; none by default); the progress bar shows only with a logger that asks for
+        it (``console``) or, without loggers, with ``show_progress``."""
         self.cfg, self.model, self.method, self.data = cfg, model, method, data
         self.config_digest = config_digest or cfg.digest()
         self.device, self.run_dir = device, Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.dist = dist
         self._on_update = on_update or (lambda state, event: None)
-        self.show_progress = show_progress and dist.is_main
+        self.loggers = loggers if loggers is not None and dist.is_main else RunLoggers([])
+        self.show_progress = show_progress and dist.is_main and (loggers is None or loggers.shows_progress)
         t = cfg.train
         self.use_amp = t.fast and (device.type == "cuda" and t.amp in ("auto", "bf16") or t.amp == "bf16")
         self.channels_last = t.fast and t.channels_last
@@ -192,6 +197,12 @@ class Trainer:
         self.optimizer = build_optimizer(cfg.optim, self.params, device, fast=t.fast)
         self.state = TrainState()
         self._weights = method.loss_weights()
+
+    def use_loggers(self, loggers: RunLoggers, show_progress: bool) -> None:
+        """Log to ``loggers`` from now on (main rank); the progress bar shows when one of them asks for it."""
+        if self.dist.is_main:
+            self.loggers = loggers
+            self.show_progress = show_progress and loggers.shows_progress
 
     def on_update(self, state: TrainState, event: str) -> None:
         if self.dist.is_main:
@@ -381,6 +392,7 @@ class Trainer:
                 logged = self.train_step(self.state.step)
                 self.state.step += 1
                 count += 1
+                bar.update(1)  # every step, reading nothing back from the device
                 for k, v in logged.items():
                     v = v.mean() if v.ndim else v
                     sums[k] = sums[k] + v if k in sums else v.clone()
@@ -404,8 +416,8 @@ class Trainer:
                              "lr": lr, **{k: round(v, 6) for k, v in result.items()},
                              "images_per_s": round(count * cfg.data.batch_size / max(elapsed, 1e-9), 1)}
                     self.state.history.append(entry)
+                    self.loggers.scalars(self.state.step, entry)
                     bar.set_postfix({k: f"{v:.3g}" for k, v in result.items() if k in self._weights or k == "loss"})
-                    bar.update(count)
                     sums, maxabs, count, t_window = {}, {}, 0, time.perf_counter()
                     if at_eval and self.dist.is_main:
                         v = self.validate()
@@ -413,9 +425,12 @@ class Trainer:
                         self.state.validation.append(v)
                         if v["split"] == "val" and v["accuracy"] > self.state.best.get("accuracy", -1.0):
                             self.save_best(v)
-                        bar.write(f"step {self.state.step}: {v['split']} accuracy {v['accuracy']:.4f} (n={v['n_examples']})")
+                        self.loggers.validation(self.state.step, v)
                     if at_ckpt or done or stop:
                         self.save_checkpoint(periodic=not done)
+                        self.loggers.images(self.state.step, {
+                            name: self.run_dir / rel for name, rel in self.method.artifacts().items()
+                            if str(rel).endswith(".png")})
                         self.on_update(self.state, "checkpoint")
                         t_window = time.perf_counter()
                     if stop and not done:
@@ -440,6 +455,7 @@ class Trainer:
             event = {"at_step": bad_step, "to_step": self.state.step, "reason": reason,
                      "lr_scale": scale, "reseed": rollbacks}
             self.state.rollback_events = events + [event]
+            self.loggers.rollback(bad_step, self.state.step)
             self.on_update(self.state, "rollback")
             if self.dist.is_main:
                 print(f"divergence: {reason}; rolled back to step {self.state.step}, learning rate x{scale:g}, "

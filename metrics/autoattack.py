@@ -148,8 +148,9 @@ def summary(res: dict) -> str:
 
 
 @register_metric("autoattack", headlines=(accuracy_headline("autoattack"),), order=30, summary=summary,
-                 settings=("version", "norm", "eps", "attacks", "seed", "batch_size", "apgd_iter", "apgd_restarts",
-                           "apgd_targeted_iter", "fab_iter", "fab_restarts", "square_queries"), checked=True)
+                 settings={"version": str, "norm": str, "eps": float, "attacks": list[str], "seed": int,
+                           "batch_size": int, "apgd_iter": int, "apgd_restarts": int, "apgd_targeted_iter": int,
+                           "fab_iter": int, "fab_restarts": int, "square_queries": int}, checked=True)
 def autoattack(model, data, settings, ctx) -> dict:
     from pyautoattack.state import EvaluationState
 

@@ -64,7 +64,7 @@ def summary(res: dict) -> str:
     return f"ECE {100 * res['ece']:.2f}% ({res['bins']} bins), NLL {res['nll']:.3f}  n={res.get('n_examples')}"
 
 
-@register_metric("calibration", order=60, summary=summary, settings=("bins",), brief=False, headlines=(
+@register_metric("calibration", order=60, summary=summary, settings={"bins": int}, brief=False, headlines=(
     Headline("ece", "ece", scale=100.0, unit="%", higher_is_better=False, decimals=2),))
 @torch.no_grad()
 def calibration(model, data, settings, ctx) -> dict:

@@ -6,7 +6,8 @@ alpha, steps, restarts in pixel units; PGD-20 with eps 8/255 by default) and (c)
 samples (``--samples FILE.npz`` or the run's sampler, at most ``n_generated``, default
 ``n_examples``). Reports per-set mean and std, the gaps ``mean E(x_adv) - mean E(x)`` and
 ``mean E(x_gen) - mean E(x)``, Wasserstein-1 distances between the empirical distributions
-(scipy) and one histogram PNG with the three distributions on shared bins. Without generated
+(scipy), one histogram PNG with the three distributions on shared bins, and the energies
+themselves (``figures/<protocol>-energy.npz``: ``clean``, ``adversarial``, ``generated``). Without generated
 samples the generated entries are None and the figure shows two distributions.
 """
 
@@ -20,7 +21,7 @@ import torch
 
 from bench.attacks.pgd import pgd_linf
 from bench.errors import BenchError
-from bench.io import save_figure
+from bench.io import save_figure, save_npz
 from metrics.base import Headline, batches, progress, register_metric, test_subset
 from metrics.protocols import MetricUnavailable
 
@@ -78,7 +79,7 @@ def summary(res: dict) -> str:
 
 
 # the gaps E(x_adv) - E(x) and E(x_gen) - E(x) are signed: no direction is better
-@register_metric("energy", order=50, summary=summary, settings=("attack", "n_generated", "sampler_steps", "sample_source"),
+@register_metric("energy", order=50, summary=summary, settings={"attack": dict, "n_generated": int, "sampler_steps": int, "sample_source": str},
                  headlines=(
     Headline("gap_adv", "energy.gap_adv", higher_is_better=None),
     Headline("gap_gen", "energy.gap_gen", higher_is_better=None)))
@@ -135,5 +136,8 @@ def energy(model, data, settings, ctx) -> dict:
         title = (f"[{proto}] PGD-{int(atk['steps'])} eps {atk['eps'] * 255:.3g}/255: gap_adv {out['gap_adv']:.3g}"
                  + (f", gap_gen {out['gap_gen']:.3g}" if out["gap_gen"] is not None else ""))
         histogram({"clean": e_clean, "adversarial": e_adv, "generated": e_gen}, Path(ctx.out_dir) / rel, title)
-        out["artifacts"] = {"energy_histogram": str(rel)}
+        values = rel.with_suffix(".npz")  # the energies themselves: `bench report` draws runs on one axis
+        save_npz(Path(ctx.out_dir) / values, clean=e_clean.astype(np.float32), adversarial=e_adv.astype(np.float32),
+                 generated=e_gen.astype(np.float32))
+        out["artifacts"] = {"energy_histogram": str(rel), "energy_values": str(values)}
     return out

@@ -399,9 +399,10 @@ def _is_summary(res: dict) -> str:
 
 
 # what fidelity(), generated_samples() and resolve_weights() read
-FIDELITY_SETTINGS = ("feature_extractor", "weights", "download", "real_split", "select_top_ratio", "seed", "n_samples",
-                     "sampler_steps", "sample_source", "splits", "kid_subset_size", "n_real", "cache_dir",
-                     "feature_batch_size")
+FIDELITY_SETTINGS = {"feature_extractor": str, "weights": str, "download": bool, "real_split": str,
+                     "select_top_ratio": float, "seed": int, "n_samples": int, "sampler_steps": int,
+                     "sample_source": str, "splits": int, "kid_subset_size": int, "n_real": int, "cache_dir": str,
+                     "feature_batch_size": int}
 register_metric("fid", _metric("fid"), order=40, summary=_fid_summary, settings=FIDELITY_SETTINGS,
                 headlines=(Headline("fid", "fid", higher_is_better=False),))
 register_metric("kid", _metric("kid"), order=41, summary=_kid_summary, settings=FIDELITY_SETTINGS,

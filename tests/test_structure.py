@@ -23,7 +23,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("bench", "methods", "metrics")
 APP = {"bench.cli", "bench.__main__", "bench.resolve", "bench.runner", "bench.evaluation", "bench.saved_runs",
-       "bench.compare", "bench.compare_view", "bench.grouping", "bench.dry_run", "bench.summary", "bench.listing", "bench.perf", "bench.perf_eval"}
+       "bench.compare", "bench.compare_view", "bench.grouping", "bench.dry_run", "bench.summary", "bench.listing", "bench.perf", "bench.perf_eval",
+       "bench.sweep", "bench.sweep.spec", "bench.sweep.state", "bench.sweep.launch", "bench.sweep.submit"}
 LEAVES = {"bench.errors": set(), "bench.config": {"bench.errors"}, "bench.io": {"bench.errors"}, "bench.timing": set(),
           "bench.device": {"bench.errors"}, "bench.signals": set()}
 SHARED_METHOD_MODULES = {"methods", "methods.base", "methods._energy"}
@@ -44,7 +45,7 @@ MODULES = project_modules()
 
 
 def is_app(mod: str) -> bool:
-    return mod in APP or mod == "bench.commands" or mod.startswith("bench.commands.")
+    return mod in APP or mod.split(".")[:2] in (["bench", "commands"], ["bench", "report"])
 
 
 def imports_of(mod: str, path: Path) -> set[str]:

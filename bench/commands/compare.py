@@ -29,8 +29,10 @@ from bench.commands._common import CONTEXT
                                                "numbers).")
 @click.option("--columns", default=None, metavar="C1,C2,...", help="Only these columns (names as in --wide / CSV).")
 @click.option("--all", "all_runs", is_flag=True, help="Also show runs still training.")
+@click.option("--sweep", "sweep_dir", default=None, metavar="DIR",
+              help="Only the runs of this sweep (`bench sweep`), read from the results root it keeps them in.")
 def compare(out, fmt, sort, ascending, filters, reference, ci, reliable_only, group, wide, protocol, columns,
-            all_runs):
+            all_runs, sweep_dir):
     """Leaderboard of all runs: a row per run, a column per protocol/metric (accuracy in %).
 
     Markdown and LaTeX show a brief view: one protocol (named below the table; --protocol picks
@@ -48,12 +50,18 @@ def compare(out, fmt, sort, ascending, filters, reference, ci, reliable_only, gr
       bench compare --reference --filter dataset=cifar10
       bench compare --ci --reliable-only
       bench compare --group seeds
+      bench compare --sweep results/sweeps/methods-x-seeds --group seeds
     """
     from bench.compare import compare as build
 
-    click.echo(build(out, fmt=fmt, sort=sort, ascending=ascending, filters=tuple(filters), reference=reference,
-                     ci=ci, reliable_only=reliable_only, group=group, wide=wide, protocol=protocol, columns=columns,
-                     all_runs=all_runs))
+    runs = None
+    if sweep_dir is not None:
+        from bench.sweep.submit import sweep_runs
+
+        out, runs = sweep_runs(sweep_dir)
+    click.echo(build(out, runs=runs, fmt=fmt, sort=sort, ascending=ascending, filters=tuple(filters),
+                     reference=reference, ci=ci, reliable_only=reliable_only, group=group, wide=wide,
+                     protocol=protocol, columns=columns, all_runs=all_runs))
 
 
 COMMANDS = (compare,)
