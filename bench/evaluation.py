@@ -41,6 +41,41 @@ def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, dict[str, A
     return out
 
 
+GENERATION_METRICS = ("fid", "kid", "is")
+
+
+def generation_overrides(protocol: str, metrics: list[str] | None, samples: int | None,
+                         reference: int | None) -> dict[str, dict[str, Any]]:
+    """``--fid-samples`` / ``--fid-reference`` as settings of the generation metrics this evaluation
+    runs: ``n_samples`` (generated images) and ``n_real`` (reference images; IS reads none)."""
+    if samples is None and reference is None:
+        return {}
+    for flag, value in (("--fid-samples", samples), ("--fid-reference", reference)):
+        if value is not None and value < 2:
+            raise BenchError(f"{flag} must be at least 2 (a covariance needs two images), got {value}")
+    names = list(get_protocol(protocol).metrics) if metrics is None else metrics
+    chosen = [m for m in names if m in GENERATION_METRICS]
+    if not chosen:
+        raise BenchError(f"--fid-samples/--fid-reference set generation metrics, and this evaluation runs none "
+                         f"({', '.join(names)}); add --metrics fid,kid or use --protocol standard")
+    out: dict[str, dict[str, Any]] = {}
+    for m in chosen:
+        if samples is not None:
+            out.setdefault(m, {})["n_samples"] = samples
+        if reference is not None and m != "is":
+            out.setdefault(m, {})["n_real"] = reference
+    return out
+
+
+def merge_overrides(*parts: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Later parts win per metric and key (``--set`` after the flags that abbreviate it)."""
+    out: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for metric, items in part.items():
+            out.setdefault(metric, {}).update(items)
+    return out
+
+
 def format_result(metric: str, res: dict[str, Any]) -> str:
     """One line for a stored result, as the metric presents itself (its headline numbers if its own
     summary does not fit the result, e.g. a result of an older version)."""

@@ -224,3 +224,25 @@ def test_a_small_sample_fid_is_labelled_and_gets_a_column_of_its_own_n(tmp_path)
     assert pd.isna(df.loc["small", "standard/fid"]) and df.loc["big", "standard/fid"] == 12.5
     assert pd.isna(df.loc["big", "standard/fid@50"])
     assert df.loc["small", "standard/kid@50 ±"] == pytest.approx(round(kid["kid_std"], 5))
+
+
+def test_fid_sample_flags_set_the_generation_metrics_the_evaluation_runs():
+    from bench.evaluation import generation_overrides, merge_overrides
+
+    got = generation_overrides("standard", None, 2000, 5000)
+    assert got == {"fid": {"n_samples": 2000, "n_real": 5000}, "kid": {"n_samples": 2000, "n_real": 5000},
+                   "is": {"n_samples": 2000}}  # IS reads no reference images
+    assert generation_overrides("standard", ["clean", "kid"], None, 300) == {"kid": {"n_real": 300}}
+    assert generation_overrides("quick", None, None, None) == {}
+    # an explicit --set wins over the abbreviation
+    assert merge_overrides(got, {"fid": {"n_samples": 7}})["fid"] == {"n_samples": 7, "n_real": 5000}
+
+
+def test_fid_sample_flags_bad_input_is_one_line(bench_cli, complete_run):
+    out = complete_run.parent.parent
+    before = (complete_run / "record.json").read_bytes()
+    res = bench_cli("eval", complete_run.name, "--out", out, "--protocol", "quick", "--fid-samples", "500")
+    assert res.exit_code == 2 and "runs none (clean, pgd)" in res.stderr and len(res.error_lines) == 1
+    res = bench_cli("eval", complete_run.name, "--out", out, "--metrics", "kid", "--fid-reference", "1")
+    assert res.exit_code == 2 and "--fid-reference must be at least 2" in res.stderr
+    assert (complete_run / "record.json").read_bytes() == before
