@@ -13,7 +13,7 @@ itself uses eps 0.031 ~ 7.9/255 and step 0.007 ~ 1.8/255: --set method.eps=0.031
 method.alpha=0.007 reproduces it), 10 steps, SGD 0.1 momentum 0.9 wd 2e-4, batch 128, 76 epochs with lr x0.1 from the
 script's (1-based) epoch 75, i.e. our 0-based epoch 74 (and 90, 100 for longer runs: 89, 99
 here), random crop with zero padding + flip, inputs in [0, 1] without normalisation, WRN-34-10
-(our paper preset uses the shared WRN-28-10; pass --arch wrn-34-10 for the reference network).
+(the paper preset's network, wrn-34-10; --arch wrn-28-10 for the JEM family's).
 """
 
 from __future__ import annotations

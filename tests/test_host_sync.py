@@ -110,7 +110,8 @@ def test_the_recorder_sees_mask_indexing_and_item():
 
 
 @pytest.mark.parametrize("method,extra", [("ce", []), ("pgd-at", []), ("trades", []), ("jem", []), ("jem++", []),
-                                          ("ebjdat", []), ("ebjdat-sada-jem", []), ("jem++", ["optim.sam_rho=0.05"])])
+                                          ("ebjdat", []), ("ebjdat-sada-jem", []), ("jem++", ["optim.sam_rho=0.05"]),
+                                          ("mart", []), ("sada-jem", [])])
 def test_a_training_step_between_log_steps_does_not_sync(method, extra, cuda_code_path):
     cfg = resolve_config(method, preset="smoke", device="cpu",
                          overrides=["train.log_every=100", "data.batch_size=16", *extra])

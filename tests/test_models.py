@@ -97,5 +97,5 @@ def test_bad_wrn_depth(arch):
 
 
 def test_unknown_arch_lists_known():
-    with pytest.raises(BenchError, match="unknown architecture 'resnet18'; choose one of: resnet8, resnet8-wide, wrn-D-W"):
+    with pytest.raises(BenchError, match="unknown architecture 'resnet18'; choose one of: preact-resnet18, resnet8, resnet8-wide, wrn-D-W"):
         _model("resnet18")
