@@ -237,3 +237,25 @@ def test_method_and_preset_are_chosen_by_their_options_only(tmp_path):
         resolve_config("ce", preset="smoke", overrides=["preset=paper"])
     f.write_text("method: ce\npreset: smoke\noptim: {lr: 0.05}\n")  # restating them is fine
     assert resolve_config("ce", preset="smoke", config_file=str(f)).optim.lr == 0.05
+
+
+def test_every_built_in_method_with_costly_steps_has_a_variant_for_every_cpu_preset():
+    """A method whose step costs more than ce's (an attack, a sampler) shortens it for smoke, demo and
+    cpu in its own presets file, so no preset silently runs the reference's PGD-10 or SGLD-20 on a CPU."""
+    from methods import METHODS, get_method
+
+    built_in = [m for m in METHODS.names() if get_method(m).__module__.startswith("methods.")]
+    assert {"pgd-at", "trades", "mart", "jem", "jem++", "sada-jem", "ebjdat"} <= set(built_in)
+    for method in built_in:
+        path = resolve_mod.PRESET_DIR / "methods" / f"{method}.yaml"
+        if method == "ce":
+            assert not path.exists()
+            continue
+        sections = yaml.safe_load(path.read_text())
+        assert {"smoke", "demo", "cpu"} <= set(sections), f"{method}: {sorted(sections)}"
+        for preset in ("smoke", "demo", "cpu"):
+            cfg = resolve_config(method, preset=preset)
+            own = sections[preset].get("method") or {}
+            for key in ("steps", "attack_steps"):
+                if key in own:
+                    assert cfg.method_cfg[key] == own[key] < 10, (method, preset, key)
