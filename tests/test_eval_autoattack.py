@@ -121,3 +121,18 @@ def test_autoattack_resumes_from_state(tmp_path):
     finally:
         logging.getLogger("auto-attack").removeHandler(listen)
     assert out2["resumed"] is False and "running apgd-ce" in seen
+
+
+def test_autoattack_reports_each_attack_as_it_finishes_and_is_silent_when_quiet(tmp_path, capsys):
+    model = TinyNet().eval()
+    data = tiny_data(model)
+    loud = EvalContext(device=torch.device("cpu"), batch_size=12, seed=0, out_dir=tmp_path / "a", show_progress=True)
+    out = METRICS.get("autoattack")(model, data, dict(FAST), loud)
+    err = capsys.readouterr().err
+    assert "autoattack: apgd-ce, square on 12 of 12 points" in err
+    for attack in out["per_attack"]:  # one line per attack that ran, with the robust count so far
+        count = round(out["per_attack"][attack] * 12)
+        assert f"autoattack: after {attack}: {count}/12 robust" in err
+    quiet = EvalContext(device=torch.device("cpu"), batch_size=12, seed=0, out_dir=tmp_path / "q", show_progress=False)
+    METRICS.get("autoattack")(model, data, dict(FAST), quiet)
+    assert "autoattack" not in capsys.readouterr().err
