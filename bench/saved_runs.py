@@ -82,7 +82,7 @@ def _parse_class(value: str | None, classes: list[str]) -> int | None:
 def sample_run(run_ref: str, *, n: int = 64, klass: str | None = None, steps: int | None = None,
                sampler: str | None = None, buffer: str = "fresh", npz_out: str | None = None,
                grid: str | None = None, results: str = "results", checkpoint_path: str | None = None,
-               seed: int = 0, device: str | None = None, batch_size: int = 256) -> dict:
+               seed: int = 0, device: str | None = None, batch_size: int = 256, show_progress: bool = False) -> dict:
     """Library entry point of `bench sample`; returns what it wrote and the energy statistics."""
     if n < 1:
         raise BenchError(f"-n must be a positive number of images, got {n}")
@@ -108,7 +108,7 @@ def sample_run(run_ref: str, *, n: int = 64, klass: str | None = None, steps: in
             raise BenchError(f"run {record['run_id']} ({record['method']}) saved no replay buffer; use --buffer fresh")
     torch.manual_seed(seed)
     fn = make_sample_fn(model, cfg, dev, steps=steps, sampler=sampler, buffer_state=saved, data=data,
-                        batch_size=batch_size)
+                        batch_size=batch_size, show_progress=show_progress)
     x = fn(n, y=k)
     stats = dict(fn.stats)
     tag = f"{buffer}-{fn.sampler.kind}-{fn.steps}steps" + (f"-class{k}" if k is not None else "") + f"-seed{seed}"

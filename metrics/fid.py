@@ -188,6 +188,7 @@ def generated_samples(model, data, settings: dict, ctx) -> tuple[torch.Tensor, d
         from bench.sampling.generate import make_sample_fn
 
         fn = make_sample_fn(model, ctx.extra["cfg"], ctx.device, steps=steps, data=data, batch_size=ctx.batch_size,
+                            show_progress=ctx.show_progress,
                             buffer_state=ctx.extra.get("buffer_state") if source == "buffer" else None)
         torch.manual_seed(ctx.seed)
         x01 = fn(n)

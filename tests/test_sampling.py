@@ -294,3 +294,19 @@ def test_a_run_caches_its_gaussian_fit_under_its_data_directory(bench_cli, tiny_
     assert len(fits) == 1 and not home.exists()  # nothing outside the data directory
     (run_dir,) = (out / "runs").iterdir()
     assert json.loads((run_dir / "record.json").read_text())["data"]["cache_dir"] == str(data_dir / "cache")
+
+
+def test_bench_sample_shows_sampler_progress_unless_quiet(bench_cli, complete_run):
+    out = complete_run.parent.parent
+    loud = bench_cli("sample", complete_run.name, "--out", out, "-n", "4", "--steps", "3",
+                     "--grid", complete_run.parent.parent / "loud.png")
+    assert loud.exit_code == 0, loud.stderr
+    assert "sgld 4 samples" in loud.stderr and "3/3" in loud.stderr  # one tick per sampler step
+    quiet = bench_cli("sample", complete_run.name, "--out", out, "-n", "4", "--steps", "3", "-q",
+                      "--grid", complete_run.parent.parent / "quiet.png")
+    assert quiet.exit_code == 0 and "samples" not in quiet.stderr
+    import numpy as np
+    from PIL import Image
+
+    # the progress hook changes nothing in what is drawn
+    assert np.array_equal(np.asarray(Image.open(out / "loud.png")), np.asarray(Image.open(out / "quiet.png")))

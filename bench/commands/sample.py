@@ -28,8 +28,9 @@ from bench.commands._common import CONTEXT
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Default: the run's.")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Chains sampled at once.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def sample(run_ref, n, klass, steps, sampler, buffer, npz_out, grid, results, results_old, checkpoint_path, seed,
-           device, batch_size):
+           device, batch_size, quiet):
     """Generate images from a trained run and write a PNG grid (and an npz for FID).
 
     \b
@@ -47,7 +48,8 @@ def sample(run_ref, n, klass, steps, sampler, buffer, npz_out, grid, results, re
     from bench.saved_runs import sample_run
 
     s = sample_run(run_ref, n=n, klass=klass, steps=steps, sampler=sampler, buffer=buffer, npz_out=npz_out, grid=grid,
-                   results=results, checkpoint_path=checkpoint_path, seed=seed, device=device, batch_size=batch_size)
+                   results=results, checkpoint_path=checkpoint_path, seed=seed, device=device, batch_size=batch_size,
+                   show_progress=not quiet)
     what = f"class {s['cls']}" if s["cls"] is not None else "unconditional"
     click.echo(f"{s['run_id']}: {s['n']} samples ({what}), {s['sampler']} {s['steps']} steps from {s['start']} starts; "
                f"mean energy {s['energy_start']:.4g} -> {s['energy_end']:.4g}")

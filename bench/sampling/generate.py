@@ -64,8 +64,9 @@ class SampleFn:
 
     def __init__(self, model, sampler: SamplerConfig, device, *, steps: int, num_classes: int,
                  image_shape: tuple[int, ...], gaussians: ClassGaussians | None, buffer: torch.Tensor | None,
-                 buffer_conditional: bool, batch_size: int, track_energy: bool):
+                 buffer_conditional: bool, batch_size: int, track_energy: bool, show_progress: bool = False):
         self.model, self.sampler, self.device = model, sampler, torch.device(device)
+        self.show_progress = show_progress  # a progress bar over the sampler's steps (stderr)
         self.steps, self.num_classes, self.image_shape = steps, num_classes, tuple(image_shape)
         self.gaussians, self.buffer, self.buffer_conditional = gaussians, buffer, buffer_conditional
         self.batch_size, self.track_energy = batch_size, track_energy
@@ -136,13 +137,20 @@ class SampleFn:
         y = self._labels(n, y)
         out, e0, e1 = [], [], []
         mode = "eval" if self.sampler.mode == "keep" else self.sampler.mode
-        with preserved_buffers(self.model):
+        from tqdm.auto import tqdm
+
+        batches = -(-n // self.batch_size)
+        bar = tqdm(total=batches * self.steps, desc=f"{self.sampler.kind} {n} samples", unit="step",
+                   disable=not (self.show_progress and self.steps), leave=False)
+        trace = {"on_step": lambda: bar.update(1)}  # the built-in kinds tick once per step
+        with preserved_buffers(self.model), bar:
             for i in range(0, n, self.batch_size):
                 yb = None if y is None else y[i: i + self.batch_size]
                 x0 = self.starts(min(self.batch_size, n - i), yb)
                 if self.track_energy:
                     e0.append(self._energy(x0, yb, mode))
-                xs = run_sampler(self.sampler, self.model, x0, y=yb, steps=self.steps, mode=mode) if self.steps else x0
+                xs = run_sampler(self.sampler, self.model, x0, y=yb, steps=self.steps, mode=mode,
+                                 trace=trace) if self.steps else x0
                 if self.track_energy:
                     e1.append(self._energy(xs, yb, mode))
                 out.append(from_sym(xs).clamp_(0.0, 1.0))
@@ -155,7 +163,7 @@ class SampleFn:
 
 def make_sample_fn(model, cfg, device, *, steps: int | None = None, sampler: str | SamplerConfig | None = None,
                    buffer_state: dict | None = None, data=None, batch_size: int = 256,
-                   track_energy: bool = True) -> SampleFn:
+                   track_energy: bool = True, show_progress: bool = False) -> SampleFn:
     """A sampling function for the run with config ``cfg`` (a RunConfig) and trained ``model``.
 
     ``steps``: sampler steps per chain (default 100 from fresh starts, 0 from a saved buffer).
@@ -194,4 +202,4 @@ def make_sample_fn(model, cfg, device, *, steps: int | None = None, sampler: str
     image_shape = tuple(buffer.shape[1:]) if buffer is not None else tuple(data.image_shape)
     return SampleFn(model, scfg, device, steps=n_steps, num_classes=num_classes, image_shape=image_shape,
                     gaussians=gaussians, buffer=buffer, buffer_conditional=conditional, batch_size=batch_size,
-                    track_energy=track_energy)
+                    track_energy=track_energy, show_progress=show_progress)

@@ -59,6 +59,12 @@ def _record_start(trace: dict | None, e: torch.Tensor) -> None:
         trace["energy_start"] = e.mean()
 
 
+def _tick(trace: dict | None) -> None:
+    """One sampler step done: calls ``trace["on_step"]`` when given (progress; reads nothing off the device)."""
+    if trace is not None and trace.get("on_step") is not None:
+        trace["on_step"]()
+
+
 def _record_end(trace: dict | None, steps: int) -> None:
     if trace is not None:
         trace["steps"] = steps
@@ -101,6 +107,7 @@ def sgld(
                     x = x + noise_std * torch.randn_like(x)
                 if clamp:
                     x = x.clamp_(-1.0, 1.0)
+            _tick(trace)
     _record_end(trace, steps)
     return x.detach()
 
@@ -196,5 +203,6 @@ def pyld(
             if sgld_std > 0:
                 with torch.no_grad():
                     x = x + sgld_std * torch.randn_like(x)
+            _tick(trace)
     _record_end(trace, n_steps)
     return x.detach()
