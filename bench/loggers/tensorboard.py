@@ -59,14 +59,16 @@ class TensorBoardLogger(RunLogger):
     def images(self, step: int, files: dict[str, Path]) -> None:
         if self.writer is None:
             return
-        import matplotlib.image as mpimg
+        import numpy as np
+        from PIL import Image
 
         for name, path in files.items():
             try:
-                img = mpimg.imread(path)  # H x W x C floats in [0, 1] for a PNG
+                with Image.open(path) as im:
+                    img = np.asarray(im.convert("RGB"))  # H x W x 3 uint8
             except (OSError, ValueError):
                 continue
-            self.writer.add_image(f"samples/{name}", img[..., :3], step, dataformats="HWC")
+            self.writer.add_image(f"samples/{name}", img, step, dataformats="HWC")
         self.writer.flush()
 
     def rollback(self, from_step: int, to_step: int) -> None:
