@@ -222,9 +222,12 @@ def leaderboard_and_meta(records, reference: bool = False, ci: bool = False,
     else:
         wide, cols = _wide(head, ci=ci)
         df = runs.merge(wide, on="run_id", how="left")
+    external = {r["run_id"] for r in records if r.get("kind") == "external"}  # zoo models evaluated here
     if ref is None:
+        if external:
+            df.insert(0, "kind", ["external" if rid in external else "measured" for rid in df["run_id"]])
         return df, meta
-    df.insert(0, "kind", "measured")
+    df.insert(0, "kind", ["external" if rid in external else "measured" for rid in df["run_id"]])
     rows = ref.drop_duplicates("run_id")[["run_id", "method", "dataset", "arch", "source", "note"]]
     rep = rows.assign(kind="reported")
     if not head.empty:
@@ -282,11 +285,35 @@ def sort_table(df: pd.DataFrame, column: str | None, ascending: bool) -> pd.Data
         return df
     if column not in df.columns:
         raise BenchError(f"cannot sort by {column!r}; choose one of: {', '.join(df.columns)}")
-    if "kind" in df.columns:  # measured rows first, reported after; sorted within each group
+    if "kind" in df.columns:  # measured (and external) rows first, reported after; sorted within each group
         parts = [g.sort_values(column, ascending=ascending, na_position="last", kind="stable")
-                 for _, g in df.groupby(df["kind"] != "measured", sort=True)]
+                 for _, g in df.groupby(df["kind"] == "reported", sort=True)]
         return pd.concat(parts) if parts else df
     return df.sort_values(column, ascending=ascending, na_position="last", kind="stable")
+
+
+def pair_reported(df: pd.DataFrame) -> pd.DataFrame:
+    """Move each reported RobustBench row (``NAME (RobustBench)``) to just after the external rows that
+    measured the same zoo entry (method ``robustbench:NAME``); other reported rows stay at the end."""
+    if "kind" not in df.columns or not (df["kind"] == "external").any():
+        return df
+    reported = {str(rid)[:-len(" (RobustBench)")]: i for i, rid in zip(df.index, df["run_id"])
+                if df.at[i, "kind"] == "reported" and str(rid).endswith(" (RobustBench)")}
+    order, placed = [], set()
+    ext = [(i, str(m)) for i, m, k in zip(df.index, df["method"], df["kind"]) if k == "external"]
+    last = {m: i for i, m in ext}  # each entry's last external row
+    for i in df.index:
+        if i in placed:
+            continue
+        order.append(i)
+        method = str(df.at[i, "method"])
+        if df.at[i, "kind"] == "external" and last.get(method) == i and method.startswith("robustbench:"):
+            j = reported.get(method[len("robustbench:"):])
+            if j is not None and j not in placed:
+                order.append(j)
+                placed.add(j)
+        placed.add(i)
+    return df.loc[[i for i in order if i in placed]]
 
 
 def drop_empty(df: pd.DataFrame) -> pd.DataFrame:
@@ -348,7 +375,7 @@ def compare(out: str | Path, fmt: str = "md", sort: str | None = None, ascending
         df = group_seeds(df)
     elif group is not None:
         raise BenchError(f"unknown --group {group!r}; choose: seeds")
-    df = drop_empty(sort_table(df, sort, ascending))
+    df = drop_empty(pair_reported(sort_table(df, sort, ascending)))
     if columns:
         df, wide = select_columns(df, columns), True
     if "kind" in df.columns and (df["kind"] == "reported").any() and fmt == "md":

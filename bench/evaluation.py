@@ -120,23 +120,45 @@ def evaluate_saved_run(run_dir: Path, protocol: str = "standard", metrics: list[
                        checkpoint: str | None = None, device: str | None = None, batch_size: int | None = None,
                        overrides: dict | None = None, show_progress: bool = True, echo=None):
     """Library entry point of `bench eval`: returns (results, skipped, record)."""
-    echo = echo or (lambda s: None)
-    if n_examples is not None and n_examples < 1:  # 0 would mean "every test image" to the metrics
-        raise BenchError(f"-n/--n-examples must be a positive number of test images, got {n_examples}")
-    proto = get_protocol(protocol)
-    for m in metrics or ():
-        METRICS.get(m)  # unknown names fail here, with the list of known ones
+    check_request(protocol, metrics, n_examples)
     dev = resolve_device(device) if device else None
     model, cfg, data, _ = load_run_model(run_dir, dev, checkpoint)
+    return evaluate_loaded(Path(run_dir), model, cfg, data, protocol=protocol, metrics=metrics, n_examples=n_examples,
+                           samples=samples, weights=weights, batch_size=batch_size, overrides=overrides,
+                           show_progress=show_progress, echo=echo, buffer=buffer_state(run_dir, checkpoint))
+
+
+def check_request(protocol: str, metrics: list[str] | None, n_examples: int | None) -> None:
+    """The checks of an evaluation request that need no model: -n, the protocol and metric names."""
+    if n_examples is not None and n_examples < 1:  # 0 would mean "every test image" to the metrics
+        raise BenchError(f"-n/--n-examples must be a positive number of test images, got {n_examples}")
+    get_protocol(protocol)
+    for m in metrics or ():
+        METRICS.get(m)  # unknown names fail here, with the list of known ones
+
+
+def evaluate_loaded(run_dir, model, cfg, data, *, protocol: str = "standard", metrics: list[str] | None = None,
+                    n_examples: int | None = None, samples: str | None = None, weights: str | None = None,
+                    batch_size: int | None = None, overrides: dict | None = None, show_progress: bool = True,
+                    echo=None, buffer: dict | None = None):
+    """Evaluate a loaded ``model`` (with its run's ``cfg`` and ``data``) into the record in ``run_dir``:
+    returns (results, skipped, record). ``run_dir`` may be a function that returns the directory
+    (e.g. creates it): it is called only once every check has passed, so a refused request writes
+    nothing. ``buffer``: the run's saved replay-buffer state, if any."""
+    echo = echo or (lambda s: None)
+    proto = get_protocol(protocol)
     dev = next(model.parameters()).device
-    extra: dict[str, Any] = {"cfg": cfg, "run_dir": str(run_dir), "samples": samples, "weights": weights}
-    buffer = buffer_state(run_dir, checkpoint)
+    extra: dict[str, Any] = {"cfg": cfg, "run_dir": None if callable(run_dir) else str(run_dir), "samples": samples,
+                             "weights": weights}
     if buffer is not None:
         extra["buffer_state"] = buffer
-    ctx = EvalContext(device=dev, batch_size=batch_size or cfg.eval.batch_size, seed=cfg.seed, out_dir=Path(run_dir),
-                      show_progress=show_progress, extra=extra)
+    ctx = EvalContext(device=dev, batch_size=batch_size or cfg.eval.batch_size, seed=cfg.seed,
+                      out_dir=None if callable(run_dir) else Path(run_dir), show_progress=show_progress, extra=extra)
     n = n_examples if n_examples is not None else cfg.eval.n_examples
     names, skipped = preflight(protocol, metrics, ctx, n, overrides)  # fails before anything runs
+    if callable(run_dir):
+        run_dir = Path(run_dir())
+        ctx.out_dir, extra["run_dir"] = run_dir, str(run_dir)
     for name, why in skipped.items():
         echo(f"skipped {name}: {why}")
     results: dict[str, dict[str, Any]] = {}

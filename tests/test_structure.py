@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("bench", "methods", "metrics")
 APP = {"bench.cli", "bench.__main__", "bench.resolve", "bench.runner", "bench.evaluation", "bench.saved_runs",
        "bench.compare", "bench.compare_view", "bench.grouping", "bench.dry_run", "bench.summary", "bench.listing", "bench.perf", "bench.perf_eval",
-       "bench.sweep", "bench.sweep.spec", "bench.sweep.state", "bench.sweep.launch", "bench.sweep.submit"}
+       "bench.sweep", "bench.sweep.spec", "bench.sweep.state", "bench.sweep.launch", "bench.sweep.submit",
+       "bench.zoo", "bench.zoo.external", "bench.zoo.robustbench"}
 LEAVES = {"bench.errors": set(), "bench.config": {"bench.errors"}, "bench.io": {"bench.errors"}, "bench.timing": set(),
           "bench.device": {"bench.errors"}, "bench.signals": set()}
 SHARED_METHOD_MODULES = {"methods", "methods.base", "methods._energy"}

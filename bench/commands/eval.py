@@ -16,7 +16,14 @@ from bench.commands._common import CONTEXT
 
 
 @click.command("eval", context_settings=CONTEXT)
-@click.argument("run_ref", metavar="RUN")
+@click.argument("run_ref", metavar="RUN", required=False)
+@click.option("--model", "model_ref", default=None, metavar="robustbench:NAME",
+              help="Evaluate a RobustBench zoo model instead of a run (its results go into a record of kind external).")
+@click.option("--model-dir", default=None, metavar="DIR",
+              help="RobustBench's model folder, holding DIR/<dataset>/Linf/<NAME>.pt (with --model).")
+@click.option("--dataset", default="cifar10", show_default=True, help="Test data for --model (a dataset name or npz:FILE).")
+@click.option("--zoo-dataset", default=None, help="The zoo of --model (cifar10, cifar100; default: --dataset).")
+@click.option("--data-dir", default="data", show_default=True, help="Where --dataset's files are (with --model).")
 @click.option("--protocol", "-p", default="standard", show_default=True,
               help="quick, standard (RobustBench style) or paper (the EB-JDAT authors' settings); see `bench list protocols`.")
 @click.option("--metrics", "metrics_", default=None, metavar="M1,M2",
@@ -36,7 +43,7 @@ from bench.commands._common import CONTEXT
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
 @click.option("--out", default="results", show_default=True, help="Results root holding runs/<run-id>/.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def eval_(run_ref, protocol, metrics_, n_examples, samples, weights, checkpoint, fid_samples, fid_reference, sets,
+def eval_(run_ref, model_ref, model_dir, dataset, zoo_dataset, data_dir, protocol, metrics_, n_examples, samples, weights, checkpoint, fid_samples, fid_reference, sets,
           batch_size, device, out, quiet):
     """Evaluate a saved run and merge the results into its record (earlier results are kept).
 
@@ -47,20 +54,36 @@ def eval_(run_ref, protocol, metrics_, n_examples, samples, weights, checkpoint,
       bench eval RUN --protocol paper --metrics clean,pgd,autoattack
       bench eval RUN --metrics fid,kid,is --samples samples.npz --weights inception.pth
       bench eval RUN --metrics fid,kid --fid-samples 10000 --fid-reference 50000
+      bench eval --model robustbench:Wong2020Fast --model-dir models --data-dir data --protocol standard
     """
     from bench.evaluation import evaluate_saved_run, format_result, generation_overrides, merge_overrides, \
         parse_overrides
     from bench.records import resolve_run
 
-    run_dir = resolve_run(run_ref, out)
+    from bench.errors import BenchError
+
+    if (run_ref is None) == (model_ref is None):
+        raise BenchError("name a run (bench eval RUN) or a zoo model (bench eval --model robustbench:NAME "
+                         "--model-dir DIR), not both" if run_ref else "bench eval needs a RUN or --model robustbench:NAME")
+    if model_ref is not None and (model_dir is None or checkpoint is not None):
+        raise BenchError("--model needs --model-dir DIR (RobustBench's folder: DIR/<dataset>/Linf/<NAME>.pt)"
+                         if model_dir is None else "--checkpoint is for runs; a zoo model's weights come from --model-dir")
     metrics = [m.strip() for m in metrics_.split(",") if m.strip()] if metrics_ else None
     overrides = merge_overrides(generation_overrides(protocol, metrics, fid_samples, fid_reference),
                                 parse_overrides(sets))
     t0 = time.perf_counter()
-    results, skipped, record = evaluate_saved_run(
-        run_dir, protocol=protocol, metrics=metrics, n_examples=n_examples, samples=samples, weights=weights,
-        checkpoint=checkpoint, device=device, batch_size=batch_size, overrides=overrides,
-        show_progress=not quiet, echo=lambda s: click.echo(s, err=True))
+    common = dict(protocol=protocol, metrics=metrics, n_examples=n_examples, samples=samples, weights=weights,
+                  device=device, batch_size=batch_size, overrides=overrides, show_progress=not quiet,
+                  echo=lambda s: click.echo(s, err=True))
+    if model_ref is not None:
+        from bench.zoo.robustbench import evaluate_zoo
+
+        results, skipped, record = evaluate_zoo(model_ref, model_dir, dataset=dataset, zoo_dataset=zoo_dataset,
+                                                out=out, data_dir=data_dir, **common)
+        run_dir = resolve_run(record["run_id"], out)
+    else:
+        run_dir = resolve_run(run_ref, out)
+        results, skipped, record = evaluate_saved_run(run_dir, checkpoint=checkpoint, **common)
     for name, res in results.items():
         click.echo(f"{record['run_id']} [{protocol}] {name:11s} {format_result(name, res)}")
         for art, rel in (res.get("artifacts") or {}).items():
