@@ -33,6 +33,16 @@ def register_method(name: str):
     return add
 
 
+def check_pgd_settings(cfg: Any) -> None:
+    """The checks every PGD-trained method's config shares (``attack_mode``, ``steps``, ``eps``,
+    ``alpha``, ``eps_warmup_epochs``): one line naming the setting."""
+    if cfg.attack_mode not in ("train", "eval"):
+        raise BenchError(f"method.attack_mode={cfg.attack_mode!r} is not valid; choose train or eval")
+    if cfg.steps < 1 or cfg.eps <= 0 or cfg.alpha <= 0 or cfg.eps_warmup_epochs < 0:
+        raise BenchError("method.steps must be >= 1, method.eps and method.alpha positive, "
+                         "method.eps_warmup_epochs >= 0")
+
+
 def get_method(name: str) -> type["Method"]:
     return METHODS.get(name)
 

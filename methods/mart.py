@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from bench.attacks.pgd import pgd_linf
 from bench.errors import BenchError
-from methods.base import Method, register_method
+from methods.base import Method, check_pgd_settings, register_method
 
 
 @dataclass
@@ -43,11 +43,7 @@ class MARTConfig:
     eps_warmup_epochs: float = 0.0  # >0: ramp eps and alpha linearly from 0 over these epochs (not the reference)
 
     def __post_init__(self):
-        if self.attack_mode not in ("train", "eval"):
-            raise BenchError(f"method.attack_mode={self.attack_mode!r} is not valid; choose train or eval")
-        if self.steps < 1 or self.eps <= 0 or self.alpha <= 0 or self.eps_warmup_epochs < 0:
-            raise BenchError("method.steps must be >= 1, method.eps and method.alpha positive, "
-                             "method.eps_warmup_epochs >= 0")
+        check_pgd_settings(self)
         if self.beta < 0 or self.start_std < 0:
             raise BenchError("method.beta and method.start_std must be >= 0")
 

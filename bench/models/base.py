@@ -89,3 +89,17 @@ def build_model(model_cfg, num_classes: int) -> EnergyClassifier:
         mean=tuple(model_cfg.mean),
         std=tuple(model_cfg.std),
     )
+
+
+def preact_trunk_features(stages, norm: nn.Module, act: nn.Module, head: nn.Module, h: torch.Tensor,
+                          dropout: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """The feature maps of a pre-activation network (WRN, PreAct ResNet): each stage's output, then
+    the final norm and activation, global average pooling (``penultimate``) and the linear head."""
+    maps = {}
+    for i, stage in enumerate(stages):
+        h = stage(h)
+        maps[f"stage{i + 1}"] = h
+    pooled = torch.nn.functional.adaptive_avg_pool2d(act(norm(h)), 1).flatten(1)
+    maps["penultimate"] = pooled
+    maps["logits"] = head(dropout(pooled) if dropout is not None else pooled)
+    return maps

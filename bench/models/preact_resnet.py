@@ -14,9 +14,8 @@ classes, 1,024 of them in the final norm; without it, as in some copies, 11,171,
 from __future__ import annotations
 
 import torch.nn as nn
-import torch.nn.functional as F
 
-from bench.models.base import ARCHS, EnergyClassifier, make_act, make_norm
+from bench.models.base import ARCHS, EnergyClassifier, make_act, make_norm, preact_trunk_features
 
 
 class PreActBlock(nn.Module):
@@ -59,15 +58,7 @@ class PreActResNet(EnergyClassifier):
         self.feature_dim = cin
 
     def trunk_features(self, h):
-        maps = {}
-        for i, stage in enumerate(self.stages):
-            h = stage(h)
-            maps[f"stage{i + 1}"] = h
-        h = self.act(self.bn(h))
-        pooled = F.adaptive_avg_pool2d(h, 1).flatten(1)
-        maps["penultimate"] = pooled
-        maps["logits"] = self.head(self.dropout(pooled))
-        return maps
+        return preact_trunk_features(self.stages, self.bn, self.act, self.head, h, self.dropout)
 
 
 @ARCHS.register("preact-resnet18")

@@ -6,12 +6,10 @@ Norm ``batch`` or ``none`` (the JEM base trains without normalisation layers).
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from bench.errors import BenchError
-from bench.models.base import ARCHS, EnergyClassifier, make_act, make_norm
+from bench.models.base import ARCHS, EnergyClassifier, make_act, make_norm, preact_trunk_features
 
 
 class WideBasic(nn.Module):
@@ -56,15 +54,7 @@ class WideResNet(EnergyClassifier):
         self.feature_dim = cin
 
     def trunk_features(self, h):
-        maps = {}
-        for i, stage in enumerate(self.stages):
-            h = stage(h)
-            maps[f"stage{i + 1}"] = h
-        h = self.act(self.bn(h))
-        pooled = F.adaptive_avg_pool2d(h, 1).flatten(1)
-        maps["penultimate"] = pooled
-        maps["logits"] = self.head(pooled)
-        return maps
+        return preact_trunk_features(self.stages, self.bn, self.act, self.head, h)
 
 
 @ARCHS.register_pattern(r"wrn-(?P<depth>\d+)-(?P<width>\d+)", "wrn-D-W")
