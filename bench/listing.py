@@ -32,6 +32,19 @@ def _first_doc_line(obj) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
+def _own_or_module_doc(obj) -> str:
+    """The first line of ``obj``'s docstring, else of its module's (without reST markup)."""
+    import sys
+
+    line = _first_doc_line(obj) if getattr(obj, "__doc__", None) and not isinstance(obj, (str, int, float)) else ""
+    if not line:
+        module = sys.modules.get(getattr(obj, "__module__", "") or "")
+        line = _first_doc_line(module) if module is not None else ""
+    line = line.replace("``", "")
+    name = getattr(obj, "__name__", "")
+    return line.split(": ", 1)[1] if name and line.startswith(f"{name}: ") else line  # "pgd: ..." -> "..."
+
+
 # -- per-kind accessors (imported lazily: listing presets must not import every method) -------------
 def _methods():
     from methods import METHODS
@@ -73,6 +86,31 @@ def _metrics() -> list[str]:
     return METRICS.names()
 
 
+def _metric_description(name: str) -> str:
+    from metrics import METRICS
+
+    return _own_or_module_doc(METRICS.get(name))
+
+
+def _dataset_description(name: str) -> str:
+    from bench.data import DATASETS
+
+    if name == "npz:PATH":
+        return "your images: an .npz of uint8 NHWC x and labels y (x_test/y_test optional; else 20% held out)"
+    if name.endswith(":PATH"):  # a plugin's pattern family
+        return "a family of datasets named by a path after the colon"
+    return _own_or_module_doc(DATASETS.get(name))
+
+
+def _arch_description(name: str) -> str:
+    from bench.models import ARCHS
+
+    if "-D-" in name or name.endswith("-W"):
+        return "a family: wide ResNet of depth D (6n+4) and width W, e.g. wrn-28-10"
+    obj = ARCHS.get(name)
+    return _own_or_module_doc(getattr(obj, "factory", obj))
+
+
 def _protocols() -> list[str]:
     from metrics import PROTOCOLS
 
@@ -112,10 +150,10 @@ def _load_errors(registry: str) -> Callable[[], dict[str, str]]:
 
 KINDS: dict[str, Listing] = {
     "methods": Listing(lambda: _methods().names(), _method_reference, errors=_load_errors("methods:METHODS")),
-    "datasets": Listing(_datasets, errors=_load_errors("bench.data:DATASETS")),
-    "archs": Listing(_archs, errors=_load_errors("bench.models:ARCHS")),
+    "datasets": Listing(_datasets, _dataset_description, errors=_load_errors("bench.data:DATASETS")),
+    "archs": Listing(_archs, _arch_description, errors=_load_errors("bench.models:ARCHS")),
     "presets": Listing(_preset_names, _preset_description, width=8, sep=" "),
-    "metrics": Listing(_metrics, errors=_load_errors("metrics:METRICS")),
+    "metrics": Listing(_metrics, _metric_description, errors=_load_errors("metrics:METRICS")),
     "protocols": Listing(_protocols, _protocol_description, width=10, sep=" ",
                          errors=_load_errors("metrics:PROTOCOLS")),
     "samplers": Listing(_samplers, _sampler_description, errors=_load_errors("bench.sampling.kinds:SAMPLERS")),

@@ -375,7 +375,9 @@ def _metric(name: str):
 
     metric.preflight = _preflight
     metric.__name__ = f"{name}_metric"
-    metric.__doc__ = f"``{name}`` of generated samples vs the real split (torch-fidelity); see the module doc."
+    metric.__doc__ = {"fid": "Frechet Inception distance of generated samples to a real split (torch-fidelity)",
+                      "kid": "kernel Inception distance (unbiased at small n) of generated samples to a real split",
+                      "is": "Inception score of generated samples (needs the 1008-way fc layer)"}[name]
     return metric
 
 

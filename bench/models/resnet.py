@@ -62,9 +62,11 @@ class SmallResNet(EnergyClassifier):
 
 @ARCHS.register("resnet8")
 def resnet8(**kw) -> SmallResNet:
+    """ResNet-8, 16/32/64 channels, 78k parameters: the CPU presets' model."""
     return SmallResNet(widths=(16, 32, 64), **kw)
 
 
 @ARCHS.register("resnet8-wide")
 def resnet8_wide(**kw) -> SmallResNet:
+    """ResNet-8 with doubled widths, 32/64/128 channels."""
     return SmallResNet(widths=(32, 64, 128), **kw)
