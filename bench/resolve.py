@@ -60,9 +60,21 @@ def load_preset(name: str, method: str = "<method>") -> dict[str, Any]:
 
 
 def method_preset(method: str, preset: str) -> dict[str, Any]:
-    """A method's own variant of a preset: section ``<preset>:`` of ``presets/methods/<method>.yaml``."""
+    """A method's own variant of a preset: section ``<preset>:`` of ``presets/methods/<method>.yaml``
+    for a built-in method, else of the method class's ``presets`` mapping (how a plugin package
+    ships its variants: ``presets = {"demo": {"method": {"steps": 3}}, ...}``)."""
     path = PRESET_DIR / "methods" / f"{method}.yaml"
-    return (_read_yaml(path).get(preset) or {}) if path.is_file() else {}
+    if path.is_file():
+        return _read_yaml(path).get(preset) or {}
+    own = getattr(get_method(method), "presets", None) or {}
+    if not isinstance(own, dict) or not all(isinstance(v, dict) for v in own.values()):
+        raise BenchError(f"method {method!r}: its class attribute presets must map preset names to sections, "
+                         "e.g. {'demo': {'method': {'steps': 3}}}")
+    unknown = sorted(set(own) - set(preset_names()))
+    if unknown:
+        raise BenchError(f"method {method!r} ships variants of unknown presets {', '.join(unknown)}; "
+                         f"the presets are: {', '.join(preset_names())}")
+    return own.get(preset) or {}
 
 
 def sections(d: dict[str, Any]) -> dict[str, Any]:

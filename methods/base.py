@@ -58,6 +58,9 @@ class Method:
     name: ClassVar[str] = ""
     Config: ClassVar[type] = None  # type: ignore[assignment]
     run_defaults: ClassVar[dict[str, Any]] = {}
+    # a plugin's own variants of the presets, as the built-ins keep in bench/presets/methods/<name>.yaml:
+    # {"smoke": {"method": {"steps": 2}}, "demo": {...}, "cpu": {...}} (sections as in a --config file)
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
     extra_batches: ClassVar[int] = 0  # independent training batches per step besides the main one
     reference: ClassVar[str] = ""  # the paper / code it follows
     # --set items that make the step follow the published implementation's loop (slower, same

@@ -187,3 +187,36 @@ def test_entry_points_are_read_in_process(monkeypatch, tmp_path):
     with pytest.raises(BenchError, match="failed to load"):
         reg.get("broken-plugin")
     sys.modules.pop("tb_plugin_pkg", None)
+
+
+def test_a_plugin_method_ships_its_own_preset_variants():
+    from dataclasses import dataclass
+
+    from bench.resolve import preset_changes, resolve_config
+    from methods import METHODS, Method, register_method
+
+    @dataclass
+    class Cfg:
+        steps: int = 10
+
+    @register_method("test-with-presets")
+    class WithPresets(Method):
+        Config = Cfg
+        presets = {"smoke": {"method": {"steps": 2}, "train": {"log_every": 1}}, "demo": {"method": {"steps": 3}}}
+
+        def training_step(self, model, x, y, ctx):  # pragma: no cover - not run
+            raise AssertionError
+
+    try:
+        smoke = resolve_config("test-with-presets", preset="smoke")
+        assert smoke.method_cfg["steps"] == 2 and smoke.train.log_every == 1
+        assert resolve_config("test-with-presets", preset="demo").method_cfg["steps"] == 3
+        assert resolve_config("test-with-presets", preset="cpu").method_cfg["steps"] == 10  # no variant: the default
+        assert preset_changes(smoke.to_dict()) == {}  # the preset's own value is no change
+        tuned = resolve_config("test-with-presets", preset="smoke", overrides=["method.steps=5"])
+        assert preset_changes(tuned.to_dict()) == {"method.steps": 5}
+        WithPresets.presets = {"tiny": {"method": {"steps": 1}}}
+        with pytest.raises(BenchError, match="unknown presets tiny"):
+            resolve_config("test-with-presets", preset="smoke")
+    finally:
+        METHODS.unregister("test-with-presets")
