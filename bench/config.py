@@ -94,6 +94,9 @@ class TrainConfig:
     # where training curves go besides record.json (bench/loggers): console (progress bar and
     # validation lines), tensorboard (event files under <run>/tensorboard/), csv (history.csv), plugins
     loggers: list[str] = field(default_factory=lambda: ["console", "tensorboard"])
+    # >0: keep an exponential moving average of the weights with this decay (e.g. 0.999) and
+    # validate, checkpoint and evaluate it (bench/ema.py); 0: off
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -305,6 +308,8 @@ def validate(cfg: RunConfig) -> None:
     if cfg.eval.checkpoint == "best" and (cfg.data.val_size <= 0 or cfg.train.eval_every <= 0):
         raise BenchError("eval.checkpoint=best needs a validation split and periodic validation: "
                          "set data.val_size > 0 and train.eval_every > 0")
+    if not 0 <= cfg.train.ema_decay < 1:
+        raise BenchError(f"train.ema_decay must lie in [0, 1) (0 turns EMA off, 0.999 is usual), got {cfg.train.ema_decay}")
     if cfg.optim.lr <= 0:
         raise BenchError(f"optim.lr must be positive, got {cfg.optim.lr}")
     if cfg.optim.sam_rho < 0:

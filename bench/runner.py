@@ -209,6 +209,9 @@ def _fit_and_evaluate(cfg, data, device, record: RunRecord, trainer: Trainer, sh
                                                    "note": "no validation ran, so the final weights were evaluated"}
     elif cfg.eval.enabled:
         record.data["evaluated_checkpoint"] = {"checkpoint": "checkpoints/last.pt", "step": trainer.state.step}
+        if trainer.ema is not None:  # the averaged weights are the model a run with EMA reports
+            model.load_state_dict(trainer.ema.state_dict())
+            record.data["evaluated_checkpoint"]["weights"] = f"ema (decay {cfg.train.ema_decay:g})"
     if cfg.eval.enabled:
         try:
             with terminate_as_interrupt():  # SIGTERM too: a scheduler's stop must not leave `running`

@@ -37,7 +37,8 @@ def load_run_model(run_dir: Path, device: torch.device | None = None, checkpoint
     else:
         path = run_dir / "checkpoints" / "last.pt"
     ckpt = checkpoint.load(path, expect_digest=record.get("config_digest") or cfg.digest())
-    checkpoint.load_weights(model, ckpt["model"], path)
+    # a run with train.ema_decay reports its averaged weights (best.pt already holds them as model)
+    checkpoint.load_weights(model, ckpt.get("ema_model") or ckpt["model"], path)
     model.eval()
     return model, cfg, data, record
 

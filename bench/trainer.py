@@ -32,6 +32,7 @@ from bench.config import RunConfig
 from bench.data import BatchStream, ImageData, augment_batch, to_float
 from bench.data.stream import CROP_PAD
 from bench.errors import BenchError, DivergenceError, InterruptedRun
+from bench.ema import ModelEMA
 from bench.loggers import RunLoggers
 from bench.timing import region
 from bench import distributed as D
@@ -195,6 +196,7 @@ class Trainer:
         self.total_steps = total_steps(t, self.steps_per_epoch)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(cfg.optim, self.params, device, fast=t.fast)
+        self.ema = ModelEMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
         self.state = TrainState()
         self._weights = method.loss_weights()
 
@@ -250,6 +252,8 @@ class Trainer:
                 "method_per_rank": method_states if self.dist.enabled else None,
                 "state": {k: v for k, v in vars(self.state).items()},
             }
+            if self.ema is not None:
+                payload["ema_model"] = self.ema.state_dict()
             checkpoint.save(last, payload)
             if periodic and self.cfg.train.keep_checkpoints > 0:
                 checkpoint.save(self.ckpt_dir / f"step-{self.state.step:08d}.pt", payload)
@@ -262,8 +266,9 @@ class Trainer:
         """Keep the weights with the highest validation accuracy so far (``checkpoints/best.pt``)."""
         self.state.best = {"step": self.state.step, "accuracy": validation["accuracy"],
                            "n_examples": validation["n_examples"], "checkpoint": "checkpoints/best.pt"}
+        weights = self.ema.state_dict() if self.ema is not None else self.model.state_dict()  # what was validated
         checkpoint.save(self.ckpt_dir / "best.pt", {"step": self.state.step, "config_digest": self.config_digest,
-                                                     "model": self.model.state_dict(), "best": self.state.best})
+                                                     "model": weights, "best": self.state.best})
 
     def load_checkpoint(self, path: Path) -> None:
         ckpt = checkpoint.load(path, expect_digest=self.config_digest)
@@ -277,6 +282,11 @@ class Trainer:
         if saved_world != self.dist.world:
             raise BenchError(f"checkpoint {path} was written by {saved_world} process(es); resume it with "
                              f"--nproc {saved_world} (this run has {self.dist.world})")
+        if self.ema is not None:
+            if "ema_model" not in ckpt:
+                raise BenchError(f"checkpoint {path} holds no EMA weights but this run keeps them (train.ema_decay="
+                                 f"{self.cfg.train.ema_decay}); use a checkpoint written by this run")
+            self.ema.load_state_dict(ckpt["ema_model"])
         per_rank = ckpt.get("method_per_rank")
         self.method.load_state_dict(per_rank[self.dist.rank] if per_rank else ckpt.get("method", {}))
         saved = ckpt["state"]
@@ -295,13 +305,15 @@ class Trainer:
         was = self.model.training
         self.model.eval()
         correct, loss = 0, 0.0
-        for i in range(0, n, self.cfg.eval.batch_size):
-            xb = to_float(x[i : i + self.cfg.eval.batch_size].to(self.device))
-            yb = y[i : i + self.cfg.eval.batch_size].to(self.device)
-            with self.autocast():
-                logits = self.model(xb).float()
-            correct += int((logits.argmax(1) == yb).sum())
-            loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+        # with EMA on, the averaged weights are the model that is validated (and kept as best.pt)
+        with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
+            for i in range(0, n, self.cfg.eval.batch_size):
+                xb = to_float(x[i : i + self.cfg.eval.batch_size].to(self.device))
+                yb = y[i : i + self.cfg.eval.batch_size].to(self.device)
+                with self.autocast():
+                    logits = self.model(xb).float()
+                correct += int((logits.argmax(1) == yb).sum())
+                loss += float(F.cross_entropy(logits, yb, reduction="sum"))
         self.model.train(was)
         return {"split": split, "n_examples": n, "accuracy": correct / n, "loss": loss / n}
 
@@ -358,6 +370,8 @@ class Trainer:
             if opt.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), opt.grad_clip)
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
         return {"loss": loss.detach(), **{k: v.detach().float() for k, v in terms.items()}}
 
     def _total_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
