@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pandas as pd
 
 from bench.errors import BenchError
 from bench.report.figures import EnergyPanel, energy_panels, training_curves, tradeoff
@@ -173,7 +174,8 @@ def build_report(out: str | Path = "results", html: str | Path | None = None, fi
                                                          "dataset", "arch", "preset", "status")]
         table = (table[table[numbers].notna().any(axis=1)] if numbers else table.iloc[0:0]).copy()
         if "seed" in table.columns:
-            table["seed"] = [None if v is None or v != v else int(v) for v in table["seed"]]
+            table["seed"] = pd.Series(["" if v is None or v != v else str(int(v)) for v in table["seed"]],
+                                      index=table.index, dtype=object)  # 0, not 0.0 beside reported rows
         kinds = list(table["kind"]) if "kind" in table.columns else [""] * len(table)
         rows = [[None if (isinstance(v, float) and np.isnan(v)) else v for v in row]
                 for row in table.itertuples(index=False)]
