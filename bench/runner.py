@@ -154,10 +154,10 @@ def _train_and_evaluate_locked(cfg, data, device, record: RunRecord, show_progre
                                       "per_rank_batch": cfg.data.batch_size,
                                       "global_batch": cfg.data.batch_size * dist.world}
     save()
-    if main:  # after the resume: an appending logger drops what it holds beyond this step
-        names = [n for n in cfg.train.loggers if show_progress or n != "console"]  # -q: nothing on the terminal
-        trainer.use_loggers(RunLoggers.create(names, run_dir, cfg, start_step=trainer.state.step), show_progress)
     try:
+        if main:  # after the resume: an appending logger drops what it holds beyond this step
+            names = [n for n in cfg.train.loggers if show_progress or n != "console"]  # -q: nothing on the terminal
+            trainer.use_loggers(RunLoggers.create(names, run_dir, cfg, start_step=trainer.state.step), show_progress)
         return _fit_and_evaluate(cfg, data, device, record, trainer, show_progress, dist)
     except (InterruptedRun, DivergenceError):
         raise
