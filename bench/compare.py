@@ -120,7 +120,8 @@ def run_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
-def _protocol_rank(p: str) -> tuple[int, str]:
+def protocol_rank(p: str) -> tuple[int, str]:
+    """Sort key of protocols: quick, standard, paper, then the others by name."""
     return (PROTOCOL_ORDER.index(p), p) if p in PROTOCOL_ORDER else (len(PROTOCOL_ORDER), p)
 
 
@@ -155,7 +156,7 @@ def headline(t: pd.DataFrame) -> pd.DataFrame:
                              "label": column.split("/", 1)[1], "checked": shown.checked, "brief": shown.brief,
                              "n_examples": row.n_examples, "reliable": reliable, "ci_lo": ci[0], "ci_hi": ci[1],
                              "spread": None if spread is None else h.shown(spread),
-                             "order": (_protocol_rank(row.protocol), shown.order, row.metric, i, column)})
+                             "order": (protocol_rank(row.protocol), shown.order, row.metric, i, column)})
     return pd.DataFrame(keep, columns=["run_id", "column", "value", "protocol", "metric", "label", "checked", "brief",
                                        "n_examples", "reliable", "ci_lo", "ci_hi", "spread", "order"])
 

@@ -24,18 +24,20 @@ class ModelEMA:
         if not 0.0 < decay < 1.0:
             raise BenchError(f"train.ema_decay must lie in (0, 1) (0 turns EMA off), got {decay}")
         self.decay = float(decay)
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        live = model.state_dict()  # views of the model's own tensors, which training updates in place
+        self.shadow = {k: v.detach().clone() for k, v in live.items()}
         names = {n for n, p in model.named_parameters() if p.requires_grad}
-        self._avg_keys = [k for k in self.shadow if k in names and self.shadow[k].is_floating_point()]
-        self._copy_keys = [k for k in self.shadow if k not in set(self._avg_keys)]
+        avg = [k for k in self.shadow if k in names and self.shadow[k].is_floating_point()]
+        self._avg = ([self.shadow[k] for k in avg], [live[k] for k in avg])
+        self._copy = [(self.shadow[k], live[k]) for k in self.shadow if k not in set(avg)]
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        current = model.state_dict()
-        torch._foreach_lerp_([self.shadow[k] for k in self._avg_keys], [current[k].detach() for k in self._avg_keys],
-                             1.0 - self.decay)
-        for k in self._copy_keys:
-            self.shadow[k].copy_(current[k])
+        """One step of the average towards ``model``, the model it was created from (its tensors
+        are held, so no state_dict is built on the training step's path)."""
+        torch._foreach_lerp_(self._avg[0], self._avg[1], 1.0 - self.decay)
+        for avg, now in self._copy:
+            avg.copy_(now)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.shadow

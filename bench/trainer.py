@@ -161,21 +161,19 @@ class Trainer:
         show_progress: bool = True,
         dist: D.DistInfo = D.SINGLE,
         config_digest: str | None = None,
-        loggers: RunLoggers | None = None,
     ):
         """``config_digest``: the run's digest as recorded when it started (checkpoints carry it);
         default ``cfg.digest()``. A run resumed under a newer version, whose config has gained
-        fields since, keeps its recorded digest. ``loggers``: where the logged terms go besides the
-        record (main rank; none by default); the progress bar shows only with a logger that asks for
-        it (``console``) or, without loggers, with ``show_progress``."""
+        fields since, keeps its recorded digest. It logs nowhere besides the record until
+        :meth:`use_loggers`."""
         self.cfg, self.model, self.method, self.data = cfg, model, method, data
         self.config_digest = config_digest or cfg.digest()
         self.device, self.run_dir = device, Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.dist = dist
         self._on_update = on_update or (lambda state, event: None)
-        self.loggers = loggers if loggers is not None and dist.is_main else RunLoggers([])
-        self.show_progress = show_progress and dist.is_main and (loggers is None or loggers.shows_progress)
+        self.loggers = RunLoggers([])
+        self.show_progress = show_progress and dist.is_main
         t = cfg.train
         self.use_amp = t.fast and (device.type == "cuda" and t.amp in ("auto", "bf16") or t.amp == "bf16")
         self.channels_last = t.fast and t.channels_last

@@ -24,11 +24,7 @@ class RunLoggers:
     def create(cls, names: list[str] | tuple[str, ...], run_dir: Path, cfg: Any, start_step: int = 0) -> "RunLoggers":
         if isinstance(names, str):
             names = [names]
-        seen = []
-        for name in names:
-            if name not in seen:
-                seen.append(name)
-        return cls([LOGGERS.get(name)(run_dir, cfg, start_step) for name in seen])
+        return cls([LOGGERS.get(name)(run_dir, cfg, start_step) for name in dict.fromkeys(names)])
 
     @property
     def shows_progress(self) -> bool:

@@ -93,10 +93,10 @@ def _energy_values(run_dir: Path, res: dict[str, Any]) -> dict[str, np.ndarray] 
 
 
 def _protocols_with_numbers(meta: dict[str, dict], df) -> list[str]:
-    from bench.report.tables import _protocol_order
+    from bench.compare import protocol_rank
 
     present = {m["protocol"] for c, m in meta.items() if c in df.columns and df[c].notna().any()}
-    return sorted(present, key=_protocol_order)
+    return sorted(present, key=protocol_rank)
 
 
 def build_report(out: str | Path = "results", html: str | Path | None = None, filters: tuple[str, ...] = (),

@@ -14,6 +14,8 @@ from typing import Any
 
 import pandas as pd
 
+from bench.compare import protocol_rank
+
 GENERATION_METRICS = ("fid", "kid")  # the plane's colour: the first one a protocol has (lower is better)
 
 
@@ -105,7 +107,7 @@ def planes(df: pd.DataFrame, meta: dict[str, dict[str, Any]]) -> list[Plane]:
     out = []
     kind = df["kind"] if "kind" in df.columns else pd.Series("measured", index=df.index)
     datasets = list(dict.fromkeys(df.loc[kind == "measured", "dataset"].dropna().astype(str)))
-    for proto, dataset in ((p, d) for p in sorted({m["protocol"] for m in meta.values()}, key=_protocol_order)
+    for proto, dataset in ((p, d) for p in sorted({m["protocol"] for m in meta.values()}, key=protocol_rank)
                            for d in datasets):
         plane = _plane(df[df["dataset"].astype(str) == dataset], meta, proto, dataset)
         if plane is not None and plane.measured:
@@ -140,12 +142,6 @@ def _plane(df: pd.DataFrame, meta: dict[str, dict[str, Any]], proto: str, datase
     plane.attacks = [a for a in attacks if a in used]
     plane.n_examples = {c: _counts(df, c) for c in [clean[0], *plane.attacks] + ([gen] if gen else [])}
     return plane
-
-
-def _protocol_order(p: str) -> tuple[int, str]:
-    from bench.compare import PROTOCOL_ORDER
-
-    return (PROTOCOL_ORDER.index(p), p) if p in PROTOCOL_ORDER else (len(PROTOCOL_ORDER), p)
 
 
 def describe_counts(counts: list[int]) -> str:
