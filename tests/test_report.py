@@ -153,6 +153,8 @@ def test_report_bad_input_is_one_line(report_results, bench_cli, tmp_path):
     blocker.write_text("x")
     res = bench_cli("report", "--out", report_results, "--html", blocker / "report.html")
     assert res.exit_code != 0 and "cannot write the report" in res.stderr and "Traceback" not in res.stderr
+    res = bench_cli("report", "--out", report_results, "--html", tmp_path / "report.txt")
+    assert res.exit_code != 0 and "must name an .html file" in res.stderr and not (tmp_path / "report.txt").exists()
     res = bench_cli("report", "--out", report_results, "--protocol", "paper")
     assert res.exit_code != 0 and "no numbers of protocol 'paper'" in res.stderr
     for r in (res,):
