@@ -91,20 +91,25 @@ def reference_frame() -> pd.DataFrame:
 
 
 def preset_changes(record: dict[str, Any]) -> str:
-    """The run's settings that differ from its method's preset (its --set / --config choices), as
-    ``key=value`` items. Stored in the record since schema 2; for older records worked out again
-    from today's method and preset ("?" when they no longer resolve)."""
+    """Where the run departs from what every method gets under its preset, as ``key=value`` items:
+    its method's own variant of the preset (``preset_variant``, e.g. pgd-at's PGD-3 on ``demo``) and
+    its --set / --config choices (``changes``; they win on the same key). Both are stored in the
+    record when the run starts; for older records they are worked out again from today's method and
+    preset ("?" when they no longer resolve)."""
     import json
 
-    changes = record.get("changes")
-    if changes is None:
-        from bench.resolve import preset_changes as from_config  # records from before schema 2 only
+    from bench.resolve import preset_changes as from_config, variant_changes
 
-        try:
+    changes, variant = record.get("changes"), record.get("preset_variant")
+    try:
+        if changes is None:  # records from before schema 2 only
             changes = from_config(record.get("config") or {})
-        except Exception:  # an unknown method/preset, or a record from another version
-            return "?"
-    return " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(changes.items()))
+        if variant is None:  # records from before the field existed
+            variant = variant_changes(str(record.get("method")), str(record.get("preset")))
+    except Exception:  # an unknown method/preset, or a record from another version
+        return "?"
+    merged = {**variant, **changes}
+    return " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(merged.items()))
 
 
 def run_table(records: list[dict[str, Any]]) -> pd.DataFrame:

@@ -163,6 +163,18 @@ def brief(df: pd.DataFrame, meta: dict[str, dict], protocol: str | None = None) 
     return out, caption
 
 
+def _fit_changes(table: pd.DataFrame, text: str) -> str:
+    """The brief Markdown table with its ``changes`` cells cut (``…``) so that it fits WIDTH
+    characters, down to 12 characters a cell; ``--wide`` and ``bench show`` give them whole."""
+    excess = max(len(line) for line in text.splitlines()) - WIDTH
+    longest = int(table["changes"].astype(str).str.len().max() or 0)
+    if excess <= 0 or longest <= 12:
+        return text
+    width = max(12, longest - excess)
+    cut = table.assign(changes=[c if len(c) <= width else c[: width - 1] + "…" for c in table["changes"].astype(str)])
+    return cut.to_markdown(index=False, floatfmt="g", missingval="")
+
+
 def _marked(df: pd.DataFrame) -> bool:
     return any(c.endswith(" reliable") and df[c].isin(list(MARKS)).any() for c in df.columns)
 
@@ -194,6 +206,8 @@ def render(df: pd.DataFrame, fmt: str, meta: dict[str, dict] | None = None, wide
     if fmt == "latex":
         return table.to_latex(index=False, na_rep="", escape=True, caption=" | ".join(caption) or None)
     text = table.to_markdown(index=False, floatfmt="g", missingval="")
+    if not wide and meta is not None and "changes" in table.columns:
+        text = _fit_changes(table, text)
     lines = caption + ([MARK_NOTE] if _marked(df) else []) + list(notes)
     lines = [w for line in lines for w in textwrap.wrap(line, WIDTH, break_on_hyphens=False)]
     return text + ("\n\n" + "\n".join(lines) if lines else "")

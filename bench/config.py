@@ -33,6 +33,9 @@ class DataConfig:
     pad_mode: str = "reflect"  # padding for the random crop: reflect (JEM references) | zeros
     flip: bool = True
     noise_std: float = 0.0  # Gaussian data noise in pixel units ([0, 1]); 0.015 = 0.03 on [-1, 1]
+    # square image side in pixels: 0 = the dataset's own size (folder:PATH datasets resize to 32 when 0);
+    # 32 or 64 resizes folder:PATH datasets; any other dataset must already have images of that size
+    image_size: int = 0
 
 
 @dataclass
@@ -65,6 +68,10 @@ class OptimConfig:
     # ASAM (perturbation scaled by |w|) or plain SAM: auto = ASAM when sam_rho >= 0.5 (SADA-JEM's rule;
     # ASAM radii are large, SAM's small) | on | off
     sam_adaptive: str = "auto"
+    # adversarial weight perturbation (bench/awp.py, Wu et al. 2020): 0 = off; >0 = its per-layer
+    # relative budget gamma (the paper: 5e-3), one ascent step; not together with SAM
+    awp_gamma: float = 0.0
+    awp_warmup_epochs: float = 0.0  # plain steps before this many epochs
 
 
 @dataclass
@@ -284,6 +291,9 @@ CHOICES = {
 }
 
 
+IMAGE_SIZES = (0, 32, 64)  # data.image_size: 0 = the dataset's own size
+
+
 def validate(cfg: RunConfig) -> None:
     d = cfg.to_dict()
     for path, allowed in CHOICES.items():
@@ -314,10 +324,18 @@ def validate(cfg: RunConfig) -> None:
         raise BenchError(f"optim.lr must be positive, got {cfg.optim.lr}")
     if cfg.optim.sam_rho < 0:
         raise BenchError(f"optim.sam_rho must be >= 0 (0 = no SAM), got {cfg.optim.sam_rho}")
+    if cfg.optim.awp_gamma < 0 or cfg.optim.awp_warmup_epochs < 0:
+        raise BenchError("optim.awp_gamma and optim.awp_warmup_epochs must be >= 0 (awp_gamma 0 = no AWP), got "
+                         f"{cfg.optim.awp_gamma} and {cfg.optim.awp_warmup_epochs}")
+    if cfg.optim.awp_gamma > 0 and cfg.optim.sam_rho > 0:
+        raise BenchError("optim.awp_gamma and optim.sam_rho are both set; a run perturbs its weights one way: "
+                         "set one of them to 0")
     if not 0 <= cfg.model.dropout < 1:
         raise BenchError(f"model.dropout is a probability and must lie in [0, 1), got {cfg.model.dropout}")
     if not 0 <= cfg.data.noise_std < 1:
         raise BenchError(f"data.noise_std is in pixel units and must lie in [0, 1), got {cfg.data.noise_std}")
+    if cfg.data.image_size not in IMAGE_SIZES:
+        raise BenchError(f"data.image_size must be 0 (the dataset's own size), 32 or 64, got {cfg.data.image_size}")
 
 
 def check_settings(obj: Any, prefix: str, choices: dict[str, Any] | None = None,

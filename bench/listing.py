@@ -97,8 +97,10 @@ def _dataset_description(name: str) -> str:
 
     if name == "npz:PATH":
         return "your images: an .npz of uint8 NHWC x and labels y (x_test/y_test optional; else 20% held out)"
-    if name.endswith(":PATH"):  # a plugin's pattern family
-        return "a family of datasets named by a path after the colon"
+    if name.endswith(":PATH"):  # a pattern family (folder:PATH, a plugin's): its factory's docstring, if any
+        factory = getattr(DATASETS.get(name), "factory", None)
+        line = _first_doc_line(factory).replace("``", "") if factory is not None else ""
+        return line or "a family of datasets named by a path after the colon"
     return _own_or_module_doc(DATASETS.get(name))
 
 

@@ -108,7 +108,7 @@ def environment(device) -> dict[str, Any]:
 
 
 def new_record(run_id: str, cfg, device, data_summary: dict, changes: dict[str, Any] | None = None,
-               plugins: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+               plugins: list[dict[str, Any]] | None = None, variant: dict[str, Any] | None = None) -> dict[str, Any]:
     env = environment(device)
     env["plugins"] = list(plugins or [])  # each package besides trilemma-bench that provided the method or a metric
     return {
@@ -123,6 +123,8 @@ def new_record(run_id: str, cfg, device, data_summary: dict, changes: dict[str, 
         "config": cfg.to_dict(),
         "config_digest": cfg.digest(),
         "changes": None if changes is None else dict(changes),
+        # where the method's own variant of the preset departs from the preset every method shares
+        "preset_variant": None if variant is None else dict(variant),
         "environment": env,
         "data": data_summary,
         "created_at": now(),
@@ -192,8 +194,8 @@ class RunRecord:
     @classmethod
     def create(cls, run_dir: Path, run_id: str, cfg, device, data_summary: dict,
                changes: dict[str, Any] | None = None, save: bool = True,
-               plugins: list[dict[str, Any]] | None = None) -> "RunRecord":
-        rec = cls(run_dir, new_record(run_id, cfg, device, data_summary, changes, plugins))
+               plugins: list[dict[str, Any]] | None = None, variant: dict[str, Any] | None = None) -> "RunRecord":
+        rec = cls(run_dir, new_record(run_id, cfg, device, data_summary, changes, plugins, variant))
         if save:
             rec.save()
         return rec

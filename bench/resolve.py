@@ -10,8 +10,9 @@ Order (later wins):
 6. ``--set key=value`` items and the flags ``--dataset``, ``--arch``, ``--seed``, ``--device``.
 
 Layers 1-4 are what a method "is" under a preset; :func:`preset_changes` lists every setting in
-which a run departs from them (its ``--config`` and ``--set`` choices), and the runner stores that
-list in the record when the run starts. This module sits above the plugin packages (it looks up
+which a run departs from them (its ``--config`` and ``--set`` choices), and :func:`variant_changes`
+those in which layer 4 departs from layers 1-3 (the method's own budget under the preset); the
+runner stores both in the record when the run starts. This module sits above the plugin packages (it looks up
 the method and the protocol); ``bench/config.py`` below them holds the schema alone.
 """
 
@@ -36,6 +37,9 @@ PRESET_KEYS = frozenset({"description", "config"})
 NOT_CHANGES = frozenset({"method", "preset", "seed", "device", "data.dataset", "data.data_dir", "model.arch",
                          "train.loggers"})
 
+# settings that change how a run reports itself, not what it trains: left out of variant_changes
+BOOKKEEPING = frozenset({"train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "method.grid_size"})
+
 
 def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
@@ -59,14 +63,30 @@ def load_preset(name: str, method: str = "<method>") -> dict[str, Any]:
     return data
 
 
+def method_preset_file(method: str) -> Path | None:
+    """The built-in file of a method's preset variants, ``presets/methods/<method>.yaml``. A method
+    registered as a subclass of another (``trades-awp`` of ``trades``) without a file of its own
+    takes its nearest registered ancestor's: it has the same settings to size. A class on the way
+    that ships its own ``presets`` mapping (a plugin subclassing a built-in method) stops the search."""
+    cls = get_method(method)
+    for klass in getattr(cls, "__mro__", (cls,)):
+        own_name = method if klass is cls else vars(klass).get("name")
+        if own_name and (PRESET_DIR / "methods" / f"{own_name}.yaml").is_file():
+            return PRESET_DIR / "methods" / f"{own_name}.yaml"
+        if vars(klass).get("presets"):
+            return None
+    return None
+
+
 def method_preset(method: str, preset: str) -> dict[str, Any]:
-    """A method's own variant of a preset: section ``<preset>:`` of ``presets/methods/<method>.yaml``
-    for a built-in method, else of the method class's ``presets`` mapping (how a plugin package
-    ships its variants: ``presets = {"demo": {"method": {"steps": 3}}, ...}``)."""
-    path = PRESET_DIR / "methods" / f"{method}.yaml"
-    if path.is_file():
+    """A method's own variant of a preset: section ``<preset>:`` of its built-in file
+    (:func:`method_preset_file`), else of the method class's ``presets`` mapping (how a plugin
+    package ships its variants: ``presets = {"demo": {"method": {"steps": 3}}, ...}``)."""
+    path = method_preset_file(method)
+    if path is not None:
         return _read_yaml(path).get(preset) or {}
-    own = getattr(get_method(method), "presets", None) or {}
+    cls = get_method(method)
+    own = getattr(cls, "presets", None) or {}
     if not isinstance(own, dict) or not all(isinstance(v, dict) for v in own.values()):
         raise BenchError(f"method {method!r}: its class attribute presets must map preset names to sections, "
                          "e.g. {'demo': {'method': {'steps': 3}}}")
@@ -100,13 +120,14 @@ def load_config_file(path: str) -> dict[str, Any]:
     return sections(data)
 
 
-def _preset_layers(method: str, preset: str) -> RunConfig:
-    """Layers 1-4: what ``method`` is under ``preset``, before any file or ``--set``."""
+def _preset_layers(method: str, preset: str, variant: bool = True) -> RunConfig:
+    """Layers 1-4: what ``method`` is under ``preset``, before any file or ``--set`` (1-3 without
+    ``variant``: the method's reference settings under the preset every method shares)."""
     method_cls = get_method(method)
     cfg = RunConfig(method=method, preset=preset)
     cfg = update_dataclass(cfg, sections(getattr(method_cls, "run_defaults", {}) or {}))
     cfg = update_dataclass(cfg, sections(load_preset(preset, method).get("config", {}) or {}))
-    return update_dataclass(cfg, sections(method_preset(method, preset)))
+    return update_dataclass(cfg, sections(method_preset(method, preset))) if variant else cfg
 
 
 def _finish(cfg: RunConfig) -> RunConfig:
@@ -193,6 +214,16 @@ def preset_changes(config: dict[str, Any]) -> dict[str, Any]:
                                     "model": {"arch": config["model"]["arch"]}}))
     ran, now = flatten(json.loads(json.dumps(config))), flatten(json.loads(json.dumps(ref.to_dict())))
     return {k: v for k, v in sorted(ran.items()) if k not in NOT_CHANGES and k in now and now[k] != v}
+
+
+def variant_changes(method: str, preset: str) -> dict[str, Any]:
+    """The settings in which ``method``'s own variant of ``preset`` (layer 4: ``presets/methods/<method>.yaml``
+    or a plugin's ``presets``) departs from the preset every method shares (layers 1-3), as
+    ``{"method.steps": 3, ...}``: the budget the method gets beyond the common one, which a fair
+    comparison must see beside the ``--set`` changes."""
+    shared = flatten(_finish(_preset_layers(method, preset, variant=False)).to_dict())
+    own = flatten(_finish(_preset_layers(method, preset)).to_dict())
+    return {k: v for k, v in sorted(own.items()) if k not in NOT_CHANGES | BOOKKEEPING and shared.get(k) != v}
 
 
 # What `bench run --resume RUN --set ...` may change: how training continues after a divergence

@@ -23,7 +23,7 @@ from bench.loggers import RunLoggers, final_metrics
 from bench.device import resolve_device
 from bench.records import RunLock, RunRecord, new_run_dir, resolve_run, run_config
 from bench.registry import provider
-from bench.resolve import preset_changes, resume_overrides
+from bench.resolve import preset_changes, resume_overrides, variant_changes
 from bench.saved_runs import saved_buffer
 from bench.signals import terminate_as_interrupt
 from bench.trainer import Trainer, TrainState
@@ -263,14 +263,15 @@ def start_run(cfg: RunConfig, out: str | Path = "results", show_progress: bool =
                            cfg.data.pad_mode)
     try:
         changes = preset_changes(cfg.to_dict())
+        variant = variant_changes(cfg.method, cfg.preset)
     except Exception:  # a config the presets no longer describe: `bench compare` works it out ("?")
-        changes = None
+        changes = variant = None
     run = new_run_dir(out, cfg.method, cfg.data.dataset) if dist.is_main else None
     run_id, run_dir = D.broadcast_object(run, dist)
     prov = provider(get_method(cfg.method))
     plugins = [{"kind": "method", "name": cfg.method, **prov}] if prov else []
     record = RunRecord.create(run_dir, run_id, cfg, device, data.summary(), changes=changes, save=dist.is_main,
-                              plugins=plugins)
+                              plugins=plugins, variant=variant)
     if dist.is_main:
         if announce:
             announce(f"run {run_id}: {cfg.method} on {cfg.data.dataset} ({cfg.model.arch}, preset {cfg.preset}, "

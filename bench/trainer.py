@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from bench import checkpoint, sam
+from bench import awp, checkpoint, sam
 from bench.config import RunConfig
 from bench.data import BatchStream, ImageData, augment_batch, to_float
 from bench.data.stream import CROP_PAD
@@ -193,6 +193,7 @@ class Trainer:
         self.steps_per_epoch = len(self.streams[0])
         self.total_steps = total_steps(t, self.steps_per_epoch)
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.awp_params = awp.perturbed_parameters(model)
         self.optimizer = build_optimizer(cfg.optim, self.params, device, fast=t.fast)
         self.ema = ModelEMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
         self.state = TrainState()
@@ -364,10 +365,24 @@ class Trainer:
                     loss_at_e.backward()
                 D.average_gradients(self.params, self.dist)
                 sam.restore(self.params, moves)
+        awp_moves = None
+        if awp.active(opt.awp_gamma, opt.awp_warmup_epochs, ctx.epoch_progress):
+            # AWP: the gradient at w + v (per-layer relative step along the first gradient), same
+            # adversarial examples, running statistics frozen; the optimiser steps there, then v is removed
+            with region("awp"):
+                awp_moves = awp.perturb(self.awp_params, opt.awp_gamma)
+                ctx.sam_pass = True
+                with sam.frozen_batchnorm_stats(self.model):
+                    loss_at_v = self._total_loss(self.method.training_step(self.model, x, y, ctx))
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss_at_v.backward()
+                D.average_gradients(self.params, self.dist)
         with region("update"):
             if opt.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), opt.grad_clip)
             self.optimizer.step()
+            if awp_moves is not None:
+                awp.restore(awp_moves)
             if self.ema is not None:
                 self.ema.update(self.model)
         return {"loss": loss.detach(), **{k: v.detach().float() for k, v in terms.items()}}

@@ -11,12 +11,12 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 
-from bench.config import from_dict, to_dict
+from bench.config import deep_merge, from_dict, to_dict
 from bench.errors import BenchError
 from bench.registry import Registry
 from bench.step import BatchSpec, StepContext
 
-__all__ = ["METHODS", "BatchSpec", "Method", "StepContext", "get_method", "register_method"]
+__all__ = ["METHODS", "BatchSpec", "Method", "StepContext", "awp_variant", "get_method", "register_method"]
 
 
 METHODS: Registry = Registry("method", group="trilemma_bench.methods", packages=("methods",))
@@ -41,6 +41,22 @@ def check_pgd_settings(cfg: Any) -> None:
     if cfg.steps < 1 or cfg.eps <= 0 or cfg.alpha <= 0 or cfg.eps_warmup_epochs < 0:
         raise BenchError("method.steps must be >= 1, method.eps and method.alpha positive, "
                          "method.eps_warmup_epochs >= 0")
+
+
+def awp_variant(base: type["Method"], name: str, label: str) -> type["Method"]:
+    """Register ``name``: method ``base`` unchanged (loss, attack, settings, preset variants) with the
+    trainer's adversarial weight perturbation on at the paper's budget (Wu et al. 2020; ``bench/awp.py``).
+    ``label`` is the paper's name for it (``"TRADES-AWP"``). Any method takes the same option with
+    ``--set optim.awp_gamma=5e-3``; a variant gives the combination its own row and name."""
+    from bench import awp
+
+    cls = type(f"{base.__name__}AWP", (base,), {
+        "__module__": base.__module__,
+        "__doc__": f"{label}: {base.name} with adversarial weight perturbation (gamma {awp.PAPER_GAMMA:g}).",
+        "reference": f"Wu et al. 2020, Adversarial Weight Perturbation (gamma {awp.PAPER_GAMMA:g}) around {base.name} ({label})",
+        "run_defaults": deep_merge(base.run_defaults, {"optim": {"awp_gamma": awp.PAPER_GAMMA}}),
+    })
+    return register_method(name)(cls)
 
 
 def get_method(name: str) -> type["Method"]:

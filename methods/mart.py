@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from bench.attacks.pgd import pgd_linf
 from bench.errors import BenchError
-from methods.base import Method, check_pgd_settings, register_method
+from methods.base import Method, awp_variant, check_pgd_settings, register_method
 
 
 @dataclass
@@ -89,3 +89,7 @@ class MART(Method):
 
     def loss_weights(self):
         return {"ce_adv": 1.0, "boost": 1.0, "kl": self.cfg.beta}
+
+
+# the paper's MART-AWP: this method with adversarial weight perturbation (bench/awp.py)
+MARTAWP = awp_variant(MART, "mart-awp", "MART-AWP")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.attacks.pgd import pgd_linf
-from methods.base import Method, check_pgd_settings, register_method
+from methods.base import Method, awp_variant, check_pgd_settings, register_method
 
 
 @dataclass
@@ -64,3 +64,7 @@ class PGDAT(Method):
 
     def loss_weights(self):
         return {"ce_adv": 1.0}
+
+
+# the paper's AT-AWP: this method with adversarial weight perturbation (bench/awp.py)
+PGDATAWP = awp_variant(PGDAT, "pgd-at-awp", "AT-AWP")

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from bench.attacks.trades import kl_sum, trades_attack
 from bench.errors import BenchError
-from methods.base import Method, register_method
+from methods.base import Method, awp_variant, register_method
 
 
 @dataclass
@@ -77,3 +77,7 @@ class TRADES(Method):
 
     def loss_weights(self):
         return {"ce": 1.0, "kl": self.cfg.beta}
+
+
+# the paper's TRADES-AWP: this method with adversarial weight perturbation (bench/awp.py)
+TRADESAWP = awp_variant(TRADES, "trades-awp", "TRADES-AWP")

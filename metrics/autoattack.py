@@ -29,14 +29,13 @@ import hashlib
 import json
 import logging
 import re
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from bench.io import write_json
-from metrics.base import accuracy_headline, accuracy_summary, register_metric, test_subset
+from metrics.base import accuracy_headline, accuracy_summary, register_metric, say, test_subset
 from metrics.guards import ForwardWatch, PerturbationMeter, check, forward_is_random, randomness_check, verdict
 
 VERSIONS = ("standard", "rand", "plus", "custom")
@@ -103,14 +102,6 @@ def build_autoattack(model, *, version: str, eps: float, norm: str, attacks, dev
     if settings.get("square_queries") is not None:
         aa.square.n_queries = int(settings["square_queries"])
     return aa
-
-
-def _say(ctx, line: str) -> None:
-    """A progress line on stderr (above any progress bar), unless the evaluation is quiet."""
-    if ctx.show_progress:
-        from tqdm.auto import tqdm
-
-        tqdm.write(line, file=sys.stderr)
 
 
 class _Recorder(logging.Handler):
@@ -234,10 +225,10 @@ def autoattack(model, data, settings, ctx) -> dict:
             if attack not in prog["done"]:
                 prog["done"].append(attack)
             write_json(progress_path, {**prog, "robust": prog["robust"]})
-            _say(ctx, f"autoattack: after {attack}: {count}/{n} robust ({100 * count / max(n, 1):.1f}%), "
+            say(ctx, f"autoattack: after {attack}: {count}/{n} robust ({100 * count / max(n, 1):.1f}%), "
                       f"{time.perf_counter() - t0:.0f} s")
 
-        _say(ctx, f"autoattack: {', '.join(remaining)} on {seg.numel()} of {n} points"
+        say(ctx, f"autoattack: {', '.join(remaining)} on {seg.numel()} of {n} points"
                   + (" (resumed)" if prog["segments"] > 1 or prog["done"] else ""))
 
         rec = _Recorder(state_path, seg.numel(), on_attack)

@@ -140,7 +140,8 @@ class EvalContext:
 
 
 def test_subset(data, n_examples: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n_examples`` test images as float [0, 1] and their labels (fixed subset)."""
+    """The first ``n_examples`` test images (uint8, as the dataset holds them; :func:`batches` hands
+    them out as float [0, 1] on the device) and their labels: the same fixed subset for every metric."""
     n = min(n_examples, data.x_test.shape[0]) if n_examples > 0 else data.x_test.shape[0]
     return data.x_test[:n], data.y_test[:n]
 
@@ -151,6 +152,16 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, device) -> Iterat
         if xb.dtype == torch.uint8:
             xb = xb.float().div_(255.0)
         yield xb, y[i : i + batch_size].to(device, non_blocking=True)
+
+
+def say(ctx, line: str) -> None:
+    """A progress line on stderr (above any progress bar), unless the evaluation is quiet (``-q``)."""
+    if ctx.show_progress:
+        import sys
+
+        from tqdm.auto import tqdm
+
+        tqdm.write(line, file=sys.stderr)
 
 
 def progress(iterable, total: int, desc: str, enabled: bool):

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from bench.errors import BenchError
-from metrics.base import Headline, register_metric
+from metrics.base import Headline, register_metric, say
 from metrics.protocols import MetricUnavailable
 
 OFFICIAL_NAME = "weights-inception-2015-12-05-6726825d.pth"
@@ -314,10 +314,14 @@ def fidelity(model, data, settings: dict, ctx, only_is: bool = False) -> dict[st
         fid=True, kid=True, isc=has_isc, feature_extractor=extractor,
         kid_subset_size=min(kid_size, gen.shape[0], real.shape[0]),
         isc_splits=int(settings.get("splits", 10)), cache_root=str(cache_root), cache=True,
-        save_cpu_ram=True, verbose=bool(ctx.show_progress), rng_seed=seed, samples_shuffle=True,
+        save_cpu_ram=True, verbose=False, rng_seed=seed, samples_shuffle=True,  # its prints: ours below instead
     )
     if weights:
         kwargs["feature_extractor_weights_path"] = weights
+    what = ("Inception Score" if only_is else "FID/KID" + ("/IS" if has_isc else "")) + f" ({extractor})"
+    reals = "" if only_is else (f", real statistics cached ({real.shape[0]} images)" if cache_hit
+                                else f" and {real.shape[0]} real images")
+    say(ctx, f"{what}: features of {gen.shape[0]} generated images{reals}")
     if only_is:
         for k in ("input2", "input2_cache_name"):
             kwargs.pop(k)

@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from bench.errors import BenchError
+
 from bench.attacks.pgd import pgd_linf
 from metrics.base import accuracy_headline, accuracy_summary, batches, progress, register_metric, test_subset
 from metrics.guards import (ForwardWatch, PerturbationMeter, forward_is_random, randomness_check, verdict,
@@ -19,8 +21,12 @@ from metrics.guards import (ForwardWatch, PerturbationMeter, forward_is_random, 
 
 
 @register_metric("pgd", headlines=(accuracy_headline("pgd"),), order=20, summary=accuracy_summary,
-                 settings={"eps": float, "alpha": float, "steps": int, "restarts": int, "eot": int}, checked=True)
+                 settings={"eps": float, "alpha": float, "steps": int, "restarts": int, "eot": int, "norm": str},
+                 checked=True)
 def pgd(model, data, settings, ctx) -> dict:
+    if settings.get("norm", "Linf") != "Linf":
+        raise BenchError(f"pgd attacks in the l-inf norm only (norm Linf), not {settings['norm']!r}; "
+                         "AutoAttack covers L2 (--set autoattack.norm=L2)")
     eps = settings.get("eps", 8 / 255)
     alpha = settings.get("alpha", 2 / 255)
     steps = int(settings.get("steps", 20))

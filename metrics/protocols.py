@@ -50,7 +50,9 @@ class Protocol:
 PROTOCOLS: Registry = Registry("protocol", group="trilemma_bench.protocols", packages=("metrics",))
 
 
-def register_protocol(p: Protocol, replace: bool = True) -> Protocol:
+def register_protocol(p: Protocol, replace: bool = False) -> Protocol:
+    """Register ``p`` under its name; a second protocol of a name already taken is refused unless
+    ``replace`` (a plugin cannot silently redefine ``standard``)."""
     PROTOCOLS.register(p.name, p, replace=replace)
     return p
 
@@ -227,6 +229,7 @@ def preflight(protocol: str, metrics: list[str] | None, ctx: EvalContext,
             raise BenchError(f"metric {foreign[0]!r} is not part of protocol {proto.name} (it has "
                              f"{', '.join(proto.metrics)}); evaluate it with --protocol custom --metrics "
                              f"{','.join(foreign)} (its own defaults plus --set)")
+    check_protocol_settings(proto, names)
     check_overrides(names, overrides)
     run, skipped = [], {}
     for name in names:
@@ -263,6 +266,17 @@ def variant_key(metric: str, proto: Protocol, overrides: dict[str, Any] | None) 
     if not changed:
         return metric
     return f"{metric}[{','.join(f'{k}={_compact(v)}' for k, v in sorted(changed.items()))}]"
+
+
+def check_protocol_settings(proto: Protocol, names: list[str]) -> None:
+    """Refuse a protocol (a plugin's, say) that gives a metric a setting it does not read: its results
+    would be stored under settings that were never applied."""
+    for metric in names:
+        known = declared_settings(metric)
+        unknown = sorted(set(proto.metrics.get(metric, {})) - known) if known is not None else []
+        if unknown:
+            raise BenchError(f"protocol {proto.name} gives metric {metric} the setting {unknown[0]!r}, which it does "
+                             f"not read (its settings: {', '.join(sorted(known))}); fix the protocol's definition")
 
 
 def check_overrides(names: list[str], overrides: dict[str, dict[str, Any]] | None) -> None:

@@ -246,3 +246,22 @@ def test_fid_sample_flags_bad_input_is_one_line(bench_cli, complete_run):
     res = bench_cli("eval", complete_run.name, "--out", out, "--metrics", "kid", "--fid-reference", "1")
     assert res.exit_code == 2 and "--fid-reference must be at least 2" in res.stderr
     assert (complete_run / "record.json").read_bytes() == before
+
+
+def test_the_library_prints_nothing_and_our_progress_line_names_the_counts(tmp_path, capfd):
+    """torch-fidelity's own chatter ("Extracting statistics...", its metric lines) is silenced; the
+    evaluation says in one line what it extracts, and nothing at all under -q."""
+    data = make_data()
+    write_samples(tmp_path / "gen.npz")
+    settings = {"feature_extractor": NAME, "real_split": "train+test", "n_samples": 50}
+    for show, run in ((True, "a"), (False, "b")):
+        ctx = EvalContext(device=torch.device("cpu"), batch_size=16, seed=0, out_dir=tmp_path / run,
+                          show_progress=show, extra={"samples": str(tmp_path / "gen.npz")})
+        METRICS.get("fid")(None, data, settings, ctx)
+        out, err = capfd.readouterr()
+        text = out + err
+        assert "Frechet" not in text and "Extracting" not in text and "Kernel" not in text
+        if show:
+            assert "FID/KID/IS (trilemma-test-standin): features of 50 generated images and 60 real images" in err
+        else:
+            assert text.strip() == ""

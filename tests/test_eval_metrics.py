@@ -105,3 +105,34 @@ def test_paper_protocol_noise_is_recorded_and_applied(tmp_path):
     assert res["n_examples"] == 40 and res["loss"] != clean_std["loss"]  # the noisy images differ
     again = evaluate(model, d, "paper", 40, c, ["clean"])["clean"]
     assert again["loss"] == res["loss"]  # the noise is drawn once with the seed: reproducible
+
+
+def test_a_protocol_setting_a_metric_does_not_read_is_refused_and_pgd_refuses_another_norm(tmp_path):
+    """A protocol's metric settings are stored with its results, so each must be one the metric
+    applies: an unknown key, or an l2 PGD that would silently run l-inf, is one line; and a
+    plugin cannot silently redefine a built-in protocol."""
+    import torch
+
+    from bench.errors import BenchError
+    from metrics.base import EvalContext
+    from metrics.protocols import PROTOCOLS, Protocol, preflight, register_protocol
+
+    ctx = EvalContext(device=torch.device("cpu"), batch_size=8, seed=0, out_dir=None, show_progress=False)
+    register_protocol(Protocol(name="test-typo", description="x", metrics={"clean": {}, "pgd": {"stepz": 3}}))
+    register_protocol(Protocol(name="test-l2", description="x", metrics={"pgd": {"norm": "L2", "eps": 0.5}}))
+    try:
+        with pytest.raises(BenchError, match="protocol test-typo gives metric pgd the setting 'stepz'"):
+            preflight("test-typo", None, ctx)
+        names, _ = preflight("test-l2", None, ctx)  # norm is a setting pgd reads ...
+        from metrics import METRICS
+
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+        data = SimpleNamespace(x_test=torch.zeros(4, 3, 2, 2, dtype=torch.uint8), y_test=torch.zeros(4, dtype=torch.long))
+        with pytest.raises(BenchError, match="l-inf norm only"):  # ... and refuses what it cannot do
+            METRICS.get("pgd")(model, data, {"norm": "L2", "eps": 0.5}, ctx)
+        with pytest.raises(ValueError, match="already registered"):
+            register_protocol(Protocol(name="standard", description="mine", metrics={"clean": {}}))
+        assert PROTOCOLS.get("standard").description != "mine"
+    finally:
+        PROTOCOLS.unregister("test-typo")
+        PROTOCOLS.unregister("test-l2")

@@ -51,6 +51,7 @@ def test_new_records_store_their_changes_and_compare_reads_them(tmp_path, bench_
     rec = json.loads((run_dir / "record.json").read_text())
     assert rec["schema"] == SCHEMA and rec["changes"]["optim.lr"] == 0.03 and rec["changes"]["train.max_steps"] == 2
     assert not any(k in rec["changes"] for k in ("seed", "device", "data.data_dir"))
+    assert rec["preset_variant"] == {}  # ce has no variant of the presets of its own
 
     import bench.resolve
 
@@ -58,6 +59,7 @@ def test_new_records_store_their_changes_and_compare_reads_them(tmp_path, bench_
         raise AssertionError("compare re-resolved a record that stores its changes")
 
     monkeypatch.setattr(bench.resolve, "preset_changes", no_resolving)
+    monkeypatch.setattr(bench.resolve, "variant_changes", no_resolving)
     table = bench_cli("compare", "--out", str(out), "--format", "csv")
     assert table.exit_code == 0 and "optim.lr=0.03" in table.stdout
 

@@ -88,6 +88,29 @@ def test_reported_rows_join_only_planes_of_their_dataset():
                        reference=True)[0].points[1:]  # no published shapes10 numbers: only the measured point
 
 
+def test_external_models_evaluated_here_join_the_plane_and_its_pareto_front():
+    """A RobustBench model evaluated here (record kind external) is a measured point of its
+    protocol's plane, drawn as a square, and can sit on the front; it opens a plane of its own
+    dataset even without a trained run there."""
+    from bench.report.figures import tradeoff
+
+    zoo = {**_record("z", "robustbench:Standard", clean=0.91, pgd=0.6, aa=0.55), "kind": "external"}
+    planes = _planes([_record("a", "pgd-at", clean=0.80, pgd=0.50), zoo,
+                      {**_record("z2", "robustbench:Other", dataset="cifar10", clean=0.9, pgd=0.5), "kind": "external"}])
+    by_dataset = {p.dataset: p for p in planes}
+    assert set(by_dataset) == {"shapes10", "cifar10"}
+    plane = by_dataset["shapes10"]
+    by = {p.label: p for p in plane.points}
+    assert by["robustbench:Standard"].kind == "external" and by["robustbench:Standard"].robust == 55.0
+    assert [p.label for p in plane.pareto()] == ["robustbench:Standard"]  # it beats the pgd-at run on both axes
+    fig = tradeoff([plane])
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "external model, evaluated here" in labels
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
 # -- the page, from real runs -----------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from bench.errors import BenchError
 
 @click.command(context_settings=CONTEXT)
 @click.option("--method", "-m", help="Training method (see `bench list methods`).")
-@click.option("--dataset", "-d", default=None, help="shapes10 (default, embedded), cifar10, cifar100 or npz:PATH.")
+@click.option("--dataset", "-d", default=None, help="shapes10 (default, embedded), cifar10, cifar100, npz:PATH or folder:PATH (train/ and val/ class folders; --set data.image_size=32|64).")
 @click.option("--arch", "-a", default=None, help="Architecture, e.g. resnet8, wrn-28-10 (see `bench list archs`).")
 @click.option("--preset", "-p", default=None,
               help="smoke, demo, cpu or paper (WRN-28-10, the references' settings; the default, on a GPU). "

@@ -56,7 +56,18 @@ def load_dataset(cfg) -> ImageData:
     factory = DATASETS.get(cfg.dataset)
     data = factory(cfg=cfg)
     _check(data)
+    _check_size(data, int(getattr(cfg, "image_size", 0) or 0))
     return data
+
+
+def _check_size(data: ImageData, size: int) -> None:
+    """``data.image_size`` > 0 asks for size x size images: only folder:PATH datasets resize to it."""
+    h, w = data.image_shape[1:]
+    if size and (h, w) != (size, size):
+        from bench.errors import BenchError
+
+        raise BenchError(f"data.image_size={size}, but dataset {data.name} has {h}x{w} images and only folder:PATH "
+                         "datasets are resized; --set data.image_size=0 (the dataset's own size)")
 
 
 def load_run_data(cfg) -> ImageData:

@@ -20,6 +20,7 @@ import pandas as pd
 from bench.errors import BenchError
 from bench.report.figures import EnergyPanel, energy_panels, training_curves, tradeoff
 from bench.report.page import Section, grid_html, read_png, render_page, table_html
+from bench.report.tables import MEASURED_KINDS
 from bench.report.tables import planes as trade_planes
 
 MAX_CURVE_RUNS = 10  # training curves of at most this many runs (the newest), to stay legible
@@ -114,7 +115,7 @@ def build_report(out: str | Path = "results", html: str | Path | None = None, fi
                          "bench run --method ce --preset smoke (or make demo)")
     df, meta = leaderboard_and_meta(records, reference=reference, ci=True, reliable_only=False)
     df = apply_filters(df, filters)
-    measured = df[df["kind"] == "measured"] if "kind" in df.columns else df
+    measured = df[df["kind"].isin(MEASURED_KINDS)] if "kind" in df.columns else df
     if measured.empty:
         raise BenchError(f"no run matches {' '.join('--filter ' + f for f in filters)}; `bench compare --all` "
                          "lists the runs and their columns")
@@ -146,8 +147,9 @@ def build_report(out: str | Path = "results", html: str | Path | None = None, fi
         sec.figure(png, "Each panel is one protocol on one dataset (never mixed; reported rows only beside runs of "
                         "their dataset). x: clean accuracy; y: robust accuracy under the "
                         "strongest attack stored for the run; colour: FID or KID (lower is better; grey when none is "
-                        "stored); dashed: the Pareto front of the measured runs; hollow diamonds: reported numbers "
-                        "(not measured here); ×k and error bars: k seeds with the 95% t-interval; ! a number that "
+                        "stored); dashed: the Pareto front of what was measured here; squares: external models "
+                        "(e.g. RobustBench's) evaluated here under the same protocol; hollow diamonds: reported "
+                        "numbers (not measured here); ×k and error bars: k seeds with the 95% t-interval; ! a number that "
                         "failed a guardrail check.", "trade-off plane")
         variants = sorted({(pt.label, pt.changes) for p in planes for pt in p.points if pt.label.endswith(")")
                            and pt.kind == "measured"})

@@ -40,12 +40,13 @@ def tradeoff(planes: list[Plane]):
         missing_gen = False
         for p in plane.points:
             color = cmap(norm(p.generation)) if p.generation is not None and norm is not None else NO_GENERATION
-            missing_gen |= p.generation is None and p.kind == "measured"
+            missing_gen |= p.generation is None and p.kind != "reported"
             hollow = p.kind == "reported"
+            marker = "D" if hollow else ("s" if p.kind == "external" else "o")
             if p.clean_err or p.robust_err:
                 ax.errorbar(p.clean, p.robust, xerr=p.clean_err or None, yerr=p.robust_err or None, fmt="none",
                             ecolor="#555555", elinewidth=1, capsize=3, zorder=2)
-            ax.scatter([p.clean], [p.robust], s=90, marker="D" if hollow else "o",
+            ax.scatter([p.clean], [p.robust], s=90, marker=marker,
                        facecolors="none" if hollow else [color], edgecolors=[color] if hollow else "black",
                        linewidths=1.8 if hollow else 0.8, zorder=3)
             text = p.label + (f" ×{p.seeds}" if p.seeds > 1 else "") + ("  !" if p.reliable == "no" else "")
@@ -69,6 +70,9 @@ def tradeoff(planes: list[Plane]):
         if missing_gen:
             ax.scatter([], [], color=NO_GENERATION, edgecolors="black",
                        label="grey: no FID/KID stored (bench eval RUN --metrics fid,kid)")
+        if any(p.kind == "external" for p in plane.points):
+            ax.scatter([], [], marker="s", color=NO_GENERATION, edgecolors="black",
+                       label="external model, evaluated here")
         if any(p.kind == "reported" for p in plane.points):
             ax.scatter([], [], marker="D", facecolors="none", edgecolors="black", label="reported (not measured here)")
         if any(p.seeds > 1 for p in plane.points):

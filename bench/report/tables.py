@@ -17,12 +17,14 @@ import pandas as pd
 from bench.compare import protocol_rank
 
 GENERATION_METRICS = ("fid", "kid")  # the plane's colour: the first one a protocol has (lower is better)
+# rows measured here: runs trained here, and external models (a RobustBench zoo entry) evaluated here
+MEASURED_KINDS = ("measured", "external")
 
 
 @dataclass
 class PlanePoint:
     label: str  # method (and changes) of a measured group, the row name of a reported one
-    kind: str  # measured | reported
+    kind: str  # measured | external (a zoo model evaluated here) | reported
     run_id: str  # the run (or "N runs" for a group of seeds, or the reported row's name)
     clean: float
     robust: float
@@ -47,7 +49,8 @@ class Plane:
 
     @property
     def measured(self) -> list[PlanePoint]:
-        return [p for p in self.points if p.kind == "measured"]
+        """The points measured here (trained runs and evaluated zoo models), not the reported ones."""
+        return [p for p in self.points if p.kind in MEASURED_KINDS]
 
     def pareto(self) -> list[PlanePoint]:
         """Measured points no other measured point beats on both accuracies, by clean accuracy."""
@@ -106,7 +109,7 @@ def planes(df: pd.DataFrame, meta: dict[str, dict[str, Any]]) -> list[Plane]:
     ``meta`` its column metadata (``bench.compare``)."""
     out = []
     kind = df["kind"] if "kind" in df.columns else pd.Series("measured", index=df.index)
-    datasets = list(dict.fromkeys(df.loc[kind == "measured", "dataset"].dropna().astype(str)))
+    datasets = list(dict.fromkeys(df.loc[kind.isin(MEASURED_KINDS), "dataset"].dropna().astype(str)))
     for proto, dataset in ((p, d) for p in sorted({m["protocol"] for m in meta.values()}, key=protocol_rank)
                            for d in datasets):
         plane = _plane(df[df["dataset"].astype(str) == dataset], meta, proto, dataset)
