@@ -193,8 +193,8 @@ def format_table(report: dict[str, Any]) -> str:
             "img/s": round(r["images_per_s"], 1), "ms/step": round(1e3 * r["seconds_per_step"], 1),
             "sampler ms": round(1e3 * ph.get("sampler", 0.0), 1), "attack ms": round(1e3 * ph.get("attack", 0.0), 1),
             "update ms": round(1e3 * ph.get("update", 0.0), 1),
-            **({"SAM ms": round(1e3 * ph.get("sam", 0.0), 1)} if any("sam" in q["phases"] for q in report["results"])
-               else {}),
+            **{f"{name.upper()} ms": round(1e3 * ph.get(name, 0.0), 1) for name in ("sam", "awp")
+               if any(name in q["phases"] for q in report["results"])},
             "other ms": round(1e3 * ph.get("other", 0.0), 1),
             "FE/img": round(r["fe_per_image"], 1), "GFLOP/step": round(r["step_gflop"], 2),
             "MFU %": round(100 * r["mfu"], 1) if r["mfu"] is not None else None,

@@ -241,3 +241,29 @@ def test_a_broken_image_is_caught_by_the_page_check(tmp_path):
                           "--virtual-time-budget=3000", "--dump-dom", page.as_uri()],
                          capture_output=True, text=True, timeout=120)
     assert 'data-broken-images="1"' in dom.stdout and "did not load" in dom.stdout
+
+
+def test_a_run_squeezed_by_the_shared_energy_axis_gets_a_zoomed_inset():
+    """ce's generated samples at E ~ -400 stretch the shared axis; the runs whose energies sit near
+    -5 get an inset on their own range, the stretched run itself none."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from bench.report.figures import EnergyPanel, energy_panels
+
+    rng = np.random.default_rng(0)
+    result = {"gap_adv": 1.0, "w1_adv": 1.0, "gap_gen": 2.0, "w1_gen": 2.0}
+    wide = EnergyPanel("ce", {"clean": rng.normal(-8, 1, 300), "adversarial": rng.normal(-6, 1, 300),
+                              "generated": rng.normal(-400, 5, 300)}, result)
+    narrow = EnergyPanel("jem++", {"clean": rng.normal(-5, 0.3, 300), "adversarial": rng.normal(-4, 0.3, 300),
+                                   "generated": rng.normal(-3, 0.3, 300)}, result)
+    fig = energy_panels([wide, narrow], "demo")
+    rows = fig.axes[:2]
+    insets = [[c for c in ax.child_axes if c.get_gid() == "energy-zoom"] for ax in rows]
+    assert [len(i) for i in insets] == [0, 1]
+    lo, hi = insets[1][0].get_xlim()
+    assert -6.5 < lo and hi < -1.5  # the inset spans the narrow run's own values, not the shared axis
+    plt.close(fig)
+    fig = energy_panels([narrow, narrow], "demo")  # runs on one scale: no inset
+    assert not any(c.get_gid() == "energy-zoom" for ax in fig.axes for c in ax.child_axes)
+    plt.close(fig)

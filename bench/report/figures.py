@@ -105,9 +105,23 @@ class EnergyPanel:
     result: dict[str, Any]  # the stored energy result (gaps, W1, attack, n)
 
 
+ZOOM_BELOW = 0.2  # a row whose own values span less than this share of the shared axis gets a zoomed inset
+
+
+def _own_range(panel: EnergyPanel) -> tuple[float, float] | None:
+    v = np.concatenate([x for x in panel.values.values() if x.size]) if any(x.size for x in panel.values.values()) else None
+    if v is None:
+        return None
+    lo, hi = np.percentile(v, [0.5, 99.5])
+    return (float(lo), float(hi)) if hi > lo else (float(lo) - 0.5, float(hi) + 0.5)
+
+
 def energy_panels(panels: list[EnergyPanel], protocol: str):
     """The paper's figure for every run: histograms of E(x) for clean, adversarial and generated
-    samples, one row per run on a shared axis, with the two gaps and W1 distances printed."""
+    samples, one row per run on a shared axis, with the two gaps and W1 distances printed. A run
+    whose energies span a small part of that axis (another run's lie far away, e.g. a classifier's
+    generated samples at E = -400 beside energies near -5) gets an inset on its own range, so its
+    three histograms stay readable."""
     plt = _pyplot()
     allv = np.concatenate([v for p in panels for v in p.values.values() if v.size])
     lo, hi = np.percentile(allv, [0.5, 99.5]) if allv.size else (0.0, 1.0)
@@ -130,17 +144,33 @@ def energy_panels(panels: list[EnergyPanel], protocol: str):
         else:
             lines.append("generated: none stored")
         if outside:
-            lines.append(f"{outside} values outside the shared axis (drawn at its edge)")
+            lines.append(f"{outside} outside the shared axis (at its edge)")
         ax.text(0.99, 0.95, "\n".join(lines), transform=ax.transAxes, ha="right", va="top", fontsize=8,
                 family="monospace", bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "#cccccc"})
         ax.set_title(panel.title, fontsize=9, loc="left")
         ax.set_ylabel("density")
         ax.legend(fontsize=7, loc="upper left")
+        own = _own_range(panel)
+        if own is not None and (own[1] - own[0]) < ZOOM_BELOW * (hi - lo):
+            _zoom_inset(ax, panel, own)
     atk = panels[0].result.get("attack") or {}
     attack = (f"PGD-{int(atk.get('steps', 0))} eps {float(atk.get('eps', 0)) * 255:.3g}/255" if atk else "PGD")
     axes[-1, 0].set_xlabel(f"energy E(x) = -logsumexp f(x)   (protocol {protocol}; adversarial: {attack})")
     fig.tight_layout()
     return fig
+
+
+def _zoom_inset(ax, panel: EnergyPanel, own: tuple[float, float]) -> None:
+    """The row's histograms again on its own range, in an inset between the legend and the numbers."""
+    inset = ax.inset_axes([0.22, 0.14, 0.29, 0.6])
+    bins = np.linspace(own[0], own[1], 41)
+    for name, v in panel.values.items():
+        if v.size:
+            inset.hist(np.clip(v, *own), bins=bins, density=True, alpha=0.45, color=ENERGY_COLORS.get(name))
+    inset.set_title("zoom: this run's own range", fontsize=6, pad=2)
+    inset.tick_params(labelsize=6, length=2)
+    inset.set_yticks([])
+    inset.set_gid("energy-zoom")
 
 
 CURVE_GROUPS = (  # the panels of the training curves, by the logged term's name
