@@ -3,7 +3,7 @@
 Generated samples come from ``--samples FILE.npz`` (uint8 NHWC ``x``; ``ctx.extra["samples"]``)
 or, without one, from the run's own sampler (``bench.sampling.generate.make_sample_fn``).
 Settings: ``n_samples`` (at most that many generated images; the number used is recorded),
-``real_split`` (``train``, ``test`` or ``train+test``), ``n_real`` (0: the whole split),
+``real_split`` (``train``, ``test``, ``train+test``, or ``authors``: the EB-JDAT authors' set per dataset), ``n_real`` (0: the whole split),
 ``select_top_ratio`` (keep the most confident fraction per predicted class, as the EB-JDAT
 authors do; 1.0 keeps all), ``sample_source`` (``auto``: the run's saved replay buffer when it
 has one, else fresh chains; ``buffer``; ``fresh``; recorded with the result), ``sampler_steps``, ``feature_extractor`` (a torch-fidelity registry
@@ -228,11 +228,22 @@ def select_most_confident(model, x_u8: torch.Tensor, ratio: float, device, batch
     return torch.cat(keep).sort().values if keep else torch.zeros(0, dtype=torch.long)
 
 
+# real_split "authors": the real set the EB-JDAT authors' Task/data.py uses for each dataset
+# (CIFAR-10: train+test, 60,000 images; CIFAR-100: the train set only); others: train+test
+AUTHORS_REAL_SPLIT = {"cifar10": "train+test", "cifar100": "train"}
+
+
+def resolve_real_split(split: str, data) -> str:
+    """The split a ``real_split`` setting names for ``data`` (``authors`` depends on the dataset)."""
+    return AUTHORS_REAL_SPLIT.get(str(getattr(data, "name", "")), "train+test") if split == "authors" else split
+
+
 def real_images(data, split: str, n_real: int) -> torch.Tensor:
     x_test = getattr(data, "x_test_clean", data.x_test)  # the paper protocol's noise is for the classifier only
     parts = {"train": [data.x_train], "test": [x_test], "train+test": [data.x_train, x_test]}
     if split not in parts:
-        raise BenchError(f"real_split {split!r} unknown; choose train, test or train+test")
+        raise BenchError(f"real_split {split!r} unknown; choose train, test, train+test or authors (the EB-JDAT "
+                         "authors' set per dataset)")
     x = torch.cat([p if p.dtype == torch.uint8 else p.mul(255).round().clamp(0, 255).to(torch.uint8)
                    for p in parts[split]])
     return x[:n_real] if n_real and n_real > 0 else x
@@ -268,7 +279,7 @@ def fidelity(model, data, settings: dict, ctx, only_is: bool = False) -> dict[st
     extractor = settings.get("feature_extractor", INCEPTION)
     weights, weights_source = resolve_weights(settings, ctx)
     weights_sha = sha256_file(weights) if weights else None
-    split = settings.get("real_split", "train")
+    split = resolve_real_split(settings.get("real_split", "train"), data)
     ratio = float(settings.get("select_top_ratio", 1.0))
     seed = int(settings.get("seed", ctx.seed))
     memo = ctx.extra.setdefault("_fidelity", {})

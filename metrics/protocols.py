@@ -126,8 +126,8 @@ register_protocol(
             "[-1, 1] = 0.5/255 pixels, random start; AutoAttack reduced as in their vendored copy: APGD-CE 20 it "
             "-> untargeted APGD-DLR 20 it -> Square 5000 queries, 1 restart each (their FAB clamps to [0, 1] on "
             "[-1, 1] images and contributes nothing, so it is left out); energy and ECE on the same noisy images; "
-            "FID/IS on the top 90% most confident generated samples per predicted class vs train+test, computed "
-            "correctly (their uint8-as-float pixel wrap-around is not reproduced)"
+            "FID/IS on the top 90% most confident generated samples per predicted class vs their real set (CIFAR-10: "
+            "train+test; CIFAR-100: train), computed correctly (their uint8-as-float pixel wrap-around is not reproduced)"
         ),
         metrics={
             "clean": {},
@@ -135,7 +135,7 @@ register_protocol(
             "autoattack": {"version": "custom", "attacks": ["apgd-ce", "apgd-dlr", "square"], "norm": "Linf",
                            "eps": 4 / 255, "apgd_iter": 20, "apgd_restarts": 1, "square_queries": 5000},
             "calibration": {"bins": 15},
-            "fid": {"real_split": "train+test", "n_samples": 10000, "select_top_ratio": 0.9},
+            "fid": {"real_split": "authors", "n_samples": 10000, "select_top_ratio": 0.9},
             "is": {"n_samples": 10000, "splits": 10, "select_top_ratio": 0.9},
             "energy": {"attack": dict(PAPER_PGD)},
         },

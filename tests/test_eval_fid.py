@@ -265,3 +265,23 @@ def test_the_library_prints_nothing_and_our_progress_line_names_the_counts(tmp_p
             assert "FID/KID/IS (trilemma-test-standin): features of 50 generated images and 60 real images" in err
         else:
             assert text.strip() == ""
+
+
+def test_the_authors_real_set_depends_on_the_dataset(tmp_path):
+    """`paper`'s FID compares with the EB-JDAT authors' real set: CIFAR-10 train+test, CIFAR-100 train."""
+    from metrics.fid import resolve_real_split
+    from metrics.protocols import get_protocol
+
+    assert get_protocol("paper").metrics["fid"]["real_split"] == "authors"
+    c10, c100 = SimpleNamespace(name="cifar10"), SimpleNamespace(name="cifar100")
+    assert resolve_real_split("authors", c10) == "train+test" and resolve_real_split("authors", c100) == "train"
+    assert resolve_real_split("test", c100) == "test"
+    data = make_data()  # "synthetic": not one of the authors' datasets -> train+test
+    write_samples(tmp_path / "gen.npz")
+    ctx = EvalContext(device=torch.device("cpu"), batch_size=16, seed=0, out_dir=tmp_path / "run", show_progress=False,
+                      extra={"samples": str(tmp_path / "gen.npz")})
+    out = METRICS.get("fid")(None, data, {"feature_extractor": NAME, "real_split": "authors", "n_samples": 50}, ctx)
+    assert out["real_split"] == "train+test" and out["n_real"] == 60
+    data.name = "cifar100"
+    out = METRICS.get("fid")(None, data, {"feature_extractor": NAME, "real_split": "authors", "n_samples": 50}, ctx)
+    assert out["real_split"] == "train" and out["n_real"] == 40
