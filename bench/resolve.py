@@ -153,11 +153,13 @@ def resolve_config(
 ) -> RunConfig:
     """Build and validate the run config (see the module docstring for the order)."""
     cfg = _preset_layers(method, preset)
-    if config_file:
-        cfg = update_dataclass(cfg, load_config_file(config_file))
+    from_file = load_config_file(config_file) if config_file else {}
     cli: dict[str, Any] = {}
     for item in overrides:
         cli = deep_merge(cli, parse_set(item))
+    cfg = update_dataclass(cfg, _switched_sampler_steps(cfg, deep_merge(from_file, sections(cli))))
+    if from_file:
+        cfg = update_dataclass(cfg, from_file)
     for key, value in (("seed", seed), ("device", device)):
         if value is not None:
             cli[key] = value
@@ -172,6 +174,30 @@ def resolve_config(
             raise BenchError(f"{key} {got!r} set in a config file or --set differs from --{key} {chosen}; "
                              f"choose it with --{key} {got} instead")
     return _finish(cfg)
+
+
+def _switched_sampler_steps(cfg: RunConfig, chosen: dict[str, Any]) -> dict[str, Any]:
+    """When a --config file or --set switches ``method.sampler.kind``, the new kind's reference step
+    settings (its ``step_fields``, e.g. SGLD's step size and noise) for those the user did not set
+    as well: jem++'s PYLD has no SGLD step size (0), so ``--set method.sampler.kind=sgld`` alone
+    would sample with steps of 0. As ``bench sample --sampler`` does (``with_kind``)."""
+    sampler = (chosen.get("method_cfg") or {}).get("sampler")
+    if not isinstance(sampler, dict) or "kind" not in sampler:
+        return {}
+    before = (cfg.method_cfg.get("sampler") or {}).get("kind")
+    if before is None:  # the method's Config default
+        config_cls = getattr(get_method(cfg.method), "Config", None)
+        default = getattr(config_cls(), "sampler", None) if config_cls is not None else None
+        before = getattr(default, "kind", None)
+    if sampler["kind"] == before:
+        return {}
+    from bench.sampling import SAMPLERS
+    from bench.sampling.sampler import SamplerConfig, reference_sampler
+
+    entry = SAMPLERS.get(str(sampler["kind"]))  # an unknown kind: one line naming the known ones
+    ref = reference_sampler(entry.reference) if entry.reference else SamplerConfig(kind=entry.name)
+    steps = {f: getattr(ref, f) for f in entry.step_fields if f not in sampler}
+    return {"method_cfg": {"sampler": steps}} if steps else {}
 
 
 def config_sources(method: str, preset: str, config_file: str | None = None,

@@ -202,13 +202,17 @@ def test_readme_sampler_example_trains_jempp_and_samples(bench_cli, results_root
 
         SAMPLERS.register("sgld-anneal", dataclasses.replace(kind, run=counting), replace=True)
 
-        # as the README says: changing the kind alone keeps jem++'s PYLD step settings (no step, no noise)
+        # as the README says: switching the kind takes its reference's step settings (jem's SGLD: 1, 0.01),
+        # keeps jem++'s chain length, and a step setting given with --set wins
         plain = resolve_config("jem++", preset="smoke", overrides=["method.sampler.kind=sgld-anneal"])
-        assert (plain.method_cfg["sampler"]["step_size"], plain.method_cfg["sampler"]["noise_std"]) == (0.0, 0.0)
+        assert (plain.method_cfg["sampler"]["step_size"], plain.method_cfg["sampler"]["noise_std"]) == (1.0, 0.01)
+        assert plain.method_cfg["sampler"]["steps"] == resolve_config("jem++", preset="smoke").method_cfg["sampler"]["steps"]
+        own = resolve_config("jem++", preset="smoke", overrides=["method.sampler.kind=sgld-anneal",
+                                                                  "method.sampler.step_size=0.5"])
+        assert (own.method_cfg["sampler"]["step_size"], own.method_cfg["sampler"]["noise_std"]) == (0.5, 0.01)
 
         res = bench_cli("run", "--method", "jem++", "--preset", "smoke", "-q", "--out", str(results_root),
                         "--data-dir", str(shapes_data_dir), "--set", "method.sampler.kind=sgld-anneal",
-                        "--set", "method.sampler.step_size=1", "--set", "method.sampler.noise_std=0.01",
                         "--set", "train.max_steps=2", "--set", "eval.n_examples=16",
                         "--set", "data.train_subset=128", "--set", "data.batch_size=32")
         assert res.exit_code == 0, res.stderr

@@ -154,6 +154,7 @@ class SampleFn:
                 if self.track_energy:
                     e1.append(self._energy(xs, yb, mode))
                 out.append(from_sym(xs).clamp_(0.0, 1.0))
+            bar.refresh()  # the final count is shown even when the steps came faster than tqdm redraws
         self.stats = {"n": n, "steps": self.steps, "sampler": self.sampler.kind}
         if self.track_energy:
             self.stats["energy_start"] = float(torch.cat(e0).mean())
