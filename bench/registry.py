@@ -30,11 +30,14 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, group: str | None = None, packages: tuple[str, ...] = ()):
-        """``packages``: the built-in packages whose public modules register entries when imported."""
+    def __init__(self, kind: str, group: str | None = None, packages: tuple[str, ...] = (),
+                 accepts: Callable[[Any], bool] | None = None, expected: str = ""):
+        """``packages``: the built-in packages whose public modules register entries when imported.
+        ``accepts``: what an entry point may name (else it is a load error saying ``expected``)."""
         self.kind = kind
         self.group = group
         self.packages = packages
+        self.accepts, self.expected = accepts, expected
         self._entries: dict[str, T] = {}
         self._patterns: list[tuple[re.Pattern[str], str, Callable[..., T]]] = []
         self._loaded = False
@@ -88,8 +91,13 @@ class Registry(Generic[T]):
                 except Exception as exc:  # a broken third-party plugin must not break the tool
                     self.load_errors[ep.name] = f"{type(exc).__name__}: {exc}"
                     continue
-                if ep.name not in self._entries and not _is_module(obj):
-                    self._entries[ep.name] = obj
+                if ep.name in self._entries or _is_module(obj):
+                    continue
+                if self.accepts is not None and not self.accepts(obj):
+                    self.load_errors[ep.name] = (f"entry point {ep.value} names {type(obj).__name__} "
+                                                 f"{getattr(obj, '__name__', '')!s}, not {self.expected}")
+                    continue
+                self._entries[ep.name] = obj
 
     def reload_entry_points(self) -> None:
         self._loaded = False

@@ -189,6 +189,42 @@ def test_entry_points_are_read_in_process(monkeypatch, tmp_path):
     sys.modules.pop("tb_plugin_pkg", None)
 
 
+def test_a_sampler_entry_point_naming_a_bare_function_is_a_load_error(monkeypatch, tmp_path):
+    """A sampler entry point whose name differs from the one its decorator registered would give the
+    bare function (no .run): it is refused at load time with the fix, not an AttributeError mid-run."""
+    import importlib
+    import sys
+
+    site = tmp_path / "site"
+    pkg = site / "tb_sampler_pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(textwrap.dedent("""\
+        from bench.sampling import register_sampler
+
+        @register_sampler("registered-name")
+        def run(cfg, model, xs, y, steps, mode, trace):
+            return xs
+    """))
+    dist = site / "tb_sampler_pkg-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tb-sampler-pkg\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[trilemma_bench.samplers]\nother-name = tb_sampler_pkg:run\n")
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    from bench.sampling.kinds import SAMPLERS, SamplerKind
+
+    reg = Registry("sampler", group="trilemma_bench.samplers", accepts=SAMPLERS.accepts, expected=SAMPLERS.expected)
+    try:
+        assert "other-name" not in reg.names()
+        assert "not a sampler kind" in reg.load_errors["other-name"]
+        with pytest.raises(BenchError, match="@register_sampler"):
+            reg.get("other-name")
+        assert isinstance(SAMPLERS.get("registered-name"), SamplerKind)  # importing registered the real one
+    finally:
+        SAMPLERS.unregister("registered-name")
+        sys.modules.pop("tb_sampler_pkg", None)
+
+
 def test_a_plugin_method_ships_its_own_preset_variants():
     from dataclasses import dataclass
 

@@ -25,7 +25,10 @@ class SamplerKind:
     step_fields: tuple[str, ...] = ()  # the SamplerConfig fields that are this kind's step settings
 
 
-SAMPLERS: Registry = Registry("sampler", group="trilemma_bench.samplers")
+SAMPLERS: Registry = Registry(
+    "sampler", group="trilemma_bench.samplers", accepts=lambda obj: isinstance(obj, SamplerKind),
+    expected="a sampler kind: decorate the function with @register_sampler(NAME) and name NAME as the "
+             "entry point, or point the entry point at the module")
 
 
 def register_sampler(name: str, reference: str = "", step_fields: tuple[str, ...] = ()):
