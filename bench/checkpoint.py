@@ -39,15 +39,33 @@ def rng_state() -> dict[str, Any]:
     return st
 
 
-def set_rng_state(st: dict[str, Any]) -> None:
+def set_rng_state(st: dict[str, Any]) -> str | None:
+    """Restore the RNG states of ``st``; returns a line naming what could not be restored, or None.
+
+    The CUDA states are one per GPU the writing process saw: a host that sees fewer GPUs (or none)
+    gets the first ones and a note about the rest. Nothing the run computes depends on them: every
+    training step seeds all generators again (``bench.trainer.step_seed``)."""
     torch.set_rng_state(st["torch"])
     nps = st["numpy"]
     if isinstance(nps, dict):
         nps = (nps["name"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"], nps["cached_gaussian"])
     np.random.set_state(nps)
     random.setstate(st["python"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
+    return restore_cuda_rng(list(st.get("cuda") or []),
+                            torch.cuda.device_count() if torch.cuda.is_available() else 0)
+
+
+def restore_cuda_rng(states: list[torch.Tensor], visible: int) -> str | None:
+    """Give GPU ``i`` saved state ``i`` for each of the ``visible`` GPUs that has one; a line
+    naming the states left unrestored (``torch.cuda.set_rng_state_all`` would fail on them)."""
+    for i, state in enumerate(states[:visible]):
+        torch.cuda.set_rng_state(state, i)
+    if len(states) <= visible:
+        return None
+    gpus = f"GPU {visible}" if len(states) == visible + 1 else f"GPUs {visible}-{len(states) - 1}"
+    return (f"the CUDA RNG state of {gpus} was not restored (the checkpoint holds {len(states)}, this host sees "
+            f"{visible} GPU{'' if visible == 1 else 's'}); every training step reseeds the generators, so "
+            "training does not depend on it")
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:

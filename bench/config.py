@@ -95,6 +95,10 @@ class TrainConfig:
     channels_last: bool = True
     compile: str = "off"  # torch.compile the model: off | default | reduce-overhead (CUDA graphs) | max-autotune
     compile_backend: str = "inductor"  # torch.compile backend (inductor; aot_eager for debugging)
+    # TF32 for fp32 matmuls and convolutions on CUDA GPUs (Ampere and newer) while training; acts only
+    # with the fast path on (the plain path is full fp32). Set explicitly, with cuDNN autotuning (on
+    # with the fast path unless train.deterministic), and recorded in environment.precision
+    tf32: bool = True
     # torch's deterministic algorithms while training (slower on CUDA). Runs are reproducible without
     # it on the CPU; on CUDA some kernels (e.g. scatter-adds in backward) are not unless it is on.
     deterministic: bool = False
@@ -113,6 +117,9 @@ class EvalConfig:
     n_examples: int = 1000  # test images for the end-of-run evaluation
     batch_size: int = 256
     enabled: bool = True
+    # TF32 in the evaluation's fp32 matmuls and convolutions on CUDA (Ampere and newer): off, so attacks
+    # and FID features run in full fp32; true opts in (faster). Each result records the flags it ran under
+    tf32: bool = False
 
 
 @dataclass
@@ -336,6 +343,53 @@ def validate(cfg: RunConfig) -> None:
         raise BenchError(f"data.noise_std is in pixel units and must lie in [0, 1), got {cfg.data.noise_std}")
     if cfg.data.image_size not in IMAGE_SIZES:
         raise BenchError(f"data.image_size must be 0 (the dataset's own size), 32 or 64, got {cfg.data.image_size}")
+    check_compile(cfg.train, cfg.device)  # the method's part: bench.resolve, once the method is known
+
+
+# the train.compile modes whose inductor settings record CUDA graphs (torch._inductor.list_mode_options:
+# both turn on triton.cudagraphs); "default" compiles without them
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def check_compile(train: TrainConfig, device: str, method: str | None = None, cuda_graph_safe: bool = False,
+                  safe_methods: tuple[str, ...] | list[str] = ()) -> None:
+    """Refuse, in one line naming what works, a CUDA-graph ``train.compile`` mode the run cannot use.
+
+    ``default`` works for every method on every device, and ``train.fast=false`` compiles nothing,
+    so only a CUDA-graph mode on the fast path is checked. It needs the inductor backend (another
+    backend ignores the mode) and a CUDA device (``device``: ``auto`` | ``cpu`` | ``cuda[:N]`` or a
+    torch device type; ``auto`` is CUDA where one is present). With ``method`` given, the method's
+    step must suit CUDA graph trees (``cuda_graph_safe``, declared by the method class): the trees
+    start a new generation, reusing the memory of the previous one, at every compiled call made
+    while no backward is pending (torch.compiler.cudagraph_mark_step_begin's documentation), and a
+    single backward clears "pending" (torch/_inductor/cudagraph_trees.py, "Backward Generation
+    Handling"). A step that runs its loss's forward, then a sampler's or an attack's input-gradient
+    backward, then the model again, therefore loses that first forward's saved activations.
+    Marking the step's start with cudagraph_mark_step_begin would keep one generation per step,
+    but that path is not verified on a GPU here, so such methods are refused. ``safe_methods``:
+    the methods to name as the ones that can use these modes.
+    """
+    mode = train.compile
+    if not train.fast or mode not in CUDA_GRAPH_MODES:
+        return
+    if train.compile_backend != "inductor":
+        raise BenchError(f"train.compile={mode} records CUDA graphs only with train.compile_backend=inductor "
+                         f"({train.compile_backend!r} ignores the mode); set train.compile_backend=inductor or use "
+                         f"train.compile=default")
+    kind = str(device).split(":")[0]
+    if kind == "auto":
+        import torch  # only here: the rest of the config never needs it
+
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind != "cuda":
+        raise BenchError(f"train.compile={mode} records CUDA graphs and needs a CUDA device, but this run trains on "
+                         f"{kind}; use train.compile=default (any device) or off")
+    if method is not None and not cuda_graph_safe:
+        safe = f"; CUDA-graph modes suit {', '.join(sorted(safe_methods))}" if safe_methods else ""
+        raise BenchError(f"train.compile={mode} (CUDA graphs) does not suit method {method}: its step runs the "
+                         f"model again after a sampler's or attack's input-gradient backward while its loss's forward "
+                         f"awaits its backward, whose saved activations CUDA graph trees would reuse; use "
+                         f"train.compile=default (every method) or off{safe}")
 
 
 def check_settings(obj: Any, prefix: str, choices: dict[str, Any] | None = None,

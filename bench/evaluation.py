@@ -6,6 +6,12 @@ its result: every check that can fail early (unknown metric or protocol, missing
 Inception weights) runs before any evaluation, and a metric that fails leaves its earlier entry
 untouched (results of the metrics that finished before it are kept). An interrupted AutoAttack
 keeps its state in the run directory and resumes when the same command is run again.
+
+Both evaluate the same model: :func:`evaluation_model` builds it afresh from the trained weights,
+eager (never the training loop's compiled graph), fp32, NCHW, in eval mode and with no parameter
+requiring a gradient, and both run under the same precision flags (full fp32 unless
+``eval.tf32``; see :mod:`bench.device`), which every result records. The end-of-run numbers
+and those of `bench eval RUN` on the same protocol and n are therefore the same.
 """
 
 from __future__ import annotations
@@ -15,8 +21,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from bench import checkpoint
 from bench.errors import BenchError, InterruptedRun
-from bench.device import resolve_device
+from bench.device import current_precision, evaluation_precision, precision, resolve_device
+from bench.models import build_model
 from bench.records import RunRecord
 from bench.saved_runs import buffer_state, load_run_model
 from bench.signals import terminate_as_interrupt
@@ -95,11 +105,43 @@ def format_result(metric: str, res: dict[str, Any]) -> str:
     return text
 
 
+def evaluation_model(cfg, num_classes: int, weights: dict, device, source: str | Path = "the trained weights"
+                     ) -> torch.nn.Module:
+    """The model every evaluation runs (the end of `bench run` and `bench eval` alike): the run's
+    architecture built afresh and given ``weights`` (a state dict: the final, EMA or best weights),
+    eager, fp32, NCHW, in eval mode, no parameter requiring a gradient.
+
+    Why not the training model: it may be compiled (AutoAttack's shrinking batches would recompile
+    it over and over) and channels_last (other kernels, other rounding), and its parameters require
+    gradients, so an attack's ``.backward()`` on the input (FAB's) accumulates into their ``.grad``.
+    ``source`` names the weights in a message when they do not fit the architecture."""
+    model = build_model(cfg.model, num_classes)
+    checkpoint.load_weights(model, weights, source)  # copies into the fresh model's own fp32 NCHW tensors
+    model = model.to(device=device, dtype=torch.float32, memory_format=torch.contiguous_format)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def run_metrics(model, data, protocol: str, n_examples: int, ctx: EvalContext, metrics: list[str] | None,
+                overrides: dict[str, dict[str, Any]] | None = None, skipped: dict[str, str] | None = None,
+                tf32: bool = False) -> dict[str, dict[str, Any]]:
+    """:func:`metrics.evaluate` under the evaluation's precision flags (full fp32 unless ``tf32``), each
+    result recording the flags it was computed under (as torch held them) in ``precision``."""
+    with precision(evaluation_precision(tf32)):
+        results = evaluate(model, data, protocol, n_examples, ctx, metrics, overrides, skipped=skipped)
+        flags = current_precision()
+    for res in results.values():
+        res["precision"] = dict(flags)
+    return results
+
+
 def evaluate_into(record: RunRecord, model, data, cfg, device, show_progress: bool, protocol: str | None = None,
                   n_examples: int | None = None, metrics: list[str] | None = None,
                   buffer: dict | None = None) -> dict[str, dict[str, Any]]:
-    """Evaluate ``model`` (the run's, in memory) with a protocol and merge the results into ``record``.
-    ``buffer``: the run's replay-buffer state (in memory, as its last checkpoint holds it), if any."""
+    """Evaluate ``model`` (the run's, in memory, as :func:`evaluation_model` built it) with a protocol and
+    merge the results into ``record``. ``buffer``: the run's replay-buffer state (in memory, as its last
+    checkpoint holds it), if any."""
     proto = protocol or cfg.eval.protocol
     # the run config lets generative metrics draw samples with the run's own sampler
     ctx = EvalContext(device=device, batch_size=cfg.eval.batch_size, seed=cfg.seed, out_dir=record.run_dir,
@@ -108,7 +150,8 @@ def evaluate_into(record: RunRecord, model, data, cfg, device, show_progress: bo
     if buffer is not None:  # as `bench eval` has it from the checkpoint: sample_source=auto then means the buffer
         ctx.extra["buffer_state"] = buffer
     skipped: dict[str, str] = {}
-    results = evaluate(model, data, proto, n_examples or cfg.eval.n_examples, ctx, metrics, skipped=skipped)
+    results = run_metrics(model, data, proto, n_examples or cfg.eval.n_examples, ctx, metrics, skipped=skipped,
+                          tf32=cfg.eval.tf32)
     for name, why in skipped.items():  # optional metrics whose inputs are missing (e.g. FID weights)
         print(f"skipped {name}: {why}", file=sys.stderr)
     record.merge_evaluation(proto, results, skipped=skipped)
@@ -118,14 +161,21 @@ def evaluate_into(record: RunRecord, model, data, cfg, device, show_progress: bo
 def evaluate_saved_run(run_dir: Path, protocol: str = "standard", metrics: list[str] | None = None,
                        n_examples: int | None = None, samples: str | None = None, weights: str | None = None,
                        checkpoint: str | None = None, device: str | None = None, batch_size: int | None = None,
-                       overrides: dict | None = None, show_progress: bool = True, echo=None):
-    """Library entry point of `bench eval`: returns (results, skipped, record)."""
+                       overrides: dict | None = None, show_progress: bool = True, echo=None,
+                       tf32: bool | None = None):
+    """Library entry point of `bench eval`: returns (results, skipped, record). ``tf32``: the
+    evaluation's TF32 flag (None: the run's ``eval.tf32``)."""
     check_request(protocol, metrics, n_examples)
     dev = resolve_device(device) if device else None
-    model, cfg, data, _ = load_run_model(run_dir, dev, checkpoint)
+    loaded, cfg, data, _ = load_run_model(run_dir, dev, checkpoint)
+    # the same model as the end of `bench run` evaluates: built afresh from the checkpoint's weights
+    model = evaluation_model(cfg, data.num_classes, loaded.state_dict(), next(loaded.parameters()).device,
+                             checkpoint or Path(run_dir) / "checkpoints")
+    del loaded
     return evaluate_loaded(Path(run_dir), model, cfg, data, protocol=protocol, metrics=metrics, n_examples=n_examples,
                            samples=samples, weights=weights, batch_size=batch_size, overrides=overrides,
-                           show_progress=show_progress, echo=echo, buffer=buffer_state(run_dir, checkpoint))
+                           show_progress=show_progress, echo=echo, buffer=buffer_state(run_dir, checkpoint),
+                           tf32=tf32)
 
 
 def check_request(protocol: str, metrics: list[str] | None, n_examples: int | None) -> None:
@@ -140,12 +190,19 @@ def check_request(protocol: str, metrics: list[str] | None, n_examples: int | No
 def evaluate_loaded(run_dir, model, cfg, data, *, protocol: str = "standard", metrics: list[str] | None = None,
                     n_examples: int | None = None, samples: str | None = None, weights: str | None = None,
                     batch_size: int | None = None, overrides: dict | None = None, show_progress: bool = True,
-                    echo=None, buffer: dict | None = None):
+                    echo=None, buffer: dict | None = None, tf32: bool | None = None):
     """Evaluate a loaded ``model`` (with its run's ``cfg`` and ``data``) into the record in ``run_dir``:
     returns (results, skipped, record). ``run_dir`` may be a function that returns the directory
     (e.g. creates it): it is called only once every check has passed, so a refused request writes
-    nothing. ``buffer``: the run's saved replay-buffer state, if any."""
+    nothing. ``buffer``: the run's saved replay-buffer state, if any. ``tf32``: None = ``cfg.eval.tf32``.
+    The model is put in eval mode with no parameter requiring a gradient (an attack's backward on the
+    input must leave no ``.grad`` in it)."""
     echo = echo or (lambda s: None)
+    if tf32 is not None and not isinstance(tf32, bool):
+        raise BenchError(f"tf32 must be true or false, got {tf32!r}")
+    tf32 = cfg.eval.tf32 if tf32 is None else tf32
+    model.eval()
+    model.requires_grad_(False)
     proto = get_protocol(protocol)
     dev = next(model.parameters()).device
     extra: dict[str, Any] = {"cfg": cfg, "run_dir": None if callable(run_dir) else str(run_dir), "samples": samples,
@@ -176,7 +233,7 @@ def evaluate_loaded(run_dir, model, cfg, data, *, protocol: str = "standard", me
             for name in names:
                 echo(f"[{proto.name}] {name} ...")
                 own = {name: overrides[name]} if overrides and name in overrides else None  # checked above
-                results.update(evaluate(model, data, protocol, n, ctx, [name], own))
+                results.update(run_metrics(model, data, protocol, n, ctx, [name], own, tf32=tf32))
     except KeyboardInterrupt:
         if results:
             save()

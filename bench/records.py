@@ -109,8 +109,12 @@ def environment(device) -> dict[str, Any]:
 
 def new_record(run_id: str, cfg, device, data_summary: dict, changes: dict[str, Any] | None = None,
                plugins: list[dict[str, Any]] | None = None, variant: dict[str, Any] | None = None) -> dict[str, Any]:
+    from bench.device import training_precision  # torch: imported only where a record is made
+
     env = environment(device)
     env["plugins"] = list(plugins or [])  # each package besides trilemma-bench that provided the method or a metric
+    # the flags training sets (bench.device.training_precision); each evaluation result records its own
+    env["precision"] = training_precision(cfg.train).as_dict()
     return {
         "schema": SCHEMA,
         "run_id": run_id,

@@ -25,10 +25,11 @@ from typing import Any
 
 import yaml
 
-from bench.config import RunConfig, deep_merge, parse_set, to_dict, update_dataclass, validate
+from bench.config import (CUDA_GRAPH_MODES, RunConfig, check_compile, deep_merge, parse_set, to_dict,
+                          update_dataclass, validate)
 from bench.errors import BenchError
 from bench.loggers import check_logger_names
-from methods import get_method
+from methods import METHODS, get_method
 from metrics import get_protocol
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -135,6 +136,10 @@ def _finish(cfg: RunConfig) -> RunConfig:
     method_cfg = get_method(cfg.method).make_config(cfg.method_cfg)
     cfg = dataclasses.replace(cfg, method_cfg=to_dict(method_cfg))
     validate(cfg)
+    if cfg.train.compile in CUDA_GRAPH_MODES:  # the method's part of the check: before anything is written
+        safe = [n for n in METHODS.names() if getattr(METHODS.get(n), "cuda_graph_safe", False)]
+        check_compile(cfg.train, cfg.device, cfg.method, getattr(get_method(cfg.method), "cuda_graph_safe", False),
+                      safe)
     check_logger_names(cfg.train.loggers)
     if cfg.eval.enabled:  # an unknown protocol would only fail after training
         get_protocol(cfg.eval.protocol)
@@ -198,6 +203,30 @@ def _switched_sampler_steps(cfg: RunConfig, chosen: dict[str, Any]) -> dict[str,
     ref = reference_sampler(entry.reference) if entry.reference else SamplerConfig(kind=entry.name)
     steps = {f: getattr(ref, f) for f in entry.step_fields if f not in sampler}
     return {"method_cfg": {"sampler": steps}} if steps else {}
+
+
+def run_plugins(cfg: RunConfig) -> list[dict[str, Any]]:
+    """Each plugin package that provides a part of the run: its method, dataset, architecture and
+    sampler kind (``{"kind", "name", "package", "version", "module"}``); trilemma-bench's own parts
+    are left out. The record lists them as it lists torch; evaluation adds the metrics'."""
+    from bench.data import DATASETS
+    from bench.models import ARCHS
+    from bench.registry import provider
+
+    parts = [("method", cfg.method, get_method(cfg.method)),
+             ("dataset", cfg.data.dataset, DATASETS.get(cfg.data.dataset)),
+             ("arch", cfg.model.arch, ARCHS.get(cfg.model.arch))]
+    kind = (cfg.method_cfg.get("sampler") or {}).get("kind") if isinstance(cfg.method_cfg, dict) else None
+    if kind:
+        from bench.sampling import SAMPLERS
+
+        parts.append(("sampler", kind, SAMPLERS.get(kind).run))
+    out = []
+    for what, name, obj in parts:
+        prov = provider(getattr(obj, "factory", obj))  # a pattern family (npz:PATH): the factory behind it
+        if prov:
+            out.append({"kind": what, "name": name, **prov})
+    return out
 
 
 def config_sources(method: str, preset: str, config_file: str | None = None,

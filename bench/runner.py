@@ -18,12 +18,11 @@ from bench.data import load_run_data
 from bench.data.stream import check_augment_fits, check_batch_fits
 from bench.errors import BenchError, DiskFull, DivergenceError, InterruptedRun
 from bench.models import build_model
-from bench.evaluation import evaluate_into
+from bench.evaluation import evaluate_into, evaluation_model
 from bench.loggers import RunLoggers, final_metrics
-from bench.device import resolve_device
+from bench.device import prepare_determinism, resolve_device
 from bench.records import RunLock, RunRecord, new_run_dir, resolve_run, run_config
-from bench.registry import provider
-from bench.resolve import preset_changes, resume_overrides, variant_changes
+from bench.resolve import preset_changes, resume_overrides, run_plugins, variant_changes
 from bench.saved_runs import saved_buffer
 from bench.signals import terminate_as_interrupt
 from bench.trainer import Trainer, TrainState
@@ -192,17 +191,25 @@ def _fit_and_evaluate(cfg, data, device, record: RunRecord, trainer: Trainer, sh
         save()
         raise InterruptedRun(record["message"])
     if dist.enabled:
-        record.data["distributed"]["ranks_in_sync"] = D.parameters_in_sync(model, dist)
+        record.data["distributed"]["ranks_in_sync"] = D.model_in_sync(model, dist)  # weights and buffers
     trainer.on_update(trainer.state, "done")
+    # Training's last collective is behind every rank: they release the process group together, here,
+    # and the ranks other than 0 leave (the last checkpoint is complete: save_checkpoint's barrier).
+    # Nothing after this point is collective. Waiting in a barrier for rank 0's evaluation (AutoAttack,
+    # FID: hours) would outlast the group's timeout and its watchdog would kill the run mid-evaluation;
+    # without a group, rank 0 also has no watchdog to notice the others leaving.
+    D.shutdown(dist)
     if not main:
-        D.barrier(dist)  # wait for rank 0's evaluation, then leave
         return RunResult(record["run_id"], run_dir, record.data)
+    # the final weights (the averaged ones with EMA: the model such a run reports), unless best.pt below
+    weights = trainer.ema.state_dict() if trainer.ema is not None else model.state_dict()
+    source: Path | str = "checkpoints/last.pt"
     if cfg.eval.enabled and cfg.eval.checkpoint == "best":
         best = run_dir / "checkpoints" / "best.pt"
         if best.is_file():
             from bench import checkpoint as ckpt_io
 
-            ckpt_io.load_weights(model, ckpt_io.load(best, expect_digest=trainer.config_digest)["model"], best)
+            weights, source = ckpt_io.load(best, expect_digest=trainer.config_digest)["model"], best
             record.data["evaluated_checkpoint"] = {**trainer.state.best, "checkpoint": "checkpoints/best.pt"}
         else:  # training ended before the first validation
             record.data["evaluated_checkpoint"] = {"checkpoint": "checkpoints/last.pt", "step": trainer.state.step,
@@ -210,13 +217,13 @@ def _fit_and_evaluate(cfg, data, device, record: RunRecord, trainer: Trainer, sh
     elif cfg.eval.enabled:
         record.data["evaluated_checkpoint"] = {"checkpoint": "checkpoints/last.pt", "step": trainer.state.step}
         if trainer.ema is not None:  # the averaged weights are the model a run with EMA reports
-            model.load_state_dict(trainer.ema.state_dict())
             record.data["evaluated_checkpoint"]["weights"] = f"ema (decay {cfg.train.ema_decay:g})"
     if cfg.eval.enabled:
         try:
             with terminate_as_interrupt():  # SIGTERM too: a scheduler's stop must not leave `running`
-                evaluate_into(record, model, data, cfg, device, show_progress,
-                              buffer=saved_buffer(trainer.method.state_dict()))
+                # the model `bench eval` evaluates too: eager, fp32, NCHW, eval mode, no parameter gradients
+                evaluate_into(record, evaluation_model(cfg, data.num_classes, weights, device, source), data, cfg,
+                              device, show_progress, buffer=saved_buffer(trainer.method.state_dict()))
         except KeyboardInterrupt:  # Ctrl-C during a (long) evaluation: the trained weights are checkpointed
             record.set_status("interrupted", "interrupted during the evaluation; finish it with: "
                                              f"bench run --resume {run_dir.name}")
@@ -227,8 +234,7 @@ def _fit_and_evaluate(cfg, data, device, record: RunRecord, trainer: Trainer, sh
     t = record.data["timings"]
     steps = record["training"]["total_steps"]
     t["images_per_second"] = round(steps * cfg.data.batch_size * dist.world / max(t.get("train_seconds", 0), 1e-9), 1)
-    record.save()
-    D.barrier(dist)
+    record.save()  # no barrier after it: the other ranks have left (see above)
     return RunResult(record["run_id"], run_dir, record.data)
 
 
@@ -253,6 +259,7 @@ def start_run(cfg: RunConfig, out: str | Path = "results", show_progress: bool =
     """Train and evaluate a new run. ``announce`` receives one line naming the run once it exists."""
     dist, device_name = D.init(cfg.device)
     device = resolve_device(device_name)
+    prepare_determinism(cfg.train.deterministic)  # before the first matmul on the device (the probe's)
     data = _prepare_data_ranked(cfg, dist)  # fails before anything is written if the data is missing
     built = _build(cfg, data, device)  # so do a bad architecture (e.g. wrn depth) and method setup
     _probe(built[0], data, cfg, device)
@@ -268,8 +275,7 @@ def start_run(cfg: RunConfig, out: str | Path = "results", show_progress: bool =
         changes = variant = None
     run = new_run_dir(out, cfg.method, cfg.data.dataset) if dist.is_main else None
     run_id, run_dir = D.broadcast_object(run, dist)
-    prov = provider(get_method(cfg.method))
-    plugins = [{"kind": "method", "name": cfg.method, **prov}] if prov else []
+    plugins = run_plugins(cfg)  # the plugin packages behind its method, dataset, architecture and sampler
     record = RunRecord.create(run_dir, run_id, cfg, device, data.summary(), changes=changes, save=dist.is_main,
                               plugins=plugins, variant=variant)
     if dist.is_main:
@@ -311,6 +317,7 @@ def resume_run(ref: str, out: str | Path = "results", device: str | None = None,
     ckpt = resume_point(run_dir, checkpoint_path)
     dist, device_name = D.init(cfg.device)
     dev = resolve_device(device_name)
+    prepare_determinism(cfg.train.deterministic)
     data = _prepare_data_ranked(cfg, dist)
     return _train_and_evaluate(cfg, data, dev, record, show_progress, resume=Resume(ckpt, changed), dist=dist,
                                announce=announce)

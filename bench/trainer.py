@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from bench import awp, checkpoint, sam
-from bench.config import RunConfig
+from bench.config import RunConfig, check_compile
 from bench.data import BatchStream, ImageData, augment_batch, to_float
 from bench.data.stream import CROP_PAD
+from bench.device import precision, training_precision
 from bench.errors import BenchError, DivergenceError, InterruptedRun
 from bench.ema import ModelEMA
 from bench.loggers import RunLoggers
@@ -43,7 +44,9 @@ def compile_model(model: torch.nn.Module, mode: str, backend: str = "inductor") 
     """``torch.compile`` the model's forward in place (its state-dict keys stay as they are).
 
     Calls through ``model(x)`` (training, attacks, the samplers' energies) run the compiled
-    graph; ``reduce-overhead`` adds CUDA graphs for the small, fixed-shape sampler batches.
+    graph; ``reduce-overhead`` and ``max-autotune`` add CUDA graphs, which only some methods'
+    steps suit (:func:`bench.config.check_compile`, checked before a run starts and again in
+    :class:`Trainer` with the actual device).
     """
     options = {"backend": backend}
     if backend == "inductor" and mode != "default":
@@ -180,6 +183,9 @@ class Trainer:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if t.fast and t.compile != "off":
+            # the config was checked with the method before anything was written (bench.resolve); this
+            # catches the actual device (``auto``, a distributed rank) and trainers built directly
+            check_compile(t, device.type, cfg.method, getattr(method, "cuda_graph_safe", False))
             compile_model(self.model, t.compile, t.compile_backend)
         self.batch_specs = method.batch_specs()
         if len(self.batch_specs) != 1 + method.extra_batches:
@@ -198,6 +204,12 @@ class Trainer:
         self.ema = ModelEMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
         self.state = TrainState()
         self._weights = method.loss_weights()
+        if dist.rank > 0 and getattr(method, "reseed_for_rank", None) is not None:
+            # method.setup ran under the same seed on every rank, so every replay buffer is a copy of
+            # rank 0's: each other rank redraws its own (rank 0 keeps a one-process run's)
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(step_seed(cfg.seed, -1) + 1_000_003 * dist.rank)
+                method.reseed_for_rank(dist.rank)
 
     def use_loggers(self, loggers: RunLoggers, show_progress: bool) -> None:
         """Log to ``loggers`` from now on (main rank); the progress bar shows when one of them asks for it."""
@@ -290,7 +302,9 @@ class Trainer:
         self.method.load_state_dict(per_rank[self.dist.rank] if per_rank else ckpt.get("method", {}))
         saved = ckpt["state"]
         self.state = TrainState(**{k: saved[k] for k in vars(TrainState()) if k in saved})
-        checkpoint.set_rng_state(ckpt["rng"])
+        not_restored = checkpoint.set_rng_state(ckpt["rng"])
+        if not_restored and self.dist.is_main:
+            print(f"resume from {path.name}: {not_restored}", file=sys.stderr)
 
     # -- evaluation during training ---------------------------------------------------------
     @torch.no_grad()
@@ -381,11 +395,20 @@ class Trainer:
             if opt.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), opt.grad_clip)
             self.optimizer.step()
+            D.broadcast_buffers(self.model, self.dist)  # rank 0's batch-norm statistics, as DDP does
             if awp_moves is not None:
                 awp.restore(awp_moves)
             if self.ema is not None:
                 self.ema.update(self.model)
-        return {"loss": loss.detach(), **{k: v.detach().float() for k, v in terms.items()}}
+        return {"loss": loss.detach(), **{k: self._logged(v) for k, v in terms.items()}}
+
+    def _logged(self, value: torch.Tensor | float) -> torch.Tensor:
+        """A returned term as a float32 tensor on the training device: the flush stacks the terms
+        into one tensor for the ranks' all-reduce, which needs one device. A Python number becomes
+        a tensor there; a tensor a plugin made elsewhere (e.g. on the CPU) is moved."""
+        if isinstance(value, torch.Tensor):
+            return value.detach().float().to(self.device)
+        return torch.tensor(float(value), device=self.device)
 
     def _total_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         missing = [k for k in self._weights if k not in terms]
@@ -413,7 +436,9 @@ class Trainer:
         maxabs: dict[str, torch.Tensor] = {}
         count, t_window, lr = 0, time.perf_counter(), 0.0
         eval_every_steps = max(1, round(t.eval_every * self.steps_per_epoch)) if t.eval_every > 0 else 0
-        with deterministic_algorithms(t.deterministic), _Interrupt() as interrupt:
+        # TF32 and cuDNN autotuning set explicitly (train.tf32, the fast path), as the record states them
+        with precision(training_precision(t)), deterministic_algorithms(t.deterministic), \
+                _Interrupt() as interrupt:
             while self.state.step < self.total_steps:
                 lr = self.set_lr(self.state.step)
                 logged = self.train_step(self.state.step)
@@ -441,7 +466,10 @@ class Trainer:
                     self.state.train_seconds += elapsed
                     entry = {"step": self.state.step, "epoch": self.epochs_done,
                              "lr": lr, **{k: round(v, 6) for k, v in result.items()},
-                             "images_per_s": round(count * cfg.data.batch_size / max(elapsed, 1e-9), 1)}
+                             # all ranks together (each trains data.batch_size images a step), as
+                             # the record's timings.images_per_second
+                             "images_per_s": round(count * cfg.data.batch_size * self.dist.world
+                                                   / max(elapsed, 1e-9), 1)}
                     self.state.history.append(entry)
                     self.loggers.scalars(self.state.step, entry)
                     bar.set_postfix({k: f"{v:.3g}" for k, v in result.items() if k in self._weights or k == "loss"})

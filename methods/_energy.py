@@ -100,6 +100,12 @@ class SamplerOwner(Method):
         if self.sampler is not None and saved is not None:
             self.sampler.load_state_dict(saved)
 
+    def reseed_for_rank(self, rank: int) -> None:
+        """Each rank's replay buffer starts from its own draws (its first fill again, from this rank's seed)."""
+        if self.sampler is not None and self.sampler.buffer is not None:
+            buf = self.sampler.buffer
+            buf.x.copy_(buf.initial_fill())
+
     def on_checkpoint(self, run_dir, step: int) -> None:
         if self.cfg.grid_size <= 0 or self.sampler is None or self.sampler.buffer is None:
             return

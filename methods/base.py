@@ -69,6 +69,8 @@ class Method:
     Subclasses set ``Config`` (a dataclass with the reference defaults) and implement
     ``training_step``. The trainer minimises ``sum(weights[k] * terms[k])`` over the terms
     named in :meth:`loss_weights`; every other returned value is logged only (detached).
+    Every returned tensor lives on ``ctx.device`` (a logged-only value may be a Python float):
+    with several ranks the logged values are stacked into one tensor for the all-reduce.
     """
 
     name: ClassVar[str] = ""
@@ -82,6 +84,11 @@ class Method:
     # --set items that make the step follow the published implementation's loop (slower, same
     # result); `bench perf` times that variant beside the fast path when a method declares one
     reference_loop_settings: ClassVar[tuple[str, ...]] = ()
+    # True when the step suits train.compile's CUDA-graph modes (bench.config.check_compile): every
+    # input-gradient backward (an attack's) runs before the forwards of the loss, which then run
+    # together before its one backward. A sampler or attack run after a loss forward (the JEM
+    # family, EB-JDAT) does not; unknown steps (plugins) are refused until they declare it.
+    cuda_graph_safe: ClassVar[bool] = False
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
@@ -122,6 +129,12 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+    def reseed_for_rank(self, rank: int) -> None:
+        """Data-parallel runs: called once on every rank but rank 0, after ``setup``, with the global
+        RNG seeded for that rank. ``setup`` ran under the same seed on every rank, so any random
+        state it drew (a replay buffer's first fill) is drawn again here, or the ranks start from
+        copies of each other."""
 
     def on_checkpoint(self, run_dir, step: int) -> None:
         """Hook for artifacts written with each checkpoint (e.g. a grid of the replay buffer)."""

@@ -65,6 +65,7 @@ class MART(Method):
     Config = MARTConfig
     reference = ("Wang et al. 2020, MART: boosted CE on PGD-10 examples + beta * KL weighted by "
                  "1 - p_y(x) (YisenWang/MART)")
+    cuda_graph_safe = True  # the attack's forward/backward pairs, then the loss's two forwards and backward
     run_defaults = {
         "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 7e-4,
                   "schedule": "step", "milestones": [74, 89, 99], "gamma": 0.1},  # 0-based: the script's 75/90/100
@@ -80,12 +81,14 @@ class MART(Method):
         with ctx.autocast():
             x_adv = ctx.reuse("x_adv", lambda: pgd_linf(
                 model, x, y, eps=c.eps * scale, alpha=c.alpha * scale, steps=c.steps, mode=c.attack_mode,
-                start=lambda clean: clean + c.start_std * torch.randn_like(clean)))
+                start=lambda clean: clean + c.start_std * torch.randn_like(clean, memory_format=torch.contiguous_format),
+            ))
             logits = model(x)
             logits_adv = model(x_adv)
         return {**mart_terms(logits, logits_adv, y),
                 "acc": (logits.argmax(1) == y).float().mean().detach(),
-                "acc_adv": (logits_adv.argmax(1) == y).float().mean().detach(), "eps": torch.tensor(c.eps * scale)}
+                "acc_adv": (logits_adv.argmax(1) == y).float().mean().detach(),
+                "eps": torch.tensor(c.eps * scale, device=x.device)}
 
     def loss_weights(self):
         return {"ce_adv": 1.0, "boost": 1.0, "kl": self.cfg.beta}

@@ -38,6 +38,7 @@ class PGDATConfig:
 class PGDAT(Method):
     Config = PGDATConfig
     reference = "Madry et al. 2018, 'Towards Deep Learning Models Resistant to Adversarial Attacks'"
+    cuda_graph_safe = True  # the attack's forward/backward pairs, then the loss's forward and backward
     run_defaults = {
         "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
                   "schedule": "step", "milestones": [0.5, 0.75], "gamma": 0.1},
@@ -60,7 +61,7 @@ class PGDAT(Method):
             logits = model(x_adv)
         loss = F.cross_entropy(logits.float(), y)
         return {"ce_adv": loss, "acc_adv": (logits.argmax(1) == y).float().mean().detach(),
-                "eps": torch.tensor(c.eps * scale)}
+                "eps": torch.tensor(c.eps * scale, device=x.device)}
 
     def loss_weights(self):
         return {"ce_adv": 1.0}

@@ -50,6 +50,7 @@ class TRADESConfig:
 class TRADES(Method):
     Config = TRADESConfig
     reference = "Zhang et al. 2019, 'Theoretically Principled Trade-off between Robustness and Accuracy' (yaodongyu/TRADES)"
+    cuda_graph_safe = True  # the attack's forward/backward pairs, then the loss's three forwards and backward
     run_defaults = {
         "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4,
                   "schedule": "step", "milestones": [74, 89, 99], "gamma": 0.1},  # 0-based: the script's epochs 75/90/100

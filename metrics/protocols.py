@@ -184,7 +184,7 @@ class TestTimeNoise(torch.nn.Module):
         self.model, self.std = model, std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x + self.std * torch.randn_like(x)).clamp(0.0, 1.0))
+        return self.model((x + self.std * torch.randn_like(x, memory_format=torch.contiguous_format)).clamp(0.0, 1.0))
 
 
 def get_protocol(name: str) -> Protocol:

@@ -31,10 +31,13 @@ def test_flop_count_works_with_input_only_gradients():
     assert 1.8 < fc.total / fwd < 2.2
 
 
+PROGRESS: list[dict] = []  # what run_perf handed to on_progress while making perf_report
+
+
 @pytest.fixture(scope="module")
 def perf_report(shapes_data_dir):
     return run_perf(["ce", "pgd-at"], "smoke", device="cpu", steps=1, warmup=1, peak_tflops=1.0, fid_images=0,
-                    overrides=(f"data.data_dir={shapes_data_dir}",))
+                    overrides=(f"data.data_dir={shapes_data_dir}",), on_progress=PROGRESS.append)
 
 
 def test_forward_equivalents_follow_the_cost_model(perf_report):
@@ -56,7 +59,101 @@ def test_report_has_phases_ratios_and_mfu(perf_report):
     assert set(perf_report["ratios"]) == {"ce", "pgd-at"}
     assert perf_report["ratios"]["ce"]["fast_vs_plain"] > 0
     assert 0 < pgd["mfu"] < 1  # given peak 1 TFLOP/s, far above this CPU
+    assert pgd["peak"] == "given" and pgd["peak_tflops"] == 1.0 and perf_report["peaks"] == {
+        "given": {"tflops": 1.0, "measured_by": "given (--peak-tflops)"}}
     assert pgd["images_per_s"] == pytest.approx(pgd["batch_size"] / pgd["seconds_per_step"])
+    # the phases come from a separate, synchronised profiling pass, scaled onto the timed step
+    assert pgd["profiled_seconds_per_step"] > 0 and pgd["phases"]["attack"] < pgd["seconds_per_step"]
+
+
+def test_the_report_is_handed_over_after_each_method(perf_report):
+    """A run cut short by a time limit keeps the methods it timed (the CLI writes each partial report)."""
+    assert [p["complete"] for p in PROGRESS] == [False, False] and perf_report["complete"] is True
+    assert [{r["method"] for r in p["results"]} for p in PROGRESS] == [{"ce"}, {"ce", "pgd-at"}]
+    assert "fid_features" not in PROGRESS[0] and perf_report["fid_features"]["skipped"]
+
+
+def test_split_phases_scales_the_profiled_split_onto_the_timed_step():
+    from bench.perf import split_phases
+
+    # profiled: 2 steps of 0.5 s, attack 0.4 s and update 0.2 s in all (0.2 and 0.1 per step, 0.2 s
+    # other); the timed step, without the regions' synchronisation, took 0.25 s: half of each
+    phases = split_phases({"attack": 0.4, "update": 0.2}, 0.5, 2, 0.25)
+    assert phases == pytest.approx({"attack": 0.1, "update": 0.05, "other": 0.1})
+    assert split_phases({}, 0.0, 1, 0.3) == {"other": 0.3}
+
+
+def test_the_timed_loop_runs_with_no_region_active(shapes_data_dir, monkeypatch):
+    """Regions synchronise the device at their edges: only the separate profiling pass may have them on."""
+    import bench.timing
+    from bench.perf import time_method
+    from bench.resolve import resolve_config
+    from bench.trainer import Trainer
+
+    seen: list[tuple[int, bool]] = []
+    real_step = Trainer.train_step
+
+    def spy(self, step):
+        seen.append((step, bench.timing._active is not None))
+        return real_step(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", spy)
+    cfg = resolve_config("pgd-at", preset="smoke", device="cpu",
+                         overrides=[f"data.data_dir={shapes_data_dir}", "data.batch_size=16", "data.train_subset=64"])
+    row = time_method(cfg, "fast", steps=3, warmup=1, peaks=None, profile_steps=2)
+    # step 0 warm-up, step 1 counted for FLOPs, steps 2-4 timed, steps 5-6 profiled
+    assert seen == [(0, False), (1, False), (2, False), (3, False), (4, False), (5, True), (6, True)]
+    assert row.phases["attack"] > 0 and sum(row.phases.values()) == pytest.approx(row.seconds_per_step)
+    assert row.mfu is None and row.peak is None
+
+
+def test_flops_are_counted_on_an_eager_pass_of_a_compiled_model():
+    """A compiled call runs fused kernels (on CUDA, CUDA-graph replays dispatch no op at all), which a
+    dispatch-mode counter cannot see, so the count forces eager execution; a hook on the model tells a
+    compiled call from an eager one (in a compiled call its side effect replays the traced value)."""
+    from bench.perf import count_flops_eagerly
+
+    x = torch.rand(4, 3, 32, 32)
+    with FlopCount() as eager:  # on another instance: whether dynamo runs a graph under a mode depends on history
+        build_model(ModelConfig(arch="resnet8"), 10)(x).sum().backward()
+    model = build_model(ModelConfig(arch="resnet8"), 10)
+    compiled: list[bool] = []
+    model.register_forward_hook(lambda mod, inp, out: compiled.append(torch.compiler.is_compiling()))
+    model.compile(backend="aot_eager")  # dynamo + AOT autograd without code generation: seconds on a CPU
+    for _ in range(2):
+        model(x).sum().backward()
+    assert compiled[-2:] == [True, True]
+    compiled.clear()
+    assert count_flops_eagerly(lambda: model(x).sum().backward()) == eager.total
+    assert compiled == [False]
+
+
+def test_each_step_is_divided_by_its_own_precisions_peak():
+    from bench.config import TrainConfig
+    from bench.perf import peak_for, step_precision
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    fast, plain = TrainConfig(), TrainConfig(fast=False)
+    assert step_precision(True, fast, cuda) == "bf16"
+    assert step_precision(False, fast, cuda) == "tf32"  # fast path, autocast off: TF32 matmuls and convolutions
+    assert step_precision(False, TrainConfig(tf32=False), cuda) == "fp32"
+    assert step_precision(False, plain, cuda) == "fp32"
+    assert step_precision(True, fast, cpu) == "bf16" and step_precision(False, fast, cpu) == "fp32"
+    assert [peak_for(p, cuda) for p in ("bf16", "tf32", "fp32")] == ["bf16", "tf32", "fp32"]
+    assert [peak_for(p, cpu) for p in ("bf16", "tf32", "fp32")] == ["fp32"] * 3
+
+
+def test_measured_peaks_on_the_cpu_are_fp32_for_every_variant(shapes_data_dir):
+    report = run_perf(["ce"], "smoke", device="cpu", steps=1, warmup=0, fid_images=0,
+                      overrides=(f"data.data_dir={shapes_data_dir}", "data.batch_size=16", "data.train_subset=64",
+                                 "train.amp=bf16"))
+    by = {r["variant"]: r for r in report["results"]}
+    assert by["fast"]["precision"] == "bf16" and by["plain"]["precision"] == "fp32"
+    assert by["fast"]["peak"] == by["plain"]["peak"] == "fp32" and list(report["peaks"]) == ["fp32"]
+    peak = report["peaks"]["fp32"]
+    assert peak["measured_by"] == "fp32 matmul 1024x1024" and peak["tflops"] > 0
+    for r in by.values():
+        assert r["mfu"] == pytest.approx(r["step_gflop"] * 1e9 / r["seconds_per_step"] / (peak["tflops"] * 1e12))
 
 
 def test_cli_prints_table_and_writes_json(bench_cli, shapes_data_dir, tmp_path):
@@ -66,7 +163,8 @@ def test_cli_prints_table_and_writes_json(bench_cli, shapes_data_dir, tmp_path):
     assert res.exit_code == 0, res.stderr
     assert "| ce" in res.stdout and "FE/img" in res.stdout
     report = json.loads(out.read_text())
-    assert [r["variant"] for r in report["results"]] == ["fast"]
+    assert [r["variant"] for r in report["results"]] == ["fast"] and report["complete"] is True
+    assert "of peak" in res.stdout and "peaks: given 1 TFLOP/s" in res.stdout
 
 
 def test_cli_rejects_unknown_method_and_bad_steps(bench_cli):
@@ -74,6 +172,9 @@ def test_cli_rejects_unknown_method_and_bad_steps(bench_cli):
     assert res.exit_code != 0 and len(res.error_lines) == 1 and "unknown method 'nope'" in res.stderr
     res = bench_cli("perf", "--method", "ce", "--steps", "0")
     assert res.exit_code != 0 and res.error_lines == ["error: --steps must be >= 1 and --warmup >= 0"]
+    res = bench_cli("perf", "--method", "ce", "--peak-tflops", "0")
+    assert res.exit_code == 2 and res.error_lines == [
+        "error: --peak-tflops must be > 0 (or leave it out to measure the peaks)"]
 
 
 # -- sampler, FID features, AutoAttack (bench.perf_eval) ---------------------------------------

@@ -125,6 +125,9 @@ def test_readme_dataset_example_trains(bench_cli, results_root, shapes_data_dir)
             "name": "disk-vs-ring", "num_classes": 2, "train": 512, "test": n_test, "image_shape": [3, 32, 32]}
         assert rec["data"]["source"].startswith("shapes10 classes disk, ring (")
         assert rec["evaluations"]["quick"]["clean"]["n_examples"] == 16
+        # the dataset's provider is recorded, as a method's is (a module not installed: no version)
+        assert {"kind": "dataset", "name": "disk-vs-ring", "package": "my_dataset", "version": None,
+                "module": "my_dataset"} in rec["environment"]["plugins"]
     finally:
         DATASETS.unregister("disk-vs-ring")
         sys.modules.pop("my_dataset", None)
@@ -220,6 +223,9 @@ def test_readme_sampler_example_trains_jempp_and_samples(bench_cli, results_root
         rec = json.loads((run_dir / "record.json").read_text())
         sampler_cfg = rec["config"]["method_cfg"]["sampler"]
         assert (sampler_cfg["kind"], sampler_cfg["step_size"], sampler_cfg["noise_std"]) == ("sgld-anneal", 1.0, 0.01)
+        assert [p for p in rec["environment"]["plugins"] if p["kind"] == "sampler"] == [
+            {"kind": "sampler", "name": "sgld-anneal", "package": "test_readme_plugin", "version": None,
+             "module": "test_readme_plugin"}]  # the counting wrapper registered here stands in for my_sampler
         assert len(calls) == 2  # one draw per training step
         for c in calls:
             assert c == {"steps": 3, "mode": "train", "step_size": 1.0, "noise_std": 0.01, "moved": c["moved"],

@@ -46,7 +46,7 @@ MODULES = project_modules()
 
 
 def is_app(mod: str) -> bool:
-    return mod in APP or mod.split(".")[:2] in (["bench", "commands"], ["bench", "report"])
+    return mod in APP or mod.split(".")[:2] in (["bench", "commands"], ["bench", "report"], ["bench", "doctor"])
 
 
 def imports_of(mod: str, path: Path) -> set[str]:

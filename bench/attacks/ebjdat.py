@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from bench.attacks.pgd import input_grad, model_mode
+from bench.attacks.pgd import as_iterate, input_grad, model_mode
 from bench.errors import BenchError
 from bench.timing import region
 
@@ -106,11 +106,12 @@ def ebjdat_attack(
 
 
 def _attack_batched(model, x, y, *, eps_s, alpha_s, steps, project, energy_sign, mode) -> torch.Tensor:
-    xs = to_sym(x.detach())
+    xs = to_sym(as_iterate(x))  # fp32 iterates; only the model's forwards run under the caller's autocast
     with model_mode(model, mode), torch.enable_grad():
         with torch.no_grad():
             z_clean = model(from_sym(xs)).float()
-        xa = (xs + torch.empty_like(xs).uniform_(-eps_s, eps_s)).clamp_(-1.0, 1.0)
+        start = torch.empty_like(xs, memory_format=torch.contiguous_format).uniform_(-eps_s, eps_s)  # as on NCHW
+        xa = (xs + start).clamp_(-1.0, 1.0)
         for _ in range(steps):
             xa.requires_grad_(True)
             g = input_grad(ebjdat_objective(model(from_sym(xa)), y, z_clean, energy_sign), xa)
@@ -126,8 +127,9 @@ def _attack_reference_loop(model, x, y, *, eps_s, alpha_s, steps, project, energ
     """The published schedule: 2-image chunks in sequence, clean logits recomputed each step."""
     out = []
     with model_mode(model, mode), torch.enable_grad():
-        for xc, yc in zip(to_sym(x.detach()).split(chunk), y.split(chunk)):
-            xa = (xc + torch.empty_like(xc).uniform_(-eps_s, eps_s)).clamp_(-1.0, 1.0)
+        for xc, yc in zip(to_sym(as_iterate(x)).split(chunk), y.split(chunk)):
+            start = torch.empty_like(xc, memory_format=torch.contiguous_format).uniform_(-eps_s, eps_s)
+            xa = (xc + start).clamp_(-1.0, 1.0)
             for _ in range(steps):
                 xa.requires_grad_(True)
                 z_clean = model(from_sym(xc)).float()  # recomputed every step, as the reference does

@@ -3,10 +3,18 @@
 Every step takes ``torch.autograd.grad(objective, x)``: no weight gradients are computed or
 accumulated, so an attack inside a training step leaves the parameters' ``.grad`` untouched.
 ``eps`` and ``alpha`` are in pixel units ([0, 1] images).
+
+Precision: the iterates and their arithmetic (start, signed step, projection, clamp) stay in fp32
+whatever the caller's autocast; only the network's forward runs under it (bf16 on the fast path).
+A half-precision batch is promoted to fp32 first: bf16 resolves about 2^-8 relative, so a start
+perturbation such as TRADES's 0.001 * N(0, I) would round away on most pixels in bf16 iterates.
+``fp32_steps`` runs the first steps' forwards outside autocast as well, for objectives whose
+gradient at the start is too small for bf16 to resolve (see :func:`bench.attacks.trades.trades_attack`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from contextlib import contextmanager
 from typing import Callable
 
@@ -27,6 +35,18 @@ def ce_objective(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def input_grad(objective: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     (g,) = torch.autograd.grad(objective, x)
     return g
+
+
+def as_iterate(x: torch.Tensor) -> torch.Tensor:
+    """``x`` detached, as an attack iterate: fp32 at least (a bf16 or fp16 batch is promoted, an fp32
+    or fp64 one kept), so the start, steps and projection never round to half precision."""
+    x = x.detach()
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def full_precision(x: torch.Tensor):
+    """A block whose network forwards run in the parameters' precision (fp32): autocast off on ``x``'s device."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
 
 
 def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
@@ -62,6 +82,7 @@ def pgd_linf(
     hi: float = 1.0,
     start: Callable[[torch.Tensor], torch.Tensor] | None = None,
     eot: int = 1,
+    fp32_steps: int = 0,
 ) -> torch.Tensor:
     """Return adversarial examples for ``(x, y)`` (detached, within the eps-ball and [lo, hi]).
 
@@ -72,23 +93,26 @@ def pgd_linf(
     step; TRADES starts from ``x + 0.001 * N(0, I)``).
     ``eot`` > 1: expectation over transformation for a model whose forward is random; each step
     follows the sign of the gradient summed over ``eot`` forward/backward passes.
+    ``fp32_steps``: the first this many steps (of each restart) run the network outside autocast.
+    The returned batch is fp32 (or fp64 for an fp64 ``x``), detached.
     """
-    x = x.detach()
+    x = as_iterate(x)
     best, best_loss, best_wrong = x.clone(), None, None
     with region("attack"), model_mode(model, mode), torch.enable_grad():
         for _ in range(max(1, restarts)):
             if start is not None:
                 x_adv = start(x).detach()
             elif random_start:
-                delta = torch.empty_like(x).uniform_(-eps, eps)
+                delta = torch.empty_like(x, memory_format=torch.contiguous_format).uniform_(-eps, eps)
                 x_adv = (x + delta).clamp_(lo, hi)
             else:
                 x_adv = x.clone()
-            for _ in range(steps):
+            for k in range(steps):
                 x_adv.requires_grad_(True)
-                g = input_grad(objective(model(x_adv), y), x_adv)
-                for _ in range(eot - 1):
-                    g = g + input_grad(objective(model(x_adv), y), x_adv)
+                with full_precision(x) if k < fp32_steps else contextlib.nullcontext():
+                    g = input_grad(objective(model(x_adv), y), x_adv)
+                    for _ in range(eot - 1):
+                        g = g + input_grad(objective(model(x_adv), y), x_adv)
                 x_adv = project_linf(x_adv.detach() + alpha * g.sign(), x, eps, lo, hi)
             x_adv = x_adv.detach()
             if restarts <= 1:

@@ -40,11 +40,14 @@ from bench.commands._common import CONTEXT
 @click.option("--set", "sets", multiple=True, metavar="METRIC.KEY=VALUE",
               help="Override a metric setting, e.g. --set autoattack.n_examples=200 --set fid.n_samples=2000.")
 @click.option("--batch-size", type=int, default=None, help="Evaluation batch size (default: the run's).")
+@click.option("--tf32/--no-tf32", default=None,
+              help="TF32 matmuls and convolutions on a CUDA GPU (faster, less precise); default: the run's eval.tf32 "
+                   "(off: full fp32). Each result records the flags it ran under.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
 @click.option("--out", default="results", show_default=True, help="Results root holding runs/<run-id>/.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def eval_(run_ref, model_ref, model_dir, dataset, zoo_dataset, data_dir, protocol, metrics_, n_examples, samples, weights, checkpoint, fid_samples, fid_reference, sets,
-          batch_size, device, out, quiet):
+          batch_size, tf32, device, out, quiet):
     """Evaluate a saved run and merge the results into its record (earlier results are kept).
 
     \b
@@ -65,6 +68,9 @@ def eval_(run_ref, model_ref, model_dir, dataset, zoo_dataset, data_dir, protoco
     if (run_ref is None) == (model_ref is None):
         raise BenchError("name a run (bench eval RUN) or a zoo model (bench eval --model robustbench:NAME "
                          "--model-dir DIR), not both" if run_ref else "bench eval needs a RUN or --model robustbench:NAME")
+    if model_ref is not None and tf32 is not None:
+        raise BenchError("--tf32/--no-tf32 is for runs (it overrides their eval.tf32); a zoo model is evaluated in "
+                         "full fp32: leave the flag out")
     if model_ref is not None and (model_dir is None or checkpoint is not None):
         raise BenchError("--model needs --model-dir DIR (RobustBench's folder: DIR/<dataset>/Linf/<NAME>.pt)"
                          if model_dir is None else "--checkpoint is for runs; a zoo model's weights come from --model-dir")
@@ -83,7 +89,7 @@ def eval_(run_ref, model_ref, model_dir, dataset, zoo_dataset, data_dir, protoco
         run_dir = resolve_run(record["run_id"], out)
     else:
         run_dir = resolve_run(run_ref, out)
-        results, skipped, record = evaluate_saved_run(run_dir, checkpoint=checkpoint, **common)
+        results, skipped, record = evaluate_saved_run(run_dir, checkpoint=checkpoint, tf32=tf32, **common)
     for name, res in results.items():
         click.echo(f"{record['run_id']} [{protocol}] {name:11s} {format_result(name, res)}")
         for art, rel in (res.get("artifacts") or {}).items():

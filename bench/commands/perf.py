@@ -19,7 +19,9 @@ from bench.errors import BenchError
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--steps", type=int, default=10, show_default=True, help="Timed steps per method and variant.")
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed steps first.")
-@click.option("--peak-tflops", type=float, default=None, help="Peak for MFU (default: measured with a large matmul).")
+@click.option("--peak-tflops", type=float, default=None,
+              help="One peak for every MFU (default: each step's own precision's peak, bf16/TF32/fp32 on CUDA, "
+                   "fp32 on CPU, measured with a large matmul).")
 @click.option("--no-plain", is_flag=True, help="Skip the plain eager fp32 baseline.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Extra settings, as in bench run.")
 @click.option("--fid-images", type=int, default=None,
@@ -46,6 +48,8 @@ def perf(methods, preset, arch, device, steps, warmup, peak_tflops, no_plain, ov
 
     if steps < 1 or warmup < 0:
         raise BenchError("--steps must be >= 1 and --warmup >= 0")
+    if peak_tflops is not None and peak_tflops <= 0:
+        raise BenchError("--peak-tflops must be > 0 (or leave it out to measure the peaks)")
     if fid_images is None:
         from bench.device import resolve_device
 
@@ -60,16 +64,20 @@ def perf(methods, preset, arch, device, steps, warmup, peak_tflops, no_plain, ov
     for m in names:
         METHODS.get(m)  # unknown names fail here with the list of valid ones
     variants = ("fast",) if no_plain else ("fast", "plain")
+    from bench.io import write_json
+
+    # a JSON file is rewritten after each method ("complete": false until the end), so a run stopped
+    # by a time limit (scripts/gpu-check.sh) keeps the methods it timed
+    to_file = json_out not in (None, "-")
     report = run_perf(names, preset, arch=arch, device=device, steps=steps, warmup=warmup,
                       peak_tflops=peak_tflops, variants=variants, overrides=tuple(overrides), fid_images=fid_images,
-                      aa_runs=tuple(aa_runs), aa_examples=aa_examples, aa_version=aa_version, out=out)
+                      aa_runs=tuple(aa_runs), aa_examples=aa_examples, aa_version=aa_version, out=out,
+                      on_progress=(lambda partial: write_json(Path(json_out), partial)) if to_file else None)
     if json_out == "-":
         click.echo(json.dumps(report, indent=2))
         return
     click.echo(format_table(report))
-    if json_out:
-        from bench.io import write_json
-
+    if to_file:
         write_json(Path(json_out), report)
         click.echo(f"json: {json_out}")
 

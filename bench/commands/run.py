@@ -61,9 +61,14 @@ def run(method, dataset, arch, preset, config_file, overrides, seed, seeds, devi
         raise BenchError("--seeds runs the seeds one after another in one process; with --nproc launch one "
                          "bench run --seed S per seed instead")
     if nproc > 1:
-        from bench.distributed import launched_by_torchrun
+        from bench.distributed import check_processes_fit, launched_by_torchrun
 
         if not launched_by_torchrun():
+            import torch
+
+            # one line here rather than one failure per launched process: a CUDA run needs a GPU per process
+            check_processes_fit(nproc, _launch_device(device, overrides, config_file, resume, out),
+                                torch.cuda.device_count() if torch.cuda.is_available() else 0)
             sys.exit(_relaunch_with_torchrun(nproc))
     if resume and dry_run:
         raise BenchError("--dry-run shows a new run's plan; drop it with --resume (bench show RUN shows a run)")
@@ -139,6 +144,27 @@ def _report(result) -> None:
 
 def _announce(line: str) -> None:
     click.echo(line, err=True)
+
+
+def _launch_device(device, overrides, config_file, resume, out) -> str:
+    """The device setting the launched processes will train on: --device, else the resumed run's,
+    else the last --set device=..., else the --config file's, else auto (no preset sets one)."""
+    if device:
+        return device
+    if resume:
+        from bench.records import RunRecord, resolve_run, run_config
+
+        return run_config(RunRecord.load(resolve_run(resume, out)).data).device
+    from bench.config import parse_set
+
+    for item in reversed(overrides):
+        if "device" in parse_set(item):
+            return str(parse_set(item)["device"])
+    if config_file:
+        from bench.resolve import load_config_file
+
+        return str(load_config_file(config_file).get("device", "auto"))
+    return "auto"
 
 
 def _relaunch_with_torchrun(nproc: int) -> int:

@@ -186,7 +186,15 @@ class ClassGaussians:
         ``dense=False`` gathers each present class's rows (finding them waits for the device),
         ``dense=True`` computes every class for every row and selects (no host synchronisation,
         K times the arithmetic; the default on CUDA, where a wait inside a training step costs more).
+
+        The draw is fp32 under any autocast (it runs inside the training step's): autocast would
+        run the factor products ``z @ F^T`` in bf16, whose rounding (about 2^-8 of each entry) is
+        as large as the fine structure of the class covariance.
         """
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            return self._sample(y, dense)
+
+    def _sample(self, y: torch.Tensor, dense: bool | None) -> torch.Tensor:
         y = torch.as_tensor(y, device=self.device).long().view(-1)
         n, d = y.shape[0], self.means.shape[1]
         dense = sync_free_default(self.device) if dense is None else dense

@@ -104,7 +104,7 @@ def sgld(
                     g = g.clamp(-grad_clamp, grad_clamp)
                 x = x.detach() + step_size * g
                 if noise_std > 0:
-                    x = x + noise_std * torch.randn_like(x)
+                    x = x + noise_std * torch.randn_like(x, memory_format=torch.contiguous_format)
                 if clamp:
                     x = x.clamp_(-1.0, 1.0)
             _tick(trace)
@@ -202,7 +202,7 @@ def pyld(
                 _record_start(trace, e)
             if sgld_std > 0:
                 with torch.no_grad():
-                    x = x + sgld_std * torch.randn_like(x)
+                    x = x + sgld_std * torch.randn_like(x, memory_format=torch.contiguous_format)
             _tick(trace)
     _record_end(trace, n_steps)
     return x.detach()
