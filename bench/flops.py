@@ -1,12 +1,11 @@
-"""Counting FLOPs and the device's peak, for `bench perf`'s forward-equivalents and MFU.
+"""Counting FLOPs for `bench perf`'s forward-equivalents and MFU, and waiting for the device.
 
 :class:`FlopCount` totals the aten ops run inside a block by torch's own formulas;
-:func:`measure_peak_flops` times a large matmul; :func:`sync` waits for the device.
+:func:`sync` waits for the device (``bench.perf.matmul_peak`` times the peak a step is compared with).
 """
 
 from __future__ import annotations
 
-import time
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -32,26 +31,6 @@ class FlopCount(TorchDispatchMode):
         if formula is not None:
             self.total += int(formula(*args, **kwargs, out_val=out))
         return out
-
-
-def measure_peak_flops(device: torch.device, seconds: float = 1.0) -> tuple[float, str]:
-    """Dense matmul FLOP/s: bf16 8192^3 on CUDA, fp32 1024^3 on CPU."""
-    if device.type == "cuda":
-        n, dtype = 8192, torch.bfloat16
-    else:
-        n, dtype = 1024, torch.float32
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        reps += 1
-    sync(device)
-    dt = time.perf_counter() - t0
-    return 2 * n**3 * reps / dt, f"{str(dtype).replace('torch.', '')} matmul {n}x{n}"
 
 
 def sync(device: torch.device) -> None:

@@ -186,3 +186,37 @@ def cifar_npz() -> Path:
     if not CIFAR_NPZ.is_file():
         pytest.skip(f"real CIFAR-10 sample not found at {CIFAR_NPZ}")
     return CIFAR_NPZ
+
+
+def trainer_for(cfg, tmp, method_obj=None):
+    """A CPU Trainer for a resolved config (``RunConfig``), as the runner builds one: the run's data,
+    the model built under seed 0, the method set up on it (``method_obj`` replaces the registered one)."""
+    from bench.data import load_run_data
+    from bench.models import build_model
+    from bench.trainer import Trainer
+    from methods import get_method
+
+    data = load_run_data(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, data.num_classes)
+    m = method_obj or get_method(cfg.method).from_dict(cfg.method_cfg)
+    m.setup(model, data, torch.device("cpu"))
+    return Trainer(cfg, model, m, data, torch.device("cpu"), tmp, show_progress=False)
+
+
+def step_batch(tr, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prepared batch (x, y) that ``tr.train_step(step)`` will see (it reseeds the same way)."""
+    from bench.trainer import step_seed
+
+    epoch, index = divmod(step, tr.steps_per_epoch)
+    torch.manual_seed(step_seed(tr.cfg.seed, step, 0))
+    x_u8, y = tr.streams[0].batch(epoch, index)
+    return tr.prepare(x_u8), y
+
+
+def smoke_trainer(method: str, overrides, tmp):
+    """:func:`trainer_for` the method's ``smoke`` config at batch 16 on the CPU, with ``overrides``."""
+    from bench.resolve import resolve_config
+
+    return trainer_for(resolve_config(method, preset="smoke", device="cpu",
+                                      overrides=["data.batch_size=16", *overrides]), tmp)

@@ -13,11 +13,10 @@ import torch.nn.functional as F
 
 from bench import awp
 from bench.config import BenchError
-from bench.data import load_run_data
-from bench.models import build_model
 from bench.resolve import method_preset, resolve_config
-from bench.trainer import Trainer, step_seed
-from methods import METHODS, get_method
+from methods import METHODS
+
+from conftest import smoke_trainer, step_batch
 
 
 def _model():
@@ -55,16 +54,6 @@ def test_a_parameter_without_gradient_is_not_moved_and_warmup_gates_it():
     assert not awp.active(0.0, 0.0, 3.0) and not awp.active(5e-3, 2.0, 1.5) and awp.active(5e-3, 2.0, 2.0)
 
 
-def _trainer(method, overrides, tmp):
-    cfg = resolve_config(method, preset="smoke", device="cpu", overrides=["data.batch_size=16", *overrides])
-    data = load_run_data(cfg)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, data.num_classes)
-    m = get_method(method).from_dict(cfg.method_cfg)
-    m.setup(model, data, torch.device("cpu"))
-    return Trainer(cfg, model, m, data, torch.device("cpu"), tmp, show_progress=False)
-
-
 def test_trainer_awp_step_equals_the_reference_algorithm_written_out():
     """ce + AWP through the trainer against the authors' loop written out here: gradient at w,
     v_l = gamma ||w_l|| g_l / ||g_l|| on weight tensors, gradient at w + v (running statistics
@@ -73,16 +62,12 @@ def test_trainer_awp_step_equals_the_reference_algorithm_written_out():
     sets = [f"optim.awp_gamma={gamma}", f"optim.lr={lr}", f"optim.weight_decay={wd}", "optim.warmup_steps=0",
             "optim.momentum=0.9", "train.amp=off", "model.norm=batch"]
     with tempfile.TemporaryDirectory() as tmp:
-        tr = _trainer("ce", sets, tmp)
+        tr = smoke_trainer("ce", sets, tmp)
         model = tr.model
         ref = copy.deepcopy(model)
         tr.set_lr(0)
-        step = 3
-        epoch, index = divmod(step, tr.steps_per_epoch)
-        torch.manual_seed(step_seed(tr.cfg.seed, step, 0))
-        x = tr.prepare(tr.streams[0].batch(epoch, index)[0])
-        y = tr.streams[0].batch(epoch, index)[1]
-        tr.train_step(step)
+        x, y = step_batch(tr, 3)
+        tr.train_step(3)
 
     ref.train()
     params = list(ref.parameters())
@@ -122,7 +107,7 @@ def test_awp_changes_the_step_and_reuses_the_adversarial_examples(monkeypatch):
     finals = {}
     for gamma in (0.0, 5e-3):
         with tempfile.TemporaryDirectory() as tmp:
-            tr = _trainer("pgd-at", [f"optim.awp_gamma={gamma}", "train.amp=off"], tmp)
+            tr = smoke_trainer("pgd-at", [f"optim.awp_gamma={gamma}", "train.amp=off"], tmp)
             tr.set_lr(0)
             tr.train_step(0)
             finals[gamma] = torch.cat([p.detach().flatten() for p in tr.model.parameters()])

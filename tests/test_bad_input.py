@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch.nn.functional as F
 
 from conftest import REPO_ROOT, make_tiny_args, subprocess_env
-from methods import METHODS, Method, register_method
+from methods import METHODS, register_method
 
 
 def snapshot(root: Path) -> dict[str, str]:

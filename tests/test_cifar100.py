@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from bench.data import load_run_data
-from bench.models import build_model
 from bench.resolve import resolve_config
-from bench.trainer import Trainer
 from methods import METHODS, get_method
+
+from conftest import trainer_for
 
 BUILT_IN = sorted(m for m in METHODS.names() if get_method(m).__module__.startswith("methods."))
 
@@ -42,14 +41,10 @@ def test_every_method_resolves_on_cifar100(preset):
 def test_one_step_of_every_method_on_100_classes(method, hundred_classes):
     cfg = resolve_config(method, preset="smoke", device="cpu", dataset=f"npz:{hundred_classes}",
                          overrides=["data.batch_size=16", "data.val_size=0", "train.amp=off"])
-    data = load_run_data(cfg)
-    assert data.num_classes == 100
-    torch.manual_seed(0)
-    model = build_model(cfg.model, data.num_classes)
-    m = get_method(method).from_dict(cfg.method_cfg)
-    m.setup(model, data, torch.device("cpu"))
     with tempfile.TemporaryDirectory() as tmp:
-        tr = Trainer(cfg, model, m, data, torch.device("cpu"), tmp, show_progress=False)
+        tr = trainer_for(cfg, tmp)
+        model, m = tr.model, tr.method
+        assert tr.data.num_classes == 100
         tr.model.train()
         before = [p.detach().clone() for p in tr.model.parameters()]
         terms = tr.train_step(0)

@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from bench import distributed as D
-from bench.data import load_run_data
 from bench.errors import BenchError
-from bench.models import build_model
 from bench.resolve import resolve_config
 from bench.step import StepContext
 from bench.trainer import Trainer, step_seed
 from methods import METHODS, get_method
 from methods.ce import CrossEntropy
+
+from conftest import trainer_for
 
 BUILTIN = sorted(n for n in METHODS.names() if get_method(n).__module__.startswith("methods."))
 TINY = ["data.batch_size=8", "data.train_subset=64", "model.arch=resnet8", "train.amp=off"]
@@ -29,12 +29,7 @@ TINY = ["data.batch_size=8", "data.train_subset=64", "model.arch=resnet8", "trai
 
 def _trainer(method: str, data_dir, tmp_path, method_obj=None) -> Trainer:
     cfg = resolve_config(method, preset="smoke", device="cpu", overrides=[*TINY, f"data.data_dir={data_dir}"])
-    data = load_run_data(cfg)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, data.num_classes)
-    m = method_obj or get_method(method).from_dict(cfg.method_cfg)
-    m.setup(model, data, torch.device("cpu"))
-    return Trainer(cfg, model, m, data, torch.device("cpu"), tmp_path, show_progress=False)
+    return trainer_for(cfg, tmp_path, method_obj)
 
 
 def _context(tr: Trainer, step: int) -> tuple[torch.Tensor, torch.Tensor, StepContext]:

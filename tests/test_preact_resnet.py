@@ -3,7 +3,6 @@ count, identical logits with copied weights), shapes, the model options, a few t
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

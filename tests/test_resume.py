@@ -4,7 +4,6 @@ weights, bit for bit, as the uninterrupted run with the same seed."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.data import load_run_data
-from bench.models import build_model
 from bench.resolve import resolve_config
-from bench.trainer import Trainer
 from methods import get_method
 from methods.base import StepContext
+
+from conftest import trainer_for
 
 SMALL = ["data.batch_size=16", "method.px_batch_size=8", "method.sampler.steps=2", "method.sampler.buffer_size=64",
          "method.sampler.cache_dir=off", "train.amp=off"]
@@ -53,12 +52,7 @@ def _trainer(method, overrides, tmp, data_dir):
 
 
 def _trainer_from(cfg, tmp):
-    data = load_run_data(cfg)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, data.num_classes)
-    m = get_method(cfg.method).from_dict(cfg.method_cfg)
-    m.setup(model, data, torch.device("cpu"))
-    return Trainer(cfg, model, m, data, torch.device("cpu"), tmp, show_progress=False)
+    return trainer_for(cfg, tmp)
 
 
 def _as_jempp(cfg):

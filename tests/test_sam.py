@@ -12,10 +12,9 @@ import torch.nn.functional as F
 
 from bench import sam
 from bench.resolve import resolve_config
-from bench.models import build_model
-from bench.data import load_run_data
-from bench.trainer import Trainer
 from methods import get_method
+
+from conftest import smoke_trainer, step_batch
 
 
 def _params_with_grads(seed=0):
@@ -69,16 +68,6 @@ def test_adaptive_auto_follows_sada_jems_rule():
     assert sam.is_adaptive("on", 0.05) and not sam.is_adaptive("off", 2.0)
 
 
-def _trainer(method, overrides, tmp):
-    cfg = resolve_config(method, preset="smoke", device="cpu", overrides=["data.batch_size=16", *overrides])
-    data = load_run_data(cfg)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, data.num_classes)
-    m = get_method(method).from_dict(cfg.method_cfg)
-    m.setup(model, data, torch.device("cpu"))
-    return Trainer(cfg, model, m, data, torch.device("cpu"), tmp, show_progress=False)
-
-
 def test_trainer_sam_step_equals_a_hand_written_asam_step():
     """ce + ASAM through the trainer against the algorithm written out here: gradient at w,
     e = rho |w|^2 g / || |w| g ||, gradient at w + e with frozen batch-norm statistics, SGD
@@ -87,19 +76,12 @@ def test_trainer_sam_step_equals_a_hand_written_asam_step():
     sets = [f"optim.sam_rho={rho}", "optim.sam_adaptive=on", f"optim.lr={lr}", f"optim.weight_decay={wd}", "optim.warmup_steps=0",
             "optim.momentum=0.9", "train.amp=off", "model.norm=batch"]
     with tempfile.TemporaryDirectory() as tmp:
-        tr = _trainer("ce", sets, tmp)
+        tr = smoke_trainer("ce", sets, tmp)
         model = tr.model
         ref = copy.deepcopy(model)
         tr.set_lr(0)
-        step = 3
-        # the batch the trainer will see at this step
-        epoch, index = divmod(step, tr.steps_per_epoch)
-        from bench.trainer import step_seed
-
-        torch.manual_seed(step_seed(tr.cfg.seed, step, 0))
-        x = tr.prepare(tr.streams[0].batch(epoch, index)[0])
-        y = tr.streams[0].batch(epoch, index)[1]
-        tr.train_step(step)
+        x, y = step_batch(tr, 3)  # the batch the trainer will see at this step
+        tr.train_step(3)
 
     ref.train()
     params = [p for p in ref.parameters()]
@@ -149,7 +131,7 @@ def test_sam_reuses_the_step_samples_and_adversarial_images(method, monkeypatch)
 
         monkeypatch.setattr(mod, name, counting)
     with tempfile.TemporaryDirectory() as tmp:
-        tr = _trainer(method, ["optim.sam_rho=0.05", "train.log_every=100"], tmp)
+        tr = smoke_trainer(method, ["optim.sam_rho=0.05", "train.log_every=100"], tmp)
         tr.model.train()
         terms = tr.train_step(0)
     assert torch.isfinite(terms["loss"])
@@ -181,7 +163,7 @@ def test_an_unaugmented_noise_free_batch_is_the_images_themselves():
     from methods.base import BatchSpec
 
     with tempfile.TemporaryDirectory() as tmp:
-        tr = _trainer("ebjdat-sada-jem", ["data.noise_std=0.02"], tmp)
+        tr = smoke_trainer("ebjdat-sada-jem", ["data.noise_std=0.02"], tmp)
         x_u8 = tr.data.x_train[:8]
         torch.testing.assert_close(tr.prepare(x_u8, BatchSpec(augment=False, noise_std=0.0)), to_float(x_u8))
         assert not torch.allclose(tr.prepare(x_u8), to_float(x_u8))  # data.* adds crop/flip/noise
@@ -206,7 +188,7 @@ def test_the_px_batch_follows_its_own_spec_and_cycles_its_own_epochs(monkeypatch
     sets = ["data.train_subset=96", "data.batch_size=32", "method.px_batch_size=20", "method.px_noise_std=0.0",
             "data.noise_std=0.05"]
     with tempfile.TemporaryDirectory() as tmp:
-        tr = _trainer("ebjdat-sada-jem", sets, tmp)
+        tr = smoke_trainer("ebjdat-sada-jem", sets, tmp)
         assert (len(tr.streams[0]), len(tr.streams[1])) == (3, 4)  # 96 // 32, 96 // 20
         tr.model.train()
         for step in range(6):  # crosses the p(x) stream's epoch boundary at step 4

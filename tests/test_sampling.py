@@ -7,7 +7,6 @@ import copy
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 from bench import checkpoint
 from bench.data import ImageData
