@@ -32,7 +32,15 @@ SAMPLERS: Registry = Registry(
 
 
 def register_sampler(name: str, reference: str = "", step_fields: tuple[str, ...] = ()):
-    """Decorator on a ``run(cfg, model, xs, y, steps, mode, trace)`` function."""
+    """Decorator on a ``run(cfg, model, xs, y, steps, mode, trace)`` function returning the moved ``xs``.
+
+    ``cfg``: the ``method.sampler`` settings (a SamplerConfig); ``xs``: the chains' starts on the
+    [-1, 1] scale; ``y``: labels for a conditional draw, else None; ``mode``: the model's mode while
+    sampling. ``trace`` is None or a dict the caller reads: put the mean energy of the starts (a
+    0-d device tensor, not read back) under ``"energy_start"`` (the training log's ``e_start``,
+    which the divergence guard watches), and call ``trace["on_step"]()``, when present, once per
+    step (the progress bar). ``reference`` names the ``references.yaml`` entry whose
+    ``step_fields`` settings a switch to this kind takes."""
 
     def add(run: Callable) -> Callable:
         SAMPLERS.register(name, SamplerKind(name, run, reference, step_fields))
