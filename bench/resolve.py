@@ -196,12 +196,9 @@ def _switched_sampler_steps(cfg: RunConfig, chosen: dict[str, Any]) -> dict[str,
         before = getattr(default, "kind", None)
     if sampler["kind"] == before:
         return {}
-    from bench.sampling import SAMPLERS
-    from bench.sampling.sampler import SamplerConfig, reference_sampler
+    from bench.sampling.sampler import kind_step_settings
 
-    entry = SAMPLERS.get(str(sampler["kind"]))  # an unknown kind: one line naming the known ones
-    ref = reference_sampler(entry.reference) if entry.reference else SamplerConfig(kind=entry.name)
-    steps = {f: getattr(ref, f) for f in entry.step_fields if f not in sampler}
+    steps = {f: v for f, v in kind_step_settings(str(sampler["kind"])).items() if f not in sampler}
     return {"method_cfg": {"sampler": steps}} if steps else {}
 
 

@@ -95,13 +95,18 @@ def reference_sampler(name: str, **changes: Any) -> SamplerConfig:
     return SamplerConfig(**{**refs[name], **changes})
 
 
+def kind_step_settings(kind: str) -> dict[str, Any]:
+    """The step settings (``step_fields``) of sampler ``kind``, as its reference entry gives them."""
+    entry = SAMPLERS.get(kind)  # an unknown kind: one line naming the known ones
+    ref = reference_sampler(entry.reference) if entry.reference else SamplerConfig(kind=kind)
+    return {f: getattr(ref, f) for f in entry.step_fields}
+
+
 def with_kind(cfg: SamplerConfig, kind: str) -> SamplerConfig:
     """``cfg`` with its sampler swapped for ``kind``, taking that kind's reference step settings."""
     if cfg.kind == kind:
         return cfg
-    entry = SAMPLERS.get(kind)
-    ref = reference_sampler(entry.reference) if entry.reference else SamplerConfig(kind=kind)
-    return dataclasses.replace(cfg, kind=kind, **{f: getattr(ref, f) for f in entry.step_fields})
+    return dataclasses.replace(cfg, kind=kind, **kind_step_settings(kind))
 
 
 def _match_memory_format(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
