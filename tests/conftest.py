@@ -220,3 +220,11 @@ def smoke_trainer(method: str, overrides, tmp):
 
     return trainer_for(resolve_config(method, preset="smoke", device="cpu",
                                       overrides=["data.batch_size=16", *overrides]), tmp)
+
+
+def only_run(out) -> tuple[Path, dict]:
+    """The one run directory under ``<out>/runs`` and its record (fails if there is not exactly one)."""
+    import json
+
+    (run_dir,) = (Path(out) / "runs").iterdir()
+    return run_dir, json.loads((run_dir / "record.json").read_text())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import tempfile
 
 import pytest
@@ -16,7 +15,7 @@ from bench.config import BenchError
 from bench.resolve import method_preset, resolve_config
 from methods import METHODS
 
-from conftest import smoke_trainer, step_batch
+from conftest import only_run, smoke_trainer, step_batch
 
 
 def _model():
@@ -142,8 +141,7 @@ def test_trades_awp_trains_end_to_end(bench_cli, results_root, shapes_data_dir):
                     "--data-dir", str(shapes_data_dir), "--set", "train.max_steps=3", "--set", "eval.n_examples=16",
                     "--set", "optim.awp_warmup_epochs=0")
     assert res.exit_code == 0, res.stderr
-    (run_dir,) = (results_root / "runs").iterdir()
-    rec = json.loads((run_dir / "record.json").read_text())
+    run_dir, rec = only_run(results_root)
     assert rec["status"] == "complete" and rec["method"] == "trades-awp" and rec["config"]["optim"]["awp_gamma"] == 5e-3
     assert "optim.awp_gamma" not in rec["changes"]  # the method's own setting, not a departure
     listed = bench_cli("list", "methods")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, make_tiny_args, subprocess_env
+from conftest import REPO_ROOT, make_tiny_args, only_run, subprocess_env
 from methods import METHODS, register_method
 
 
@@ -176,8 +176,7 @@ def interrupted_run(tmp_path_factory, shapes_data_dir):
     res = _run_main(["run", "--method", "test-ctrl-c", *make_tiny_args(out, shapes_data_dir, steps=6),
                      "--set", "eval.enabled=false"])
     assert res.exit_code == 130, res.stderr
-    (run_dir,) = (out / "runs").iterdir()
-    rec = json.loads((run_dir / "record.json").read_text())
+    run_dir, rec = only_run(out)
     assert rec["status"] == "interrupted" and rec["training"]["steps_done"] == 3
     yield run_dir
     METHODS.unregister("test-ctrl-c")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import torch
 
 from bench import checkpoint
+
+from conftest import only_run
 
 
 def test_best_checkpoint_is_the_highest_validation_accuracy_and_is_evaluated(bench_cli, results_root, shapes_data_dir):
@@ -14,8 +14,7 @@ def test_best_checkpoint_is_the_highest_validation_accuracy_and_is_evaluated(ben
                     "--data-dir", str(shapes_data_dir), "--set", "data.val_size=100", "--set", "train.epochs=3",
                     "--set", "train.eval_every=0.5", "--set", "eval.checkpoint=best", "--set", "eval.n_examples=32")
     assert res.exit_code == 0, res.stderr
-    (run_dir,) = (results_root / "runs").iterdir()
-    rec = json.loads((run_dir / "record.json").read_text())
+    run_dir, rec = only_run(results_root)
     vals = rec["training"]["validation"]
     assert len(vals) == 6 and all(v["split"] == "val" and v["n_examples"] == 100 for v in vals)
     best = max(vals, key=lambda v: (v["accuracy"], -v["step"]))  # the first step reaching the maximum

@@ -12,6 +12,8 @@ import torch.nn as nn
 from bench.ema import ModelEMA
 from bench.errors import BenchError
 
+from conftest import only_run
+
 
 def test_the_average_follows_its_formula_and_copies_buffers():
     torch.manual_seed(0)
@@ -87,8 +89,7 @@ def test_the_run_and_bench_eval_report_the_averaged_weights(bench_cli, tiny_args
     res = bench_cli("run", "--method", "ce", *tiny_args(out, shapes_data_dir, steps=6), "--set", "train.ema_decay=0.5",
                     "--set", "optim.lr=0.2")
     assert res.exit_code == 0, res.stderr
-    (run_dir,) = (out / "runs").iterdir()
-    rec = json.loads((run_dir / "record.json").read_text())
+    run_dir, rec = only_run(out)
     assert rec["evaluated_checkpoint"]["weights"] == "ema (decay 0.5)"
     end_of_run = rec["evaluations"]["quick"]["clean"]
     again = bench_cli("eval", run_dir.name, "--out", out, "--protocol", "quick", "--metrics", "clean",

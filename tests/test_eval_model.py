@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import only_run
+
 REPO = Path(__file__).resolve().parent.parent
 PROTOCOL = "test-eval-model"
 PROBE = "test-model-probe"
@@ -168,8 +170,7 @@ def test_other_ranks_leave_before_rank_0_evaluates(tmp_path, shapes_data_dir):
     errs = [p.communicate()[1] for p in procs]
     assert len(ended) == 2, errs
     assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for e in errs]
-    (run_dir,) = (out / "runs").iterdir()
-    rec = json.loads((run_dir / "record.json").read_text())
+    run_dir, rec = only_run(out)
     assert rec["status"] == "complete" and rec["evaluations"]["quick"]["pgd"]["n_examples"] == 64
     # rank 0 writes the record a last time once its evaluation is over (rank 1 writes nothing): rank 1
     # had exited before that, instead of waiting in a barrier for the evaluation to end

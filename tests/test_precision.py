@@ -16,6 +16,8 @@ import torch
 
 from bench.device import current_precision, evaluation_precision, precision, training_precision
 
+from conftest import only_run
+
 FP32 = {"tf32_matmul": False, "tf32_cudnn": False, "cudnn_benchmark": False, "deterministic": False}
 PROBE = "test-precision-probe"
 
@@ -77,8 +79,7 @@ def test_runs_set_and_record_their_flags(settings, training, evaluation, bench_c
     res = bench_cli("run", "--method", "ce", *tiny_args(out, shapes_data_dir, steps=2), *sets,
                     "--set", f"eval.protocol={probe}", "--set", "eval.n_examples=8")
     assert res.exit_code == 0, res.stderr
-    (run_dir,) = (out / "runs").iterdir()
-    rec = json.loads((run_dir / "record.json").read_text())
+    run_dir, rec = only_run(out)
     assert rec["environment"]["precision"] == training
     assert training_flags and all(f == training for f in training_flags)  # what was recorded is what ran
     results = rec["evaluations"][PROBE]
@@ -122,8 +123,7 @@ def test_deterministic_run_records_it_and_runs(bench_cli, tiny_args, shapes_data
     res = bench_cli("run", "--method", "ce", *tiny_args(out, shapes_data_dir, steps=2),
                     "--set", "train.deterministic=true", "--set", "eval.enabled=false")
     assert res.exit_code == 0, res.stderr
-    (run_dir,) = (out / "runs").iterdir()
-    rec = json.loads((run_dir / "record.json").read_text())
+    run_dir, rec = only_run(out)
     assert rec["status"] == "complete" and rec["config"]["train"]["deterministic"] is True
     flags = {"tf32_matmul": True, "tf32_cudnn": True, "cudnn_benchmark": False, "deterministic": True}
     assert rec["environment"]["precision"] == flags

@@ -9,7 +9,7 @@ import types
 
 from methods import METHODS
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, only_run
 
 
 def test_readme_plugin_example_trains(bench_cli, results_root, shapes_data_dir):
@@ -25,8 +25,7 @@ def test_readme_plugin_example_trains(bench_cli, results_root, shapes_data_dir):
                         "--data-dir", str(shapes_data_dir), "--set", "method.steps=2", "--set", "train.max_steps=2",
                         "--set", "eval.n_examples=16")
         assert res.exit_code == 0, res.stderr
-        (run_dir,) = (results_root / "runs").iterdir()
-        rec = json.loads((run_dir / "record.json").read_text())
+        run_dir, rec = only_run(results_root)
         assert rec["config"]["method_cfg"] == {"eps": 8 / 255, "steps": 2, "clean_weight": 0.5}
         # the method's provider is recorded (a module not installed as a package: its name, no version)
         assert {"kind": "method", "name": "mixed-at", "package": "my_plugin", "version": None,
@@ -117,8 +116,7 @@ def test_readme_dataset_example_trains(bench_cli, results_root, shapes_data_dir)
                         "--out", str(results_root), "--data-dir", str(shapes_data_dir),
                         "--set", "train.max_steps=2", "--set", "eval.n_examples=16")
         assert res.exit_code == 0, res.stderr
-        (run_dir,) = (results_root / "runs").iterdir()
-        rec = json.loads((run_dir / "record.json").read_text())
+        run_dir, rec = only_run(results_root)
         n_test = int(((a["y_test"] == disk) | (a["y_test"] == ring)).sum())
         assert rec["dataset"] == "disk-vs-ring"
         assert {k: rec["data"][k] for k in ("name", "num_classes", "train", "test", "image_shape")} == {
@@ -219,8 +217,7 @@ def test_readme_sampler_example_trains_jempp_and_samples(bench_cli, results_root
                         "--set", "train.max_steps=2", "--set", "eval.n_examples=16",
                         "--set", "data.train_subset=128", "--set", "data.batch_size=32")
         assert res.exit_code == 0, res.stderr
-        (run_dir,) = (results_root / "runs").iterdir()
-        rec = json.loads((run_dir / "record.json").read_text())
+        run_dir, rec = only_run(results_root)
         sampler_cfg = rec["config"]["method_cfg"]["sampler"]
         assert (sampler_cfg["kind"], sampler_cfg["step_size"], sampler_cfg["noise_std"]) == ("sgld-anneal", 1.0, 0.01)
         assert [p for p in rec["environment"]["plugins"] if p["kind"] == "sampler"] == [

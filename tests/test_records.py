@@ -9,6 +9,8 @@ import pytest
 
 from bench.records import SCHEMA, RunRecord, load_record
 
+from conftest import only_run
+
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "schema1"
 
 
@@ -47,8 +49,7 @@ def test_new_records_store_their_changes_and_compare_reads_them(tmp_path, bench_
     res = bench_cli("run", "--method", "ce", *tiny_args(out, shapes_data_dir, steps=2), "--set", "optim.lr=0.03",
                     "--set", "eval.enabled=false")
     assert res.exit_code == 0, res.stderr
-    (run_dir,) = (out / "runs").iterdir()
-    rec = json.loads((run_dir / "record.json").read_text())
+    run_dir, rec = only_run(out)
     assert rec["schema"] == SCHEMA and rec["changes"]["optim.lr"] == 0.03 and rec["changes"]["train.max_steps"] == 2
     assert not any(k in rec["changes"] for k in ("seed", "device", "data.data_dir"))
     assert rec["preset_variant"] == {}  # ce has no variant of the presets of its own

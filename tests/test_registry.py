@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import textwrap
 
 import pytest
 
 from bench.errors import BenchError
 from bench.registry import Registry
+
+from conftest import only_run
 
 
 def test_decorator_registration_and_lookup():
@@ -159,8 +160,7 @@ def test_entry_point_plugin_runs_through_bench_run(tmp_path, bench_subprocess, b
     res = bench_subprocess("run", "--method", "smooth-ce", *tiny_args(out, shapes_data_dir, steps=2),
                            "--set", "method.smoothing=0.1", "--set", "eval.enabled=false", env=env)
     assert res.exit_code == 0, res.stderr
-    (run_dir,) = (out / "runs").iterdir()
-    rec = json.loads((run_dir / "record.json").read_text())
+    run_dir, rec = only_run(out)
     assert rec["status"] == "complete" and rec["method"] == "smooth-ce"
     assert rec["config"]["method_cfg"] == {"smoothing": 0.1}
     assert rec["training"]["steps_done"] == 2
