@@ -369,28 +369,18 @@ class Trainer:
             loss.backward()
             D.average_gradients(self.params, self.dist)
         if opt.sam_rho > 0:
-            # SAM / ASAM: the gradient again at w + e, on the same inputs, running statistics frozen
+            # SAM / ASAM: the gradient again at w + e; the optimiser then steps from w
             with region("sam"):
                 moves = sam.perturb(self.params, opt.sam_rho, sam.is_adaptive(opt.sam_adaptive, opt.sam_rho))
-                ctx.sam_pass = True
-                with sam.frozen_batchnorm_stats(self.model):  # statistics put back after the backward
-                    loss_at_e = self._total_loss(self.method.training_step(self.model, x, y, ctx))
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss_at_e.backward()
-                D.average_gradients(self.params, self.dist)
+                self._gradient_at_perturbed_weights(x, y, ctx)
                 sam.restore(self.params, moves)
         awp_moves = None
         if awp.active(opt.awp_gamma, opt.awp_warmup_epochs, ctx.epoch_progress):
-            # AWP: the gradient at w + v (per-layer relative step along the first gradient), same
-            # adversarial examples, running statistics frozen; the optimiser steps there, then v is removed
+            # AWP: the gradient at w + v (per-layer relative step along the first gradient); the
+            # optimiser steps there, then v is removed
             with region("awp"):
                 awp_moves = awp.perturb(self.awp_params, opt.awp_gamma)
-                ctx.sam_pass = True
-                with sam.frozen_batchnorm_stats(self.model):
-                    loss_at_v = self._total_loss(self.method.training_step(self.model, x, y, ctx))
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss_at_v.backward()
-                D.average_gradients(self.params, self.dist)
+                self._gradient_at_perturbed_weights(x, y, ctx)
         with region("update"):
             if opt.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), opt.grad_clip)
@@ -401,6 +391,17 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update(self.model)
         return {"loss": loss.detach(), **{k: self._logged(v) for k, v in terms.items()}}
+
+    def _gradient_at_perturbed_weights(self, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> None:
+        """SAM's and AWP's second pass: the method's loss again, at the weights as they now are, on
+        the first pass's sampled and adversarial inputs (``ctx.reuse``), with batch-norm running
+        statistics frozen (the first pass updated them); its gradient replaces the first one."""
+        ctx.sam_pass = True
+        with sam.frozen_batchnorm_stats(self.model):  # statistics put back after the backward
+            loss = self._total_loss(self.method.training_step(self.model, x, y, ctx))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        D.average_gradients(self.params, self.dist)
 
     def _logged(self, value: torch.Tensor | float) -> torch.Tensor:
         """A returned term as a float32 tensor on the training device: the flush stacks the terms
