@@ -285,3 +285,16 @@ def test_the_authors_real_set_depends_on_the_dataset(tmp_path):
     data.name = "cifar100"
     out = METRICS.get("fid")(None, data, {"feature_extractor": NAME, "real_split": "authors", "n_samples": 50}, ctx)
     assert out["real_split"] == "train" and out["n_real"] == 40
+
+
+def test_an_unknown_real_split_is_one_line_naming_the_choices(tmp_path):
+    from bench.errors import BenchError
+
+    data = make_data()
+    write_samples(tmp_path / "gen.npz")
+    ctx = EvalContext(device=torch.device("cpu"), batch_size=16, seed=0, out_dir=None, show_progress=False,
+                      extra={"samples": str(tmp_path / "gen.npz")})
+    with pytest.raises(BenchError) as err:
+        METRICS.get("fid")(None, data, {"feature_extractor": NAME, "real_split": "val", "n_samples": 50}, ctx)
+    assert "real_split 'val' unknown" in str(err.value) and "authors" in str(err.value)
+    assert "\n" not in str(err.value)
