@@ -171,3 +171,25 @@ def progress(iterable, total: int, desc: str, enabled: bool):
 
 
 MetricFn = Callable[..., dict[str, Any]]
+
+
+# ----------------------------------------------------------------------------------------
+# adversarial examples shared between the metrics of one evaluation
+# ----------------------------------------------------------------------------------------
+def pgd_attack_key(attack: dict[str, Any], n_examples: int, seed: int) -> tuple:
+    """What fixes an l-inf PGD evaluation attack's output on a deterministic model: its settings, the
+    test images (the first ``n_examples``) and the seed of its random starts."""
+    return ("pgd-linf", float(attack.get("eps", 8 / 255)), float(attack.get("alpha", 2 / 255)),
+            int(attack.get("steps", 20)), int(attack.get("restarts", 1)), int(attack.get("eot", 1)),
+            int(n_examples), int(seed))
+
+
+def keep_adversarial(ctx, key: tuple, x_adv: torch.Tensor) -> None:
+    """Keep one metric's adversarial examples (on the CPU) for a later metric of the same evaluation
+    that runs the same attack (``energy`` after ``pgd``); :func:`metrics.protocols.evaluate` drops
+    them when it ends."""
+    ctx.extra.setdefault("adversarial", {})[key] = x_adv
+
+
+def kept_adversarial(ctx, key: tuple) -> torch.Tensor | None:
+    return (ctx.extra.get("adversarial") or {}).get(key)

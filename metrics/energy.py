@@ -9,6 +9,10 @@ samples (``--samples FILE.npz`` or the run's sampler, at most ``n_generated``, d
 (scipy), one histogram PNG with the three distributions on shared bins, and the energies
 themselves (``figures/<protocol>-energy.npz``: ``clean``, ``adversarial``, ``generated``). Without generated
 samples the generated entries are None and the figure shows two distributions.
+
+When the same evaluation's ``pgd`` metric ran the same attack (settings, images, seed) on a
+deterministic model, its adversarial examples are used instead of attacking again: they are the
+ones this metric would compute (``adversarial_source`` in the result says which happened).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch
 from bench.attacks.pgd import pgd_linf
 from bench.errors import BenchError
 from bench.io import save_figure, save_npz
-from metrics.base import Headline, batches, progress, register_metric, test_subset
+from metrics.base import Headline, batches, kept_adversarial, pgd_attack_key, progress, register_metric, test_subset
 from metrics.protocols import MetricUnavailable
 
 
@@ -93,17 +97,21 @@ def energy(model, data, settings, ctx) -> dict:
         raise BenchError("energy needs at least one test image; raise --n-examples")
     e_clean = energies(model, x, ctx.device, ctx.batch_size)
 
-    rng_state = torch.random.get_rng_state()
-    torch.manual_seed(ctx.seed)
-    adv = []
-    try:
-        nb = math.ceil(n / ctx.batch_size)
-        for xb, yb in progress(batches(x, y, ctx.batch_size, ctx.device), nb, "energy/pgd", ctx.show_progress):
-            adv.append(pgd_linf(model, xb, yb, eps=atk["eps"], alpha=atk["alpha"], steps=int(atk["steps"]),
-                                restarts=int(atk.get("restarts", 1)), mode="eval").cpu())
-    finally:
-        torch.random.set_rng_state(rng_state)
-    e_adv = energies(model, torch.cat(adv), ctx.device, ctx.batch_size)
+    x_adv = kept_adversarial(ctx, pgd_attack_key(atk, n, ctx.seed))
+    adversarial_source = "the pgd metric's examples (same attack, images and seed)" if x_adv is not None else "attacked here"
+    if x_adv is None:
+        rng_state = torch.random.get_rng_state()
+        torch.manual_seed(ctx.seed)  # the pgd metric's random starts: the same attack gives the same examples
+        adv = []
+        try:
+            nb = math.ceil(n / ctx.batch_size)
+            for xb, yb in progress(batches(x, y, ctx.batch_size, ctx.device), nb, "energy/pgd", ctx.show_progress):
+                adv.append(pgd_linf(model, xb, yb, eps=atk["eps"], alpha=atk["alpha"], steps=int(atk["steps"]),
+                                    restarts=int(atk.get("restarts", 1)), mode="eval").cpu())
+        finally:
+            torch.random.set_rng_state(rng_state)
+        x_adv = torch.cat(adv)
+    e_adv = energies(model, x_adv, ctx.device, ctx.batch_size)
 
     e_gen = np.zeros(0)
     gen_info, gen_note = None, None
@@ -126,6 +134,7 @@ def energy(model, data, settings, ctx) -> dict:
         "w1_adv": float(wasserstein_distance(e_clean, e_adv)),
         "w1_gen": float(wasserstein_distance(e_clean, e_gen)) if e_gen.size else None,
         "n_examples": n, "n_generated": int(e_gen.size), "attack": {**atk, "norm": "Linf", "kind": "pgd"},
+        "adversarial_source": adversarial_source,
         "samples": gen_info,
     }
     if gen_note:

@@ -15,7 +15,8 @@ import torch
 from bench.errors import BenchError
 
 from bench.attacks.pgd import pgd_linf
-from metrics.base import accuracy_headline, accuracy_summary, batches, progress, register_metric, test_subset
+from metrics.base import (accuracy_headline, accuracy_summary, batches, keep_adversarial, pgd_attack_key, progress,
+                          register_metric, test_subset)
 from metrics.guards import (ForwardWatch, PerturbationMeter, forward_is_random, randomness_check, verdict,
                            zero_gradient_check)
 
@@ -38,6 +39,7 @@ def pgd(model, data, settings, ctx) -> dict:
     robust = clean = 0
     random, diff, gradients = False, 0.0, {}
     meter = PerturbationMeter()
+    kept: list[torch.Tensor] = []
     nb = math.ceil(x.shape[0] / ctx.batch_size)
     try:
         with ForwardWatch(model) as watch:
@@ -50,11 +52,14 @@ def pgd(model, data, settings, ctx) -> dict:
                     clean += int((model(xb).argmax(1) == yb).sum())
                 x_adv = pgd_linf(model, xb, yb, eps=eps, alpha=alpha, steps=steps, restarts=restarts, eot=eot)
                 meter.add(xb, x_adv)
+                kept.append(x_adv.cpu())
                 with torch.no_grad():
                     robust += int((model(x_adv).argmax(1) == yb).sum())
     finally:
         torch.random.set_rng_state(gen_state)
     n = x.shape[0]
+    if not random and n:  # a deterministic model: the same attack gives the same examples (energy reuses them)
+        keep_adversarial(ctx, pgd_attack_key(settings, n, ctx.seed), torch.cat(kept))
     out = {"accuracy": robust / n, "clean_accuracy": clean / n, "n_examples": n, "eps": eps, "eot": eot}
     return verdict(out, {"forward": watch.result(), "perturbation": meter.result(eps), "gradients": gradients,
                          "randomness": randomness_check(random, diff, eot)})

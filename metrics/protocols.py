@@ -340,6 +340,7 @@ def evaluate(model, data, protocol: str, n_examples: int, ctx: EvalContext,
                 results[key]["provider"] = prov
     finally:
         model.train(was_training)
+        ctx.extra.pop("adversarial", None)  # the examples kept for a later metric (metrics.base.keep_adversarial)
     apply_ordering(results)
     return results
 

@@ -136,3 +136,32 @@ def test_a_protocol_setting_a_metric_does_not_read_is_refused_and_pgd_refuses_an
     finally:
         PROTOCOLS.unregister("test-typo")
         PROTOCOLS.unregister("test-l2")
+
+
+class NoisyTiny(Tiny):
+    def forward(self, x):
+        return super().forward(x + 0.01 * torch.randn_like(x))
+
+
+def test_energy_reuses_the_pgd_metrics_adversarial_examples_exactly(tmp_path):
+    model, d = Tiny().eval(), data()
+    c = ctx(tmp_path / "both")
+    both = evaluate(model, d, "demo", 40, c, skipped={})
+    assert both["energy"]["adversarial_source"].startswith("the pgd metric's")
+    assert "adversarial" not in c.extra  # dropped when the evaluation ends
+    alone = evaluate(model, d, "demo", 40, ctx(tmp_path / "alone"), metrics=["energy"])["energy"]
+    assert alone["adversarial_source"] == "attacked here"
+    for key in ("mean_adv", "std_adv", "gap_adv", "w1_adv", "mean_clean"):
+        assert both["energy"][key] == alone[key], key  # the same examples, not merely similar ones
+    kept = np.load(tmp_path / "both" / "figures" / "demo-energy.npz")["adversarial"]
+    fresh = np.load(tmp_path / "alone" / "figures" / "demo-energy.npz")["adversarial"]
+    assert np.array_equal(kept, fresh)
+
+
+def test_energy_attacks_again_when_the_attack_or_the_model_differs(tmp_path):
+    d = data()
+    other = evaluate(Tiny().eval(), d, "demo", 40, ctx(tmp_path / "a"), skipped={},
+                     overrides={"energy": {"attack": {"eps": 8 / 255, "alpha": 2 / 255, "steps": 3}}})
+    assert other["energy[attack={alpha=0.007843,eps=0.03137,steps=3}]"]["adversarial_source"] == "attacked here"
+    noisy = evaluate(NoisyTiny().eval(), d, "demo", 40, ctx(tmp_path / "b"), skipped={})
+    assert noisy["energy"]["adversarial_source"] == "attacked here"  # a random forward: examples differ per run
