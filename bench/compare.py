@@ -29,7 +29,7 @@ from bench.errors import BenchError
 from bench.records import list_runs, live_status, load_record
 from metrics import presentation
 
-RUN_COLUMNS = ["run_id", "method", "dataset", "arch", "preset", "changes", "seed", "status", "epochs", "train_min"]
+RUN_COLUMNS = ["run_id", "method", "dataset", "arch", "preset", "changes", "seed", "status", "epochs", "train_min", "eval_min"]
 REF_COLUMNS = ["source", "note"]
 PROTOCOL_ORDER = ["quick", "standard", "paper"]
 REFERENCE_NOTE = ("reported rows are published numbers, not measured here. 'paper' rows: the EB-JDAT paper as given by "
@@ -121,6 +121,7 @@ def run_table(records: list[dict[str, Any]]) -> pd.DataFrame:
             "preset": r.get("preset"), "changes": preset_changes(r), "seed": r.get("seed"), "status": r.get("status"),
             "epochs": tr.get("epochs_done"),
             "train_min": round((r.get("timings") or {}).get("train_seconds", 0) / 60, 2),
+            "eval_min": round((r.get("timings") or {}).get("eval_seconds", 0) / 60, 2),  # every evaluation, summed
         })
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 

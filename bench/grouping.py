@@ -45,7 +45,8 @@ def group_seeds(df: pd.DataFrame) -> pd.DataFrame:
             row["kind"] = "measured"
         row.update(run_id=g["run_id"].iloc[0] if len(g) == 1 else f"{len(g)} runs", seeds=len(g),
                    seed=",".join(map(str, seeds)), status=",".join(sorted(set(g["status"].dropna()))),
-                   epochs=g["epochs"].mean(), train_min=round(g["train_min"].mean(), 2))
+                   epochs=g["epochs"].mean(), train_min=round(g["train_min"].mean(), 2),
+                   eval_min=round(g["eval_min"].mean(), 2))
         for c in columns:
             vals = g[c].dropna()
             if vals.empty:

@@ -21,7 +21,7 @@ def _record(run_id, method, dataset, seed, clean, pgd, n=500):
                 "settings": {"eps": 8 / 255}, "seconds": 9.0},
     }}
     return {"schema": 1, "run_id": run_id, "status": "complete", "method": method, "dataset": dataset,
-            "arch": "resnet8", "preset": "cpu", "seed": seed, "config": {}, "timings": {"train_seconds": 120.0},
+            "arch": "resnet8", "preset": "cpu", "seed": seed, "config": {}, "timings": {"train_seconds": 120.0, "eval_seconds": 30.0},
             "training": {"epochs_done": 6.0}, "evaluations": ev}
 
 
@@ -51,7 +51,7 @@ def test_leaderboard_rows_and_columns(bench_cli, results, complete_run):
     assert (r2["method"], r2["dataset"], r2["seed"], r2["status"]) == ("pgd-at", "shapes10", "0", "complete")
     assert float(r2["quick/clean"]) == 70.0 and float(r2["quick/pgd"]) == 40.0  # accuracy in percent
     assert float(r2["quick/pgd n"]) == 500 and float(by_id["r3-pgd"]["quick/pgd n"]) == 200
-    assert float(r2["train_min"]) == 2.0
+    assert float(r2["train_min"]) == 2.0 and float(r2["eval_min"]) == 0.5
     real = json.loads((complete_run / "record.json").read_text())
     assert float(by_id[complete_run.name]["quick/pgd"]) == pytest.approx(100 * real["evaluations"]["quick"]["pgd"]["accuracy"], abs=0.006)  # 2 decimals
 
