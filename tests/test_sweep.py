@@ -160,6 +160,16 @@ def test_the_example_spec_dry_runs_and_writes_nothing(repo_root, tmp_path, bench
     assert "dry run: 12 cell(s) would be submitted" in res.stdout and not out.exists()
 
 
+def test_preset_is_an_axis_when_base_gives_none(repo_root, tmp_path, shapes_data_dir):
+    spec = load_spec(repo_root / "docs" / "examples" / "preset-timings.yaml")
+    cells = expand(spec)
+    assert len(cells) == 26 and {c.preset for c in cells} == {"smoke", "demo"}
+    cfgs = resolve_cells(spec, cells[:1] + cells[-1:])
+    assert [(c.method, c.preset) for c in cfgs] == [("ce", "smoke"), ("ebjdat-sada-jem", "demo")]
+    plain = load_spec(_write(tmp_path / "p.yaml", {"base": {"dataset": "shapes10"}, "axes": {"method": ["ce"]}}))
+    assert expand(plain)[0].preset == "paper"  # no preset anywhere: bench run's default
+
+
 # -- a real local sweep ------------------------------------------------------------------------
 STEPS = 12  # of the ce cells, which are stopped midway (after their checkpoint of step 2)
 
@@ -392,6 +402,7 @@ BAD = {
     "empty axis": ({"axes": {"method": ["ce"], "seed": []}}, (), "has no values"),
     "empty grid": ({"axes": {"method": ["ce"], "seed": [0]}, "exclude": [{"seed": 0}]}, (), "the grid is empty"),
     "unknown axis": ({"axes": {"method": ["ce"], "lr": [0.1]}}, (), "unknown axis 'lr'"),
+    "preset in base and axes": ({"axes": {"preset": ["smoke", "demo"]}}, (), "preset is given in base and is also"),
     "unknown launcher flag": ({"axes": {"method": ["ce"]}}, ("--launcher", "pbs"), "'pbs' is not one of"),
     "unknown launcher in spec": ({"axes": {"method": ["ce"]}, "launcher": {"pbs": {"queue": "q"}}}, (),
                                  "unknown launcher 'pbs'"),

@@ -77,7 +77,7 @@ class Base:
     method: str = ""
     seed: int | None = None
     dataset: str | None = None
-    preset: str = "paper"
+    preset: str | None = None  # None: `bench run`'s default (paper), unless preset is an axis
     arch: str | None = None
     config: str | None = None
     data_dir: str | None = None
@@ -213,7 +213,7 @@ def _base(d: dict[str, Any], path: Path) -> Base:
     seed = d.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise BenchError(f"{path}: base.seed must be a non-negative integer, got {seed!r}")
-    return Base(method=str(d.get("method") or ""), seed=seed, preset=str(d.get("preset") or "paper"),
+    return Base(method=str(d.get("method") or ""), seed=seed, preset=None if d.get("preset") is None else str(d["preset"]),
                 sets=_sets(d.get("set"), path), **text)
 
 
@@ -336,7 +336,7 @@ def expand(spec: SweepSpec) -> list[Cell]:
         sets += [f"{k}={set_value(v)}" for k, v in values.items() if k not in RUN_AXES]
         cells.append(Cell(index=len(cells), values=tuple(values.items()), method=values.get("method", b.method),
                           seed=values.get("seed", b.seed), dataset=values.get("dataset", b.dataset),
-                          arch=values.get("arch", b.arch), preset=values.get("preset", b.preset),
+                          arch=values.get("arch", b.arch), preset=values.get("preset", b.preset or "paper"),
                           overrides=tuple(sets)))
     if not cells:
         raise BenchError(f"{spec.path}: the grid is empty: exclude leaves out every combination of the axes")
