@@ -97,7 +97,7 @@ def energy(model, data, settings, ctx) -> dict:
         raise BenchError("energy needs at least one test image; raise --n-examples")
     e_clean = energies(model, x, ctx.device, ctx.batch_size)
 
-    x_adv = kept_adversarial(ctx, pgd_attack_key(atk, n, ctx.seed))
+    x_adv = kept_adversarial(ctx, pgd_attack_key({**atk, "eot": 1}, n, ctx.seed))  # attacked without EOT below
     adversarial_source = "the pgd metric's examples (same attack, images and seed)" if x_adv is not None else "attacked here"
     if x_adv is None:
         rng_state = torch.random.get_rng_state()
