@@ -123,6 +123,15 @@ def evaluation_model(cfg, num_classes: int, weights: dict, device, source: str |
     return model
 
 
+def load_evaluation_model(run_dir: Path, device: torch.device | None = None, checkpoint: str | None = None):
+    """A saved run's :func:`evaluation_model` (from ``checkpoint``, else the run's own choice of weights),
+    with its config, data and record: what `bench eval` and `bench perf --aa-run` evaluate."""
+    loaded, cfg, data, record = load_run_model(run_dir, device, checkpoint)
+    model = evaluation_model(cfg, data.num_classes, loaded.state_dict(), next(loaded.parameters()).device,
+                             checkpoint or Path(run_dir) / "checkpoints")
+    return model, cfg, data, record
+
+
 def run_metrics(model, data, protocol: str, n_examples: int, ctx: EvalContext, metrics: list[str] | None,
                 overrides: dict[str, dict[str, Any]] | None = None, skipped: dict[str, str] | None = None,
                 tf32: bool = False) -> dict[str, dict[str, Any]]:
@@ -167,11 +176,8 @@ def evaluate_saved_run(run_dir: Path, protocol: str = "standard", metrics: list[
     evaluation's TF32 flag (None: the run's ``eval.tf32``)."""
     check_request(protocol, metrics, n_examples)
     dev = resolve_device(device) if device else None
-    loaded, cfg, data, _ = load_run_model(run_dir, dev, checkpoint)
     # the same model as the end of `bench run` evaluates: built afresh from the checkpoint's weights
-    model = evaluation_model(cfg, data.num_classes, loaded.state_dict(), next(loaded.parameters()).device,
-                             checkpoint or Path(run_dir) / "checkpoints")
-    del loaded
+    model, cfg, data, _ = load_evaluation_model(run_dir, dev, checkpoint)
     return evaluate_loaded(Path(run_dir), model, cfg, data, protocol=protocol, metrics=metrics, n_examples=n_examples,
                            samples=samples, weights=weights, batch_size=batch_size, overrides=overrides,
                            show_progress=show_progress, echo=echo, buffer=buffer_state(run_dir, checkpoint),

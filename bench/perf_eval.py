@@ -93,14 +93,15 @@ def time_fid_features(device: torch.device, *, n_images: int = 512, batch_size: 
 def time_autoattack(run_ref: str, out: str | Path, device: torch.device, *, n_examples: int,
                     version: str = "standard", batch_size: int = 500) -> dict[str, Any]:
     """The `autoattack` metric on a trained run's first ``n_examples`` test images, timed."""
+    from bench.device import evaluation_precision, precision
+    from bench.evaluation import load_evaluation_model
     from bench.records import resolve_run
-    from bench.saved_runs import load_run_model
     from metrics.autoattack import autoattack
     from metrics.base import EvalContext
 
     run_dir = resolve_run(run_ref, out)
-    model, cfg, data, record = load_run_model(run_dir, device)
-    with tempfile.TemporaryDirectory() as tmp:
+    model, cfg, data, record = load_evaluation_model(run_dir, device)  # the model `bench eval` attacks
+    with tempfile.TemporaryDirectory() as tmp, precision(evaluation_precision(cfg.eval.tf32)):
         ctx = EvalContext(device=device, batch_size=batch_size, seed=cfg.seed, out_dir=Path(tmp), show_progress=False)
         t0 = time.perf_counter()
         res = autoattack(model, data, {"version": version, "n_examples": n_examples}, ctx)
@@ -117,13 +118,13 @@ def time_guardrails(run_ref: str, out: str | Path, device: torch.device, *, n_ex
     checks) against the same attack loop without them, on a trained run's test images. The two
     are timed alternately, ``reps`` times each, and the faster time of each is compared."""
     from bench.attacks.pgd import pgd_linf
+    from bench.evaluation import load_evaluation_model
     from bench.records import resolve_run
-    from bench.saved_runs import load_run_model
     from metrics.base import EvalContext, batches, test_subset
     from metrics.pgd import pgd
 
     run_dir = resolve_run(run_ref, out)
-    model, cfg, data, record = load_run_model(run_dir, device)
+    model, cfg, data, record = load_evaluation_model(run_dir, device)  # the model `bench eval` attacks
     settings = {"eps": 8 / 255, "alpha": 2 / 255, "steps": steps, "restarts": 1, "n_examples": n_examples}
     x, y = test_subset(data, n_examples)
 
@@ -141,14 +142,16 @@ def time_guardrails(run_ref: str, out: str | Path, device: torch.device, *, n_ex
         pgd(model, data, settings, ctx)
 
     times: dict[str, list[float]] = {"bare": [], "checked": []}
-    model.eval()
-    for _ in range(reps):
-        for name, fn in (("bare", bare), ("checked", checked)):
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - t0)
+    from bench.device import evaluation_precision, precision
+
+    with precision(evaluation_precision(cfg.eval.tf32)):  # the flags `bench eval` runs under
+        for _ in range(reps):
+            for name, fn in (("bare", bare), ("checked", checked)):
+                sync(device)
+                t0 = time.perf_counter()
+                fn()
+                sync(device)
+                times[name].append(time.perf_counter() - t0)
     b, c = min(times["bare"]), min(times["checked"])
     return {"run": record["run_id"], "method": cfg.method, "n_examples": int(x.shape[0]), "steps": steps,
             "seconds_bare": b, "seconds_checked": c, "overhead": c / b - 1}

@@ -217,10 +217,22 @@ def test_fid_feature_timing_with_real_weights():
     assert res["n_images"] == 8 and res["images_per_s"] > 0 and res["precision"] == "fp32"
 
 
-def test_autoattack_timing_on_a_trained_run(complete_run):
+def test_autoattack_timing_on_a_trained_run(complete_run, monkeypatch):
+    import metrics.autoattack
     from bench.perf_eval import time_autoattack
 
+    seen = []
+    real = metrics.autoattack.autoattack
+
+    def spy(model, *args):
+        seen.append((model.training, any(p.requires_grad for p in model.parameters()),
+                     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return real(model, *args)
+
+    monkeypatch.setattr(metrics.autoattack, "autoattack", spy)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # what training leaves on
     res = time_autoattack(str(complete_run), complete_run.parent.parent, torch.device("cpu"), n_examples=6)
+    assert seen == [(False, False, False, False)]  # bench eval's model and flags: eval mode, no grads, no TF32
     assert res["run"] == complete_run.name and res["method"] == "ce" and res["n_examples"] == 6
     assert res["robust_accuracy"] <= res["clean_accuracy"]
     assert res["images_per_s"] == pytest.approx(6 / res["seconds"])
