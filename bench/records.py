@@ -310,6 +310,8 @@ class RunRecord:
         self.data.setdefault("evaluations", {}).setdefault(protocol, {}).update(results)
         self.add_plugins([{"kind": "metric", "name": res.get("metric") or metric, **res["provider"]}
                           for metric, res in results.items() if isinstance(res.get("provider"), dict)])
+        self.add_plugins([{"kind": "protocol", "name": protocol, **res["protocol_provider"]}
+                          for res in results.values() if isinstance(res.get("protocol_provider"), dict)])
         arts = self.data.setdefault("artifacts", {})
         for metric, res in results.items():
             for name, rel in (res.get("artifacts") or {}).items():

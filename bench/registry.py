@@ -42,6 +42,7 @@ class Registry(Generic[T]):
         self._patterns: list[tuple[re.Pattern[str], str, Callable[..., T]]] = []
         self._loaded = False
         self.load_errors: dict[str, str] = {}
+        self.origins: dict[str, str] = {}  # name -> the module of the entry point that supplied the object
 
     # -- registration -------------------------------------------------------------------
     def register(self, name: str, obj: T | None = None, *, replace: bool = False):
@@ -69,6 +70,7 @@ class Registry(Generic[T]):
 
     def unregister(self, name: str) -> None:
         self._entries.pop(name, None)
+        self.origins.pop(name, None)
 
     # -- discovery ----------------------------------------------------------------------
     def _load(self) -> None:
@@ -98,6 +100,7 @@ class Registry(Generic[T]):
                                                  f"{getattr(obj, '__name__', '')!s}, not {self.expected}")
                     continue
                 self._entries[ep.name] = obj
+                self.origins[ep.name] = ep.module
 
     def reload_entry_points(self) -> None:
         self._loaded = False

@@ -205,7 +205,7 @@ def _switched_sampler_steps(cfg: RunConfig, chosen: dict[str, Any]) -> dict[str,
 def run_plugins(cfg: RunConfig) -> list[dict[str, Any]]:
     """Each plugin package that provides a part of the run: its method, dataset, architecture and
     sampler kind (``{"kind", "name", "package", "version", "module"}``); trilemma-bench's own parts
-    are left out. The record lists them as it lists torch; evaluation adds the metrics'."""
+    are left out. The record lists them as it lists torch; evaluation adds the metrics' and the protocol's."""
     from bench.data import DATASETS
     from bench.models import ARCHS
     from bench.registry import provider

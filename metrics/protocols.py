@@ -16,6 +16,8 @@ Inception weights) are not available; asked for by name (``--metrics fid``) it f
 from __future__ import annotations
 
 import copy
+import dataclasses
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +46,8 @@ class Protocol:
     # False: the noise is drawn once per image, before any metric (the attacked function is deterministic);
     # True: drawn afresh inside every forward pass, a randomised defence (attack it with EOT)
     noise_per_forward: bool = False
+    # the module that registered it (filled by register_protocol): a plugin's protocol is recorded by package
+    module: str = field(default="", compare=False)
 
 
 # a plugin's entry point (group trilemma_bench.protocols) names a Protocol, or a module calling register_protocol
@@ -52,9 +56,21 @@ PROTOCOLS: Registry = Registry("protocol", group="trilemma_bench.protocols", pac
 
 def register_protocol(p: Protocol, replace: bool = False) -> Protocol:
     """Register ``p`` under its name; a second protocol of a name already taken is refused unless
-    ``replace`` (a plugin cannot silently redefine ``standard``)."""
+    ``replace`` (a plugin cannot silently redefine ``standard``). Returns the registered protocol, which
+    names the calling module in ``module`` (a run's record lists a plugin's protocol by its package)."""
+    if not p.module:
+        p = dataclasses.replace(p, module=str(sys._getframe(1).f_globals.get("__name__", "")))
     PROTOCOLS.register(p.name, p, replace=replace)
     return p
+
+
+def protocol_provider(name: str) -> dict[str, Any] | None:
+    """Which package provides protocol ``name`` (None for trilemma-bench's own): the module that
+    registered it, or else the module of the entry point that named it."""
+    from types import SimpleNamespace
+
+    module = get_protocol(name).module or PROTOCOLS.origins.get(name, "")
+    return provider(SimpleNamespace(__module__=module)) if module else None
 
 
 PGD20 = {"eps": 8 / 255, "alpha": 2 / 255, "steps": 20, "restarts": 1, "norm": "Linf"}
@@ -317,6 +333,7 @@ def evaluate(model, data, protocol: str, n_examples: int, ctx: EvalContext,
     elif proto.input_noise:
         data = noisy_view(data, proto.input_noise, ctx.seed)
     results: dict[str, dict[str, Any]] = {}
+    proto_prov = protocol_provider(proto.name)
     was_training = model.training
     model.eval()
     try:
@@ -338,6 +355,8 @@ def evaluate(model, data, protocol: str, n_examples: int, ctx: EvalContext,
             prov = provider(fn)  # a plugin's metric: which package (and version) produced the number
             if prov:
                 results[key]["provider"] = prov
+            if proto_prov:  # a plugin's protocol: which package chose the settings
+                results[key]["protocol_provider"] = proto_prov
     finally:
         model.train(was_training)
         ctx.extra.pop("adversarial", None)  # the examples kept for a later metric (metrics.base.keep_adversarial)

@@ -155,6 +155,9 @@ def test_readme_protocol_example_reaches_eval_and_compare(bench_cli, tmp_path, c
             "eps": 8 / 255, "alpha": 1 / 255, "steps": 50, "restarts": 2}
         assert ours["pgd"]["n_examples"] == 16 and ours["pgd"]["reliable"] is True
         assert rec["evaluations"]["quick"]["pgd"]["settings"]["steps"] == 20  # the run's own result is kept
+        # the protocol's provider is recorded, as a plugin method's is; the built-in quick is not listed
+        assert [p for p in rec["environment"]["plugins"] if p["kind"] == "protocol"] == [
+            {"kind": "protocol", "name": "pgd-50", "package": "my_protocol", "version": None, "module": "my_protocol"}]
 
         table = bench_cli("compare", "--out", str(results), "--format", "csv")
         header = table.stdout.splitlines()[0].split(",")

@@ -256,3 +256,36 @@ def test_a_plugin_method_ships_its_own_preset_variants():
             resolve_config("test-with-presets", preset="smoke")
     finally:
         METHODS.unregister("test-with-presets")
+
+
+def test_a_protocol_named_by_an_entry_point_is_credited_to_its_package(monkeypatch, tmp_path):
+    """A plugin's protocol object (not passed through register_protocol) gets its provider from the entry
+    point's module, so a run's record lists it; the built-in protocols have none."""
+    import importlib
+    import sys
+
+    from metrics.protocols import PROTOCOLS, protocol_provider
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "tb_protocol_pkg.py").write_text(textwrap.dedent("""\
+        from metrics import Protocol
+
+        PGD7 = Protocol(name="pgd-7-ep", description="PGD-7", metrics={"clean": {}, "pgd": {"steps": 7}})
+    """))
+    dist = site / "tb_protocol_pkg-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tb-protocol-pkg\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[trilemma_bench.protocols]\npgd-7-ep = tb_protocol_pkg:PGD7\n")
+    (dist / "RECORD").write_text("tb_protocol_pkg.py,,\n")  # maps the module to its package
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    try:
+        PROTOCOLS.reload_entry_points()
+        assert PROTOCOLS.get("pgd-7-ep").module == ""  # constructed, never registered by its module
+        assert protocol_provider("pgd-7-ep") == {"package": "tb-protocol-pkg", "version": "0.1",
+                                                 "module": "tb_protocol_pkg"}
+        assert protocol_provider("standard") is None and protocol_provider("quick") is None
+    finally:
+        PROTOCOLS.unregister("pgd-7-ep")
+        sys.modules.pop("tb_protocol_pkg", None)
