@@ -59,6 +59,13 @@ def test_plane_uses_the_strongest_attack_each_run_has_and_the_pareto_front():
     assert by["pgd-at"].robust == 45.0 and by["pgd-at"].attack == "autoattack"  # AA beats PGD when there
     assert by["ce"].robust == 1.0 and by["ce"].attack == "pgd"  # only PGD stored
     assert [p.label for p in plane.pareto()] == ["pgd-at", "jem++", "ce"]
+    # on all three axes trades is not beaten either: pgd-at is more accurate and robust, trades has the lower FID;
+    # ce takes no part (no FID)
+    assert [p.label for p in plane.pareto3()] == ["trades", "pgd-at", "jem++"]
+    from bench.report.figures import tradeoff
+
+    legend = [t.get_text() for t in tradeoff([plane]).axes[0].get_legend().get_texts()]
+    assert "ringed: no run beats it on clean, robust and fid at once" in legend
     assert plane.generation_column == "standard/fid"
     assert by["ce"].generation is None and by["jem++"].generation == 30.0
     assert plane.n_examples["standard/clean"] == [500]

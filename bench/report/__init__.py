@@ -147,7 +147,9 @@ def build_report(out: str | Path = "results", html: str | Path | None = None, fi
         sec.figure(png, "Each panel is one protocol on one dataset (never mixed; reported rows only beside runs of "
                         "their dataset). x: clean accuracy; y: robust accuracy under the "
                         "strongest attack stored for the run; colour: FID or KID (lower is better; grey when none is "
-                        "stored); dashed: the Pareto front of what was measured here; squares: external models "
+                        "stored); dashed: the Pareto front of what was measured here on the two accuracies; ringed: the "
+                        "runs no other run beats on all three axes at once (clean, robust, FID/KID), the trilemma's "
+                        "front; squares: external models "
                         "(e.g. RobustBench's) evaluated here under the same protocol; hollow diamonds: reported "
                         "numbers (not measured here); ×k and error bars: k seeds with the 95% t-interval; ! a number that "
                         "failed a guardrail check.", "trade-off plane")

@@ -27,8 +27,8 @@ def _pyplot():
 
 def tradeoff(planes: list[Plane]):
     """One panel per protocol: clean accuracy (x) against the strongest attack's robust accuracy (y),
-    generation score as colour, the Pareto front of the measured runs, seeds as error bars and
-    reported rows as hollow markers."""
+    generation score as colour, the Pareto front of the measured runs on the two accuracies (dashed),
+    the runs on the three-axis front ringed, seeds as error bars and reported rows as hollow markers."""
     plt = _pyplot()
     from matplotlib import cm, colors
 
@@ -52,15 +52,21 @@ def tradeoff(planes: list[Plane]):
             text = p.label + (f" ×{p.seeds}" if p.seeds > 1 else "") + ("  !" if p.reliable == "no" else "")
             ax.annotate(text, (p.clean, p.robust), textcoords="offset points", xytext=(6, 5), fontsize=8,
                         color="#444444" if hollow else "black")
+        front3 = plane.pareto3() if plane.generation_column else []
+        if front3:  # none of them is beaten on all three axes at once: the trilemma's front
+            ax.scatter([p.clean for p in front3], [p.robust for p in front3], s=300, facecolors="none",
+                       edgecolors="#ff7f0e", linewidths=2.0, zorder=2)
+            ax.scatter([], [], s=90, facecolors="none", edgecolors="#ff7f0e", linewidths=2.0,  # the legend's ring
+                       label=f"ringed: no run beats it on clean, robust and {plane.generation_column.split('/', 1)[1]} at once")
         front = plane.pareto()
         if len(front) > 1:
             xs, ys = [front[0].clean], [front[0].robust]
             for p in front[1:]:  # the staircase the front dominates
                 xs += [p.clean, p.clean]
                 ys += [ys[-1], p.robust]
-            ax.plot(xs, ys, color="#ff7f0e", lw=1.2, ls="--", zorder=1, label="Pareto front (measured)")
+            ax.plot(xs, ys, color="#ff7f0e", lw=1.2, ls="--", zorder=1, label="dashed: Pareto front on clean and robust (measured)")
         elif front:
-            ax.scatter([], [], color="#ff7f0e", label="Pareto front: one run")
+            ax.scatter([], [], color="#ff7f0e", label="Pareto front on clean and robust: one run")
         if gens:
             sm = cm.ScalarMappable(norm=norm, cmap=cmap)
             gen_name = plane.generation_column.split("/", 1)[1]

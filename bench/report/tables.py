@@ -59,6 +59,18 @@ class Plane:
                                            and (q.clean > p.clean or q.robust > p.robust) for q in pts)]
         return sorted(front, key=lambda p: p.clean)
 
+    def pareto3(self) -> list[PlanePoint]:
+        """The trilemma's front: measured points with a generation score that no other such point beats on
+        all three axes at once (clean and robust accuracy higher, FID/KID lower; at least as good on each
+        and better on one), by clean accuracy. Points without a generation score take no part."""
+        pts = [p for p in self.measured if p.generation is not None]
+
+        def beats(q: PlanePoint, p: PlanePoint) -> bool:
+            at_least = q.clean >= p.clean and q.robust >= p.robust and q.generation <= p.generation
+            return at_least and (q.clean > p.clean or q.robust > p.robust or q.generation < p.generation)
+
+        return sorted((p for p in pts if not any(q is not p and beats(q, p) for q in pts)), key=lambda p: p.clean)
+
 
 def _num(v: Any) -> float | None:
     try:
