@@ -118,6 +118,7 @@ def time_guardrails(run_ref: str, out: str | Path, device: torch.device, *, n_ex
     checks) against the same attack loop without them, on a trained run's test images. The two
     are timed alternately, ``reps`` times each, and the faster time of each is compared."""
     from bench.attacks.pgd import pgd_linf
+    from bench.device import evaluation_precision, precision
     from bench.evaluation import load_evaluation_model
     from bench.records import resolve_run
     from metrics.base import EvalContext, batches, test_subset
@@ -142,8 +143,6 @@ def time_guardrails(run_ref: str, out: str | Path, device: torch.device, *, n_ex
         pgd(model, data, settings, ctx)
 
     times: dict[str, list[float]] = {"bare": [], "checked": []}
-    from bench.device import evaluation_precision, precision
-
     with precision(evaluation_precision(cfg.eval.tf32)):  # the flags `bench eval` runs under
         for _ in range(reps):
             for name, fn in (("bare", bare), ("checked", checked)):
