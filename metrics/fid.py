@@ -350,13 +350,16 @@ def fidelity(model, data, settings: dict, ctx, only_is: bool = False) -> dict[st
     if gen.shape[0] < UNBIASED_N:
         common["small_n"] = (f"{int(gen.shape[0])} < {UNBIASED_N:,} generated samples: FID is biased upwards at small n; "
                              "compare it only with FIDs of the same n")
+    one_subset = kwargs["kid_subset_size"] >= max(gen.shape[0], real.shape[0])  # KID's subsets: all the same
     if only_is:
         common.update(n_real=None, real_split=None, real_stats_cache=None, real_stats_cached=None)
     out = {} if only_is else {
         "fid": {"fid": float(res["frechet_inception_distance"]), **common},
         "kid": {"kid_mean": float(res["kernel_inception_distance_mean"]),
-                "kid_std": float(res["kernel_inception_distance_std"]), "kid_subset_size": kwargs["kid_subset_size"],
-                **common},
+                "kid_std": None if one_subset else float(res["kernel_inception_distance_std"]),
+                "kid_subset_size": kwargs["kid_subset_size"], **common,
+                **({"note": f"kid_std n/a: a subset of {kwargs['kid_subset_size']} holds every generated and every real "
+                            "sample, so all subsets are the same and give no spread"} if one_subset else {})},
     }
     out.update({
         "is": ({"is_mean": float(res["inception_score_mean"]), "is_std": float(res["inception_score_std"]),
@@ -407,7 +410,8 @@ def _fid_summary(res: dict) -> str:
 
 
 def _kid_summary(res: dict) -> str:
-    return f"KID {res['kid_mean']:.5f} +- {res['kid_std']:.5f}  n={res['n_samples']} ({_source(res)})"
+    spread = f" +- {res['kid_std']:.5f}" if res.get("kid_std") is not None else ""
+    return f"KID {res['kid_mean']:.5f}{spread}  n={res['n_samples']} ({_source(res)})"
 
 
 def _is_summary(res: dict) -> str:

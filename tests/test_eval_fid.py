@@ -111,6 +111,10 @@ def test_fid_matches_independent_frechet_distance(tmp_path):
 
     kid = METRICS.get("kid")(None, data, settings, ctx)
     assert np.isfinite(kid["kid_mean"]) and kid["kid_subset_size"] == 50
+    assert kid["kid_std"] > 0  # subsets of 50 of the 60 real images differ
+    # subsets as large as both sets are all the same set: no spread is claimed (not a std of 0)
+    whole = METRICS.get("kid")(None, data, {**settings, "n_real": 50, "kid_subset_size": 50}, ctx)
+    assert whole["kid_std"] is None and "no spread" in whole["note"]
 
     # the real images' statistics are cached, keyed by dataset content, split, extractor and weights
     cached = list((tmp_path / "cache" / "fidelity").glob("synthetic-train+test-n60-*-stat-fid-feat.pt"))
