@@ -89,7 +89,9 @@ def tradeoff(planes: list[Plane]):
                       f"({describe_counts(sorted({n for a in plane.attacks for n in plane.n_examples.get(a, [])}))})")
         ax.set_title(f"protocol {plane.protocol} · {plane.dataset}\nrobust: strongest stored of {attacks}", fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+        labels = ax.get_legend_handles_labels()[1]
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False,
+                  ncol=1 if max(map(len, labels), default=0) > 45 else 2)  # long lines side by side overflow the figure
         _pad_limits(ax, plane)
     fig.tight_layout()
     return fig
