@@ -77,6 +77,12 @@ def write_samples(path, n=50):
     return x.permute(0, 3, 1, 2).contiguous()
 
 
+def samples_ctx(tmp_path, out_dir=None, show_progress=False) -> EvalContext:
+    """An evaluation context whose generated samples are ``tmp_path/gen.npz`` (see :func:`write_samples`)."""
+    return EvalContext(device=torch.device("cpu"), batch_size=16, seed=0, out_dir=out_dir,
+                       show_progress=show_progress, extra={"samples": str(tmp_path / "gen.npz")})
+
+
 def frechet(f1: np.ndarray, f2: np.ndarray) -> float:
     mu1, mu2 = f1.mean(0), f2.mean(0)
     s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
@@ -87,8 +93,7 @@ def frechet(f1: np.ndarray, f2: np.ndarray) -> float:
 def test_fid_matches_independent_frechet_distance(tmp_path):
     data = make_data()
     gen = write_samples(tmp_path / "gen.npz")
-    ctx = EvalContext(device=torch.device("cpu"), batch_size=16, seed=0, out_dir=tmp_path / "run", show_progress=False,
-                      extra={"samples": str(tmp_path / "gen.npz")})
+    ctx = samples_ctx(tmp_path, tmp_path / "run")
     settings = {"feature_extractor": NAME, "real_split": "train+test", "n_samples": 50}
     out = METRICS.get("fid")(None, data, settings, ctx)
 
@@ -119,8 +124,7 @@ def test_fid_matches_independent_frechet_distance(tmp_path):
     # the real images' statistics are cached, keyed by dataset content, split, extractor and weights
     cached = list((tmp_path / "cache" / "fidelity").glob("synthetic-train+test-n60-*-stat-fid-feat.pt"))
     assert len(cached) == 1
-    ctx2 = EvalContext(device=torch.device("cpu"), batch_size=16, seed=0, out_dir=None, show_progress=False,
-                       extra={"samples": str(tmp_path / "gen.npz")})
+    ctx2 = samples_ctx(tmp_path)
     again = METRICS.get("fid")(None, data, settings, ctx2)
     assert again["real_stats_cached"] is True and again["fid"] == pytest.approx(out["fid"], rel=1e-9)
     other_split = METRICS.get("fid")(None, data, {**settings, "real_split": "test"}, ctx2)
@@ -171,8 +175,7 @@ def test_missing_weights_is_one_line(tmp_path):
 
     data = make_data()
     write_samples(tmp_path / "gen.npz")
-    ctx = EvalContext(device=torch.device("cpu"), batch_size=16, seed=0, out_dir=None, show_progress=False,
-                      extra={"samples": str(tmp_path / "gen.npz")})
+    ctx = samples_ctx(tmp_path)
     with pytest.raises(MetricUnavailable) as err:
         METRICS.get("fid").preflight({"n_samples": 50}, ctx)
     msg = str(err.value)
@@ -184,8 +187,7 @@ def test_is_alone_reads_no_real_images(tmp_path):
     data = make_data()
     write_samples(tmp_path / "gen.npz")
     data.x_train = data.x_train[:0]  # no real images at all: IS must not need them
-    ctx = EvalContext(device=torch.device("cpu"), batch_size=16, seed=0, out_dir=None, show_progress=False,
-                      extra={"samples": str(tmp_path / "gen.npz")})
+    ctx = samples_ctx(tmp_path)
     res = METRICS.get("is")(None, data, {"feature_extractor": NAME, "n_samples": 50, "splits": 2}, ctx)
     assert res["is_mean"] > 1.0 and res["n_samples"] == 50 and res["n_real"] is None
 
@@ -212,8 +214,7 @@ def test_a_small_sample_fid_is_labelled_and_gets_a_column_of_its_own_n(tmp_path)
 
     data = make_data()
     write_samples(tmp_path / "gen.npz")
-    ctx = EvalContext(device=torch.device("cpu"), batch_size=16, seed=0, out_dir=None, show_progress=False,
-                      extra={"samples": str(tmp_path / "gen.npz")})
+    ctx = samples_ctx(tmp_path)
     settings = {"feature_extractor": NAME, "real_split": "train+test", "n_samples": 50}
     fid = METRICS.get("fid")(None, data, settings, ctx)
     kid = METRICS.get("kid")(None, data, settings, ctx)
@@ -259,8 +260,7 @@ def test_the_library_prints_nothing_and_our_progress_line_names_the_counts(tmp_p
     write_samples(tmp_path / "gen.npz")
     settings = {"feature_extractor": NAME, "real_split": "train+test", "n_samples": 50}
     for show, run in ((True, "a"), (False, "b")):
-        ctx = EvalContext(device=torch.device("cpu"), batch_size=16, seed=0, out_dir=tmp_path / run,
-                          show_progress=show, extra={"samples": str(tmp_path / "gen.npz")})
+        ctx = samples_ctx(tmp_path, tmp_path / run, show)
         METRICS.get("fid")(None, data, settings, ctx)
         out, err = capfd.readouterr()
         text = out + err
@@ -282,8 +282,7 @@ def test_the_authors_real_set_depends_on_the_dataset(tmp_path):
     assert resolve_real_split("test", c100) == "test"
     data = make_data()  # "synthetic": not one of the authors' datasets -> train+test
     write_samples(tmp_path / "gen.npz")
-    ctx = EvalContext(device=torch.device("cpu"), batch_size=16, seed=0, out_dir=tmp_path / "run", show_progress=False,
-                      extra={"samples": str(tmp_path / "gen.npz")})
+    ctx = samples_ctx(tmp_path, tmp_path / "run")
     out = METRICS.get("fid")(None, data, {"feature_extractor": NAME, "real_split": "authors", "n_samples": 50}, ctx)
     assert out["real_split"] == "train+test" and out["n_real"] == 60
     data.name = "cifar100"
@@ -296,8 +295,7 @@ def test_an_unknown_real_split_is_one_line_naming_the_choices(tmp_path):
 
     data = make_data()
     write_samples(tmp_path / "gen.npz")
-    ctx = EvalContext(device=torch.device("cpu"), batch_size=16, seed=0, out_dir=None, show_progress=False,
-                      extra={"samples": str(tmp_path / "gen.npz")})
+    ctx = samples_ctx(tmp_path)
     with pytest.raises(BenchError) as err:
         METRICS.get("fid")(None, data, {"feature_extractor": NAME, "real_split": "val", "n_samples": 50}, ctx)
     assert "real_split 'val' unknown" in str(err.value) and "authors" in str(err.value)
