@@ -171,7 +171,11 @@ BUILTIN_PACKAGES = frozenset({"bench", "methods", "metrics"})  # trilemma-bench'
 def provider(obj: Any) -> dict[str, Any] | None:
     """Where a registered object (a method class, a metric function, ...) comes from: None for
     trilemma-bench's own; else its distribution's name and version (as installed) and its module."""
-    module = getattr(obj, "__module__", None) or type(obj).__module__
+    return module_provider(getattr(obj, "__module__", None) or type(obj).__module__)
+
+
+def module_provider(module: str) -> dict[str, Any] | None:
+    """:func:`provider` of whatever module ``module`` (a dotted name) defines."""
     top = module.split(".")[0]
     if top in BUILTIN_PACKAGES:
         return None

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from bench.errors import BenchError
-from bench.registry import Registry, provider
+from bench.registry import Registry, module_provider, provider
 from bench.config import coerce
 from metrics.base import METRICS, EvalContext, declared_settings, setting_types
 from metrics.guards import apply_ordering
@@ -67,10 +67,8 @@ def register_protocol(p: Protocol, replace: bool = False) -> Protocol:
 def protocol_provider(name: str) -> dict[str, Any] | None:
     """Which package provides protocol ``name`` (None for trilemma-bench's own): the module that
     registered it, or else the module of the entry point that named it."""
-    from types import SimpleNamespace
-
     module = get_protocol(name).module or PROTOCOLS.origins.get(name, "")
-    return provider(SimpleNamespace(__module__=module)) if module else None
+    return module_provider(module) if module else None
 
 
 PGD20 = {"eps": 8 / 255, "alpha": 2 / 255, "steps": 20, "restarts": 1, "norm": "Linf"}
