@@ -1,7 +1,7 @@
 """The method plugin interface: the :class:`Method` base class and the ``METHODS`` registry.
 
-The trainer's side of the contract (:class:`~bench.step.StepContext`, :class:`~bench.step.BatchSpec`)
-lives in ``bench/step.py`` and is re-exported here, so a plugin needs only ``from methods import ...``.
+The trainer's side of the contract (:class:`~bench.core.step.StepContext`, :class:`~bench.core.step.BatchSpec`)
+lives in ``bench/core/step.py`` and is re-exported here, so a plugin needs only ``from methods import ...``.
 """
 
 from __future__ import annotations
@@ -11,12 +11,20 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 
-from bench.config import deep_merge, from_dict, to_dict
-from bench.errors import BenchError
-from bench.registry import Registry
-from bench.step import BatchSpec, StepContext
+from bench.core.config import deep_merge, from_dict, to_dict
+from bench.core.errors import BenchError
+from bench.core.registry import Registry
+from bench.core.step import BatchSpec, StepContext
 
-__all__ = ["METHODS", "BatchSpec", "Method", "StepContext", "awp_variant", "get_method", "register_method"]
+__all__ = [
+    "METHODS",
+    "BatchSpec",
+    "Method",
+    "StepContext",
+    "awp_variant",
+    "get_method",
+    "register_method",
+]
 
 
 METHODS: Registry = Registry("method", group="trilemma_bench.methods", packages=("methods",))
@@ -37,29 +45,40 @@ def check_pgd_settings(cfg: Any) -> None:
     """The checks every PGD-trained method's config shares (``attack_mode``, ``steps``, ``eps``,
     ``alpha``, ``eps_warmup_epochs``): one line naming the setting."""
     if cfg.attack_mode not in ("train", "eval"):
-        raise BenchError(f"method.attack_mode={cfg.attack_mode!r} is not valid; choose train or eval")
+        raise BenchError(
+            f"method.attack_mode={cfg.attack_mode!r} is not valid; choose train or eval"
+        )
     if cfg.steps < 1 or cfg.eps <= 0 or cfg.alpha <= 0 or cfg.eps_warmup_epochs < 0:
-        raise BenchError("method.steps must be >= 1, method.eps and method.alpha positive, "
-                         "method.eps_warmup_epochs >= 0")
+        raise BenchError(
+            "method.steps must be >= 1, method.eps and method.alpha positive, "
+            "method.eps_warmup_epochs >= 0"
+        )
 
 
-def awp_variant(base: type["Method"], name: str, label: str) -> type["Method"]:
+def awp_variant(base: type[Method], name: str, label: str) -> type[Method]:
     """Register ``name``: method ``base`` unchanged (loss, attack, settings, preset variants) with the
-    trainer's adversarial weight perturbation on at the paper's budget (Wu et al. 2020; ``bench/awp.py``).
+    trainer's adversarial weight perturbation on at the paper's budget (Wu et al. 2020; ``bench/train/awp.py``).
     ``label`` is the paper's name for it (``"TRADES-AWP"``). Any method takes the same option with
     ``--set optim.awp_gamma=5e-3``; a variant gives the combination its own row and name."""
-    from bench import awp
+    from bench.train import awp
 
-    cls = type(f"{base.__name__}AWP", (base,), {
-        "__module__": base.__module__,
-        "__doc__": f"{label}: {base.name} with adversarial weight perturbation (gamma {awp.PAPER_GAMMA:g}).",
-        "reference": f"Wu et al. 2020, Adversarial Weight Perturbation (gamma {awp.PAPER_GAMMA:g}) around {base.name} ({label})",
-        "run_defaults": deep_merge(base.run_defaults, {"optim": {"awp_gamma": awp.PAPER_GAMMA}}),
-    })
+    cls = type(
+        f"{base.__name__}AWP",
+        (base,),
+        {
+            "__module__": base.__module__,
+            "__doc__": f"{label}: {base.name} with adversarial weight perturbation (gamma {awp.PAPER_GAMMA:g}).",
+            "reference": f"Wu et al. 2020, Adversarial Weight Perturbation (gamma {awp.PAPER_GAMMA:g}) "
+            f"around {base.name} ({label})",
+            "run_defaults": deep_merge(
+                base.run_defaults, {"optim": {"awp_gamma": awp.PAPER_GAMMA}}
+            ),
+        },
+    )
     return register_method(name)(cls)
 
 
-def get_method(name: str) -> type["Method"]:
+def get_method(name: str) -> type[Method]:
     return METHODS.get(name)
 
 
@@ -76,7 +95,7 @@ class Method:
     name: ClassVar[str] = ""
     Config: ClassVar[type] = None  # type: ignore[assignment]
     run_defaults: ClassVar[dict[str, Any]] = {}
-    # a plugin's own variants of the presets, as the built-ins keep in bench/presets/methods/<name>.yaml:
+    # a plugin's own variants of the presets, as the built-ins keep in bench/run/presets/methods/<name>.yaml:
     # {"smoke": {"method": {"steps": 2}}, "demo": {...}, "cpu": {...}} (sections as in a --config file)
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     extra_batches: ClassVar[int] = 0  # independent training batches per step besides the main one
@@ -84,7 +103,7 @@ class Method:
     # --set items that make the step follow the published implementation's loop (slower, same
     # result); `bench perf` times that variant beside the fast path when a method declares one
     reference_loop_settings: ClassVar[tuple[str, ...]] = ()
-    # True when the step suits train.compile's CUDA-graph modes (bench.config.check_compile): every
+    # True when the step suits train.compile's CUDA-graph modes (bench.core.config.check_compile): every
     # input-gradient backward (an attack's) runs before the forwards of the loss, which then run
     # together before its one backward. A sampler or attack run after a loss forward (the JEM
     # family, EB-JDAT) does not; unknown steps (plugins) are refused until they declare it.
@@ -102,7 +121,7 @@ class Method:
         return from_dict(cls.Config, values)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "Method":
+    def from_dict(cls, values: dict[str, Any]) -> Method:
         return cls(cls.make_config(values))
 
     def config_dict(self) -> dict[str, Any]:
@@ -120,7 +139,9 @@ class Method:
     def loss_weights(self) -> dict[str, float]:
         return {"ce": 1.0}
 
-    def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> dict[str, torch.Tensor]:
+    def training_step(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext
+    ) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:

@@ -12,7 +12,13 @@ class CrossEntropy(Method):
     reference = "standard supervised training (SGD 0.1, momentum 0.9, wd 5e-4, batch 128)"
     cuda_graph_safe = True  # one forward, one backward
     run_defaults = {
-        "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine"},
+        "optim": {
+            "name": "sgd",
+            "lr": 0.1,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "schedule": "cosine",
+        },
         "data": {"batch_size": 128},
         "train": {"epochs": 200},
     }

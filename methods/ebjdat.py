@@ -17,14 +17,16 @@ import torch.nn.functional as F
 import yaml
 
 from bench.attacks.ebjdat import ATTACK_IMPLS, EPS_UNITS, ebjdat_attack
-from bench.config import check_settings, update_dataclass
-from bench.errors import BenchError
+from bench.core.config import check_settings, update_dataclass
+from bench.core.errors import BenchError
 from bench.models.base import energy_from_logits
 from bench.sampling.sampler import ContrastiveSampler, SamplerConfig, reference_sampler
 from methods._energy import PxBatchConfig, SamplerOwner, px_term
 from methods.base import BatchSpec, register_method
 
-BASES: dict[str, dict[str, Any]] = yaml.safe_load(Path(__file__).with_name("ebjdat_bases.yaml").read_text())
+BASES: dict[str, dict[str, Any]] = yaml.safe_load(
+    Path(__file__).with_name("ebjdat_bases.yaml").read_text()
+)
 DEFAULT_BASE = "jem++"
 
 
@@ -52,21 +54,45 @@ class EBJDATConfig(PxBatchConfig):
     attack_steps: int = 0  # 0: tied to sampler.in_steps, as the reference (5)
     project: bool = False  # project onto the eps-ball (the reference: range clamp only)
     attack_mode: str = "eval"  # model mode during the attack (the reference: eval)
-    adv_energy_sign: float = 1.0  # +1: the code (ascend the class logit); -1: the JEM-convention reading
-    align_pair: str = "other"  # other: x_u as the alignment's clean side (the reference) | source: x
-    energy_l2: float = 0.0  # >0: + energy_l2 * (mean E(x_u)^2 + mean E(x_hat)^2); the reference: off
+    # +1: the code (ascend the class logit); -1: the JEM-convention reading
+    adv_energy_sign: float = 1.0
+    # other: x_u as the alignment's clean side (the reference) | source: x
+    align_pair: str = "other"
+    # >0: + energy_l2 * (mean E(x_u)^2 + mean E(x_hat)^2); the reference: off
+    energy_l2: float = 0.0
     grid_size: int = 64  # replay-buffer entries in the PNG written with each checkpoint (0: none)
-    attack_impl: str = "batched"  # batched | reference (the published 2-image loop; same result, for bench perf)
+    # batched | reference (the published 2-image loop; same result, for bench perf)
+    attack_impl: str = "batched"
     sampler: SamplerConfig = field(default_factory=lambda: reference_sampler("jem++"))
 
     def __post_init__(self):
         super().__post_init__()
         check_base(self.base)
-        check_settings(self, "method.", choices={
-            "eps_units": EPS_UNITS, "attack_mode": ("eval", "train"), "adv_energy_sign": (1.0, -1.0),
-            "align_pair": ("other", "source"), "attack_impl": ATTACK_IMPLS}, minimum=dict.fromkeys((
-                "attack_steps", "eps", "alpha", "grid_size", "px_weight", "ce_weight", "align_weight", "adv_weight",
-                "energy_l2"), 0))
+        check_settings(
+            self,
+            "method.",
+            choices={
+                "eps_units": EPS_UNITS,
+                "attack_mode": ("eval", "train"),
+                "adv_energy_sign": (1.0, -1.0),
+                "align_pair": ("other", "source"),
+                "attack_impl": ATTACK_IMPLS,
+            },
+            minimum=dict.fromkeys(
+                (
+                    "attack_steps",
+                    "eps",
+                    "alpha",
+                    "grid_size",
+                    "px_weight",
+                    "ce_weight",
+                    "align_weight",
+                    "adv_weight",
+                    "energy_l2",
+                ),
+                0,
+            ),
+        )
 
     @property
     def steps(self) -> int:
@@ -78,8 +104,11 @@ def base_defaults(base: str) -> EBJDATConfig:
     """EB-JDAT's config on ``base``: the base's loss weights, p(x) batch and sampler."""
     check_base(base)
     sampler = dict(BASES[base]["sampler"])
-    return EBJDATConfig(base=base, sampler=reference_sampler(sampler.pop("reference"), **sampler),
-                        **BASES[base]["method"])
+    return EBJDATConfig(
+        base=base,
+        sampler=reference_sampler(sampler.pop("reference"), **sampler),
+        **BASES[base]["method"],
+    )
 
 
 class EBJDAT(SamplerOwner):
@@ -93,8 +122,10 @@ class EBJDAT(SamplerOwner):
         base = str(values.get("base", cls.base_name))
         if base != cls.base_name:
             check_base(base)
-            raise BenchError(f"method.base={base} brings that base's optimiser, schedule and network as well: "
-                             f"run --method {method_name(base)} instead of --method {cls.name}")
+            raise BenchError(
+                f"method.base={base} brings that base's optimiser, schedule and network as well: "
+                f"run --method {method_name(base)} instead of --method {cls.name}"
+            )
         return update_dataclass(base_defaults(cls.base_name), values)
 
     def batch_specs(self) -> list[BatchSpec]:
@@ -116,8 +147,14 @@ class EBJDAT(SamplerOwner):
         zero, out = x.new_zeros(()), {}
         with ctx.autocast():
             if c.px_weight > 0 or c.energy_l2 > 0:
-                out.update(px_term(model, x_u, lambda: ctx.reuse("x_hat", lambda: self.sampler.draw(
-                    model, x_u.shape[0])), self.sampler))
+                out.update(
+                    px_term(
+                        model,
+                        x_u,
+                        lambda: ctx.reuse("x_hat", lambda: self.sampler.draw(model, x_u.shape[0])),
+                        self.sampler,
+                    )
+                )
             else:
                 out["px"] = zero
             logits = model(x)
@@ -125,9 +162,22 @@ class EBJDAT(SamplerOwner):
             out["acc"] = (logits.argmax(1) == y).float().mean().detach()
             out["e_clean"] = energy_from_logits(logits).mean().detach()
             if c.align_weight > 0 or c.adv_weight > 0:
-                x_adv = ctx.reuse("x_adv", lambda: ebjdat_attack(
-                    model, x, y, eps=c.eps, alpha=c.alpha, steps=c.steps, eps_units=c.eps_units, project=c.project,
-                    energy_sign=c.adv_energy_sign, mode=c.attack_mode, impl=c.attack_impl))
+                x_adv = ctx.reuse(
+                    "x_adv",
+                    lambda: ebjdat_attack(
+                        model,
+                        x,
+                        y,
+                        eps=c.eps,
+                        alpha=c.alpha,
+                        steps=c.steps,
+                        eps_units=c.eps_units,
+                        project=c.project,
+                        energy_sign=c.adv_energy_sign,
+                        mode=c.attack_mode,
+                        impl=c.attack_impl,
+                    ),
+                )
                 e_pos = energy_from_logits(model(x_u if c.align_pair == "other" else x))
                 e_adv = energy_from_logits(model(x_adv))
                 out["align"] = c.adv_energy_sign * (e_pos.mean() - e_adv.mean())
@@ -143,7 +193,16 @@ class EBJDAT(SamplerOwner):
 
 
 for _base, _b in BASES.items():  # one registered method per base
-    register_method(method_name(_base))(type(f"EBJDAT_{_base.replace('+', 'p').replace('-', '_')}", (EBJDAT,), {
-        "base_name": _base, "run_defaults": _b["run"], "__module__": __name__,
-        "reference": f"Jiang et al. 2026, EB-JDAT ({_base} base): CE + p(x) + attack terms; {_b['summary']}",
-        "__doc__": f"EB-JDAT on the {_base} base (methods/ebjdat_bases.yaml)."}))
+    register_method(method_name(_base))(
+        type(
+            f"EBJDAT_{_base.replace('+', 'p').replace('-', '_')}",
+            (EBJDAT,),
+            {
+                "base_name": _base,
+                "run_defaults": _b["run"],
+                "__module__": __name__,
+                "reference": f"Jiang et al. 2026, EB-JDAT ({_base} base): CE + p(x) + attack terms; {_b['summary']}",
+                "__doc__": f"EB-JDAT on the {_base} base (methods/ebjdat_bases.yaml).",
+            },
+        )
+    )

@@ -37,10 +37,20 @@ class JEMConfig(JEMFamilyConfig):
 @register_method("jem")
 class JEM(JEMFamily):
     Config = JEMConfig
-    reference = "Grathwohl et al. 2020, JEM: CE + p(x) by SGLD (20 steps) from a uniform replay buffer"
+    reference = (
+        "Grathwohl et al. 2020, JEM: CE + p(x) by SGLD (20 steps) from a uniform replay buffer"
+    )
     run_defaults = {
-        "optim": {"name": "adam", "lr": 1e-4, "betas": [0.9, 0.999], "weight_decay": 0.0, "warmup_steps": 1000,
-                  "schedule": "step", "milestones": [160, 180], "gamma": 0.3},
+        "optim": {
+            "name": "adam",
+            "lr": 1e-4,
+            "betas": [0.9, 0.999],
+            "weight_decay": 0.0,
+            "warmup_steps": 1000,
+            "schedule": "step",
+            "milestones": [160, 180],
+            "gamma": 0.3,
+        },
         "data": {"batch_size": 64, "noise_std": 0.015, "augment": True, "pad_mode": "reflect"},
         "model": {"norm": "none", "activation": "leaky_relu"},
         "train": {"epochs": 150, "divergence_bound": 1e5},

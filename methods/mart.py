@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.attacks.pgd import pgd_linf
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 from methods.base import Method, awp_variant, check_pgd_settings, register_method
 
 
@@ -40,7 +40,8 @@ class MARTConfig:
     steps: int = 10
     start_std: float = 0.001  # std of the Gaussian start around x
     attack_mode: str = "eval"  # model mode while attacking (the reference: eval)
-    eps_warmup_epochs: float = 0.0  # >0: ramp eps and alpha linearly from 0 over these epochs (not the reference)
+    # >0: ramp eps and alpha linearly from 0 over these epochs (not the reference)
+    eps_warmup_epochs: float = 0.0
 
     def __post_init__(self):
         check_pgd_settings(self)
@@ -48,7 +49,9 @@ class MARTConfig:
             raise BenchError("method.beta and method.start_std must be >= 0")
 
 
-def mart_terms(logits: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+def mart_terms(
+    logits: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """MART's three loss terms from the clean and adversarial logits (float32, batch means)."""
     p, q = F.softmax(logits.float(), dim=1), F.softmax(logits_adv.float(), dim=1)
     # the most probable wrong class under attack (the reference: top-2 of q, skipping y)
@@ -56,43 +59,80 @@ def mart_terms(logits: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor) 
     boost = -torch.log(1.0001 - q.gather(1, wrong[:, None]).squeeze(1) + 1e-12).mean()
     kl = F.kl_div(torch.log(q + 1e-12), p, reduction="none").sum(1)  # KL(p_i || q_i), 0 log 0 = 0
     p_true = p.gather(1, y[:, None]).squeeze(1)
-    return {"ce_adv": F.cross_entropy(logits_adv.float(), y), "boost": boost,
-            "kl": (kl * (1.0000001 - p_true)).sum() / y.shape[0]}
+    return {
+        "ce_adv": F.cross_entropy(logits_adv.float(), y),
+        "boost": boost,
+        "kl": (kl * (1.0000001 - p_true)).sum() / y.shape[0],
+    }
 
 
 @register_method("mart")
 class MART(Method):
     Config = MARTConfig
-    reference = ("Wang et al. 2020, MART: boosted CE on PGD-10 examples + beta * KL weighted by "
-                 "1 - p_y(x) (YisenWang/MART)")
-    cuda_graph_safe = True  # the attack's forward/backward pairs, then the loss's two forwards and backward
+    reference = (
+        "Wang et al. 2020, MART: boosted CE on PGD-10 examples + beta * KL weighted by "
+        "1 - p_y(x) (YisenWang/MART)"
+    )
+    # the attack's forward/backward pairs, then the loss's two forwards and backward
+    cuda_graph_safe = True
     run_defaults = {
-        "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 7e-4,
-                  "schedule": "step", "milestones": [74, 89, 99], "gamma": 0.1},  # 0-based: the script's 75/90/100
+        "optim": {
+            "name": "sgd",
+            "lr": 0.1,
+            "momentum": 0.9,
+            "weight_decay": 7e-4,
+            "schedule": "step",
+            "milestones": [74, 89, 99],
+            "gamma": 0.1,
+        },  # 0-based: the script's 75/90/100
         "data": {"batch_size": 128, "pad_mode": "zeros", "noise_std": 0.0},
-        "model": {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},  # the reference feeds [0, 1] unnormalised
+        "model": {
+            "mean": [0.0, 0.0, 0.0],
+            "std": [1.0, 1.0, 1.0],
+        },  # the reference feeds [0, 1] unnormalised
         "train": {"epochs": 90},
     }
 
     def training_step(self, model, x, y, ctx):
         c = self.cfg
-        w = c.eps_warmup_epochs  # the fraction of the warm-up done by the end of this step (1 without one)
-        scale = 1.0 if w <= 0 else min(1.0, (ctx.epoch_progress + 1.0 / max(1, ctx.steps_per_epoch)) / w)
+        w = (
+            c.eps_warmup_epochs
+        )  # the fraction of the warm-up done by the end of this step (1 without one)
+        scale = (
+            1.0
+            if w <= 0
+            else min(1.0, (ctx.epoch_progress + 1.0 / max(1, ctx.steps_per_epoch)) / w)
+        )
         with ctx.autocast():
-            x_adv = ctx.reuse("x_adv", lambda: pgd_linf(
-                model, x, y, eps=c.eps * scale, alpha=c.alpha * scale, steps=c.steps, mode=c.attack_mode,
-                start=lambda clean: clean + c.start_std * torch.randn_like(clean, memory_format=torch.contiguous_format),
-            ))
+            x_adv = ctx.reuse(
+                "x_adv",
+                lambda: pgd_linf(
+                    model,
+                    x,
+                    y,
+                    eps=c.eps * scale,
+                    alpha=c.alpha * scale,
+                    steps=c.steps,
+                    mode=c.attack_mode,
+                    start=lambda clean: (
+                        clean
+                        + c.start_std
+                        * torch.randn_like(clean, memory_format=torch.contiguous_format)
+                    ),
+                ),
+            )
             logits = model(x)
             logits_adv = model(x_adv)
-        return {**mart_terms(logits, logits_adv, y),
-                "acc": (logits.argmax(1) == y).float().mean().detach(),
-                "acc_adv": (logits_adv.argmax(1) == y).float().mean().detach(),
-                "eps": torch.tensor(c.eps * scale, device=x.device)}
+        return {
+            **mart_terms(logits, logits_adv, y),
+            "acc": (logits.argmax(1) == y).float().mean().detach(),
+            "acc_adv": (logits_adv.argmax(1) == y).float().mean().detach(),
+            "eps": torch.tensor(c.eps * scale, device=x.device),
+        }
 
     def loss_weights(self):
         return {"ce_adv": 1.0, "boost": 1.0, "kl": self.cfg.beta}
 
 
-# the paper's MART-AWP: this method with adversarial weight perturbation (bench/awp.py)
+# the paper's MART-AWP: this method with adversarial weight perturbation (bench/train/awp.py)
 MARTAWP = awp_variant(MART, "mart-awp", "MART-AWP")

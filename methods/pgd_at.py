@@ -28,7 +28,8 @@ class PGDATConfig:
     steps: int = 10
     random_start: bool = True
     attack_mode: str = "train"  # model mode while attacking: train (Madry/Rice) | eval
-    eps_warmup_epochs: float = 0.0  # >0: ramp eps and alpha linearly from 0 over these epochs (not the reference)
+    # >0: ramp eps and alpha linearly from 0 over these epochs (not the reference)
+    eps_warmup_epochs: float = 0.0
 
     def __post_init__(self):
         check_pgd_settings(self)
@@ -38,10 +39,18 @@ class PGDATConfig:
 class PGDAT(Method):
     Config = PGDATConfig
     reference = "Madry et al. 2018, 'Towards Deep Learning Models Resistant to Adversarial Attacks'"
-    cuda_graph_safe = True  # the attack's forward/backward pairs, then the loss's forward and backward
+    # the attack's forward/backward pairs, then the loss's forward and backward
+    cuda_graph_safe = True
     run_defaults = {
-        "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
-                  "schedule": "step", "milestones": [0.5, 0.75], "gamma": 0.1},
+        "optim": {
+            "name": "sgd",
+            "lr": 0.1,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "schedule": "step",
+            "milestones": [0.5, 0.75],
+            "gamma": 0.1,
+        },
         "data": {"batch_size": 128},
         "train": {"epochs": 200},
     }
@@ -49,23 +58,40 @@ class PGDAT(Method):
     def eps_scale(self, ctx) -> float:
         """1 after the warm-up (or without one); the fraction of it done during it."""
         w = self.cfg.eps_warmup_epochs
-        return 1.0 if w <= 0 else min(1.0, (ctx.epoch_progress + 1.0 / max(1, ctx.steps_per_epoch)) / w)
+        return (
+            1.0
+            if w <= 0
+            else min(1.0, (ctx.epoch_progress + 1.0 / max(1, ctx.steps_per_epoch)) / w)
+        )
 
     def training_step(self, model, x, y, ctx):
         c = self.cfg
         scale = self.eps_scale(ctx)
         with ctx.autocast():
-            x_adv = ctx.reuse("x_adv", lambda: pgd_linf(model, x, y, eps=c.eps * scale, alpha=c.alpha * scale,
-                                                        steps=c.steps, random_start=c.random_start,
-                                                        mode=c.attack_mode))
+            x_adv = ctx.reuse(
+                "x_adv",
+                lambda: pgd_linf(
+                    model,
+                    x,
+                    y,
+                    eps=c.eps * scale,
+                    alpha=c.alpha * scale,
+                    steps=c.steps,
+                    random_start=c.random_start,
+                    mode=c.attack_mode,
+                ),
+            )
             logits = model(x_adv)
         loss = F.cross_entropy(logits.float(), y)
-        return {"ce_adv": loss, "acc_adv": (logits.argmax(1) == y).float().mean().detach(),
-                "eps": torch.tensor(c.eps * scale, device=x.device)}
+        return {
+            "ce_adv": loss,
+            "acc_adv": (logits.argmax(1) == y).float().mean().detach(),
+            "eps": torch.tensor(c.eps * scale, device=x.device),
+        }
 
     def loss_weights(self):
         return {"ce_adv": 1.0}
 
 
-# the paper's AT-AWP: this method with adversarial weight perturbation (bench/awp.py)
+# the paper's AT-AWP: this method with adversarial weight perturbation (bench/train/awp.py)
 PGDATAWP = awp_variant(PGDAT, "pgd-at-awp", "AT-AWP")

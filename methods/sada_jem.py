@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.config import deep_merge
+from bench.core.config import deep_merge
 from bench.sampling.sampler import SamplerConfig, reference_sampler
 from methods._energy import JEMFamily, JEMFamilyConfig, PxBatchConfig
 from methods.base import BatchSpec, register_method
@@ -45,10 +45,14 @@ class SADAJEMConfig(JEMFamilyConfig, PxBatchConfig):
 @register_method("sada-jem")
 class SADAJEM(JEMFamily):
     Config = SADAJEMConfig
-    reference = ("Yang et al. 2023, SADA-JEM: CE + p(x) by clamped gradient ascent (10 steps) from an "
-                 "informative buffer, ASAM (rho 2), un-augmented p(x) batch")
+    reference = (
+        "Yang et al. 2023, SADA-JEM: CE + p(x) by clamped gradient ascent (10 steps) from an "
+        "informative buffer, ASAM (rho 2), un-augmented p(x) batch"
+    )
     run_defaults = deep_merge(BASE["run"], {"train": {"divergence_bound": 1e5}})
 
     def batch_specs(self) -> list[BatchSpec]:
         """The labelled batch as ``data.*`` says; the p(x) batch as ``method.px_*`` say."""
-        return [BatchSpec(), self.cfg.px_batch_spec()] if self.cfg.separate_px_batch else [BatchSpec()]
+        return (
+            [BatchSpec(), self.cfg.px_batch_spec()] if self.cfg.separate_px_batch else [BatchSpec()]
+        )

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 
 from bench.attacks.trades import kl_sum, trades_attack
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 from methods.base import Method, awp_variant, register_method
 
 
@@ -35,11 +35,14 @@ class TRADESConfig:
     steps: int = 10
     start_std: float = 0.001  # std of the Gaussian start around x
     attack_mode: str = "eval"  # model mode while attacking (the reference: eval)
-    single_clean_forward: bool = False  # reuse the CE forward as the KL target (reference: a second forward)
+    # reuse the CE forward as the KL target (reference: a second forward)
+    single_clean_forward: bool = False
 
     def __post_init__(self):
         if self.attack_mode not in ("train", "eval"):
-            raise BenchError(f"method.attack_mode={self.attack_mode!r} is not valid; choose train or eval")
+            raise BenchError(
+                f"method.attack_mode={self.attack_mode!r} is not valid; choose train or eval"
+            )
         if self.steps < 1 or self.eps <= 0 or self.alpha <= 0:
             raise BenchError("method.steps must be >= 1 and method.eps, method.alpha positive")
         if self.beta < 0 or self.start_std < 0:
@@ -49,21 +52,45 @@ class TRADESConfig:
 @register_method("trades")
 class TRADES(Method):
     Config = TRADESConfig
-    reference = "Zhang et al. 2019, 'Theoretically Principled Trade-off between Robustness and Accuracy' (yaodongyu/TRADES)"
-    cuda_graph_safe = True  # the attack's forward/backward pairs, then the loss's three forwards and backward
+    reference = (
+        "Zhang et al. 2019, 'Theoretically Principled Trade-off between Robustness and Accuracy' "
+        "(yaodongyu/TRADES)"
+    )
+    # the attack's forward/backward pairs, then the loss's three forwards and backward
+    cuda_graph_safe = True
     run_defaults = {
-        "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4,
-                  "schedule": "step", "milestones": [74, 89, 99], "gamma": 0.1},  # 0-based: the script's epochs 75/90/100
+        "optim": {
+            "name": "sgd",
+            "lr": 0.1,
+            "momentum": 0.9,
+            "weight_decay": 2e-4,
+            "schedule": "step",
+            "milestones": [74, 89, 99],
+            "gamma": 0.1,
+        },  # 0-based: the script's epochs 75/90/100
         "data": {"batch_size": 128, "pad_mode": "zeros", "noise_std": 0.0},
-        "model": {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},  # the reference feeds [0, 1] unnormalised
+        "model": {
+            "mean": [0.0, 0.0, 0.0],
+            "std": [1.0, 1.0, 1.0],
+        },  # the reference feeds [0, 1] unnormalised
         "train": {"epochs": 76},
     }
 
     def training_step(self, model, x, y, ctx):
         c = self.cfg
         with ctx.autocast():
-            x_adv = ctx.reuse("x_adv", lambda: trades_attack(model, x, eps=c.eps, alpha=c.alpha, steps=c.steps,
-                                                             start_std=c.start_std, mode=c.attack_mode))
+            x_adv = ctx.reuse(
+                "x_adv",
+                lambda: trades_attack(
+                    model,
+                    x,
+                    eps=c.eps,
+                    alpha=c.alpha,
+                    steps=c.steps,
+                    start_std=c.start_std,
+                    mode=c.attack_mode,
+                ),
+            )
             logits = model(x)
             logits_adv = model(x_adv)
             logits_target = logits if c.single_clean_forward else model(x)
@@ -80,5 +107,5 @@ class TRADES(Method):
         return {"ce": 1.0, "kl": self.cfg.beta}
 
 
-# the paper's TRADES-AWP: this method with adversarial weight perturbation (bench/awp.py)
+# the paper's TRADES-AWP: this method with adversarial weight perturbation (bench/train/awp.py)
 TRADESAWP = awp_variant(TRADES, "trades-awp", "TRADES-AWP")

@@ -9,7 +9,26 @@ protocol is a :class:`Protocol` registered with ``register_protocol`` or through
 """
 
 from metrics.base import METRICS, EvalContext, Headline, Presentation, presentation, register_metric
-from metrics.protocols import PROTOCOLS, MetricUnavailable, Protocol, evaluate, get_protocol, register_protocol
+from metrics.protocols import (
+    PROTOCOLS,
+    MetricUnavailable,
+    Protocol,
+    evaluate,
+    get_protocol,
+    register_protocol,
+)
 
-__all__ = ["METRICS", "EvalContext", "Headline", "MetricUnavailable", "PROTOCOLS", "Presentation", "Protocol",
-           "evaluate", "get_protocol", "presentation", "register_metric", "register_protocol"]
+__all__ = [
+    "METRICS",
+    "EvalContext",
+    "Headline",
+    "MetricUnavailable",
+    "PROTOCOLS",
+    "Presentation",
+    "Protocol",
+    "evaluate",
+    "get_protocol",
+    "presentation",
+    "register_metric",
+    "register_protocol",
+]

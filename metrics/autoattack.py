@@ -34,14 +34,28 @@ from pathlib import Path
 
 import torch
 
-from bench.io import write_json
+from bench.core.io import write_json
 from metrics.base import accuracy_headline, accuracy_summary, register_metric, say, test_subset
-from metrics.guards import ForwardWatch, PerturbationMeter, check, forward_is_random, randomness_check, verdict
+from metrics.guards import (
+    ForwardWatch,
+    PerturbationMeter,
+    check,
+    forward_is_random,
+    randomness_check,
+    verdict,
+)
 
 VERSIONS = ("standard", "rand", "plus", "custom")
 ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 _AFTER = re.compile(r"robust accuracy after (\S+): ([0-9.]+)%")
-_OVERRIDES = ("apgd_iter", "apgd_restarts", "apgd_targeted_iter", "fab_iter", "fab_restarts", "square_queries")
+_OVERRIDES = (
+    "apgd_iter",
+    "apgd_restarts",
+    "apgd_targeted_iter",
+    "fab_iter",
+    "fab_restarts",
+    "square_queries",
+)
 
 
 def model_digest(model: torch.nn.Module) -> str:
@@ -50,54 +64,97 @@ def model_digest(model: torch.nn.Module) -> str:
     for name, t in model.state_dict().items():
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
-                 if t.numel() else b"")
+        h.update(
+            t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+            if t.numel()
+            else b""
+        )
     return h.hexdigest()
 
 
 def tensor_digest(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+    return hashlib.sha256(
+        t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+    ).hexdigest()
 
 
-def build_autoattack(model, *, version: str, eps: float, norm: str, attacks, device, seed: int, settings: dict):
+def build_autoattack(
+    model, *, version: str, eps: float, norm: str, attacks, device, seed: int, settings: dict
+):
     """The pyautoattack ``AutoAttack`` object for these settings (official components, optional overrides)."""
     from pyautoattack import AutoAttack
     from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
     from pyautoattack.fab_pt import FABAttack_PT
 
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
 
     if version not in VERSIONS:
-        raise BenchError(f"autoattack version {version!r} unknown; choose one of: {', '.join(VERSIONS)}")
+        raise BenchError(
+            f"autoattack version {version!r} unknown; choose one of: {', '.join(VERSIONS)}"
+        )
     if version == "custom":
         bad = [a for a in attacks or [] if a not in ATTACKS]
         if not attacks or bad:
-            raise BenchError(f"autoattack version 'custom' needs attacks from {', '.join(ATTACKS)}"
-                             f"{' (unknown: ' + ', '.join(bad) + ')' if bad else ''}, e.g. --set autoattack.attacks=apgd-ce,square")
-    aa = AutoAttack(model, norm=norm, eps=eps, version=version, attacks=list(attacks) if version == "custom" else None,
-                    device=device, seed=seed)
+            raise BenchError(
+                f"autoattack version 'custom' needs attacks from {', '.join(ATTACKS)}"
+                f"{' (unknown: ' + ', '.join(bad) + ')' if bad else ''}, e.g. --set autoattack.attacks=apgd-ce,square"
+            )
+    aa = AutoAttack(
+        model,
+        norm=norm,
+        eps=eps,
+        version=version,
+        attacks=list(attacks) if version == "custom" else None,
+        device=device,
+        seed=seed,
+    )
     if version == "custom":
         # the library's custom defaults are its constructor's (APGD 5 restarts); standard uses 1
         aa.apgd.n_restarts = 1
         aa.fab.n_restarts = 1
     logger = aa.logger
     if settings.get("apgd_iter") is not None or settings.get("apgd_restarts") is not None:
-        aa.apgd = APGDAttack(model, n_iter=int(settings.get("apgd_iter") or 100),
-                             n_restarts=int(settings.get("apgd_restarts") or aa.apgd.n_restarts),
-                             eps=eps, norm=norm, eot_iter=aa.apgd.eot_iter, rho=0.75, seed=seed, device=device,
-                             logger=logger, use_largereps=aa.apgd.use_largereps)
+        aa.apgd = APGDAttack(
+            model,
+            n_iter=int(settings.get("apgd_iter") or 100),
+            n_restarts=int(settings.get("apgd_restarts") or aa.apgd.n_restarts),
+            eps=eps,
+            norm=norm,
+            eot_iter=aa.apgd.eot_iter,
+            rho=0.75,
+            seed=seed,
+            device=device,
+            logger=logger,
+            use_largereps=aa.apgd.use_largereps,
+        )
     if settings.get("apgd_targeted_iter") is not None:
         old = aa.apgd_targeted
-        aa.apgd_targeted = APGDAttack_targeted(model, n_iter=int(settings["apgd_targeted_iter"]),
-                                               n_restarts=old.n_restarts, eps=eps, norm=norm, eot_iter=1, rho=0.75,
-                                               seed=seed, device=device, logger=logger,
-                                               use_largereps=old.use_largereps)
+        aa.apgd_targeted = APGDAttack_targeted(
+            model,
+            n_iter=int(settings["apgd_targeted_iter"]),
+            n_restarts=old.n_restarts,
+            eps=eps,
+            norm=norm,
+            eot_iter=1,
+            rho=0.75,
+            seed=seed,
+            device=device,
+            logger=logger,
+            use_largereps=old.use_largereps,
+        )
         aa.apgd_targeted.n_target_classes = old.n_target_classes
     if settings.get("fab_iter") is not None or settings.get("fab_restarts") is not None:
         old = aa.fab
-        aa.fab = FABAttack_PT(model, n_restarts=int(settings.get("fab_restarts") or old.n_restarts),
-                              n_iter=int(settings.get("fab_iter") or 100), eps=eps, seed=seed, norm=norm,
-                              verbose=False, device=device)
+        aa.fab = FABAttack_PT(
+            model,
+            n_restarts=int(settings.get("fab_restarts") or old.n_restarts),
+            n_iter=int(settings.get("fab_iter") or 100),
+            eps=eps,
+            seed=seed,
+            norm=norm,
+            verbose=False,
+            device=device,
+        )
         aa.fab.n_target_classes = old.n_target_classes
     if settings.get("square_queries") is not None:
         aa.square.n_queries = int(settings["square_queries"])
@@ -147,10 +204,27 @@ def summary(res: dict) -> str:
     return text
 
 
-@register_metric("autoattack", headlines=(accuracy_headline("autoattack"),), order=30, summary=summary,
-                 settings={"version": str, "norm": str, "eps": float, "attacks": list[str], "seed": int,
-                           "batch_size": int, "apgd_iter": int, "apgd_restarts": int, "apgd_targeted_iter": int,
-                           "fab_iter": int, "fab_restarts": int, "square_queries": int}, checked=True)
+@register_metric(
+    "autoattack",
+    headlines=(accuracy_headline("autoattack"),),
+    order=30,
+    summary=summary,
+    settings={
+        "version": str,
+        "norm": str,
+        "eps": float,
+        "attacks": list[str],
+        "seed": int,
+        "batch_size": int,
+        "apgd_iter": int,
+        "apgd_restarts": int,
+        "apgd_targeted_iter": int,
+        "fab_iter": int,
+        "fab_restarts": int,
+        "square_queries": int,
+    },
+    checked=True,
+)
 def autoattack(model, data, settings, ctx) -> dict:
     from pyautoattack.state import EvaluationState
 
@@ -167,22 +241,47 @@ def autoattack(model, data, settings, ctx) -> dict:
     n = x.shape[0]
     device = ctx.device
 
-    aa = build_autoattack(model, version=version, eps=eps, norm=norm, attacks=attacks, device=device, seed=seed,
-                          settings=settings)
+    aa = build_autoattack(
+        model,
+        version=version,
+        eps=eps,
+        norm=norm,
+        attacks=attacks,
+        device=device,
+        seed=seed,
+        settings=settings,
+    )
     order = list(aa.attacks_to_run)
 
-    key_src = {"version": version, "attacks": order, "eps": eps, "norm": norm, "seed": seed, "n": n,
-               **{k: settings.get(k) for k in _OVERRIDES}, "model": model_digest(model),
-               "x": tensor_digest(x), "y": tensor_digest(y)}
+    key_src = {
+        "version": version,
+        "attacks": order,
+        "eps": eps,
+        "norm": norm,
+        "seed": seed,
+        "n": n,
+        **{k: settings.get(k) for k in _OVERRIDES},
+        "model": model_digest(model),
+        "x": tensor_digest(x),
+        "y": tensor_digest(y),
+    }
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:16]
     root = Path(ctx.out_dir or ".") / "autoattack"
     root.mkdir(parents=True, exist_ok=True)
     state_path = root / f"{key}.state.json"
     progress_path = root / f"{key}.progress.json"
 
-    prog = {"key": key, "settings": {k: v for k, v in key_src.items() if k not in ("model", "x", "y")},
-            "robust": None, "done": [], "per_attack": {}, "clean": None, "segment": None, "segments": 0,
-            "seconds": 0.0}
+    prog = {
+        "key": key,
+        "settings": {k: v for k, v in key_src.items() if k not in ("model", "x", "y")},
+        "robust": None,
+        "done": [],
+        "per_attack": {},
+        "clean": None,
+        "segment": None,
+        "segments": 0,
+        "seconds": 0.0,
+    }
     resumed = False
     if progress_path.exists():
         with open(progress_path) as fh:
@@ -192,7 +291,11 @@ def autoattack(model, data, settings, ctx) -> dict:
     if state_path.exists():
         # an interrupted segment: fold its saved flags and finished attacks into the progress
         st = EvaluationState.from_disk(state_path)
-        seg = torch.tensor(prog["segment"], dtype=torch.long) if prog["segment"] is not None else torch.arange(n)
+        seg = (
+            torch.tensor(prog["segment"], dtype=torch.long)
+            if prog["segment"] is not None
+            else torch.arange(n)
+        )
         if st.robust_flags is not None and st.robust_flags.numel() == seg.numel():
             if robust is None:
                 robust = torch.ones(n, dtype=torch.bool)
@@ -210,7 +313,9 @@ def autoattack(model, data, settings, ctx) -> dict:
 
     t0 = time.perf_counter()
     warnings: list[str] = []
-    eot = int(getattr(aa.apgd, "eot_iter", 1) or 1) if any(a.startswith("apgd") for a in order) else 1
+    eot = (
+        int(getattr(aa.apgd, "eot_iter", 1) or 1) if any(a.startswith("apgd") for a in order) else 1
+    )
     random, diff = forward_is_random(model, x[: min(n, 64)].to(device))
     watch, meter = ForwardWatch(model), PerturbationMeter()
     if remaining and (robust is None or bool(robust.any())):
@@ -221,15 +326,22 @@ def autoattack(model, data, settings, ctx) -> dict:
         aa.attacks_to_run = remaining
 
         def on_attack(attack: str, count: int) -> None:
-            prog["per_attack"][attack] = count  # segment = every point still robust, so this is global
+            # segment = every point still robust, so this is global
+            prog["per_attack"][attack] = count
             if attack not in prog["done"]:
                 prog["done"].append(attack)
             write_json(progress_path, {**prog, "robust": prog["robust"]})
-            say(ctx, f"autoattack: after {attack}: {count}/{n} robust ({100 * count / max(n, 1):.1f}%), "
-                      f"{time.perf_counter() - t0:.0f} s")
+            say(
+                ctx,
+                f"autoattack: after {attack}: {count}/{n} robust ({100 * count / max(n, 1):.1f}%), "
+                f"{time.perf_counter() - t0:.0f} s",
+            )
 
-        say(ctx, f"autoattack: {', '.join(remaining)} on {seg.numel()} of {n} points"
-                  + (" (resumed)" if prog["segments"] > 1 or prog["done"] else ""))
+        say(
+            ctx,
+            f"autoattack: {', '.join(remaining)} on {seg.numel()} of {n} points"
+            + (" (resumed)" if prog["segments"] > 1 or prog["done"] else ""),
+        )
 
         rec = _Recorder(state_path, seg.numel(), on_attack)
         logger = logging.getLogger("auto-attack")
@@ -241,7 +353,9 @@ def autoattack(model, data, settings, ctx) -> dict:
         model.eval()
         try:
             with watch:
-                x_adv, y_adv = aa.run_standard_evaluation(x[seg], y[seg], batch_size=bs, state_path=state_path)
+                x_adv, y_adv = aa.run_standard_evaluation(
+                    x[seg], y[seg], batch_size=bs, state_path=state_path
+                )
             meter.add(x[seg].to(x_adv.device), x_adv)
         finally:
             logger.removeHandler(rec)
@@ -252,13 +366,15 @@ def autoattack(model, data, settings, ctx) -> dict:
             if state_path.exists():
                 save_progress()
         warnings = rec.warnings
-        seg_robust = (y_adv.cpu() == y[seg].cpu())
+        seg_robust = y_adv.cpu() == y[seg].cpu()
         if robust is None:
             robust = seg_robust.clone()
         else:
             robust[seg] = robust[seg] & seg_robust
         if prog["clean"] is None and seg.numel() == n and state_path.exists():
-            clean_acc = EvaluationState.from_disk(state_path).clean_accuracy  # exact fraction of this segment
+            clean_acc = EvaluationState.from_disk(
+                state_path
+            ).clean_accuracy  # exact fraction of this segment
             if clean_acc == clean_acc:
                 prog["clean"] = round(clean_acc * n)
         prog["done"] = list(order)
@@ -293,10 +409,16 @@ def autoattack(model, data, settings, ctx) -> dict:
     for p in (state_path, progress_path):
         if p.exists():
             p.unlink()
-    checks = {"randomness": randomness_check(random, diff, eot),
-              "library": check(not warnings, "; ".join(warnings) if warnings else
-                               "pyautoattack's own checks raised no warning")}
-    if watch.calls:  # attacks ran in this call (not all restored from an interrupted evaluation's state)
+    checks = {
+        "randomness": randomness_check(random, diff, eot),
+        "library": check(
+            not warnings,
+            "; ".join(warnings) if warnings else "pyautoattack's own checks raised no warning",
+        ),
+    }
+    if (
+        watch.calls
+    ):  # attacks ran in this call (not all restored from an interrupted evaluation's state)
         checks["forward"] = watch.result()
         if norm == "Linf":  # the meter measures l-inf distances
             checks["perturbation"] = meter.result(eps)

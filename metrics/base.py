@@ -10,16 +10,19 @@ a metric, so a plugin's metric reaches every table.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
-from bench.registry import Registry
+from bench.core.registry import Registry
 
 METRICS: Registry = Registry("metric", group="trilemma_bench.metrics", packages=("metrics",))
-NOT_NUMBERS = frozenset({"n_examples", "seconds"})  # bookkeeping keys of a result, never shown as numbers
+NOT_NUMBERS = frozenset(
+    {"n_examples", "seconds"}
+)  # bookkeeping keys of a result, never shown as numbers
 # settings every metric receives from the protocol (besides those it declares)
 COMMON_SETTINGS = frozenset({"n_examples", "input_noise"})
 
@@ -30,11 +33,13 @@ class Headline:
 
     key: str  # the key in the metric's result
     label: str  # the column's name after ``<protocol>/``
-    scale: float = 1.0  # shown value = stored value * scale (100 for accuracies stored as fractions)
+    # shown value = stored value * scale (100 for accuracies stored as fractions)
+    scale: float = 1.0
     unit: str = ""  # "%" for percentages
     higher_is_better: bool | None = True  # None: no direction (e.g. a signed gap)
     decimals: int = 4
-    spread: str | None = None  # the result's key of this number's spread (e.g. KID's std), shown as +-
+    # the result's key of this number's spread (e.g. KID's std), shown as +-
+    spread: str | None = None
 
     def shown(self, value: float) -> float:
         return round(float(value) * self.scale, self.decimals)
@@ -46,8 +51,11 @@ def accuracy_headline(label: str) -> Headline:
 
 
 def _numbers(res: dict[str, Any]) -> dict[str, float]:
-    return {k: v for k, v in res.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_NUMBERS}
+    return {
+        k: v
+        for k, v in res.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_NUMBERS
+    }
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,8 @@ class Presentation:
 
     headlines: tuple[Headline, ...] = ()
     order: int = 100
-    summary: Callable[[dict[str, Any]], str] | None = None  # one line for `bench eval` / `bench show`
+    # one line for `bench eval` / `bench show`
+    summary: Callable[[dict[str, Any]], str] | None = None
     checked: bool = False  # its results carry guardrail checks and `reliable` (robustness metrics)
     brief: bool = True  # its headlines are in `bench compare`'s default view (not only with --wide)
 
@@ -76,19 +85,29 @@ class Presentation:
         every number it returned."""
         if self.summary is not None:
             return self.summary(res)
-        parts = [f"{h.label} {h.shown(res[h.key]):.{h.decimals}f}{h.unit}" for h in self.headlines
-                 if isinstance(res.get(h.key), (int, float)) and not isinstance(res.get(h.key), bool)]
+        parts = [
+            f"{h.label} {h.shown(res[h.key]):.{h.decimals}f}{h.unit}"
+            for h in self.headlines
+            if isinstance(res.get(h.key), (int, float)) and not isinstance(res.get(h.key), bool)
+        ]
         if not parts:
             return ", ".join(f"{k} {v:.4g}" for k, v in _numbers(res).items())
         n = res.get("n_examples")
         return ", ".join(parts) + (f"  n={n}" if n is not None else "")
 
 
-def register_metric(name: str, fn: Callable | None = None, *, headlines: tuple[Headline, ...] = (),
-                    order: int = 100, summary: Callable[[dict[str, Any]], str] | None = None,
-                    settings: tuple[str, ...] | dict[str, type] | None = None, checked: bool = False,
-                    brief: bool = True,
-                    replace: bool = False):
+def register_metric(
+    name: str,
+    fn: Callable | None = None,
+    *,
+    headlines: tuple[Headline, ...] = (),
+    order: int = 100,
+    summary: Callable[[dict[str, Any]], str] | None = None,
+    settings: tuple[str, ...] | dict[str, type] | None = None,
+    checked: bool = False,
+    brief: bool = True,
+    replace: bool = False,
+):
     """Register metric ``fn`` (or decorate it) under ``name``, with how its numbers are presented.
 
     ``settings`` names the settings ``fn`` reads (besides ``n_examples`` and ``input_noise``): a
@@ -102,7 +121,9 @@ def register_metric(name: str, fn: Callable | None = None, *, headlines: tuple[H
     def add(f: Callable) -> Callable:
         f.presentation = Presentation(tuple(headlines), order, summary, checked, brief)
         f.settings = None if settings is None else frozenset(settings) | COMMON_SETTINGS
-        f.setting_types = {**dict(settings), "n_examples": int} if isinstance(settings, dict) else {}
+        f.setting_types = (
+            {**dict(settings), "n_examples": int} if isinstance(settings, dict) else {}
+        )
         METRICS.register(name, f, replace=replace)
         return f
 
@@ -146,7 +167,9 @@ def test_subset(data, n_examples: int) -> tuple[torch.Tensor, torch.Tensor]:
     return data.x_test[:n], data.y_test[:n]
 
 
-def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for i in range(0, x.shape[0], batch_size):
         xb = x[i : i + batch_size].to(device, non_blocking=True)
         if xb.dtype == torch.uint8:
@@ -167,7 +190,9 @@ def say(ctx, line: str) -> None:
 def progress(iterable, total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
+    return tqdm(
+        iterable, total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True
+    )
 
 
 MetricFn = Callable[..., dict[str, Any]]
@@ -179,9 +204,16 @@ MetricFn = Callable[..., dict[str, Any]]
 def pgd_attack_key(attack: dict[str, Any], n_examples: int, seed: int) -> tuple:
     """What fixes an l-inf PGD evaluation attack's output on a deterministic model: its settings, the
     test images (the first ``n_examples``) and the seed of its random starts."""
-    return ("pgd-linf", float(attack.get("eps", 8 / 255)), float(attack.get("alpha", 2 / 255)),
-            int(attack.get("steps", 20)), int(attack.get("restarts", 1)), int(attack.get("eot", 1)),
-            int(n_examples), int(seed))
+    return (
+        "pgd-linf",
+        float(attack.get("eps", 8 / 255)),
+        float(attack.get("alpha", 2 / 255)),
+        int(attack.get("steps", 20)),
+        int(attack.get("restarts", 1)),
+        int(attack.get("eot", 1)),
+        int(n_examples),
+        int(seed),
+    )
 
 
 def keep_adversarial(ctx, key: tuple, x_adv: torch.Tensor) -> None:

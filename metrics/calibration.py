@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.io import save_figure
+from bench.core.io import save_figure
 from metrics.base import Headline, batches, register_metric, test_subset
 
 
@@ -42,11 +42,27 @@ def reliability_diagram(counts, acc, cbar, ece: float, path: Path, title: str) -
 
     n_bins = len(counts)
     centers = (np.arange(n_bins) + 0.5) / n_bins
-    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(4.8, 5.6), dpi=120, gridspec_kw={"height_ratios": [3, 1]},
-                                  sharex=True)
-    ax.bar(centers, np.nan_to_num(acc), width=1 / n_bins, edgecolor="black", color="tab:blue", label="accuracy")
-    ax.bar(centers, np.nan_to_num(cbar - acc), bottom=np.nan_to_num(acc), width=1 / n_bins, color="tab:red",
-           alpha=0.35, edgecolor="tab:red", label="gap to confidence")
+    fig, (ax, ax2) = plt.subplots(
+        2, 1, figsize=(4.8, 5.6), dpi=120, gridspec_kw={"height_ratios": [3, 1]}, sharex=True
+    )
+    ax.bar(
+        centers,
+        np.nan_to_num(acc),
+        width=1 / n_bins,
+        edgecolor="black",
+        color="tab:blue",
+        label="accuracy",
+    )
+    ax.bar(
+        centers,
+        np.nan_to_num(cbar - acc),
+        bottom=np.nan_to_num(acc),
+        width=1 / n_bins,
+        color="tab:red",
+        alpha=0.35,
+        edgecolor="tab:red",
+        label="gap to confidence",
+    )
     ax.plot([0, 1], [0, 1], "k--", lw=1)
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
@@ -64,8 +80,14 @@ def summary(res: dict) -> str:
     return f"ECE {100 * res['ece']:.2f}% ({res['bins']} bins), NLL {res['nll']:.3f}  n={res.get('n_examples')}"
 
 
-@register_metric("calibration", order=60, summary=summary, settings={"bins": int}, brief=False, headlines=(
-    Headline("ece", "ece", scale=100.0, unit="%", higher_is_better=False, decimals=2),))
+@register_metric(
+    "calibration",
+    order=60,
+    summary=summary,
+    settings={"bins": int},
+    brief=False,
+    headlines=(Headline("ece", "ece", scale=100.0, unit="%", higher_is_better=False, decimals=2),),
+)
 @torch.no_grad()
 def calibration(model, data, settings, ctx) -> dict:
     n_bins = int(settings.get("bins", 15))
@@ -83,9 +105,17 @@ def calibration(model, data, settings, ctx) -> dict:
     correct = torch.cat(corrects).numpy()
     n = conf.shape[0]
     ece, mce, counts, acc, cbar = ece_bins(conf, correct, n_bins)
-    out = {"ece": ece, "mce": mce, "nll": nll / n, "brier": brier / n, "accuracy": float(correct.mean()),
-           "mean_confidence": float(conf.mean()), "bins": n_bins, "n_examples": n,
-           "bin_counts": counts.astype(int).tolist()}
+    out = {
+        "ece": ece,
+        "mce": mce,
+        "nll": nll / n,
+        "brier": brier / n,
+        "accuracy": float(correct.mean()),
+        "mean_confidence": float(conf.mean()),
+        "bins": n_bins,
+        "n_examples": n,
+        "bin_counts": counts.astype(int).tolist(),
+    }
     if ctx.out_dir is not None:
         proto = ctx.extra.get("protocol", "eval")
         rel = Path("figures") / f"{proto}-reliability.png"

@@ -24,9 +24,17 @@ import numpy as np
 import torch
 
 from bench.attacks.pgd import pgd_linf
-from bench.errors import BenchError
-from bench.io import save_figure, save_npz
-from metrics.base import Headline, batches, kept_adversarial, pgd_attack_key, progress, register_metric, test_subset
+from bench.core.errors import BenchError
+from bench.core.io import save_figure, save_npz
+from metrics.base import (
+    Headline,
+    batches,
+    kept_adversarial,
+    pgd_attack_key,
+    progress,
+    register_metric,
+    test_subset,
+)
 from metrics.protocols import MetricUnavailable
 
 
@@ -34,7 +42,7 @@ from metrics.protocols import MetricUnavailable
 def energies(model, x: torch.Tensor, device, batch_size: int) -> np.ndarray:
     out = []
     for i in range(0, x.shape[0], batch_size):
-        xb = x[i:i + batch_size].to(device)
+        xb = x[i : i + batch_size].to(device)
         xb = xb.float().div(255) if xb.dtype == torch.uint8 else xb.float()
         out.append((-torch.logsumexp(model(xb).float(), dim=1)).cpu())
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
@@ -59,8 +67,14 @@ def histogram(sets: dict[str, np.ndarray], path: Path, title: str) -> Path:
     grid = fig.add_gridspec(2, max(1, len(present)), height_ratios=[1.4, 1])
     ax = fig.add_subplot(grid[0, :])
     for name, v in present.items():
-        ax.hist(v, bins=bins, density=True, alpha=0.45, color=colors.get(name),
-                label=f"{name} (n={v.size}, mean {v.mean():.3g}, std {v.std():.3g})")
+        ax.hist(
+            v,
+            bins=bins,
+            density=True,
+            alpha=0.45,
+            color=colors.get(name),
+            label=f"{name} (n={v.size}, mean {v.mean():.3g}, std {v.std():.3g})",
+        )
     ax.set_xlabel("E(x) = -logsumexp f(x)  (shared bins)")
     ax.set_ylabel("density")
     ax.set_title(title, fontsize=9)
@@ -75,39 +89,79 @@ def histogram(sets: dict[str, np.ndarray], path: Path, title: str) -> Path:
 
 
 def summary(res: dict) -> str:
-    parts = [f"E clean {res['mean_clean']:.3f}", f"adv {res['mean_adv']:.3f}", f"gap_adv {res['gap_adv']:.3f}",
-             f"W1 {res['w1_adv']:.3f}"]
+    parts = [
+        f"E clean {res['mean_clean']:.3f}",
+        f"adv {res['mean_adv']:.3f}",
+        f"gap_adv {res['gap_adv']:.3f}",
+        f"W1 {res['w1_adv']:.3f}",
+    ]
     if res.get("gap_gen") is not None:
-        parts += [f"gen {res['mean_gen']:.3f}", f"gap_gen {res['gap_gen']:.3f}", f"W1 {res['w1_gen']:.3f}"]
+        parts += [
+            f"gen {res['mean_gen']:.3f}",
+            f"gap_gen {res['gap_gen']:.3f}",
+            f"W1 {res['w1_gen']:.3f}",
+        ]
     return ", ".join(parts) + f"  n={res.get('n_examples')} (gen {res.get('n_generated', 0)})"
 
 
 # the gaps E(x_adv) - E(x) and E(x_gen) - E(x) are signed: no direction is better
-@register_metric("energy", order=50, summary=summary, settings={"attack": dict, "n_generated": int, "sampler_steps": int, "sample_source": str},
-                 headlines=(
-    Headline("gap_adv", "energy.gap_adv", higher_is_better=None),
-    Headline("gap_gen", "energy.gap_gen", higher_is_better=None)))
+@register_metric(
+    "energy",
+    order=50,
+    summary=summary,
+    settings={"attack": dict, "n_generated": int, "sampler_steps": int, "sample_source": str},
+    headlines=(
+        Headline("gap_adv", "energy.gap_adv", higher_is_better=None),
+        Headline("gap_gen", "energy.gap_gen", higher_is_better=None),
+    ),
+)
 def energy(model, data, settings, ctx) -> dict:
     from scipy.stats import wasserstein_distance
 
-    atk = {"eps": 8 / 255, "alpha": 2 / 255, "steps": 20, "restarts": 1, **(settings.get("attack") or {})}
+    atk = {
+        "eps": 8 / 255,
+        "alpha": 2 / 255,
+        "steps": 20,
+        "restarts": 1,
+        **(settings.get("attack") or {}),
+    }
     x, y = test_subset(data, settings.get("n_examples", 0))
     n = x.shape[0]
     if n == 0:
         raise BenchError("energy needs at least one test image; raise --n-examples")
     e_clean = energies(model, x, ctx.device, ctx.batch_size)
 
-    x_adv = kept_adversarial(ctx, pgd_attack_key({**atk, "eot": 1}, n, ctx.seed))  # attacked without EOT below
-    adversarial_source = "the pgd metric's examples (same attack, images and seed)" if x_adv is not None else "attacked here"
+    x_adv = kept_adversarial(
+        ctx, pgd_attack_key({**atk, "eot": 1}, n, ctx.seed)
+    )  # attacked without EOT below
+    adversarial_source = (
+        "the pgd metric's examples (same attack, images and seed)"
+        if x_adv is not None
+        else "attacked here"
+    )
     if x_adv is None:
         rng_state = torch.random.get_rng_state()
-        torch.manual_seed(ctx.seed)  # the pgd metric's random starts: the same attack gives the same examples
+        torch.manual_seed(
+            ctx.seed
+        )  # the pgd metric's random starts: the same attack gives the same examples
         adv = []
         try:
             nb = math.ceil(n / ctx.batch_size)
-            for xb, yb in progress(batches(x, y, ctx.batch_size, ctx.device), nb, "energy/pgd", ctx.show_progress):
-                adv.append(pgd_linf(model, xb, yb, eps=atk["eps"], alpha=atk["alpha"], steps=int(atk["steps"]),
-                                    restarts=int(atk.get("restarts", 1)), mode="eval").cpu())
+            for xb, yb in progress(
+                batches(x, y, ctx.batch_size, ctx.device), nb, "energy/pgd", ctx.show_progress
+            ):
+                adv.append(
+                    pgd_linf(
+                        model,
+                        xb,
+                        yb,
+                        eps=atk["eps"],
+                        alpha=atk["alpha"],
+                        steps=int(atk["steps"]),
+                        restarts=int(atk.get("restarts", 1)),
+                        mode="eval",
+                    ).cpu()
+                )
         finally:
             torch.random.set_rng_state(rng_state)
         x_adv = torch.cat(adv)
@@ -129,11 +183,19 @@ def energy(model, data, settings, ctx) -> dict:
 
     (mc, sc), (ma, sa), (mg, sg) = stats(e_clean), stats(e_adv), stats(e_gen)
     out = {
-        "mean_clean": mc, "std_clean": sc, "mean_adv": ma, "std_adv": sa, "mean_gen": mg, "std_gen": sg,
-        "gap_adv": ma - mc, "gap_gen": (mg - mc) if mg is not None else None,
+        "mean_clean": mc,
+        "std_clean": sc,
+        "mean_adv": ma,
+        "std_adv": sa,
+        "mean_gen": mg,
+        "std_gen": sg,
+        "gap_adv": ma - mc,
+        "gap_gen": (mg - mc) if mg is not None else None,
         "w1_adv": float(wasserstein_distance(e_clean, e_adv)),
         "w1_gen": float(wasserstein_distance(e_clean, e_gen)) if e_gen.size else None,
-        "n_examples": n, "n_generated": int(e_gen.size), "attack": {**atk, "norm": "Linf", "kind": "pgd"},
+        "n_examples": n,
+        "n_generated": int(e_gen.size),
+        "attack": {**atk, "norm": "Linf", "kind": "pgd"},
         "adversarial_source": adversarial_source,
         "samples": gen_info,
     }
@@ -142,11 +204,23 @@ def energy(model, data, settings, ctx) -> dict:
     if ctx.out_dir is not None:
         proto = ctx.extra.get("protocol", "eval")
         rel = Path("figures") / f"{proto}-energy.png"
-        title = (f"[{proto}] PGD-{int(atk['steps'])} eps {atk['eps'] * 255:.3g}/255: gap_adv {out['gap_adv']:.3g}"
-                 + (f", gap_gen {out['gap_gen']:.3g}" if out["gap_gen"] is not None else ""))
-        histogram({"clean": e_clean, "adversarial": e_adv, "generated": e_gen}, Path(ctx.out_dir) / rel, title)
-        values = rel.with_suffix(".npz")  # the energies themselves: `bench report` draws runs on one axis
-        save_npz(Path(ctx.out_dir) / values, clean=e_clean.astype(np.float32), adversarial=e_adv.astype(np.float32),
-                 generated=e_gen.astype(np.float32))
+        title = (
+            f"[{proto}] PGD-{int(atk['steps'])} eps {atk['eps'] * 255:.3g}/255: gap_adv {out['gap_adv']:.3g}"
+            + (f", gap_gen {out['gap_gen']:.3g}" if out["gap_gen"] is not None else "")
+        )
+        histogram(
+            {"clean": e_clean, "adversarial": e_adv, "generated": e_gen},
+            Path(ctx.out_dir) / rel,
+            title,
+        )
+        values = rel.with_suffix(
+            ".npz"
+        )  # the energies themselves: `bench report` draws runs on one axis
+        save_npz(
+            Path(ctx.out_dir) / values,
+            clean=e_clean.astype(np.float32),
+            adversarial=e_adv.astype(np.float32),
+            generated=e_gen.astype(np.float32),
+        )
         out["artifacts"] = {"energy_histogram": str(rel), "energy_values": str(values)}
     return out

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 TOL = 1e-6  # slack on eps and on the [0, 1] range (float32 rounding of x + delta)
-RANDOM_TOL = 1e-5  # relative difference of two forward passes above which the model counts as random
+# relative difference of two forward passes above which the model counts as random
+RANDOM_TOL = 1e-5
 
 
 def check(passed: bool, detail: str, **extra: Any) -> dict[str, Any]:
@@ -64,7 +65,7 @@ class ForwardWatch:
         self.range = RunningRange()
         self._handle = None
 
-    def __enter__(self) -> "ForwardWatch":
+    def __enter__(self) -> ForwardWatch:
         self._handle = self.model.register_forward_pre_hook(self._hook)
         return self
 
@@ -96,9 +97,14 @@ class ForwardWatch:
         outside = self.range.outside_unit("inputs")
         if outside:
             problems.append(outside)
-        detail = ("; ".join(problems) if problems else
-                  f"{self.calls} forward passes, all in eval mode, fp32, no autocast, inputs in [0, 1]")
-        return check(not problems, detail, calls=self.calls, input_min=round(lo, 6), input_max=round(hi, 6))
+        detail = (
+            "; ".join(problems)
+            if problems
+            else f"{self.calls} forward passes, all in eval mode, fp32, no autocast, inputs in [0, 1]"
+        )
+        return check(
+            not problems, detail, calls=self.calls, input_min=round(lo, 6), input_max=round(hi, 6)
+        )
 
 
 class PerturbationMeter:
@@ -119,11 +125,16 @@ class PerturbationMeter:
         dist = float(self.dist)
         problems = []
         if dist > eps + TOL:
-            problems.append(f"max l-inf perturbation {dist * 255:.4g}/255 exceeds eps {eps * 255:.4g}/255")
+            problems.append(
+                f"max l-inf perturbation {dist * 255:.4g}/255 exceeds eps {eps * 255:.4g}/255"
+            )
         outside = self.range.outside_unit("adversarial images")
         if outside:
             problems.append(outside)
-        detail = "; ".join(problems) or f"max l-inf perturbation {dist * 255:.4g}/255 <= eps {eps * 255:.4g}/255, in [0, 1]"
+        detail = (
+            "; ".join(problems)
+            or f"max l-inf perturbation {dist * 255:.4g}/255 <= eps {eps * 255:.4g}/255, in [0, 1]"
+        )
         return check(not problems, detail, max_linf=round(dist, 8))
 
 
@@ -148,26 +159,46 @@ def zero_gradient_check(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
         with torch.enable_grad():
             xr = x.detach().clone().requires_grad_(True)
             z = model(xr).float()
-            other = z.masked_fill(torch.nn.functional.one_hot(y, z.shape[1]).bool(), float("-inf")).amax(1)
+            other = z.masked_fill(
+                torch.nn.functional.one_hot(y, z.shape[1]).bool(), float("-inf")
+            ).amax(1)
             (g,) = torch.autograd.grad((z.gather(1, y[:, None]).squeeze(1) - other).sum(), xr)
     finally:
         model.train(was)
     zero = int((g.flatten(1).abs().sum(1) == 0).sum())
     if zero:
-        return check(False, f"{zero} of {x.shape[0]} images have a zero input gradient (a non-differentiable step such "
-                            "as quantisation?): gradient attacks cannot move them; use an adaptive attack (BPDA)",
-                     zero=zero, of=int(x.shape[0]))
-    return check(True, f"all {x.shape[0]} images of the first batch have a non-zero input gradient", zero=0,
-                 of=int(x.shape[0]))
+        return check(
+            False,
+            f"{zero} of {x.shape[0]} images have a zero input gradient (a non-differentiable step such "
+            "as quantisation?): gradient attacks cannot move them; use an adaptive attack (BPDA)",
+            zero=zero,
+            of=int(x.shape[0]),
+        )
+    return check(
+        True,
+        f"all {x.shape[0]} images of the first batch have a non-zero input gradient",
+        zero=0,
+        of=int(x.shape[0]),
+    )
 
 
 def randomness_check(random: bool, diff: float, eot: int) -> dict[str, Any]:
     if not random:
-        return check(True, "two forward passes of the same batch agree: the model is deterministic", eot=eot)
+        return check(
+            True, "two forward passes of the same batch agree: the model is deterministic", eot=eot
+        )
     if eot > 1:
-        return check(True, f"the forward is random (relative difference {diff:.3g}); attacked with EOT {eot}", eot=eot)
-    return check(False, f"the forward is random (two passes differ by {diff:.3g}) and the attack used no EOT: use a "
-                        "protocol with EOT (e.g. paper-eot) or --set pgd.eot=20 / autoattack.version=rand", eot=eot)
+        return check(
+            True,
+            f"the forward is random (relative difference {diff:.3g}); attacked with EOT {eot}",
+            eot=eot,
+        )
+    return check(
+        False,
+        f"the forward is random (two passes differ by {diff:.3g}) and the attack used no EOT: use a "
+        "protocol with EOT (e.g. paper-eot) or --set pgd.eot=20 / autoattack.version=rand",
+        eot=eot,
+    )
 
 
 def verdict(result: dict[str, Any], checks: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -186,7 +217,9 @@ def _acc(res: dict[str, Any] | None) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def apply_ordering(results: dict[str, dict[str, Any]], stored: dict[str, dict[str, Any]] | None = None) -> None:
+def apply_ordering(
+    results: dict[str, dict[str, Any]], stored: dict[str, dict[str, Any]] | None = None
+) -> None:
     """Add the ``ordering`` check to the robustness results in ``results`` (in place): robust <= clean
     on the same images, and AutoAttack <= PGD at the same eps and n. ``stored`` holds earlier results
     of the same protocol to compare with (they are not changed)."""
@@ -199,19 +232,33 @@ def apply_ordering(results: dict[str, dict[str, Any]], stored: dict[str, dict[st
         clean = res.get("clean_accuracy")
         if isinstance(clean, (int, float)):
             if _acc(res) > clean + TOL:
-                problems.append(f"robust accuracy {100 * _acc(res):.2f}% above clean {100 * clean:.2f}% on the same images")
+                problems.append(
+                    f"robust accuracy {100 * _acc(res):.2f}% above clean {100 * clean:.2f}% on the same images"
+                )
             else:
                 notes.append("robust <= clean")
-        if name == "autoattack" and pgd is not None and _acc(pgd) is not None \
-                and pgd.get("n_examples") == res.get("n_examples") and _same_eps(res, pgd):
-            a_aa, a_pgd = _acc(res), _acc(pgd)  # the weaker (higher) AutoAttack number is the suspect one
+        if (
+            name == "autoattack"
+            and pgd is not None
+            and _acc(pgd) is not None
+            and pgd.get("n_examples") == res.get("n_examples")
+            and _same_eps(res, pgd)
+        ):
+            a_aa, a_pgd = (
+                _acc(res),
+                _acc(pgd),
+            )  # the weaker (higher) AutoAttack number is the suspect one
             if a_aa > a_pgd + TOL:
-                problems.append(f"AutoAttack {100 * a_aa:.2f}% above PGD {100 * a_pgd:.2f}% at the same eps and "
-                                "images: the stronger attack did worse (gradient masking or a bug)")
+                problems.append(
+                    f"AutoAttack {100 * a_aa:.2f}% above PGD {100 * a_pgd:.2f}% at the same eps and "
+                    "images: the stronger attack did worse (gradient masking or a bug)"
+                )
             else:
                 notes.append("AutoAttack <= PGD")
         if problems or notes:
-            results[name] = verdict(res, {"ordering": check(not problems, "; ".join(problems or notes))})
+            results[name] = verdict(
+                res, {"ordering": check(not problems, "; ".join(problems or notes))}
+            )
 
 
 def _same_eps(a: dict[str, Any], b: dict[str, Any]) -> bool:

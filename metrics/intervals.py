@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from statistics import mean, stdev
-from typing import Sequence
 
 Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
 

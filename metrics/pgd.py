@@ -12,22 +12,42 @@ import math
 
 import torch
 
-from bench.errors import BenchError
-
 from bench.attacks.pgd import pgd_linf
-from metrics.base import (accuracy_headline, accuracy_summary, batches, keep_adversarial, pgd_attack_key, progress,
-                          register_metric, test_subset)
-from metrics.guards import (ForwardWatch, PerturbationMeter, forward_is_random, randomness_check, verdict,
-                           zero_gradient_check)
+from bench.core.errors import BenchError
+from metrics.base import (
+    accuracy_headline,
+    accuracy_summary,
+    batches,
+    keep_adversarial,
+    pgd_attack_key,
+    progress,
+    register_metric,
+    test_subset,
+)
+from metrics.guards import (
+    ForwardWatch,
+    PerturbationMeter,
+    forward_is_random,
+    randomness_check,
+    verdict,
+    zero_gradient_check,
+)
 
 
-@register_metric("pgd", headlines=(accuracy_headline("pgd"),), order=20, summary=accuracy_summary,
-                 settings={"eps": float, "alpha": float, "steps": int, "restarts": int, "eot": int, "norm": str},
-                 checked=True)
+@register_metric(
+    "pgd",
+    headlines=(accuracy_headline("pgd"),),
+    order=20,
+    summary=accuracy_summary,
+    settings={"eps": float, "alpha": float, "steps": int, "restarts": int, "eot": int, "norm": str},
+    checked=True,
+)
 def pgd(model, data, settings, ctx) -> dict:
     if settings.get("norm", "Linf") != "Linf":
-        raise BenchError(f"pgd attacks in the l-inf norm only (norm Linf), not {settings['norm']!r}; "
-                         "AutoAttack covers L2 (--set autoattack.norm=L2)")
+        raise BenchError(
+            f"pgd attacks in the l-inf norm only (norm Linf), not {settings['norm']!r}; "
+            "AutoAttack covers L2 (--set autoattack.norm=L2)"
+        )
     eps = settings.get("eps", 8 / 255)
     alpha = settings.get("alpha", 2 / 255)
     steps = int(settings.get("steps", 20))
@@ -43,14 +63,19 @@ def pgd(model, data, settings, ctx) -> dict:
     nb = math.ceil(x.shape[0] / ctx.batch_size)
     try:
         with ForwardWatch(model) as watch:
-            for i, (xb, yb) in enumerate(progress(batches(x, y, ctx.batch_size, ctx.device), nb, f"pgd-{steps}",
-                                                  ctx.show_progress)):
+            for i, (xb, yb) in enumerate(
+                progress(
+                    batches(x, y, ctx.batch_size, ctx.device), nb, f"pgd-{steps}", ctx.show_progress
+                )
+            ):
                 if i == 0:
                     random, diff = forward_is_random(model, xb[:64])
                     gradients = zero_gradient_check(model, xb[:64], yb[:64])
                 with torch.no_grad():
                     clean += int((model(xb).argmax(1) == yb).sum())
-                x_adv = pgd_linf(model, xb, yb, eps=eps, alpha=alpha, steps=steps, restarts=restarts, eot=eot)
+                x_adv = pgd_linf(
+                    model, xb, yb, eps=eps, alpha=alpha, steps=steps, restarts=restarts, eot=eot
+                )
                 meter.add(xb, x_adv)
                 kept.append(x_adv.cpu())
                 with torch.no_grad():
@@ -58,8 +83,23 @@ def pgd(model, data, settings, ctx) -> dict:
     finally:
         torch.random.set_rng_state(gen_state)
     n = x.shape[0]
-    if not random and n:  # a deterministic model: the same attack gives the same examples (energy reuses them)
+    if (
+        not random and n
+    ):  # a deterministic model: the same attack gives the same examples (energy reuses them)
         keep_adversarial(ctx, pgd_attack_key(settings, n, ctx.seed), torch.cat(kept))
-    out = {"accuracy": robust / n, "clean_accuracy": clean / n, "n_examples": n, "eps": eps, "eot": eot}
-    return verdict(out, {"forward": watch.result(), "perturbation": meter.result(eps), "gradients": gradients,
-                         "randomness": randomness_check(random, diff, eot)})
+    out = {
+        "accuracy": robust / n,
+        "clean_accuracy": clean / n,
+        "n_examples": n,
+        "eps": eps,
+        "eot": eot,
+    }
+    return verdict(
+        out,
+        {
+            "forward": watch.result(),
+            "perturbation": meter.result(eps),
+            "gradients": gradients,
+            "randomness": randomness_check(random, diff, eot),
+        },
+    )

@@ -24,16 +24,17 @@ from typing import Any
 
 import torch
 
-from bench.errors import BenchError
-from bench.registry import Registry, module_provider, provider
-from bench.config import coerce
+from bench.core.config import coerce
+from bench.core.errors import BenchError
+from bench.core.registry import Registry, module_provider, provider
 from metrics.base import METRICS, EvalContext, declared_settings, setting_types
 from metrics.guards import apply_ordering
 from metrics.intervals import accuracy_interval
 
 
 class MetricUnavailable(BenchError):
-    """A metric's inputs (generated samples, feature-extractor weights, ...) are missing; one line says how to fix it."""
+    """A metric's inputs (generated samples, feature-extractor weights, ...) are missing; one line
+    says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,9 @@ class Protocol:
     name: str
     description: str
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # metric -> settings
-    optional: frozenset[str] = frozenset()  # skipped (with the reason) when their inputs are unavailable
+    optional: frozenset[str] = (
+        frozenset()
+    )  # skipped (with the reason) when their inputs are unavailable
     input_noise: float = 0.0  # std of Gaussian noise on the [0, 1] test images (pixel units)
     # False: the noise is drawn once per image, before any metric (the attacked function is deterministic);
     # True: drawn afresh inside every forward pass, a randomised defence (attack it with EOT)
@@ -102,7 +105,9 @@ register_protocol(
             "fid": {"real_split": "train", "n_samples": 10000},
             "kid": {"real_split": "train", "n_samples": 10000},
             "is": {"n_samples": 10000, "splits": 10},
-            "energy": {"attack": dict(PGD20)},  # after fid: its generated samples are reused, not drawn again
+            "energy": {
+                "attack": dict(PGD20)
+            },  # after fid: its generated samples are reused, not drawn again
         },
         optional=frozenset({"fid", "kid", "is"}),
     )
@@ -123,7 +128,10 @@ register_protocol(
             "clean": {},
             "pgd": dict(PGD10),
             "kid": {"real_split": "train", "n_samples": 100, "n_real": 100, "kid_subset_size": 100},
-            "energy": {"attack": dict(PGD10), "n_generated": 100},  # after kid: the same generated samples
+            "energy": {
+                "attack": dict(PGD10),
+                "n_generated": 100,
+            },  # after kid: the same generated samples
         },
         optional=frozenset({"kid"}),
     )
@@ -141,13 +149,21 @@ register_protocol(
             "-> untargeted APGD-DLR 20 it -> Square 5000 queries, 1 restart each (their FAB clamps to [0, 1] on "
             "[-1, 1] images and contributes nothing, so it is left out); energy and ECE on the same noisy images; "
             "FID/IS on the top 90% most confident generated samples per predicted class vs their real set (CIFAR-10: "
-            "train+test; CIFAR-100: train), computed correctly (their uint8-as-float pixel wrap-around is not reproduced)"
+            "train+test; CIFAR-100: train), computed correctly (their uint8-as-float pixel wrap-around "
+            "is not reproduced)"
         ),
         metrics={
             "clean": {},
             "pgd": dict(PAPER_PGD),
-            "autoattack": {"version": "custom", "attacks": ["apgd-ce", "apgd-dlr", "square"], "norm": "Linf",
-                           "eps": 4 / 255, "apgd_iter": 20, "apgd_restarts": 1, "square_queries": 5000},
+            "autoattack": {
+                "version": "custom",
+                "attacks": ["apgd-ce", "apgd-dlr", "square"],
+                "norm": "Linf",
+                "eps": 4 / 255,
+                "apgd_iter": 20,
+                "apgd_restarts": 1,
+                "square_queries": 5000,
+            },
             "calibration": {"bins": 15},
             "fid": {"real_split": "authors", "n_samples": 10000, "select_top_ratio": 0.9},
             "is": {"n_samples": 10000, "splits": 10, "select_top_ratio": 0.9},
@@ -164,7 +180,8 @@ register_protocol(
         name="paper-eot",
         description=(
             "the paper protocol's settings (eps 4/255 and PGD-20 step 0.5/255 in pixels, random start; AutoAttack "
-            "APGD 20 iterations) on a randomised deployment: the N(0, 0.015^2) pixel noise is drawn afresh inside every "
+            "APGD 20 iterations) on a randomised deployment: the N(0, 0.015^2) pixel noise is drawn "
+            "afresh inside every "
             "forward pass (clamped to [0, 1]), and the attacks average over it (expectation over transformation): "
             "PGD-20 with EOT 20, AutoAttack 'rand' (APGD-CE, APGD-DLR, 20 iterations, EOT 20, 1 restart). The gap to "
             "`paper` (noise drawn once per image) is the robustness the noise gives against an attacker that averages"
@@ -172,7 +189,13 @@ register_protocol(
         metrics={
             "clean": {},
             "pgd": {**PAPER_PGD, "eot": 20},
-            "autoattack": {"version": "rand", "norm": "Linf", "eps": 4 / 255, "apgd_iter": 20, "apgd_restarts": 1},
+            "autoattack": {
+                "version": "rand",
+                "norm": "Linf",
+                "eps": 4 / 255,
+                "apgd_iter": 20,
+                "apgd_restarts": 1,
+            },
         },
         input_noise=0.015,
         noise_per_forward=True,
@@ -183,8 +206,10 @@ register_protocol(
 register_protocol(
     Protocol(
         name="custom",
-        description=("ad-hoc evaluations: the metrics named with --metrics, each with its own defaults and the --set "
-                     "settings given; [0, 1] inputs, no test-time noise"),
+        description=(
+            "ad-hoc evaluations: the metrics named with --metrics, each with its own defaults and the --set "
+            "settings given; [0, 1] inputs, no test-time noise"
+        ),
         metrics={},
     )
 )
@@ -198,7 +223,11 @@ class TestTimeNoise(torch.nn.Module):
         self.model, self.std = model, std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x + self.std * torch.randn_like(x, memory_format=torch.contiguous_format)).clamp(0.0, 1.0))
+        return self.model(
+            (x + self.std * torch.randn_like(x, memory_format=torch.contiguous_format)).clamp(
+                0.0, 1.0
+            )
+        )
 
 
 def get_protocol(name: str) -> Protocol:
@@ -216,33 +245,48 @@ def noisy_view(data, std: float, seed: int):
     return view
 
 
-def metric_settings(proto: Protocol, name: str, n_examples: int | None,
-                    overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def metric_settings(
+    proto: Protocol,
+    name: str,
+    n_examples: int | None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     settings = {**proto.metrics.get(name, {})}
     if n_examples is not None:
         settings["n_examples"] = n_examples
     settings.update((overrides or {}).get(name, {}))
     if proto.input_noise:
         settings["input_noise"] = proto.input_noise
-        settings["input_noise_drawn"] = "every forward pass" if proto.noise_per_forward else "once per image"
+        settings["input_noise_drawn"] = (
+            "every forward pass" if proto.noise_per_forward else "once per image"
+        )
     return settings
 
 
-def preflight(protocol: str, metrics: list[str] | None, ctx: EvalContext,
-              n_examples: int | None = None, overrides: dict | None = None) -> tuple[list[str], dict[str, str]]:
+def preflight(
+    protocol: str,
+    metrics: list[str] | None,
+    ctx: EvalContext,
+    n_examples: int | None = None,
+    overrides: dict | None = None,
+) -> tuple[list[str], dict[str, str]]:
     """(metrics to run, {skipped metric: reason}). Fails with the one-line fix for a metric asked for by name."""
     proto = get_protocol(protocol)
     names = list(metrics) if metrics else list(proto.metrics)
     if not names:
-        raise BenchError(f"protocol {proto.name} has no metrics of its own; name them with --metrics, e.g. "
-                         "--protocol custom --metrics pgd --set pgd.steps=50")
+        raise BenchError(
+            f"protocol {proto.name} has no metrics of its own; name them with --metrics, e.g. "
+            "--protocol custom --metrics pgd --set pgd.steps=50"
+        )
     if proto.metrics:  # a named protocol: its results must be what it says
         foreign = [m for m in names if m not in proto.metrics]
         if foreign:
             METRICS.get(foreign[0])  # an unknown name fails here, with the known ones
-            raise BenchError(f"metric {foreign[0]!r} is not part of protocol {proto.name} (it has "
-                             f"{', '.join(proto.metrics)}); evaluate it with --protocol custom --metrics "
-                             f"{','.join(foreign)} (its own defaults plus --set)")
+            raise BenchError(
+                f"metric {foreign[0]!r} is not part of protocol {proto.name} (it has "
+                f"{', '.join(proto.metrics)}); evaluate it with --protocol custom --metrics "
+                f"{','.join(foreign)} (its own defaults plus --set)"
+            )
     check_protocol_settings(proto, names)
     check_overrides(names, overrides)
     run, skipped = [], {}
@@ -289,8 +333,10 @@ def check_protocol_settings(proto: Protocol, names: list[str]) -> None:
         known = declared_settings(metric)
         unknown = sorted(set(proto.metrics.get(metric, {})) - known) if known is not None else []
         if unknown:
-            raise BenchError(f"protocol {proto.name} gives metric {metric} the setting {unknown[0]!r}, which it does "
-                             f"not read (its settings: {', '.join(sorted(known))}); fix the protocol's definition")
+            raise BenchError(
+                f"protocol {proto.name} gives metric {metric} the setting {unknown[0]!r}, which it does "
+                f"not read (its settings: {', '.join(sorted(known))}); fix the protocol's definition"
+            )
 
 
 def check_overrides(names: list[str], overrides: dict[str, dict[str, Any]] | None) -> None:
@@ -300,21 +346,34 @@ def check_overrides(names: list[str], overrides: dict[str, dict[str, Any]] | Non
     for metric, items in (overrides or {}).items():
         METRICS.get(metric)  # an unknown name fails here, with the known ones
         if metric not in names:
-            raise BenchError(f"--set {metric}.{next(iter(items))}: metric {metric!r} is not evaluated here "
-                             f"(this evaluation runs {', '.join(names)}); add it with --metrics {metric}")
+            raise BenchError(
+                f"--set {metric}.{next(iter(items))}: metric {metric!r} is not evaluated here "
+                f"(this evaluation runs {', '.join(names)}); add it with --metrics {metric}"
+            )
         known = declared_settings(metric)
         unknown = sorted(set(items) - known) if known is not None else []
         if unknown:
-            raise BenchError(f"--set {metric}.{unknown[0]}: unknown setting {unknown[0]!r} of metric {metric}; "
-                             f"its settings: {', '.join(sorted(known))}")
-        for key, kind in setting_types(metric).items():  # typed settings: checked and converted here
+            raise BenchError(
+                f"--set {metric}.{unknown[0]}: unknown setting {unknown[0]!r} of metric {metric}; "
+                f"its settings: {', '.join(sorted(known))}"
+            )
+        for key, kind in setting_types(
+            metric
+        ).items():  # typed settings: checked and converted here
             if key in items:
                 items[key] = coerce(items[key], kind, f"--set {metric}.{key}")
 
 
-def evaluate(model, data, protocol: str, n_examples: int, ctx: EvalContext,
-             metrics: list[str] | None = None, overrides: dict[str, dict[str, Any]] | None = None,
-             skipped: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+def evaluate(
+    model,
+    data,
+    protocol: str,
+    n_examples: int,
+    ctx: EvalContext,
+    metrics: list[str] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    skipped: dict[str, str] | None = None,
+) -> dict[str, dict[str, Any]]:
     """Run the protocol's metrics; returns ``{metric: {numbers..., protocol, settings, n_examples}}``.
 
     ``metrics`` restricts (and, for optional metrics, insists on) a subset; ``overrides`` maps a
@@ -350,14 +409,18 @@ def evaluate(model, data, protocol: str, n_examples: int, ctx: EvalContext,
                 "seconds": round(time.perf_counter() - t0, 3),
                 "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
-            prov = provider(fn)  # a plugin's metric: which package (and version) produced the number
+            prov = provider(
+                fn
+            )  # a plugin's metric: which package (and version) produced the number
             if prov:
                 results[key]["provider"] = prov
             if proto_prov:  # a plugin's protocol: which package chose the settings
                 results[key]["protocol_provider"] = proto_prov
     finally:
         model.train(was_training)
-        ctx.extra.pop("adversarial", None)  # the examples kept for a later metric (metrics.base.keep_adversarial)
+        ctx.extra.pop(
+            "adversarial", None
+        )  # the examples kept for a later metric (metrics.base.keep_adversarial)
     apply_ordering(results)
     return results
 

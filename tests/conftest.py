@@ -33,8 +33,8 @@ Plain helpers (``from conftest import ...``): ``REPO_ROOT``, ``make_tiny_args`` 
 from __future__ import annotations
 
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -96,7 +96,9 @@ def shapes_data_dir(tmp_path_factory) -> Path:
     from bench.data.shapes import cache_path, load_arrays
 
     d = tmp_path_factory.mktemp("shapes10-data")
-    local = cache_path(REPO_ROOT / "data")  # a developer's cache (git-ignored): same bytes, saves the 16 s
+    local = cache_path(
+        REPO_ROOT / "data"
+    )  # a developer's cache (git-ignored): same bytes, saves the 16 s
     if local.is_file():
         shutil.copy(local, cache_path(d))
     arrays = load_arrays(d)  # validates the copied cache (shape check) or generates it
@@ -137,15 +139,25 @@ def bench_cli():
 
 def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO_ROOT), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
+    )
     env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
     env.update(extra or {})
     return env
 
 
-def run_subprocess(*args, env: dict[str, str] | None = None, timeout: float = 300, cwd=None) -> CliResult:
-    p = subprocess.run([sys.executable, "-m", "bench", *map(str, args)], capture_output=True, text=True,
-                       env=subprocess_env(env), timeout=timeout, cwd=cwd or REPO_ROOT)
+def run_subprocess(
+    *args, env: dict[str, str] | None = None, timeout: float = 300, cwd=None
+) -> CliResult:
+    p = subprocess.run(
+        [sys.executable, "-m", "bench", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(env),
+        timeout=timeout,
+        cwd=cwd or REPO_ROOT,
+    )
     return CliResult(p.returncode, p.stdout, p.stderr)
 
 
@@ -155,8 +167,19 @@ def bench_subprocess():
 
 
 def make_tiny_args(out, data_dir, steps: int = 4, seed: int = 0) -> list[str]:
-    args = ["--preset", "smoke", "--out", str(out), "--data-dir", str(data_dir), "--seed", str(seed), "-q",
-            "--set", f"train.max_steps={steps}"]
+    args = [
+        "--preset",
+        "smoke",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(data_dir),
+        "--seed",
+        str(seed),
+        "-q",
+        "--set",
+        f"train.max_steps={steps}",
+    ]
     for s in TINY_SETTINGS:
         args += ["--set", s]
     return args
@@ -193,7 +216,7 @@ def trainer_for(cfg, tmp, method_obj=None):
     the model built under seed 0, the method set up on it (``method_obj`` replaces the registered one)."""
     from bench.data import load_run_data
     from bench.models import build_model
-    from bench.trainer import Trainer
+    from bench.train.trainer import Trainer
     from methods import get_method
 
     data = load_run_data(cfg)
@@ -206,7 +229,7 @@ def trainer_for(cfg, tmp, method_obj=None):
 
 def step_batch(tr, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The prepared batch (x, y) that ``tr.train_step(step)`` will see (it reseeds the same way)."""
-    from bench.trainer import step_seed
+    from bench.train.trainer import step_seed
 
     epoch, index = divmod(step, tr.steps_per_epoch)
     torch.manual_seed(step_seed(tr.cfg.seed, step, 0))
@@ -216,10 +239,14 @@ def step_batch(tr, step: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def smoke_trainer(method: str, overrides, tmp):
     """:func:`trainer_for` the method's ``smoke`` config at batch 16 on the CPU, with ``overrides``."""
-    from bench.resolve import resolve_config
+    from bench.run.resolve import resolve_config
 
-    return trainer_for(resolve_config(method, preset="smoke", device="cpu",
-                                      overrides=["data.batch_size=16", *overrides]), tmp)
+    return trainer_for(
+        resolve_config(
+            method, preset="smoke", device="cpu", overrides=["data.batch_size=16", *overrides]
+        ),
+        tmp,
+    )
 
 
 def only_run(out) -> tuple[Path, dict]:

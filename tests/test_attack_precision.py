@@ -19,7 +19,7 @@ import torch
 from bench.attacks.ebjdat import ebjdat_attack
 from bench.attacks.pgd import pgd_linf
 from bench.attacks.trades import trades_attack
-from bench.config import ModelConfig
+from bench.core.config import ModelConfig
 from bench.models import build_model
 from bench.sampling.gaussians import ClassGaussians
 from bench.sampling.langevin import pyld, sgld
@@ -37,7 +37,9 @@ def model():
     m = build_model(ModelConfig(arch="resnet8", mean=(0.0,) * 3, std=(1.0,) * 3), num_classes=10)
     x, _ = pixels()
     m.train()
-    with torch.no_grad():  # non-trivial running statistics, so the attacks' eval mode is a real network
+    with (
+        torch.no_grad()
+    ):  # non-trivial running statistics, so the attacks' eval mode is a real network
         for k in range(4):
             m(x.roll(k, 0))
     return m
@@ -46,8 +48,10 @@ def model():
 def pixels(n=16, size=16, seed=1):
     """Images on the 8-bit grid (k / 255), as the trainer's batches are, and labels."""
     g = torch.Generator().manual_seed(seed)
-    return (torch.randint(0, 256, (n, 3, size, size), generator=g).float() / 255,
-            torch.randint(0, 10, (n,), generator=g))
+    return (
+        torch.randint(0, 256, (n, 3, size, size), generator=g).float() / 255,
+        torch.randint(0, 10, (n,), generator=g),
+    )
 
 
 def signs_agree(a: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> float:
@@ -79,7 +83,11 @@ def test_trades_under_bf16_follows_the_fp32_attack(model):
     under_bf16 = trades(model, x, steps=10, context=bf16)
     assert under_bf16.dtype == torch.float32
     assert signs_agree(under_bf16, fp32, x) > 0.85
-    assert (under_bf16 - x).abs().max() <= EPS + 1e-6 and under_bf16.min() >= 0 and under_bf16.max() <= 1
+    assert (
+        (under_bf16 - x).abs().max() <= EPS + 1e-6
+        and under_bf16.min() >= 0
+        and under_bf16.max() <= 1
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -110,8 +118,15 @@ def test_pgd_iterates_are_fp32_under_bf16(model, dtype):
         torch.manual_seed(4)
         uniform = pgd_linf(model, xin, y, eps=EPS, alpha=ALPHA, steps=2)
         torch.manual_seed(4)
-        start = pgd_linf(model, xin, y, eps=EPS, alpha=ALPHA, steps=0,
-                         start=lambda c: c + 0.001 * torch.randn_like(c))
+        start = pgd_linf(
+            model,
+            xin,
+            y,
+            eps=EPS,
+            alpha=ALPHA,
+            steps=0,
+            start=lambda c: c + 0.001 * torch.randn_like(c),
+        )
     for got in (uniform, start):
         assert got.dtype == torch.float32
         assert (got - xin.float()).abs().max() <= EPS + 1e-6
@@ -127,7 +142,9 @@ def test_ebjdat_attack_iterates_are_fp32_under_bf16(model):
         got = ebjdat_attack(model, xin, y, steps=2, eps_units="pixel", project=True)
     assert got.dtype == torch.float32
     assert (got - xin.float()).abs().max() <= EPS + 1e-6
-    assert (got - xin.float()).abs().max() > ALPHA  # it moved beyond one step: the start and the steps survived
+    assert (
+        got - xin.float()
+    ).abs().max() > ALPHA  # it moved beyond one step: the start and the steps survived
 
 
 def test_sampler_iterates_are_fp32_under_bf16(model):
@@ -140,7 +157,9 @@ def test_sampler_iterates_are_fp32_under_bf16(model):
     assert out_sgld.dtype == torch.float32 and out_pyld.dtype == torch.float32
 
 
-@pytest.mark.parametrize("n_per_class", [8, 40])  # n <= D: low-rank factor; n > D: Cholesky factor (D = 27)
+@pytest.mark.parametrize(
+    "n_per_class", [8, 40]
+)  # n <= D: low-rank factor; n > D: Cholesky factor (D = 27)
 @pytest.mark.parametrize("dense", [False, True])
 def test_gaussian_draws_are_fp32_under_autocast(n_per_class, dense):
     """Class-Gaussian draws inside bf16 autocast equal the fp32 draws from the same seed (autocast

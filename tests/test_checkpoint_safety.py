@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench import checkpoint
-from bench.errors import BenchError
-from bench.io import torch_save
+from bench.core.errors import BenchError
+from bench.core.io import torch_save
+from bench.train import checkpoint
 
 
 class Payload:
@@ -34,7 +34,9 @@ def crafted_run(tmp_path, complete_run):
     shutil.copytree(complete_run, run_dir)
     marker = tmp_path / "PAYLOAD-RAN"
     good = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-    torch.save({**good, "extra": Payload(marker)}, run_dir / "checkpoints" / "last.pt")  # looks like ours
+    torch.save(
+        {**good, "extra": Payload(marker)}, run_dir / "checkpoints" / "last.pt"
+    )  # looks like ours
     rec = json.loads((run_dir / "record.json").read_text())
     rec["status"] = "interrupted"  # so that --resume reads the checkpoint
     (run_dir / "record.json").write_text(json.dumps(rec))
@@ -44,9 +46,21 @@ def crafted_run(tmp_path, complete_run):
 @pytest.mark.parametrize("command", ["resume", "eval", "sample"])
 def test_a_crafted_checkpoint_runs_nothing_and_is_refused(crafted_run, bench_cli, command):
     results, run_dir, marker = crafted_run
-    args = {"resume": ["run", "--resume", run_dir.name, "--out", str(results), "-q"],
-            "eval": ["eval", run_dir.name, "--out", str(results), "--protocol", "quick", "-n", "8", "-q"],
-            "sample": ["sample", run_dir.name, "--results", str(results), "-n", "2", "--steps", "1"]}[command]
+    args = {
+        "resume": ["run", "--resume", run_dir.name, "--out", str(results), "-q"],
+        "eval": [
+            "eval",
+            run_dir.name,
+            "--out",
+            str(results),
+            "--protocol",
+            "quick",
+            "-n",
+            "8",
+            "-q",
+        ],
+        "sample": ["sample", run_dir.name, "--results", str(results), "-n", "2", "--steps", "1"],
+    }[command]
     res = bench_cli(*args)
     assert not marker.exists(), "the checkpoint's payload ran"
     assert res.exit_code == 2, res.stderr
@@ -66,8 +80,15 @@ def test_checkpoints_hold_only_tensors_and_plain_values(tmp_path):
 def test_checkpoints_of_format_1_still_load(tmp_path):
     """Format 1 stored numpy's RNG state as an array: read through numpy's allow-listed array reconstruction."""
     np.random.seed(7)
-    old = {"format": 1, "model": {"w": torch.ones(2)},
-           "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
+    old = {
+        "format": 1,
+        "model": {"w": torch.ones(2)},
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        },
+    }
     torch_save(old, tmp_path / "old.pt")
     expected = np.random.rand()
     checkpoint.set_rng_state(checkpoint.load(tmp_path / "old.pt")["rng"])

@@ -9,11 +9,10 @@ import tempfile
 import numpy as np
 import pytest
 import torch
-
-from bench.resolve import resolve_config
-from methods import METHODS, get_method
-
 from conftest import trainer_for
+
+from bench.run.resolve import resolve_config
+from methods import METHODS, get_method
 
 BUILT_IN = sorted(m for m in METHODS.names() if get_method(m).__module__.startswith("methods."))
 
@@ -39,8 +38,13 @@ def test_every_method_resolves_on_cifar100(preset):
 
 @pytest.mark.parametrize("method", BUILT_IN)
 def test_one_step_of_every_method_on_100_classes(method, hundred_classes):
-    cfg = resolve_config(method, preset="smoke", device="cpu", dataset=f"npz:{hundred_classes}",
-                         overrides=["data.batch_size=16", "data.val_size=0", "train.amp=off"])
+    cfg = resolve_config(
+        method,
+        preset="smoke",
+        device="cpu",
+        dataset=f"npz:{hundred_classes}",
+        overrides=["data.batch_size=16", "data.val_size=0", "train.amp=off"],
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tr = trainer_for(cfg, tmp)
         model, m = tr.model, tr.method
@@ -52,5 +56,7 @@ def test_one_step_of_every_method_on_100_classes(method, hundred_classes):
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 100)
     assert any(not torch.equal(b, p.detach()) for b, p in zip(before, tr.model.parameters()))
     sampler = getattr(m, "sampler", None)
-    if sampler is not None and sampler.cfg.init == "informative":  # JEM++ / SADA-JEM / EB-JDAT bases
+    if (
+        sampler is not None and sampler.cfg.init == "informative"
+    ):  # JEM++ / SADA-JEM / EB-JDAT bases
         assert sampler.gaussians.num_classes == 100 and sampler.num_classes == 100

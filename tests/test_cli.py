@@ -25,13 +25,22 @@ def test_bench_run_smoke(method, bench_cli, results_root, tiny_args, shapes_data
     run_dir = _run_dir_from(res.stdout)
     assert run_dir.parent == results_root / "runs"
     assert re.fullmatch(rf"\d{{8}}-\d{{6}}-{method}-shapes10-[0-9a-f]{{6}}", run_dir.name)
-    assert re.search(rf"^{run_dir.name} \[quick\]: clean \d+\.\d\d% \(n=32\), pgd \d+\.\d\d% \(n=32\)$", res.stdout, re.M)
-    assert f"run {run_dir.name}: {method} on shapes10 (resnet8, preset smoke, seed 0, cpu)" in res.stderr
+    assert re.search(
+        rf"^{run_dir.name} \[quick\]: clean \d+\.\d\d% \(n=32\), pgd \d+\.\d\d% \(n=32\)$",
+        res.stdout,
+        re.M,
+    )
+    assert (
+        f"run {run_dir.name}: {method} on shapes10 (resnet8, preset smoke, seed 0, cpu)"
+        in res.stderr
+    )
     rec = json.loads((run_dir / "record.json").read_text())
     assert rec["status"] == "complete" and rec["method"] == method and rec["preset"] == "smoke"
     assert rec["training"]["steps_done"] == 4
     if method == "pgd-at":
-        assert rec["config"]["method_cfg"]["steps"] == 3  # presets/methods/pgd-at.yaml, smoke section
+        assert (
+            rec["config"]["method_cfg"]["steps"] == 3
+        )  # presets/methods/pgd-at.yaml, smoke section
         assert "ce_adv" in rec["training"]["history"][-1]
         assert rec["config"]["optim"]["schedule"] == "step"
     else:
@@ -39,9 +48,17 @@ def test_bench_run_smoke(method, bench_cli, results_root, tiny_args, shapes_data
 
 
 @pytest.mark.slow
-def test_pgd_at_trains_on_real_cifar_images(cifar_npz, bench_cli, results_root, tiny_args, shapes_data_dir):
-    res = bench_cli("run", "--method", "pgd-at", "--dataset", f"npz:{cifar_npz}",
-                    *tiny_args(results_root, shapes_data_dir))
+def test_pgd_at_trains_on_real_cifar_images(
+    cifar_npz, bench_cli, results_root, tiny_args, shapes_data_dir
+):
+    res = bench_cli(
+        "run",
+        "--method",
+        "pgd-at",
+        "--dataset",
+        f"npz:{cifar_npz}",
+        *tiny_args(results_root, shapes_data_dir),
+    )
     assert res.exit_code == 0, res.stderr
     rec = json.loads((_run_dir_from(res.stdout) / "record.json").read_text())
     assert rec["status"] == "complete" and rec["dataset"] == f"npz:{cifar_npz}"
@@ -72,21 +89,26 @@ def test_show(bench_cli, complete_run):
     assert by_record.exit_code == 0 and complete_run.name in by_record.stdout
 
 
-@pytest.mark.parametrize("kind, expected", [
-    ("methods", {"ce", "pgd-at"}),
-    ("datasets", {"shapes10", "cifar10", "cifar100", "npz:PATH"}),
-    ("archs", {"resnet8", "resnet8-wide", "wrn-D-W"}),
-    ("presets", {"smoke", "cpu", "paper"}),
-    ("metrics", {"clean", "pgd"}),
-    ("protocols", {"quick"}),
-])
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("methods", {"ce", "pgd-at"}),
+        ("datasets", {"shapes10", "cifar10", "cifar100", "npz:PATH"}),
+        ("archs", {"resnet8", "resnet8-wide", "wrn-D-W"}),
+        ("presets", {"smoke", "cpu", "paper"}),
+        ("metrics", {"clean", "pgd"}),
+        ("protocols", {"quick"}),
+    ],
+)
 def test_list(kind, expected, bench_cli):
     res = bench_cli("list", kind)
     assert res.exit_code == 0, res.stderr
     names = {line.split()[0] for line in res.stdout.splitlines() if line.strip()}
     assert expected <= names
     if kind != "samplers":  # described, not just named
-        assert all(len(line.split()) > 1 for line in res.stdout.splitlines() if line.split()[0] in expected)
+        assert all(
+            len(line.split()) > 1 for line in res.stdout.splitlines() if line.split()[0] in expected
+        )
 
 
 def _commands():

@@ -5,7 +5,7 @@
 graph trees (``Method.cuda_graph_safe``): the trees start a new generation, reusing the previous
 one's memory, at a compiled call made after a backward, so a step that samples or attacks after
 its loss's forward (the JEM family, EB-JDAT) would lose that forward's saved activations
-(bench.config.check_compile). No GPU here: the decision logic, the messages, that nothing is
+(bench.core.config.check_compile). No GPU here: the decision logic, the messages, that nothing is
 written, and the trainer's own check are tested on the CPU; ``default`` is run with the
 ``aot_eager`` backend (ce and jem++ are in tests/test_fast_path.py; pgd-at and TRADES under bf16
 here).
@@ -17,14 +17,14 @@ import dataclasses
 
 import pytest
 import torch
-
-from bench.config import CUDA_GRAPH_MODES, TrainConfig, check_compile
-from bench.errors import BenchError
-from bench.resolve import resolve_config
 from conftest import make_tiny_args
-from methods import METHODS
 from test_bad_input import assert_one_error_line, snapshot
 from test_fast_path import build_trainer, cosine, one_step
+
+from bench.core.config import CUDA_GRAPH_MODES, TrainConfig, check_compile
+from bench.core.errors import BenchError
+from bench.run.resolve import resolve_config
+from methods import METHODS
 
 # what the built-in methods' steps are: an attack's forward/backward pairs (if any) before the loss's
 # forwards and one backward, or a sampler / attack run after a loss forward
@@ -35,11 +35,16 @@ METHOD_MESSAGE = (
     "train.compile=reduce-overhead (CUDA graphs) does not suit method jem++: its step runs the model again "
     "after a sampler's or attack's input-gradient backward while its loss's forward awaits its backward, whose "
     "saved activations CUDA graph trees would reuse; use train.compile=default (every method) or off; CUDA-graph "
-    "modes suit ce, mart, mart-awp, pgd-at, pgd-at-awp, trades, trades-awp")
-DEVICE_MESSAGE = ("train.compile=reduce-overhead records CUDA graphs and needs a CUDA device, but this run trains "
-                  "on cpu; use train.compile=default (any device) or off")
-BACKEND_MESSAGE = ("train.compile=max-autotune records CUDA graphs only with train.compile_backend=inductor "
-                   "('aot_eager' ignores the mode); set train.compile_backend=inductor or use train.compile=default")
+    "modes suit ce, mart, mart-awp, pgd-at, pgd-at-awp, trades, trades-awp"
+)
+DEVICE_MESSAGE = (
+    "train.compile=reduce-overhead records CUDA graphs and needs a CUDA device, but this run trains "
+    "on cpu; use train.compile=default (any device) or off"
+)
+BACKEND_MESSAGE = (
+    "train.compile=max-autotune records CUDA graphs only with train.compile_backend=inductor "
+    "('aot_eager' ignores the mode); set train.compile_backend=inductor or use train.compile=default"
+)
 
 
 def built_in_methods() -> list[str]:
@@ -60,21 +65,33 @@ def test_cuda_graph_modes_by_method(method, mode):
     naming what works, for the others; ``default`` resolves for all of them."""
     overrides = [f"train.compile={mode}"]
     if method in CUDA_GRAPH_SAFE:
-        assert resolve_config(method, preset="smoke", device="cuda", overrides=overrides).train.compile == mode
+        assert (
+            resolve_config(method, preset="smoke", device="cuda", overrides=overrides).train.compile
+            == mode
+        )
     else:
         with pytest.raises(BenchError) as err:
             resolve_config(method, preset="smoke", device="cuda", overrides=overrides)
         msg = str(err.value)
         assert "\n" not in msg
         assert msg.startswith(f"train.compile={mode} (CUDA graphs) does not suit method {method}: ")
-        assert "use train.compile=default (every method) or off; CUDA-graph modes suit ce, mart," in msg
-    assert resolve_config(method, preset="smoke", device="cuda",
-                          overrides=["train.compile=default"]).train.compile == "default"
+        assert (
+            "use train.compile=default (every method) or off; CUDA-graph modes suit ce, mart,"
+            in msg
+        )
+    assert (
+        resolve_config(
+            method, preset="smoke", device="cuda", overrides=["train.compile=default"]
+        ).train.compile
+        == "default"
+    )
 
 
 def test_the_method_refusal_message():
     with pytest.raises(BenchError) as err:
-        resolve_config("jem++", preset="smoke", device="cuda", overrides=["train.compile=reduce-overhead"])
+        resolve_config(
+            "jem++", preset="smoke", device="cuda", overrides=["train.compile=reduce-overhead"]
+        )
     assert str(err.value) == METHOD_MESSAGE
 
 
@@ -86,19 +103,31 @@ def test_default_mode_suits_every_method_on_the_cpu(method):
 
 def test_cuda_graph_modes_need_a_cuda_device_and_inductor():
     with pytest.raises(BenchError) as err:
-        resolve_config("ce", preset="smoke", device="cpu", overrides=["train.compile=reduce-overhead"])
+        resolve_config(
+            "ce", preset="smoke", device="cpu", overrides=["train.compile=reduce-overhead"]
+        )
     assert str(err.value) == DEVICE_MESSAGE
     with pytest.raises(BenchError) as err:
-        resolve_config("ce", preset="smoke", device="cuda",
-                       overrides=["train.compile=max-autotune", "train.compile_backend=aot_eager"])
+        resolve_config(
+            "ce",
+            preset="smoke",
+            device="cuda",
+            overrides=["train.compile=max-autotune", "train.compile_backend=aot_eager"],
+        )
     assert str(err.value) == BACKEND_MESSAGE
     if not torch.cuda.is_available():  # auto is the CPU here
         with pytest.raises(BenchError) as err:
-            resolve_config("ce", preset="smoke", device="auto", overrides=["train.compile=reduce-overhead"])
+            resolve_config(
+                "ce", preset="smoke", device="auto", overrides=["train.compile=reduce-overhead"]
+            )
         assert str(err.value) == DEVICE_MESSAGE
     # the plain path compiles nothing, so the mode does not act and is not refused
-    cfg = resolve_config("jem++", preset="smoke", device="cpu",
-                         overrides=["train.compile=reduce-overhead", "train.fast=false"])
+    cfg = resolve_config(
+        "jem++",
+        preset="smoke",
+        device="cpu",
+        overrides=["train.compile=reduce-overhead", "train.fast=false"],
+    )
     assert cfg.train.compile == "reduce-overhead" and not cfg.train.fast
 
 
@@ -120,11 +149,15 @@ def test_check_compile_decides_in_this_order():
 def test_trainer_checks_the_actual_device(tmp_path):
     """A config resolved for CUDA but trained on the CPU (``auto`` elsewhere, or a trainer built
     directly) is refused by the trainer before it compiles anything."""
-    cfg = resolve_config("ce", preset="smoke", device="cuda",
-                         overrides=["train.compile=reduce-overhead", "data.batch_size=32"])
+    cfg = resolve_config(
+        "ce",
+        preset="smoke",
+        device="cuda",
+        overrides=["train.compile=reduce-overhead", "data.batch_size=32"],
+    )
     from bench.data import load_run_data
     from bench.models import build_model
-    from bench.trainer import Trainer
+    from bench.train.trainer import Trainer
     from methods import get_method
 
     cfg = dataclasses.replace(cfg, device="cpu")
@@ -138,12 +171,32 @@ def test_trainer_checks_the_actual_device(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--method", "jem++", "--device", "cuda", "--set", "train.compile=reduce-overhead"], METHOD_MESSAGE),
-    (["--method", "ce", "--device", "cpu", "--set", "train.compile=reduce-overhead"], DEVICE_MESSAGE),
-    (["--method", "pgd-at", "--device", "cuda", "--set", "train.compile=max-autotune",
-      "--set", "train.compile_backend=aot_eager"], BACKEND_MESSAGE),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            ["--method", "jem++", "--device", "cuda", "--set", "train.compile=reduce-overhead"],
+            METHOD_MESSAGE,
+        ),
+        (
+            ["--method", "ce", "--device", "cpu", "--set", "train.compile=reduce-overhead"],
+            DEVICE_MESSAGE,
+        ),
+        (
+            [
+                "--method",
+                "pgd-at",
+                "--device",
+                "cuda",
+                "--set",
+                "train.compile=max-autotune",
+                "--set",
+                "train.compile_backend=aot_eager",
+            ],
+            BACKEND_MESSAGE,
+        ),
+    ],
+)
 def test_bench_run_refuses_before_writing(extra, message, bench_cli, tmp_path):
     out = tmp_path / "results"
     out.mkdir()
@@ -164,7 +217,9 @@ def test_default_compile_matches_eager_for_an_attack_method():
     eager = one_step("pgd-at", small)
     comp = one_step("pgd-at", [*small, "train.compile=default", "train.compile_backend=aot_eager"])
     assert eager.terms.keys() == comp.terms.keys() and eager.attacked and comp.attacked
-    assert abs(eager.terms["loss"] - comp.terms["loss"]) <= 1e-2 * max(1.0, abs(eager.terms["loss"]))
+    assert abs(eager.terms["loss"] - comp.terms["loss"]) <= 1e-2 * max(
+        1.0, abs(eager.terms["loss"])
+    )
     assert cosine(eager.update, comp.update) > 0.9
 
 
@@ -173,11 +228,13 @@ def test_compiled_model_keeps_trades_first_step_in_fp32():
     step runs the compiled model with autocast off and gives the eager fp32 step exactly (dynamo
     guards on the autocast state, so the fp32 forward is a graph of its own, not the bf16 one)."""
     from bench.attacks.trades import trades_attack
-    from bench.config import ModelConfig
+    from bench.core.config import ModelConfig
     from bench.models import build_model
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(arch="resnet8", mean=(0.0,) * 3, std=(1.0,) * 3), num_classes=10)
+    model = build_model(
+        ModelConfig(arch="resnet8", mean=(0.0,) * 3, std=(1.0,) * 3), num_classes=10
+    )
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, 256, (16, 3, 16, 16), generator=g).float() / 255
     torch.manual_seed(3)
@@ -194,5 +251,7 @@ def test_compiled_model_keeps_trades_first_step_in_fp32():
 def test_build_trainer_helper_compiles_on_the_fast_path(tmp_path):
     """The fast-path helper these tests share still compiles with ``default`` (so the two tests above
     ran compiled models, not eager ones)."""
-    tr = build_trainer("pgd-at", ["train.compile=default", "train.compile_backend=aot_eager"], tmp=str(tmp_path))
+    tr = build_trainer(
+        "pgd-at", ["train.compile=default", "train.compile_backend=aot_eager"], tmp=str(tmp_path)
+    )
     assert getattr(tr.model, "_compiled_call_impl", None) is not None

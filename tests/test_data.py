@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench.config import DataConfig
-from bench.data import BatchStream, augment_batch, load_dataset, split_validation, to_float
-from bench.data import shapes
-from bench.errors import BenchError
+from bench.core.config import DataConfig
+from bench.core.errors import BenchError
+from bench.data import BatchStream, augment_batch, load_dataset, shapes, split_validation, to_float
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +47,9 @@ def test_shapes10_full_dataset(shapes10):
 def test_shapes10_cache_is_written_once_and_reused(tmp_path):
     a = shapes.load_arrays(tmp_path, n_train=100, n_test=20)
     path = shapes.cache_path(tmp_path)
-    assert path.is_file() and [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp files left
+    assert path.is_file() and [p.name for p in tmp_path.iterdir()] == [
+        path.name
+    ]  # no temp files left
     mtime = path.stat().st_mtime_ns
     t0 = time.perf_counter()
     b = shapes.load_arrays(tmp_path, n_train=100, n_test=20)
@@ -78,13 +79,17 @@ def _linear_probe(x_tr, y_tr, x_te, y_te, steps=80):
         loss.backward()
         opt.step()
     with torch.no_grad():
-        return (lin(x_tr).argmax(1) == y_tr).float().mean().item(), (lin(x_te).argmax(1) == y_te).float().mean().item()
+        return (lin(x_tr).argmax(1) == y_tr).float().mean().item(), (
+            lin(x_te).argmax(1) == y_te
+        ).float().mean().item()
 
 
 def test_shapes10_is_not_linearly_solvable(shapes10):
     """A softmax classifier on raw pixels fits its training images but does not generalise."""
     d = shapes10
-    train_acc, test_acc = _linear_probe(d.x_train[:1000], d.y_train[:1000], d.x_test, d.y_test, steps=50)
+    train_acc, test_acc = _linear_probe(
+        d.x_train[:1000], d.y_train[:1000], d.x_test, d.y_test, steps=50
+    )
     assert train_acc > 0.4  # the probe is trained (it memorises) ...
     assert test_acc < 0.30  # ... yet stays far below what a small ConvNet reaches (resnet8: > 80%)
 
@@ -106,7 +111,11 @@ def test_npz_loader_holds_out_a_fixed_test_split(tmp_path):
     assert d1.x_train.shape == (40, 3, 8, 8) and d1.x_test.shape == (10, 3, 8, 8)
     assert torch.equal(d1.x_test, d2.x_test) and torch.equal(d1.y_train, d2.y_train)
     # the split is a partition of the file's images, NHWC -> NCHW without changing pixels
-    got = sorted(map(bytes, [*d1.x_train.permute(0, 2, 3, 1).numpy(), *d1.x_test.permute(0, 2, 3, 1).numpy()]))
+    got = sorted(
+        map(
+            bytes, [*d1.x_train.permute(0, 2, 3, 1).numpy(), *d1.x_test.permute(0, 2, 3, 1).numpy()]
+        )
+    )
     assert got == sorted(map(bytes, x))
     assert d1.info["test_split"].startswith("fixed")
 
@@ -120,16 +129,37 @@ def test_npz_loader_uses_given_test_split(tmp_path):
     assert d.x_train[:, 0, 0, 0].tolist() == list(range(12))
 
 
-@pytest.mark.parametrize("arrays, match", [
-    (dict(x=np.zeros((4, 8, 8, 3), np.float32), y=np.zeros(4, np.int64)), "'x' must be uint8 of shape"),
-    (dict(x=np.zeros((4, 3, 8, 8), np.uint8), y=np.zeros(4, np.int64)), "'x' must be uint8 of shape"),
-    (dict(x=np.zeros((4, 8, 8, 3), np.uint8), y=np.zeros(5, np.int64)), "'y' must hold 4 integer labels"),
-    (dict(x=np.zeros((4, 8, 8, 3), np.uint8), y=np.zeros(4, np.float32)), "'y' must hold 4 integer labels"),
-    (dict(x=np.zeros((4, 8, 8, 3), np.uint8), y=np.array([0, 1, 2, -1])), "labels must lie in"),
-    (dict(x=np.zeros((4, 8, 8, 3), np.uint8), y=np.array([0, 1, 2, 3]), classes=np.array(["a", "b"])),
-     "labels must lie in \\[0, 1\\]"),
-    (dict(images=np.zeros((4, 8, 8, 3), np.uint8)), "must hold arrays 'x'"),
-])
+@pytest.mark.parametrize(
+    "arrays, match",
+    [
+        (
+            dict(x=np.zeros((4, 8, 8, 3), np.float32), y=np.zeros(4, np.int64)),
+            "'x' must be uint8 of shape",
+        ),
+        (
+            dict(x=np.zeros((4, 3, 8, 8), np.uint8), y=np.zeros(4, np.int64)),
+            "'x' must be uint8 of shape",
+        ),
+        (
+            dict(x=np.zeros((4, 8, 8, 3), np.uint8), y=np.zeros(5, np.int64)),
+            "'y' must hold 4 integer labels",
+        ),
+        (
+            dict(x=np.zeros((4, 8, 8, 3), np.uint8), y=np.zeros(4, np.float32)),
+            "'y' must hold 4 integer labels",
+        ),
+        (dict(x=np.zeros((4, 8, 8, 3), np.uint8), y=np.array([0, 1, 2, -1])), "labels must lie in"),
+        (
+            dict(
+                x=np.zeros((4, 8, 8, 3), np.uint8),
+                y=np.array([0, 1, 2, 3]),
+                classes=np.array(["a", "b"]),
+            ),
+            "labels must lie in \\[0, 1\\]",
+        ),
+        (dict(images=np.zeros((4, 8, 8, 3), np.uint8)), "must hold arrays 'x'"),
+    ],
+)
 def test_npz_loader_rejects_bad_arrays(tmp_path, arrays, match):
     name = _npz(tmp_path / "bad.npz", **arrays)
     with pytest.raises(BenchError, match=match) as exc:
@@ -157,13 +187,21 @@ def test_npz_loader_on_real_cifar(cifar_npz):
 
 
 # -- cifar without files -----------------------------------------------------------------------------
-@pytest.mark.parametrize("name, archive", [("cifar10", "cifar-10-python.tar.gz"), ("cifar100", "cifar-100-python.tar.gz")])
+@pytest.mark.parametrize(
+    "name, archive",
+    [("cifar10", "cifar-10-python.tar.gz"), ("cifar100", "cifar-100-python.tar.gz")],
+)
 def test_cifar_without_files_names_where_to_put_them(tmp_path, name, archive):
     t0 = time.perf_counter()
     with pytest.raises(BenchError) as exc:
         load_dataset(DataConfig(dataset=name, data_dir=str(tmp_path / "nowhere"), download=False))
     msg = str(exc.value)
-    assert "\n" not in msg and archive in msg and str(tmp_path / "nowhere") in msg and "--data-dir" in msg
+    assert (
+        "\n" not in msg
+        and archive in msg
+        and str(tmp_path / "nowhere") in msg
+        and "--data-dir" in msg
+    )
     assert time.perf_counter() - t0 < 10
 
 
@@ -184,7 +222,11 @@ def test_validation_split_is_seeded_disjoint_and_deterministic(shapes10):
     assert len(val) == 500 and not (val & train) and len(val | train) == 10_000
     assert torch.equal(a.x_test, d.x_test)
     sub = split_validation(d, 500, seed=0, train_subset=300)
-    assert sub.x_train.shape[0] == 300 and keys(sub.x_train) <= train and torch.equal(sub.x_val, a.x_val)
+    assert (
+        sub.x_train.shape[0] == 300
+        and keys(sub.x_train) <= train
+        and torch.equal(sub.x_val, a.x_val)
+    )
     none = split_validation(d, 0, seed=0)
     assert none.x_val is None and torch.equal(none.x_train, d.x_train)
     with pytest.raises(BenchError, match="data.val_size"):
@@ -210,7 +252,9 @@ def test_batchstream_depends_only_on_seed_epoch_index():
     assert epoch0.unique().numel() == 96
     assert not torch.equal(s1.batch(0, 0)[1], s1.batch(1, 0)[1])
     assert not torch.equal(s1.batch(0, 0)[1], BatchStream(x, y, 16, seed=4).batch(0, 0)[1])
-    assert not torch.equal(s1.batch(0, 0)[1], BatchStream(x, y, 16, seed=3, stream=1).batch(0, 0)[1])
+    assert not torch.equal(
+        s1.batch(0, 0)[1], BatchStream(x, y, 16, seed=3, stream=1).batch(0, 0)[1]
+    )
     # unaffected by the global RNG
     torch.manual_seed(123)
     assert torch.equal(BatchStream(x, y, 16, seed=3).batch(1, 5)[1], first[(1, 5)][1])
@@ -241,9 +285,19 @@ def test_augment_batch_keeps_shape_and_range_and_moves_pixels(shapes10):
     assert torch.equal(augment_batch(x, generator=torch.Generator().manual_seed(0)), out)
     assert torch.equal(augment_batch(x, crop_pad=0, flip=False), x)
     flipped = augment_batch(x, crop_pad=0, flip=True, generator=torch.Generator().manual_seed(1))
-    same, mirrored = [(flipped[i] == x[i]).all() for i in range(64)], [(flipped[i] == x[i].flip(2)).all() for i in range(64)]
+    same, mirrored = (
+        [(flipped[i] == x[i]).all() for i in range(64)],
+        [(flipped[i] == x[i].flip(2)).all() for i in range(64)],
+    )
     assert all(s or m for s, m in zip(same, mirrored)) and 10 < sum(map(bool, mirrored)) < 54
-    zeros = augment_batch(torch.ones(16, 3, 8, 8), pad_mode="zeros", flip=False, generator=torch.Generator().manual_seed(0))
+    zeros = augment_batch(
+        torch.ones(16, 3, 8, 8),
+        pad_mode="zeros",
+        flip=False,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert (zeros == 0).any() and zeros.max() == 1  # zero padding shows at the borders
-    noisy = augment_batch(x, crop_pad=0, flip=False, noise_std=0.1, generator=torch.Generator().manual_seed(0))
+    noisy = augment_batch(
+        x, crop_pad=0, flip=False, noise_std=0.1, generator=torch.Generator().manual_seed(0)
+    )
     assert abs(float((noisy - x).std()) - 0.1) < 0.005  # noise added, not clamped

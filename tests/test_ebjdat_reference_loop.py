@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from bench.attacks.ebjdat import ebjdat_attack
-from bench.config import ModelConfig
-from bench.errors import BenchError
+from bench.core.config import ModelConfig
+from bench.core.errors import BenchError
+from bench.core.timing import measure_regions
 from bench.models import build_model
-from bench.timing import measure_regions
 
 
 @pytest.mark.parametrize("project", [False, True])

@@ -16,8 +16,13 @@ class TinyNet(nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-                                 nn.Linear(32, 10))
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32, 10),
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -44,17 +49,32 @@ def tiny_data(model, n=12):
     return SimpleNamespace(x_test=x, y_test=y, name="tiny")
 
 
-FAST = {"version": "custom", "attacks": ["apgd-ce", "square"], "eps": 8 / 255, "apgd_iter": 10,
-        "square_queries": 40, "n_examples": 12}
+FAST = {
+    "version": "custom",
+    "attacks": ["apgd-ce", "square"],
+    "eps": 8 / 255,
+    "apgd_iter": 10,
+    "square_queries": 40,
+    "n_examples": 12,
+}
 
 
 def test_standard_autoattack_tiny_model(tmp_path):
     model = TinyNet().eval()
     data = tiny_data(model, n=8)
-    ctx = EvalContext(device=torch.device("cpu"), batch_size=8, seed=0, out_dir=tmp_path, show_progress=False)
+    ctx = EvalContext(
+        device=torch.device("cpu"), batch_size=8, seed=0, out_dir=tmp_path, show_progress=False
+    )
     # the official standard cascade, with fewer iterations/queries so that it runs in seconds
-    settings = {"version": "standard", "eps": 8 / 255, "n_examples": 8, "apgd_iter": 10, "apgd_targeted_iter": 5,
-                "fab_iter": 5, "square_queries": 50}
+    settings = {
+        "version": "standard",
+        "eps": 8 / 255,
+        "n_examples": 8,
+        "apgd_iter": 10,
+        "apgd_targeted_iter": 5,
+        "fab_iter": 5,
+        "square_queries": 50,
+    }
     out = METRICS.get("autoattack")(model, data, settings, ctx)
     assert out["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert out["n_examples"] == 8
@@ -62,14 +82,20 @@ def test_standard_autoattack_tiny_model(tmp_path):
     assert 0.0 <= out["accuracy"] <= out["clean_accuracy"]
     accs = [out["per_attack"][a] for a in out["attacks"] if a in out["per_attack"]]
     assert accs == sorted(accs, reverse=True)  # a cascade never gains robust points
-    assert accs[-1] == pytest.approx(out["accuracy"]) or len(accs) < 4  # later attacks skipped when none is robust
-    assert not list((tmp_path / "autoattack").glob("*.json"))  # state removed once the result exists
+    assert (
+        accs[-1] == pytest.approx(out["accuracy"]) or len(accs) < 4
+    )  # later attacks skipped when none is robust
+    assert not list(
+        (tmp_path / "autoattack").glob("*.json")
+    )  # state removed once the result exists
 
 
 def test_autoattack_resumes_from_state(tmp_path):
     base = TinyNet().eval()
     data = tiny_data(base)
-    ctx = EvalContext(device=torch.device("cpu"), batch_size=4, seed=0, out_dir=tmp_path, show_progress=False)
+    ctx = EvalContext(
+        device=torch.device("cpu"), batch_size=4, seed=0, out_dir=tmp_path, show_progress=False
+    )
     fn = METRICS.get("autoattack")
 
     wrapped = Interrupter(base)
@@ -115,8 +141,13 @@ def test_autoattack_resumes_from_state(tmp_path):
     seen.clear()
     logging.getLogger("auto-attack").addHandler(listen)
     try:
-        ctx2 = EvalContext(device=torch.device("cpu"), batch_size=4, seed=0, out_dir=tmp_path / "fresh",
-                           show_progress=False)
+        ctx2 = EvalContext(
+            device=torch.device("cpu"),
+            batch_size=4,
+            seed=0,
+            out_dir=tmp_path / "fresh",
+            show_progress=False,
+        )
         out2 = fn(base, data, dict(FAST), ctx2)
     finally:
         logging.getLogger("auto-attack").removeHandler(listen)
@@ -126,13 +157,25 @@ def test_autoattack_resumes_from_state(tmp_path):
 def test_autoattack_reports_each_attack_as_it_finishes_and_is_silent_when_quiet(tmp_path, capsys):
     model = TinyNet().eval()
     data = tiny_data(model)
-    loud = EvalContext(device=torch.device("cpu"), batch_size=12, seed=0, out_dir=tmp_path / "a", show_progress=True)
+    loud = EvalContext(
+        device=torch.device("cpu"),
+        batch_size=12,
+        seed=0,
+        out_dir=tmp_path / "a",
+        show_progress=True,
+    )
     out = METRICS.get("autoattack")(model, data, dict(FAST), loud)
     err = capsys.readouterr().err
     assert "autoattack: apgd-ce, square on 12 of 12 points" in err
     for attack in out["per_attack"]:  # one line per attack that ran, with the robust count so far
         count = round(out["per_attack"][attack] * 12)
         assert f"autoattack: after {attack}: {count}/12 robust" in err
-    quiet = EvalContext(device=torch.device("cpu"), batch_size=12, seed=0, out_dir=tmp_path / "q", show_progress=False)
+    quiet = EvalContext(
+        device=torch.device("cpu"),
+        batch_size=12,
+        seed=0,
+        out_dir=tmp_path / "q",
+        show_progress=False,
+    )
     METRICS.get("autoattack")(model, data, dict(FAST), quiet)
     assert "autoattack" not in capsys.readouterr().err

@@ -33,17 +33,24 @@ def samples_npz(path, shape, n=24):
     return path
 
 
-def test_fid_without_weights_fails_in_one_line_and_leaves_the_record(bench_cli, run_copy, offline, tmp_path):
+def test_fid_without_weights_fails_in_one_line_and_leaves_the_record(
+    bench_cli, run_copy, offline, tmp_path
+):
     out, run_dir = run_copy
     rec = json.loads((run_dir / "record.json").read_text())
     gen = samples_npz(tmp_path / "gen.npz", rec["data"]["image_shape"])
     before = (run_dir / "record.json").read_bytes()
-    res = bench_cli("eval", run_dir.name, "--out", str(out), "--metrics", "fid", "--samples", str(gen), "-q")
+    res = bench_cli(
+        "eval", run_dir.name, "--out", str(out), "--metrics", "fid", "--samples", str(gen), "-q"
+    )
     assert res.exit_code != 0
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
     assert lines[0].startswith("error: no Inception weights for FID")
-    assert "weights-inception-2015-12-05-6726825d.pth" in lines[0] and "bench fid-weights --from-fid-helper" in lines[0]
+    assert (
+        "weights-inception-2015-12-05-6726825d.pth" in lines[0]
+        and "bench fid-weights --from-fid-helper" in lines[0]
+    )
     assert (run_dir / "record.json").read_bytes() == before
 
 
@@ -51,8 +58,21 @@ def test_eval_merges_metrics_and_show_links_figures(bench_cli, run_copy, offline
     out, run_dir = run_copy
     rec0 = json.loads((run_dir / "record.json").read_text())
     gen = samples_npz(tmp_path / "gen.npz", rec0["data"]["image_shape"])
-    res = bench_cli("eval", run_dir.name, "--out", str(out), "--protocol", "standard", "-n", "24", "-q",
-                    "--metrics", "clean,pgd,energy,calibration", "--samples", str(gen))
+    res = bench_cli(
+        "eval",
+        run_dir.name,
+        "--out",
+        str(out),
+        "--protocol",
+        "standard",
+        "-n",
+        "24",
+        "-q",
+        "--metrics",
+        "clean,pgd,energy,calibration",
+        "--samples",
+        str(gen),
+    )
     assert res.exit_code == 0, res.stderr
     rec = json.loads((run_dir / "record.json").read_text())
     assert rec["evaluations"]["quick"] == rec0["evaluations"]["quick"]  # earlier results kept
@@ -69,7 +89,17 @@ def test_eval_merges_metrics_and_show_links_figures(bench_cli, run_copy, offline
         assert (run_dir / rec["artifacts"][key]).stat().st_size > 1000
 
     # the fid preflight fails before anything runs: the earlier results stay as they were
-    res = bench_cli("eval", run_dir.name, "--out", str(out), "-q", "--metrics", "clean,fid", "--samples", str(gen))
+    res = bench_cli(
+        "eval",
+        run_dir.name,
+        "--out",
+        str(out),
+        "-q",
+        "--metrics",
+        "clean,fid",
+        "--samples",
+        str(gen),
+    )
     assert res.exit_code != 0
     assert json.loads((run_dir / "record.json").read_text())["evaluations"] == rec["evaluations"]
 
@@ -91,17 +121,34 @@ def test_compare_reference_rows_are_kept_apart(bench_cli, run_copy):
     assert kinds == sorted(kinds)  # measured rows first, then every reported row
     rep = {r["run_id"]: r for r in rows if r["kind"] == "reported"}
     trades = rep["Zhang2019Theoretically (RobustBench)"]
-    assert float(trades["standard/autoattack"]) == 53.08 and float(trades["standard/clean"]) == 84.92
+    assert (
+        float(trades["standard/autoattack"]) == 53.08 and float(trades["standard/clean"]) == 84.92
+    )
     assert float(trades["standard/autoattack n"]) == 10000 and "RobustBench" in trades["source"]
     eb = rep["EB-JDAT-SADAJEM (paper)"]
     assert float(eb["paper/autoattack"]) == 66.3 and float(eb["paper/fid"]) == 27.42
     assert "secondary source" in eb["note"] and "quick/clean" in eb and eb["quick/clean"] == ""
     measured = rows[0]
-    assert measured["run_id"] == run_dir.name and measured["source"] == "" and measured["quick/clean"] != ""
+    assert (
+        measured["run_id"] == run_dir.name
+        and measured["source"] == ""
+        and measured["quick/clean"] != ""
+    )
 
     # sorting and filtering work within each group; reported rows never move above measured ones
-    res = bench_cli("compare", "--out", str(out), "--reference", "--format", "csv", "--sort", "standard/autoattack",
-                    "--filter", "dataset=cifar10", "--ascending")
+    res = bench_cli(
+        "compare",
+        "--out",
+        str(out),
+        "--reference",
+        "--format",
+        "csv",
+        "--sort",
+        "standard/autoattack",
+        "--filter",
+        "dataset=cifar10",
+        "--ascending",
+    )
     rows = list(csv.DictReader(io.StringIO(res.stdout)))
     assert all(r["kind"] == "reported" for r in rows)
     aa = [float(r["standard/autoattack"]) for r in rows if r["standard/autoattack"]]
@@ -119,20 +166,59 @@ def test_changed_settings_and_ad_hoc_metrics_are_new_entries(bench_cli, tmp_path
     shutil.copytree(complete_run, out / "runs" / complete_run.name)
     path = out / "runs" / complete_run.name / "record.json"
     before = json.loads(path.read_text())["evaluations"]["quick"]["pgd"]
-    res = bench_cli("eval", complete_run.name, "--out", str(out), "--protocol", "quick", "--metrics", "pgd",
-                    "--set", "pgd.steps=3", "-n", "16", "-q")
+    res = bench_cli(
+        "eval",
+        complete_run.name,
+        "--out",
+        str(out),
+        "--protocol",
+        "quick",
+        "--metrics",
+        "pgd",
+        "--set",
+        "pgd.steps=3",
+        "-n",
+        "16",
+        "-q",
+    )
     assert res.exit_code == 0, res.stderr
     ev = json.loads(path.read_text())["evaluations"]
     assert ev["quick"]["pgd"] == before  # the protocol's own result is kept
-    assert ev["quick"]["pgd[steps=3]"]["settings"]["steps"] == 3 and ev["quick"]["pgd[steps=3]"]["metric"] == "pgd"
+    assert (
+        ev["quick"]["pgd[steps=3]"]["settings"]["steps"] == 3
+        and ev["quick"]["pgd[steps=3]"]["metric"] == "pgd"
+    )
     # a metric outside the protocol: one line naming the custom protocol, nothing written
-    res = bench_cli("eval", complete_run.name, "--out", str(out), "--protocol", "quick", "--metrics", "calibration")
+    res = bench_cli(
+        "eval",
+        complete_run.name,
+        "--out",
+        str(out),
+        "--protocol",
+        "quick",
+        "--metrics",
+        "calibration",
+    )
     assert res.exit_code == 2 and "metric 'calibration' is not part of protocol quick" in res.stderr
     assert "--protocol custom --metrics calibration" in res.stderr
     res = bench_cli("eval", complete_run.name, "--out", str(out), "--protocol", "custom", "-q")
-    assert res.exit_code == 2 and "protocol custom has no metrics of its own; name them with --metrics" in res.stderr
-    res = bench_cli("eval", complete_run.name, "--out", str(out), "--protocol", "custom", "--metrics", "calibration",
-                    "-n", "16", "-q")
+    assert (
+        res.exit_code == 2
+        and "protocol custom has no metrics of its own; name them with --metrics" in res.stderr
+    )
+    res = bench_cli(
+        "eval",
+        complete_run.name,
+        "--out",
+        str(out),
+        "--protocol",
+        "custom",
+        "--metrics",
+        "calibration",
+        "-n",
+        "16",
+        "-q",
+    )
     assert res.exit_code == 0, res.stderr
     assert "calibration" in json.loads(path.read_text())["evaluations"]["custom"]
     table = bench_cli("compare", "--out", str(out), "--format", "csv")

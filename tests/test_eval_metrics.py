@@ -19,8 +19,13 @@ class Tiny(nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                 nn.Linear(8, 10))
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(8, 10),
+        )
 
     def forward(self, x):
         return 4 * self.net(x)
@@ -34,8 +39,14 @@ def data(n=40):
 
 
 def ctx(tmp_path, **extra):
-    return EvalContext(device=torch.device("cpu"), batch_size=16, seed=0, out_dir=tmp_path, show_progress=False,
-                       extra=dict(extra))
+    return EvalContext(
+        device=torch.device("cpu"),
+        batch_size=16,
+        seed=0,
+        out_dir=tmp_path,
+        show_progress=False,
+        extra=dict(extra),
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -67,20 +78,30 @@ def test_energy_gaps_and_w1(tmp_path):
     model, d = Tiny().eval(), data()
     gen = torch.zeros(30, 8, 8, 3, dtype=torch.uint8)  # a constant image set with its own energy
     np.savez(tmp_path / "gen.npz", x=gen.numpy())
-    out = METRICS.get("energy")(model, d, {"n_examples": 40, "attack": {"eps": 8 / 255, "alpha": 2 / 255, "steps": 5}},
-                                ctx(tmp_path, samples=str(tmp_path / "gen.npz"), protocol="standard"))
+    out = METRICS.get("energy")(
+        model,
+        d,
+        {"n_examples": 40, "attack": {"eps": 8 / 255, "alpha": 2 / 255, "steps": 5}},
+        ctx(tmp_path, samples=str(tmp_path / "gen.npz"), protocol="standard"),
+    )
     with torch.no_grad():
         e_clean = -torch.logsumexp(model(d.x_test.float() / 255), 1).double().numpy()
         e_gen = -torch.logsumexp(model(gen.permute(0, 3, 1, 2).float() / 255), 1).double().numpy()
     assert out["mean_clean"] == pytest.approx(e_clean.mean(), rel=1e-5)
     assert out["mean_gen"] == pytest.approx(e_gen.mean(), rel=1e-5) and out["n_generated"] == 30
     assert out["gap_gen"] == pytest.approx(e_gen.mean() - e_clean.mean(), rel=1e-4, abs=1e-5)
-    assert out["w1_gen"] == pytest.approx(scipy.stats.wasserstein_distance(e_clean, e_gen), rel=1e-4)
-    assert out["gap_adv"] == pytest.approx(out["mean_adv"] - out["mean_clean"]) and out["w1_adv"] >= 0
+    assert out["w1_gen"] == pytest.approx(
+        scipy.stats.wasserstein_distance(e_clean, e_gen), rel=1e-4
+    )
+    assert (
+        out["gap_adv"] == pytest.approx(out["mean_adv"] - out["mean_clean"]) and out["w1_adv"] >= 0
+    )
     assert (tmp_path / out["artifacts"]["energy_histogram"]).name == "standard-energy.png"
 
     # without any source of generated samples the generated part is n/a, not an error
-    out2 = METRICS.get("energy")(model, d, {"n_examples": 8, "attack": {"steps": 2}}, ctx(tmp_path / "b"))
+    out2 = METRICS.get("energy")(
+        model, d, {"n_examples": 8, "attack": {"steps": 2}}, ctx(tmp_path / "b")
+    )
     assert out2["gap_gen"] is None and out2["n_generated"] == 0 and "generated: n/a" in out2["note"]
 
 
@@ -88,9 +109,13 @@ def test_protocols_are_documented_and_optional_metrics_skip(tmp_path):
     assert {"quick", "standard", "paper"} <= set(PROTOCOLS)
     std, paper = get_protocol("standard"), get_protocol("paper")
     assert std.metrics["autoattack"] == {"version": "standard", "norm": "Linf", "eps": 8 / 255}
-    assert paper.metrics["autoattack"]["eps"] == pytest.approx(4 / 255) and paper.input_noise == pytest.approx(0.015)
+    assert paper.metrics["autoattack"]["eps"] == pytest.approx(
+        4 / 255
+    ) and paper.input_noise == pytest.approx(0.015)
     assert paper.metrics["autoattack"]["attacks"] == ["apgd-ce", "apgd-dlr", "square"]
-    assert "4/255" in paper.description and "0.03" in paper.description and "8/255" in std.description
+    assert (
+        "4/255" in paper.description and "0.03" in paper.description and "8/255" in std.description
+    )
     names, skipped = preflight("standard", None, ctx(tmp_path))
     assert {"fid", "kid", "is"} == set(skipped) and "autoattack" in names and "energy" in names
     assert all("\n" not in why for why in skipped.values())
@@ -107,28 +132,43 @@ def test_paper_protocol_noise_is_recorded_and_applied(tmp_path):
     assert again["loss"] == res["loss"]  # the noise is drawn once with the seed: reproducible
 
 
-def test_a_protocol_setting_a_metric_does_not_read_is_refused_and_pgd_refuses_another_norm(tmp_path):
+def test_a_protocol_setting_a_metric_does_not_read_is_refused_and_pgd_refuses_another_norm(
+    tmp_path,
+):
     """A protocol's metric settings are stored with its results, so each must be one the metric
     applies: an unknown key, or an l2 PGD that would silently run l-inf, is one line; and a
     plugin cannot silently redefine a built-in protocol."""
     import torch
 
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
     from metrics.base import EvalContext
     from metrics.protocols import PROTOCOLS, Protocol, preflight, register_protocol
 
-    ctx = EvalContext(device=torch.device("cpu"), batch_size=8, seed=0, out_dir=None, show_progress=False)
-    register_protocol(Protocol(name="test-typo", description="x", metrics={"clean": {}, "pgd": {"stepz": 3}}))
-    register_protocol(Protocol(name="test-l2", description="x", metrics={"pgd": {"norm": "L2", "eps": 0.5}}))
+    ctx = EvalContext(
+        device=torch.device("cpu"), batch_size=8, seed=0, out_dir=None, show_progress=False
+    )
+    register_protocol(
+        Protocol(name="test-typo", description="x", metrics={"clean": {}, "pgd": {"stepz": 3}})
+    )
+    register_protocol(
+        Protocol(name="test-l2", description="x", metrics={"pgd": {"norm": "L2", "eps": 0.5}})
+    )
     try:
-        with pytest.raises(BenchError, match="protocol test-typo gives metric pgd the setting 'stepz'"):
+        with pytest.raises(
+            BenchError, match="protocol test-typo gives metric pgd the setting 'stepz'"
+        ):
             preflight("test-typo", None, ctx)
         names, _ = preflight("test-l2", None, ctx)  # norm is a setting pgd reads ...
         from metrics import METRICS
 
         model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
-        data = SimpleNamespace(x_test=torch.zeros(4, 3, 2, 2, dtype=torch.uint8), y_test=torch.zeros(4, dtype=torch.long))
-        with pytest.raises(BenchError, match="l-inf norm only"):  # ... and refuses what it cannot do
+        data = SimpleNamespace(
+            x_test=torch.zeros(4, 3, 2, 2, dtype=torch.uint8),
+            y_test=torch.zeros(4, dtype=torch.long),
+        )
+        with pytest.raises(
+            BenchError, match="l-inf norm only"
+        ):  # ... and refuses what it cannot do
             METRICS.get("pgd")(model, data, {"norm": "L2", "eps": 0.5}, ctx)
         with pytest.raises(ValueError, match="already registered"):
             register_protocol(Protocol(name="standard", description="mine", metrics={"clean": {}}))
@@ -160,8 +200,20 @@ def test_energy_reuses_the_pgd_metrics_adversarial_examples_exactly(tmp_path):
 
 def test_energy_attacks_again_when_the_attack_or_the_model_differs(tmp_path):
     d = data()
-    other = evaluate(Tiny().eval(), d, "demo", 40, ctx(tmp_path / "a"), skipped={},
-                     overrides={"energy": {"attack": {"eps": 8 / 255, "alpha": 2 / 255, "steps": 3}}})
-    assert other["energy[attack={alpha=0.007843,eps=0.03137,steps=3}]"]["adversarial_source"] == "attacked here"
+    other = evaluate(
+        Tiny().eval(),
+        d,
+        "demo",
+        40,
+        ctx(tmp_path / "a"),
+        skipped={},
+        overrides={"energy": {"attack": {"eps": 8 / 255, "alpha": 2 / 255, "steps": 3}}},
+    )
+    assert (
+        other["energy[attack={alpha=0.007843,eps=0.03137,steps=3}]"]["adversarial_source"]
+        == "attacked here"
+    )
     noisy = evaluate(NoisyTiny().eval(), d, "demo", 40, ctx(tmp_path / "b"), skipped={})
-    assert noisy["energy"]["adversarial_source"] == "attacked here"  # a random forward: examples differ per run
+    assert (
+        noisy["energy"]["adversarial_source"] == "attacked here"
+    )  # a random forward: examples differ per run

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import only_run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,11 +36,14 @@ def _probe(model, data, settings, ctx) -> dict:
     model(x).logsumexp(1).sum().backward()
     return {
         "n_examples": 4,
-        "compiled": getattr(model, "_compiled_call_impl", None) is not None or hasattr(model, "_orig_mod"),
+        "compiled": getattr(model, "_compiled_call_impl", None) is not None
+        or hasattr(model, "_orig_mod"),
         "training": model.training,
         "all_fp32": all(p.dtype == torch.float32 for p in params),
-        "channels_last": any(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-                             for p in convs),
+        "channels_last": any(
+            p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+            for p in convs
+        ),
         "requires_grad": any(p.requires_grad for p in params),
         "grad_after_backward": any(p.grad is not None for p in params),
         "input_grad": bool(x.grad is not None and x.grad.abs().sum() > 0),
@@ -56,8 +58,13 @@ def probe_protocol():
     from metrics.protocols import PGD20, PROTOCOLS, Protocol, register_protocol
 
     register_metric(PROBE, _probe)
-    register_protocol(Protocol(name=PROTOCOL, description="clean, PGD-20 and a look at the evaluated model",
-                               metrics={"clean": {}, "pgd": dict(PGD20), PROBE: {}}))
+    register_protocol(
+        Protocol(
+            name=PROTOCOL,
+            description="clean, PGD-20 and a look at the evaluated model",
+            metrics={"clean": {}, "pgd": dict(PGD20), PROBE: {}},
+        )
+    )
     try:
         yield PROTOCOL
     finally:
@@ -69,15 +76,28 @@ def _stable(results: dict) -> dict:
     return {m: {k: v for k, v in r.items() if k not in VOLATILE} for m, r in results.items()}
 
 
-def test_end_of_run_and_bench_eval_evaluate_the_same_eager_fp32_model(bench_cli, tiny_args, shapes_data_dir,
-                                                                      tmp_path, probe_protocol):
+def test_end_of_run_and_bench_eval_evaluate_the_same_eager_fp32_model(
+    bench_cli, tiny_args, shapes_data_dir, tmp_path, probe_protocol
+):
     out = tmp_path / "results"
     # the fast path on the CPU: channels_last, and the model compiled (the eager backend: dynamo's
     # graph capture without code generation); EMA on, so the evaluated weights are the average
-    res = bench_cli("run", "--method", "ce", *tiny_args(out, shapes_data_dir, steps=4),
-                    "--set", f"eval.protocol={probe_protocol}", "--set", "train.channels_last=true",
-                    "--set", "train.compile=default", "--set", "train.compile_backend=eager",
-                    "--set", "train.ema_decay=0.5")
+    res = bench_cli(
+        "run",
+        "--method",
+        "ce",
+        *tiny_args(out, shapes_data_dir, steps=4),
+        "--set",
+        f"eval.protocol={probe_protocol}",
+        "--set",
+        "train.channels_last=true",
+        "--set",
+        "train.compile=default",
+        "--set",
+        "train.compile_backend=eager",
+        "--set",
+        "train.ema_decay=0.5",
+    )
     assert res.exit_code == 0, res.stderr
     (run_dir,) = (out / "runs").iterdir()
     end = json.loads((run_dir / "record.json").read_text())["evaluations"][probe_protocol]
@@ -88,25 +108,33 @@ def test_end_of_run_and_bench_eval_evaluate_the_same_eager_fp32_model(bench_cli,
 
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
     names = {n for n, _ in _params_of(run_dir).named_parameters()}
-    ema_sum, raw_sum = (float(sum(v.double().sum() for k, v in ckpt[which].items() if k in names))
-                        for which in ("ema_model", "model"))
+    ema_sum, raw_sum = (
+        float(sum(v.double().sum() for k, v in ckpt[which].items() if k in names))
+        for which in ("ema_model", "model")
+    )
     assert abs(ema_sum - raw_sum) > 1e-6  # so the sum tells the two apart
-    assert probe["weights_sum"] == pytest.approx(ema_sum, rel=1e-12, abs=1e-9)  # the EMA weights, as before
+    assert probe["weights_sum"] == pytest.approx(
+        ema_sum, rel=1e-12, abs=1e-9
+    )  # the EMA weights, as before
 
     # `bench eval` of the same protocol and n on a copy (its results are new entries of the same keys)
     copy_out = tmp_path / "copy"
     shutil.copytree(run_dir, copy_out / "runs" / run_dir.name)
-    res = bench_cli("eval", run_dir.name, "--out", str(copy_out), "--protocol", probe_protocol, "-n", "32", "-q")
+    res = bench_cli(
+        "eval", run_dir.name, "--out", str(copy_out), "--protocol", probe_protocol, "-n", "32", "-q"
+    )
     assert res.exit_code == 0, res.stderr
-    again = json.loads((copy_out / "runs" / run_dir.name / "record.json").read_text())["evaluations"][probe_protocol]
+    again = json.loads((copy_out / "runs" / run_dir.name / "record.json").read_text())[
+        "evaluations"
+    ][probe_protocol]
     assert end["clean"]["n_examples"] == again["clean"]["n_examples"] == 32
     assert _stable(again) == _stable(end)
 
 
 def _params_of(run_dir: Path) -> torch.nn.Module:
     """The run's architecture, to tell its parameters from its buffers by name."""
+    from bench.core.records import RunRecord, run_config
     from bench.models import build_model
-    from bench.records import RunRecord, run_config
 
     rec = RunRecord.load(run_dir).data
     return build_model(run_config(rec).model, rec["data"]["num_classes"])
@@ -115,9 +143,9 @@ def _params_of(run_dir: Path) -> torch.nn.Module:
 def test_evaluation_model_is_built_from_the_weights_alone():
     """The function both paths call: a channels_last, compiled, training-mode model's weights give
     an eager, NCHW, fp32 eval-mode copy with no gradients; the training model is left as it was."""
-    from bench.config import RunConfig
-    from bench.evaluation import evaluation_model
+    from bench.core.config import RunConfig
     from bench.models import build_model
+    from bench.run.evaluation import evaluation_model
 
     cfg = RunConfig()
     trained = build_model(cfg.model, 10).to(memory_format=torch.channels_last)
@@ -126,8 +154,14 @@ def test_evaluation_model_is_built_from_the_weights_alone():
     model = evaluation_model(cfg, 10, trained.state_dict(), torch.device("cpu"))
     assert model is not trained and not model.training
     assert getattr(model, "_compiled_call_impl", None) is None
-    assert all(p.dtype == torch.float32 and p.is_contiguous() and not p.requires_grad for p in model.parameters())
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), trained.state_dict().values()))
+    assert all(
+        p.dtype == torch.float32 and p.is_contiguous() and not p.requires_grad
+        for p in model.parameters()
+    )
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), trained.state_dict().values())
+    )
     x = torch.rand(3, 3, 32, 32, requires_grad=True)
     model(x).sum().backward()
     assert x.grad is not None and all(p.grad is None for p in model.parameters())
@@ -146,17 +180,53 @@ def test_other_ranks_leave_before_rank_0_evaluates(tmp_path, shapes_data_dir):
     timeout can end it), and rank 0 then completes the run on its own."""
     out = tmp_path / "results"
     port = str(_free_port())
-    cmd = [sys.executable, "-m", "bench", "run", "--method", "ce", "--preset", "smoke", "--device", "cpu", "-q",
-           "--out", str(out), "--data-dir", str(shapes_data_dir), "--set", "data.train_subset=128",
-           "--set", "data.batch_size=32", "--set", "train.max_steps=2", "--set", "train.eval_every=0",
-           "--set", "eval.n_examples=64", "--set", "eval.batch_size=64"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench",
+        "run",
+        "--method",
+        "ce",
+        "--preset",
+        "smoke",
+        "--device",
+        "cpu",
+        "-q",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(shapes_data_dir),
+        "--set",
+        "data.train_subset=128",
+        "--set",
+        "data.batch_size=32",
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "train.eval_every=0",
+        "--set",
+        "eval.n_examples=64",
+        "--set",
+        "eval.batch_size=64",
+    ]
     procs = []
     for rank in range(2):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": port, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "LOCAL_WORLD_SIZE": "2"}
-        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(REPO),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "LOCAL_WORLD_SIZE": "2",
+        }
+        procs.append(
+            subprocess.Popen(
+                cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
     ended: dict[int, float] = {}
     deadline = time.monotonic() + 300
     while len(ended) < 2 and time.monotonic() < deadline:

@@ -11,12 +11,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bench.zoo.external import ExternalEnergyModel, evaluate_external, file_sha256
+from bench.tools.zoo.external import ExternalEnergyModel, evaluate_external, file_sha256
 
 
 def tiny_net(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10)
+    )
 
 
 def saved(net: nn.Module, path) -> dict:
@@ -39,32 +41,61 @@ def test_wrapper_energy_is_minus_logsumexp_of_the_logits():
     assert torch.allclose(model.energy(x, y), -logits[torch.arange(5), y], atol=1e-6)
 
 
-def test_external_record_evaluates_merges_and_sits_beside_its_reported_row(tmp_path, shapes_data_dir, bench_cli):
+def test_external_record_evaluates_merges_and_sits_beside_its_reported_row(
+    tmp_path, shapes_data_dir, bench_cli
+):
     out = tmp_path / "results"
     net = tiny_net()
     source = saved(net, tmp_path / "Standard.pt")
-    kw = dict(method="robustbench:Standard", arch="Standard", dataset="shapes10", source=source, out=out,
-              data_dir=str(shapes_data_dir), device="cpu", show_progress=False)
+    kw = dict(
+        method="robustbench:Standard",
+        arch="Standard",
+        dataset="shapes10",
+        source=source,
+        out=out,
+        data_dir=str(shapes_data_dir),
+        device="cpu",
+        show_progress=False,
+    )
     results, _, rec = evaluate_external(net, protocol="quick", n_examples=16, **kw)
     assert set(results) == {"clean", "pgd"}
-    assert rec["kind"] == "external" and rec["method"] == "robustbench:Standard" and rec["arch"] == "Standard"
+    assert (
+        rec["kind"] == "external"
+        and rec["method"] == "robustbench:Standard"
+        and rec["arch"] == "Standard"
+    )
     assert rec["external"]["sha256"] == source["sha256"] and rec["status"] == "complete"
     quick = rec["evaluations"]["quick"]
-    assert quick["clean"]["n_examples"] == 16 and quick["pgd"]["accuracy"] <= quick["clean"]["accuracy"]
+    assert (
+        quick["clean"]["n_examples"] == 16
+        and quick["pgd"]["accuracy"] <= quick["clean"]["accuracy"]
+    )
 
     # another protocol on the same file: the same record; energy's generated samples from the generic SGLD
     over = {"energy": {"n_generated": 8, "sampler_steps": 3, "attack": {"steps": 2}}}
-    results, _, rec2 = evaluate_external(net, protocol="standard", metrics=["clean", "energy"], n_examples=8,
-                                         overrides=over, **kw)
+    results, _, rec2 = evaluate_external(
+        net, protocol="standard", metrics=["clean", "energy"], n_examples=8, overrides=over, **kw
+    )
     assert rec2["run_id"] == rec["run_id"] and len(records(out)) == 1
-    assert set(rec2["evaluations"]) == {"quick", "standard"} and rec2["evaluations"]["quick"] == quick
-    (energy,) = [v for k, v in rec2["evaluations"]["standard"].items() if k.split("[")[0] == "energy"]
-    assert energy["n_generated"] == 8 and energy["metric"] == "energy"  # stored under its changed settings
+    assert (
+        set(rec2["evaluations"]) == {"quick", "standard"} and rec2["evaluations"]["quick"] == quick
+    )
+    (energy,) = [
+        v for k, v in rec2["evaluations"]["standard"].items() if k.split("[")[0] == "energy"
+    ]
+    assert (
+        energy["n_generated"] == 8 and energy["metric"] == "energy"
+    )  # stored under its changed settings
 
     # a different file (other weights) is another model: a new record
     other = tiny_net(1)
-    evaluate_external(other, protocol="quick", n_examples=8, metrics=["clean"],
-                      **{**kw, "source": saved(other, tmp_path / "other.pt")})
+    evaluate_external(
+        other,
+        protocol="quick",
+        n_examples=8,
+        metrics=["clean"],
+        **{**kw, "source": saved(other, tmp_path / "other.pt")},
+    )
     assert len(records(out)) == 2
 
     res = bench_cli("compare", "--out", str(out), "--format", "csv")
@@ -80,26 +111,45 @@ def test_external_record_evaluates_merges_and_sits_beside_its_reported_row(tmp_p
     assert rows[i]["kind"] == "external"
     # the last external row of the entry is followed by the entry's reported RobustBench row
     last = max(k for k, r in enumerate(rows) if r["method"] == "robustbench:Standard")
-    assert rows[last + 1]["run_id"] == "Standard (RobustBench)" and rows[last + 1]["kind"] == "reported"
+    assert (
+        rows[last + 1]["run_id"] == "Standard (RobustBench)"
+        and rows[last + 1]["kind"] == "reported"
+    )
     assert rows[-1]["kind"] == "reported"
 
 
-def test_external_model_of_the_wrong_class_count_is_refused_before_writing(tmp_path, shapes_data_dir):
-    from bench.errors import BenchError
+def test_external_model_of_the_wrong_class_count_is_refused_before_writing(
+    tmp_path, shapes_data_dir
+):
+    from bench.core.errors import BenchError
 
     net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 100))
     out = tmp_path / "results"
     with pytest.raises(BenchError, match="100"):
-        evaluate_external(net, method="robustbench:X", arch="X", dataset="shapes10",
-                          source=saved(net, tmp_path / "x.pt"), out=out, data_dir=str(shapes_data_dir),
-                          protocol="quick", n_examples=4, device="cpu", show_progress=False)
+        evaluate_external(
+            net,
+            method="robustbench:X",
+            arch="X",
+            dataset="shapes10",
+            source=saved(net, tmp_path / "x.pt"),
+            out=out,
+            data_dir=str(shapes_data_dir),
+            protocol="quick",
+            n_examples=4,
+            device="cpu",
+            show_progress=False,
+        )
     assert not (out / "runs").exists() or not list((out / "runs").iterdir())
 
 
 def test_model_flag_without_robustbench_or_with_bad_input_is_one_line(tmp_path, bench_cli):
     out = tmp_path / "results"
     res = bench_cli("eval", "--model", "zoo:Foo", "--model-dir", str(tmp_path), "--out", str(out))
-    assert res.exit_code != 0 and len(res.error_lines) == 1 and "robustbench:NAME" in res.error_lines[0]
+    assert (
+        res.exit_code != 0
+        and len(res.error_lines) == 1
+        and "robustbench:NAME" in res.error_lines[0]
+    )
     res = bench_cli("eval", "--model", "robustbench:Foo", "--out", str(out))
     assert res.exit_code != 0 and len(res.error_lines) == 1 and "--model-dir" in res.error_lines[0]
     assert not out.exists()
@@ -112,7 +162,7 @@ ZOO = "Wong2020Fast"  # PreActResNet-18: among the smallest CIFAR-10 Linf entrie
 @pytest.fixture
 def robustbench_zoo():
     pytest.importorskip("pyautoattack")
-    from bench.zoo.robustbench import import_robustbench, zoo_entries
+    from bench.tools.zoo.robustbench import import_robustbench, zoo_entries
 
     try:
         import_robustbench()
@@ -121,49 +171,109 @@ def robustbench_zoo():
     return zoo_entries("cifar10")
 
 
-def test_zoo_model_loads_through_robustbench_and_evaluates(tmp_path, shapes_data_dir, bench_cli, robustbench_zoo):
+def test_zoo_model_loads_through_robustbench_and_evaluates(
+    tmp_path, shapes_data_dir, bench_cli, robustbench_zoo
+):
     torch.manual_seed(0)
     net = robustbench_zoo[ZOO]["model"]()
     folder = tmp_path / "models" / "cifar10" / "Linf"
     folder.mkdir(parents=True)
-    torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, folder / f"{ZOO}.pt")
+    torch.save(
+        {"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}},
+        folder / f"{ZOO}.pt",
+    )
     out = tmp_path / "results"
-    args = ("eval", "--model", f"robustbench:{ZOO}", "--model-dir", str(tmp_path / "models"), "--dataset", "shapes10",
-            "--zoo-dataset", "cifar10", "--data-dir", str(shapes_data_dir), "--out", str(out), "--device", "cpu", "-q")
+    args = (
+        "eval",
+        "--model",
+        f"robustbench:{ZOO}",
+        "--model-dir",
+        str(tmp_path / "models"),
+        "--dataset",
+        "shapes10",
+        "--zoo-dataset",
+        "cifar10",
+        "--data-dir",
+        str(shapes_data_dir),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "-q",
+    )
     res = bench_cli(*args, "--protocol", "quick", "-n", "8", "--set", "pgd.steps=2")
     assert res.exit_code == 0, res.stderr
     (rec,) = records(out)
-    assert rec["kind"] == "external" and rec["method"] == f"robustbench:{ZOO}" and rec["arch"] == ZOO
+    assert (
+        rec["kind"] == "external" and rec["method"] == f"robustbench:{ZOO}" and rec["arch"] == ZOO
+    )
     assert rec["external"]["sha256"] == file_sha256(folder / f"{ZOO}.pt")
-    assert set(rec["evaluations"]["quick"]) == {"clean", "pgd[steps=2]"}  # PGD stored under its changed steps
+    assert set(rec["evaluations"]["quick"]) == {
+        "clean",
+        "pgd[steps=2]",
+    }  # PGD stored under its changed steps
     # the loaded weights are the saved ones: the recorded clean accuracy is the saved net's
+    from bench.core.config import DataConfig
     from bench.data import load_dataset
-    from bench.config import DataConfig
 
     data = load_dataset(DataConfig(dataset="shapes10", data_dir=str(shapes_data_dir)))
     with torch.no_grad():
-        acc = (net.eval()(data.x_test[:8].float() / 255).argmax(1) == data.y_test[:8]).float().mean().item()
+        acc = (
+            (net.eval()(data.x_test[:8].float() / 255).argmax(1) == data.y_test[:8])
+            .float()
+            .mean()
+            .item()
+        )
     assert rec["evaluations"]["quick"]["clean"]["accuracy"] == pytest.approx(acc)
 
 
-def test_zoo_bad_input_is_one_line_and_writes_nothing(tmp_path, bench_cli, shapes_data_dir, robustbench_zoo):
+def test_zoo_bad_input_is_one_line_and_writes_nothing(
+    tmp_path, bench_cli, shapes_data_dir, robustbench_zoo
+):
     out, models = tmp_path / "results", tmp_path / "models"
-    base = ("eval", "--model-dir", str(models), "--dataset", "shapes10", "--zoo-dataset", "cifar10",
-            "--data-dir", str(shapes_data_dir), "--out", str(out), "--device", "cpu", "-q", "--protocol", "quick")
+    base = (
+        "eval",
+        "--model-dir",
+        str(models),
+        "--dataset",
+        "shapes10",
+        "--zoo-dataset",
+        "cifar10",
+        "--data-dir",
+        str(shapes_data_dir),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "-q",
+        "--protocol",
+        "quick",
+    )
     res = bench_cli(*base, "--model", "robustbench:NoSuchModel2099")
-    assert res.exit_code != 0 and len(res.error_lines) == 1 and "not in RobustBench's cifar10 Linf model zoo" in res.stderr
+    assert (
+        res.exit_code != 0
+        and len(res.error_lines) == 1
+        and "not in RobustBench's cifar10 Linf model zoo" in res.stderr
+    )
 
     res = bench_cli(*base, "--model", f"robustbench:{ZOO}")
     assert res.exit_code != 0 and len(res.error_lines) == 1, res.stderr
     line = res.error_lines[0]
-    assert str(models / "cifar10" / "Linf" / f"{ZOO}.pt") in line and str(models / "cifar10" / "Linf") in line
-    assert f"load_model('{ZOO}', model_dir='{models}', dataset='cifar10', threat_model='Linf')" in line
+    assert (
+        str(models / "cifar10" / "Linf" / f"{ZOO}.pt") in line
+        and str(models / "cifar10" / "Linf") in line
+    )
+    assert (
+        f"load_model('{ZOO}', model_dir='{models}', dataset='cifar10', threat_model='Linf')" in line
+    )
     assert not models.exists() and not out.exists()
 
     # weights of another architecture (a WideResNet-28-4) under this entry's name
     folder = models / "cifar10" / "Linf"
     folder.mkdir(parents=True)
-    torch.save({"state_dict": robustbench_zoo["Ding2020MMA"]["model"]().state_dict()}, folder / f"{ZOO}.pt")
+    torch.save(
+        {"state_dict": robustbench_zoo["Ding2020MMA"]["model"]().state_dict()}, folder / f"{ZOO}.pt"
+    )
     res = bench_cli(*base, "--model", f"robustbench:{ZOO}")
     assert res.exit_code != 0 and len(res.error_lines) == 1, res.stderr
     assert "does not hold weights of RobustBench's Wong2020Fast" in res.error_lines[0]

@@ -11,20 +11,32 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_args
 from PIL import Image
 
-from bench.config import DataConfig, ModelConfig
+from bench.core.config import DataConfig, ModelConfig
+from bench.core.errors import BenchError
 from bench.data import load_dataset
-from bench.errors import BenchError
-from conftest import make_tiny_args
 
 # every image: its class's colour in the centred square, BAND (magenta) on the two sides of its longer
 # axis; a correct centre crop shows only the class colour, a squash or an off-centre crop shows BAND
 COLOURS = {"ant": (220, 30, 30), "moth": (30, 200, 30), "zebra": (30, 30, 220)}
 BAND = (255, 0, 255)
-SHAPES = [(56, 40), (40, 56), (47, 33), (25, 30)]  # (width, height): landscape, portrait, odd, smaller than 32
-FORMATS = [("jpg", "JPEG"), ("PNG", "PNG"), ("JPEG", "JPEG"), ("bmp", "BMP"), ("webp", "WEBP"), ("gif", "GIF"),
-           ("jpeg", "JPEG")]
+SHAPES = [
+    (56, 40),
+    (40, 56),
+    (47, 33),
+    (25, 30),
+]  # (width, height): landscape, portrait, odd, smaller than 32
+FORMATS = [
+    ("jpg", "JPEG"),
+    ("PNG", "PNG"),
+    ("JPEG", "JPEG"),
+    ("bmp", "BMP"),
+    ("webp", "WEBP"),
+    ("gif", "GIF"),
+    ("jpeg", "JPEG"),
+]
 
 
 def _image(colour, size) -> Image.Image:
@@ -33,7 +45,7 @@ def _image(colour, size) -> Image.Image:
     a[:] = BAND
     s = min(w, h)
     top, left = (h - s) // 2, (w - s) // 2
-    a[top:top + s, left:left + s] = colour
+    a[top : top + s, left : left + s] = colour
     return Image.fromarray(a)
 
 
@@ -75,16 +87,22 @@ def make_tiny(root: Path) -> Path:
     for cls, n in VAL_COUNTS.items():
         for _ in range(n):
             name = f"val_{i}.JPEG"
-            _image(COLOURS[cls], SHAPES[i % len(SHAPES)]).save(root / "val" / "images" / name, format="JPEG")
+            _image(COLOURS[cls], SHAPES[i % len(SHAPES)]).save(
+                root / "val" / "images" / name, format="JPEG"
+            )
             lines.append(f"{name}\t{cls}\t0\t0\t10\t10")
             i += 1
     (root / "val" / "val_annotations.txt").write_text("\n".join(lines[::-1]) + "\n")  # any order
-    _write_images(root / "test" / "images", "ant", 2)  # Tiny-ImageNet's unlabelled test/: ignored (val/ exists)
+    _write_images(
+        root / "test" / "images", "ant", 2
+    )  # Tiny-ImageNet's unlabelled test/: ignored (val/ exists)
     return root
 
 
 def _load(root: Path, tmp_path: Path, image_size: int = 0):
-    return load_dataset(DataConfig(dataset=f"folder:{root}", image_size=image_size, data_dir=str(tmp_path / "data")))
+    return load_dataset(
+        DataConfig(dataset=f"folder:{root}", image_size=image_size, data_dir=str(tmp_path / "data"))
+    )
 
 
 def _assert_colours_match_labels(x: torch.Tensor, y: torch.Tensor, classes: list[str]) -> None:
@@ -94,7 +112,10 @@ def _assert_colours_match_labels(x: torch.Tensor, y: torch.Tensor, classes: list
     for img, label in zip(x.to(torch.int64), y.tolist()):
         target = torch.tensor(COLOURS[classes[label]]).view(3, 1, 1)
         mean_err = (img.float().mean((1, 2)) - target.view(3)).abs().max().item()
-        assert mean_err <= 20 and (img[:, m:-m, m:-m] - target).abs().max() <= 40, (classes[label], mean_err)
+        assert mean_err <= 20 and (img[:, m:-m, m:-m] - target).abs().max() <= 40, (
+            classes[label],
+            mean_err,
+        )
 
 
 def _cache_files(root: Path) -> list[Path]:
@@ -107,13 +128,23 @@ def test_imagenet_layout(size, tmp_path):
     root = make_imagenet(tmp_path / "my-set")
     d = _load(root, tmp_path, size)
     assert d.name == "folder:my-set" and d.source == str(root.resolve())
-    assert d.classes == ["ant", "moth", "zebra"]  # sorted folder names; hidden folders and files skipped
+    assert d.classes == [
+        "ant",
+        "moth",
+        "zebra",
+    ]  # sorted folder names; hidden folders and files skipped
     assert d.x_train.dtype == torch.uint8 and d.x_train.shape == (9, 3, size, size)
     assert d.x_test.shape == (5, 3, size, size) and d.y_train.dtype == torch.int64
-    assert torch.bincount(d.y_train).tolist() == [3, 2, 4] and torch.bincount(d.y_test).tolist() == [1, 2, 2]
+    assert torch.bincount(d.y_train).tolist() == [3, 2, 4] and torch.bincount(
+        d.y_test
+    ).tolist() == [1, 2, 2]
     _assert_colours_match_labels(d.x_train, d.y_train, d.classes)  # centre-cropped, labels right
     _assert_colours_match_labels(d.x_test, d.y_test, d.classes)
-    assert d.info["layout"] == "imagenet" and d.info["image_size"] == size and d.info["test_split"] == "val/"
+    assert (
+        d.info["layout"] == "imagenet"
+        and d.info["image_size"] == size
+        and d.info["test_split"] == "val/"
+    )
     assert d.summary()["image_shape"] == [3, size, size]
 
 
@@ -121,7 +152,11 @@ def test_image_size_0_means_32_and_test_folder_stands_in_for_val(tmp_path):
     root = make_imagenet(tmp_path / "ds", held_out="test")
     d = _load(root, tmp_path)  # DataConfig's default image_size=0
     assert DataConfig().image_size == 0
-    assert d.x_train.shape[1:] == (3, 32, 32) and d.info["image_size"] == 32 and d.info["test_split"] == "test/"
+    assert (
+        d.x_train.shape[1:] == (3, 32, 32)
+        and d.info["image_size"] == 32
+        and d.info["test_split"] == "test/"
+    )
     assert d.x_test.shape[0] == 5
 
 
@@ -134,8 +169,11 @@ def test_resize_is_bicubic_antialiased_on_the_shorter_side(tmp_path):
     exact = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     Image.fromarray(exact).save(root / "train" / "moth" / "exact.png")
     d = _load(root, tmp_path, 64)
-    files = sorted(p.name for p in (root / "train" / "ant").iterdir() if p.suffix.lower() != ".txt"
-                   and not p.name.startswith("."))
+    files = sorted(
+        p.name
+        for p in (root / "train" / "ant").iterdir()
+        if p.suffix.lower() != ".txt" and not p.name.startswith(".")
+    )
     board_out = d.x_train[files.index("board.png")]
     assert abs(board_out.float().mean().item() - 127.5) < 3 and board_out.float().std().item() < 10
     moth = sorted(p.name for p in (root / "train" / "moth").iterdir())
@@ -156,7 +194,11 @@ def test_large_jpeg_decoded_at_reduced_scale_matches_a_full_decode(tmp_path):
     for size in (32, 64):
         got = decode(path, size).astype(int)
         with Image.open(path) as full:
-            ref = np.asarray(full.convert("RGB").resize((size, size), Image.Resampling.BICUBIC, box=(80, 0, 560, 480)))
+            ref = np.asarray(
+                full.convert("RGB").resize(
+                    (size, size), Image.Resampling.BICUBIC, box=(80, 0, 560, 480)
+                )
+            )
         assert got.shape == (3, size, size)
         assert np.abs(got - ref.transpose(2, 0, 1).astype(int)).mean() < 3
 
@@ -166,7 +208,12 @@ def test_tiny_imagenet_layout(tmp_path):
     d = _load(root, tmp_path, 64)
     assert d.name == "folder:tiny-imagenet-200" and d.info["layout"] == "tiny-imagenet"
     assert d.classes == ["ant", "moth", "zebra"]
-    assert d.x_train.shape == (9, 3, 64, 64) and d.x_test.shape == (5, 3, 64, 64)  # boxes files, test/ ignored
+    assert d.x_train.shape == (9, 3, 64, 64) and d.x_test.shape == (
+        5,
+        3,
+        64,
+        64,
+    )  # boxes files, test/ ignored
     assert torch.bincount(d.y_test).tolist() == [1, 2, 2]
     _assert_colours_match_labels(d.x_train, d.y_train, d.classes)
     _assert_colours_match_labels(d.x_test, d.y_test, d.classes)  # labels from val_annotations.txt
@@ -197,7 +244,9 @@ def test_second_load_reads_the_cache_and_decodes_nothing(tmp_path, monkeypatch):
     root = make_imagenet(tmp_path / "ds")
     first = _load(root, tmp_path, 64)
     (cache,) = _cache_files(root)  # one file, no temporary files left
-    assert re.fullmatch(r"folder-64-[0-9a-f]{16}\.npz", cache.name) and first.info["decoded_cache"] == str(cache)
+    assert re.fullmatch(r"folder-64-[0-9a-f]{16}\.npz", cache.name) and first.info[
+        "decoded_cache"
+    ] == str(cache)
     with np.load(cache) as z:
         assert z["x_train"].dtype == np.uint8 and z["x_train"].shape == (9, 3, 64, 64)
     with monkeypatch.context() as m:
@@ -206,7 +255,9 @@ def test_second_load_reads_the_cache_and_decodes_nothing(tmp_path, monkeypatch):
         for k in ("x_train", "y_train", "x_test", "y_test"):
             assert torch.equal(getattr(first, k), getattr(second, k))
         assert second.classes == first.classes
-        with pytest.raises(BenchError, match="cannot read image"):  # 32 is another cache: it must decode
+        with pytest.raises(
+            BenchError, match="cannot read image"
+        ):  # 32 is another cache: it must decode
             _load(root, tmp_path, 32)
         # a changed file (here only its mtime) changes the key: the images are decoded again
         f = next((root / "val" / "moth").iterdir())
@@ -214,7 +265,9 @@ def test_second_load_reads_the_cache_and_decodes_nothing(tmp_path, monkeypatch):
         with pytest.raises(BenchError, match="cannot read image"):
             _load(root, tmp_path, 64)
     third = _load(root, tmp_path, 64)
-    (new_cache,) = [p for p in _cache_files(root) if p.name.startswith("folder-64-")]  # the stale one is gone
+    (new_cache,) = [
+        p for p in _cache_files(root) if p.name.startswith("folder-64-")
+    ]  # the stale one is gone
     assert new_cache != cache and torch.equal(third.x_train, first.x_train)
 
 
@@ -249,7 +302,9 @@ def _corrupt(root: Path, how: str) -> Path:
     bad = root / "val" / "moth" / "broken.jpg"
     _image(COLOURS["moth"], (56, 40)).save(bad, format="JPEG")
     good = bad.read_bytes()
-    bad.write_bytes(good[: len(good) // 2] if how == "truncated" else b"\x00garbage, not a JPEG" * 20)
+    bad.write_bytes(
+        good[: len(good) // 2] if how == "truncated" else b"\x00garbage, not a JPEG" * 20
+    )
     return bad
 
 
@@ -261,21 +316,53 @@ def _tiny_unknown_class(root: Path) -> None:
 
 BAD = {
     "missing": (lambda r: None, ["folder dataset", "not found", "--dataset folder:PATH"]),
-    "no-train": (lambda r: _write_images(r / "val" / "ant", "ant", 2), ["has no train/ folder", "train/<class>/"]),
-    "no-class-folders": (lambda r: _write_images(r / "train", "ant", 2),
-                         ["train holds no class folders", "holds images directly", "train/<class>/"]),
-    "empty-class": (lambda r: (make_imagenet(r), (r / "train" / "emu").mkdir(), (r / "train" / "emu" / "x.txt").touch()),
-                    ["class folder", "emu holds no images", "add images or remove the folder"]),
-    "one-class": (lambda r: (_write_images(r / "train" / "ant", "ant", 2), _write_images(r / "val" / "ant", "ant", 1)),
-                  ["holds 1 class folder (ant/)", "at least 2"]),
-    "no-val": (lambda r: (make_imagenet(r), __import__("shutil").rmtree(r / "val")),
-               ["has no val/ (or test/) folder", "val/<class>/"]),
-    "unknown-val-class": (lambda r: (make_imagenet(r), _write_images(r / "val" / "zebra", "zebra", 1),
-                                     (r / "val" / "zebra").rename(r / "val" / "emu")),
-                          ["val/emu is not one of the classes", "no train/emu/ folder"]),
-    "corrupt-image": (lambda r: _corrupt(r, "garbage"), ["cannot read image", "broken.jpg", "remove or replace"]),
-    "truncated-image": (lambda r: _corrupt(r, "truncated"), ["cannot read image", "broken.jpg", "remove or replace"]),
-    "tiny-unknown-class": (_tiny_unknown_class, ["val_annotations.txt line 6", "'n99999999' is not one of the classes"]),
+    "no-train": (
+        lambda r: _write_images(r / "val" / "ant", "ant", 2),
+        ["has no train/ folder", "train/<class>/"],
+    ),
+    "no-class-folders": (
+        lambda r: _write_images(r / "train", "ant", 2),
+        ["train holds no class folders", "holds images directly", "train/<class>/"],
+    ),
+    "empty-class": (
+        lambda r: (
+            make_imagenet(r),
+            (r / "train" / "emu").mkdir(),
+            (r / "train" / "emu" / "x.txt").touch(),
+        ),
+        ["class folder", "emu holds no images", "add images or remove the folder"],
+    ),
+    "one-class": (
+        lambda r: (
+            _write_images(r / "train" / "ant", "ant", 2),
+            _write_images(r / "val" / "ant", "ant", 1),
+        ),
+        ["holds 1 class folder (ant/)", "at least 2"],
+    ),
+    "no-val": (
+        lambda r: (make_imagenet(r), __import__("shutil").rmtree(r / "val")),
+        ["has no val/ (or test/) folder", "val/<class>/"],
+    ),
+    "unknown-val-class": (
+        lambda r: (
+            make_imagenet(r),
+            _write_images(r / "val" / "zebra", "zebra", 1),
+            (r / "val" / "zebra").rename(r / "val" / "emu"),
+        ),
+        ["val/emu is not one of the classes", "no train/emu/ folder"],
+    ),
+    "corrupt-image": (
+        lambda r: _corrupt(r, "garbage"),
+        ["cannot read image", "broken.jpg", "remove or replace"],
+    ),
+    "truncated-image": (
+        lambda r: _corrupt(r, "truncated"),
+        ["cannot read image", "broken.jpg", "remove or replace"],
+    ),
+    "tiny-unknown-class": (
+        _tiny_unknown_class,
+        ["val_annotations.txt line 6", "'n99999999' is not one of the classes"],
+    ),
 }
 
 
@@ -286,29 +373,58 @@ def test_bad_folder_is_refused_in_one_line_and_nothing_is_written(case, bench_cl
     make(root)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     out, data = tmp_path / "results", tmp_path / "data"
-    res = bench_cli("run", "--method", "ce", *make_tiny_args(out, data, steps=1), "--dataset", f"folder:{root}")
+    res = bench_cli(
+        "run", "--method", "ce", *make_tiny_args(out, data, steps=1), "--dataset", f"folder:{root}"
+    )
     _assert_one_line(res, *fragments)
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # no cache, no run
+    assert (
+        sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    )  # no cache, no run
 
 
-@pytest.mark.parametrize("sets, dataset, fragments", [
-    (["data.image_size=48"], "folder", ["data.image_size must be 0 (the dataset's own size), 32 or 64, got 48"]),
-    (["data.image_size=64"], "npz", ["data.image_size=64, but dataset npz:d.npz has 32x32 images",
-                                     "--set data.image_size=0"]),
-])
+@pytest.mark.parametrize(
+    "sets, dataset, fragments",
+    [
+        (
+            ["data.image_size=48"],
+            "folder",
+            ["data.image_size must be 0 (the dataset's own size), 32 or 64, got 48"],
+        ),
+        (
+            ["data.image_size=64"],
+            "npz",
+            [
+                "data.image_size=64, but dataset npz:d.npz has 32x32 images",
+                "--set data.image_size=0",
+            ],
+        ),
+    ],
+)
 def test_bad_image_size_is_refused_in_one_line(sets, dataset, fragments, bench_cli, tmp_path):
     if dataset == "folder":
         name = f"folder:{make_imagenet(tmp_path / 'ds')}"
     else:
         rng = np.random.default_rng(0)
-        np.savez(tmp_path / "d.npz", x=rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), y=np.arange(40) % 2)
+        np.savez(
+            tmp_path / "d.npz",
+            x=rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
+            y=np.arange(40) % 2,
+        )
         name = f"npz:{tmp_path / 'd.npz'}"
-    args = ["run", "--method", "ce", *make_tiny_args(tmp_path / "results", tmp_path / "data", steps=1),
-            "--dataset", name]
+    args = [
+        "run",
+        "--method",
+        "ce",
+        *make_tiny_args(tmp_path / "results", tmp_path / "data", steps=1),
+        "--dataset",
+        name,
+    ]
     for s in sets:
         args += ["--set", s]
     _assert_one_line(bench_cli(*args), *fragments)
-    assert not (tmp_path / "results").exists() and not (tmp_path / "ds" / ".trilemma-cache").exists()
+    assert (
+        not (tmp_path / "results").exists() and not (tmp_path / "ds" / ".trilemma-cache").exists()
+    )
 
 
 def test_unsupported_image_size_through_the_api(tmp_path):
@@ -345,16 +461,37 @@ def test_every_architecture_runs_on_64x64_images():
 def test_listed_with_a_description(bench_cli):
     res = bench_cli("list", "datasets")
     assert res.exit_code == 0, res.stderr
-    (line,) = [ln for ln in res.stdout.splitlines() if ln.split() and ln.split()[0] == "folder:PATH"]
+    (line,) = [
+        ln for ln in res.stdout.splitlines() if ln.split() and ln.split()[0] == "folder:PATH"
+    ]
     assert "train/<class>/" in line and "Tiny-ImageNet" in line and "32|64" in line
 
 
 def test_run_on_a_folder_at_64x64(bench_cli, tmp_path):
     root = make_imagenet(tmp_path / "my-set")
     out = tmp_path / "results"
-    res = bench_cli("run", "--method", "ce", "--preset", "smoke", "--dataset", f"folder:{root}",
-                    "--set", "data.image_size=64", "--set", "train.max_steps=2", "--set", "eval.n_examples=8",
-                    "--set", "data.batch_size=4", "--data-dir", str(tmp_path / "data"), "-q", "--out", str(out))
+    res = bench_cli(
+        "run",
+        "--method",
+        "ce",
+        "--preset",
+        "smoke",
+        "--dataset",
+        f"folder:{root}",
+        "--set",
+        "data.image_size=64",
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "eval.n_examples=8",
+        "--set",
+        "data.batch_size=4",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "-q",
+        "--out",
+        str(out),
+    )
     assert res.exit_code == 0, res.stderr
     m = re.search(r"^record: (.+record\.json)$", res.stdout, re.M)
     assert m, res.stdout
@@ -362,5 +499,14 @@ def test_run_on_a_folder_at_64x64(bench_cli, tmp_path):
     assert rec["status"] == "complete" and rec["training"]["steps_done"] == 2
     assert rec["config"]["data"]["image_size"] == 64
     data = rec["data"]
-    assert data["name"] == "folder:my-set" and data["image_shape"] == [3, 64, 64] and data["image_size"] == 64
-    assert data["num_classes"] == 3 and data["train"] == 9 and data["test"] == 5 and data["layout"] == "imagenet"
+    assert (
+        data["name"] == "folder:my-set"
+        and data["image_shape"] == [3, 64, 64]
+        and data["image_size"] == 64
+    )
+    assert (
+        data["num_classes"] == 3
+        and data["train"] == 9
+        and data["test"] == 5
+        and data["layout"] == "imagenet"
+    )

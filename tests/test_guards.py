@@ -13,12 +13,12 @@ from types import SimpleNamespace
 import pytest
 import scipy.stats
 import torch
+from test_eval_metrics import Tiny as Net  # a small conv net: 4 x logits of conv-relu-pool-linear
 
 from metrics import EvalContext, evaluate
 from metrics.base import METRICS
 from metrics.guards import ForwardWatch, PerturbationMeter, apply_ordering
 from metrics.intervals import accuracy_interval, t_interval, wilson
-from test_eval_metrics import Tiny as Net  # a small conv net: 4 x logits of conv-relu-pool-linear
 
 
 class Quantised(Net):
@@ -43,7 +43,9 @@ def data(n=32):
 
 
 def ctx(tmp_path):
-    return EvalContext(device=torch.device("cpu"), batch_size=16, seed=0, out_dir=tmp_path, show_progress=False)
+    return EvalContext(
+        device=torch.device("cpu"), batch_size=16, seed=0, out_dir=tmp_path, show_progress=False
+    )
 
 
 PGD = {"eps": 8 / 255, "alpha": 2 / 255, "steps": 5, "n_examples": 32}
@@ -66,7 +68,10 @@ def test_a_rounding_step_is_flagged_for_zero_gradients(tmp_path):
     res = pgd(Quantised().eval(), tmp_path)
     assert res["reliable"] is False
     assert res["checks"]["gradients"]["zero"] == 16  # the first batch
-    assert any(r.startswith("gradients: 16 of 16 images have a zero input gradient") for r in res["unreliable_reasons"])
+    assert any(
+        r.startswith("gradients: 16 of 16 images have a zero input gradient")
+        for r in res["unreliable_reasons"]
+    )
 
 
 def test_a_random_forward_needs_eot(tmp_path):
@@ -89,7 +94,10 @@ def test_the_forward_watch_sees_train_mode_autocast_and_range():
         model(torch.rand(2, 3, 8, 8).double().float().half().float())
     res = watch.result()
     assert not res["passed"] and res["calls"] == 4
-    assert "1 of 4 forward passes in train mode" in res["detail"] and "1 under autocast" in res["detail"]
+    assert (
+        "1 of 4 forward passes in train mode" in res["detail"]
+        and "1 under autocast" in res["detail"]
+    )
     assert "not [0, 1]" in res["detail"]
     with ForwardWatch(model) as clean:
         model(torch.rand(2, 3, 8, 8))
@@ -109,21 +117,31 @@ def test_the_perturbation_meter_flags_a_step_outside_eps():
 
 
 def test_autoattack_weaker_than_pgd_is_flagged():
-    results = {"pgd": {"accuracy": 0.30, "clean_accuracy": 0.8, "n_examples": 100, "eps": 8 / 255},
-               "autoattack": {"accuracy": 0.35, "clean_accuracy": 0.8, "n_examples": 100, "eps": 8 / 255}}
+    results = {
+        "pgd": {"accuracy": 0.30, "clean_accuracy": 0.8, "n_examples": 100, "eps": 8 / 255},
+        "autoattack": {"accuracy": 0.35, "clean_accuracy": 0.8, "n_examples": 100, "eps": 8 / 255},
+    }
     apply_ordering(results)
     assert results["pgd"]["reliable"] is True
     assert results["autoattack"]["reliable"] is False
     assert "AutoAttack 35.00% above PGD 30.00%" in results["autoattack"]["unreliable_reasons"][0]
     # a different eps or n is not comparable: no ordering between the two
-    other = {"pgd": {"accuracy": 0.30, "n_examples": 100, "eps": 8 / 255},
-             "autoattack": {"accuracy": 0.35, "n_examples": 100, "eps": 4 / 255}}
+    other = {
+        "pgd": {"accuracy": 0.30, "n_examples": 100, "eps": 8 / 255},
+        "autoattack": {"accuracy": 0.35, "n_examples": 100, "eps": 4 / 255},
+    }
     apply_ordering(other)
     assert "checks" not in other["autoattack"]
 
 
 def test_autoattack_on_a_random_model_is_unreliable_and_keeps_the_library_warning(tmp_path):
-    settings = {"version": "custom", "attacks": ["apgd-ce"], "eps": 8 / 255, "apgd_iter": 3, "n_examples": 16}
+    settings = {
+        "version": "custom",
+        "attacks": ["apgd-ce"],
+        "eps": 8 / 255,
+        "apgd_iter": 3,
+        "n_examples": 16,
+    }
     res = METRICS.get("autoattack")(Noisy().eval(), data(), settings, ctx(tmp_path))
     assert res["reliable"] is False
     assert not res["checks"]["randomness"]["passed"] and not res["checks"]["library"]["passed"]
@@ -134,12 +152,30 @@ def test_autoattack_on_a_random_model_is_unreliable_and_keeps_the_library_warnin
 
 
 def test_the_paper_eot_protocol_draws_noise_per_forward_and_attacks_with_eot(tmp_path):
-    res = evaluate(Net().eval(), data(), "paper-eot", 16, ctx(tmp_path), metrics=["clean", "pgd"],
-                   overrides={"pgd": {"steps": 2, "eot": 3}})
+    res = evaluate(
+        Net().eval(),
+        data(),
+        "paper-eot",
+        16,
+        ctx(tmp_path),
+        metrics=["clean", "pgd"],
+        overrides={"pgd": {"steps": 2, "eot": 3}},
+    )
     pgd = res["pgd[eot=3,steps=2]"]  # settings changed from the protocol's: a result of its own
     assert pgd["settings"]["input_noise_drawn"] == "every forward pass"
-    assert pgd["checks"]["randomness"]["passed"] and "attacked with EOT 3" in pgd["checks"]["randomness"]["detail"]
-    paper = evaluate(Net().eval(), data(), "paper", 16, ctx(tmp_path), metrics=["pgd"], overrides={"pgd": {"steps": 2}})
+    assert (
+        pgd["checks"]["randomness"]["passed"]
+        and "attacked with EOT 3" in pgd["checks"]["randomness"]["detail"]
+    )
+    paper = evaluate(
+        Net().eval(),
+        data(),
+        "paper",
+        16,
+        ctx(tmp_path),
+        metrics=["pgd"],
+        overrides={"pgd": {"steps": 2}},
+    )
     # noise drawn once per image: the attacked function is deterministic, so no EOT is needed
     check = paper["pgd[steps=2]"]["checks"]["randomness"]
     assert check["passed"] and "deterministic" in check["detail"]
@@ -162,6 +198,8 @@ def test_every_accuracy_result_carries_its_interval(tmp_path):
 def test_t_interval_matches_scipy():
     vals = [0.61, 0.64, 0.59, 0.66]
     m, half = t_interval(vals)
-    lo, hi = scipy.stats.t.interval(0.95, len(vals) - 1, loc=sum(vals) / 4, scale=scipy.stats.sem(vals))
+    lo, hi = scipy.stats.t.interval(
+        0.95, len(vals) - 1, loc=sum(vals) / 4, scale=scipy.stats.sem(vals)
+    )
     assert m == pytest.approx((lo + hi) / 2) and half == pytest.approx((hi - lo) / 2)
     assert t_interval([0.5])[0] == 0.5

@@ -17,15 +17,23 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import bench.sampling.gaussians as gaussians_mod
-from bench.resolve import resolve_config
-from bench.models import build_model
 from bench.data import load_run_data
+from bench.models import build_model
+from bench.run.resolve import resolve_config
 from bench.sampling import ClassGaussians, ReplayBuffer
-from bench.trainer import Trainer
+from bench.train.trainer import Trainer
 from methods import get_method
 
-SYNCING_OPS = {"_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "unique_consecutive", "masked_select",
-               "is_nonzero", "equal"}
+SYNCING_OPS = {
+    "_local_scalar_dense",
+    "nonzero",
+    "_unique2",
+    "unique_dim",
+    "unique_consecutive",
+    "masked_select",
+    "is_nonzero",
+    "equal",
+}
 
 
 MASK_INDEXING_OPS = {"index", "index_put", "index_put_"}  # sync when an index is a boolean mask
@@ -50,7 +58,11 @@ class HostSyncRecorder(TorchDispatchMode):
         if name in SYNCING_OPS or (name in MASK_INDEXING_OPS and _has_bool_index(args)):
             stack = traceback.format_stack()
             if not any("torch/optim/" in line for line in stack):
-                ours = [line.strip() for line in stack if "site-packages" not in line and "test_host_sync" not in line]
+                ours = [
+                    line.strip()
+                    for line in stack
+                    if "site-packages" not in line and "test_host_sync" not in line
+                ]
                 self.hits.append(f"{name} at {ours[-1] if ours else '?'}")
         return func(*args, **(kwargs or {}))
 
@@ -64,8 +76,9 @@ def random_gaussians(num_classes=4, d=3 * 4 * 4, ranks=(48, 5, 48, 17), seed=0) 
     g = torch.Generator().manual_seed(seed)
     means = torch.rand(num_classes, d, generator=g) - 0.5
     factors = [0.1 * torch.randn(d, r, generator=g) for r in ranks]
-    return ClassGaussians(means, factors, torch.full((num_classes,), 0.01), torch.full((num_classes,), 100),
-                          (3, 4, 4))
+    return ClassGaussians(
+        means, factors, torch.full((num_classes,), 0.01), torch.full((num_classes,), 100), (3, 4, 4)
+    )
 
 
 def test_dense_gaussian_draw_equals_the_gathered_one():
@@ -87,8 +100,15 @@ def test_dense_gaussian_draw_equals_the_gathered_one():
 def test_replay_buffer_draw_does_not_sync(cuda_code_path):
     gs = random_gaussians()
     for conditional in (False, True):
-        buf = ReplayBuffer(40, (3, 4, 4), 4, init="informative", reinit_freq=0.5, conditional=conditional,
-                           gaussians=gs)
+        buf = ReplayBuffer(
+            40,
+            (3, 4, 4),
+            4,
+            init="informative",
+            reinit_freq=0.5,
+            conditional=conditional,
+            gaussians=gs,
+        )
         before = buf.x.clone()
         y = torch.randint(0, 4, (32,)) if conditional else None
         with HostSyncRecorder() as rec:
@@ -109,12 +129,28 @@ def test_the_recorder_sees_mask_indexing_and_item():
     assert [h.split(" at ")[0] for h in rec.hits] == ["index_put_", "index", "_local_scalar_dense"]
 
 
-@pytest.mark.parametrize("method,extra", [("ce", []), ("pgd-at", []), ("trades", []), ("jem", []), ("jem++", []),
-                                          ("ebjdat", []), ("ebjdat-sada-jem", []), ("jem++", ["optim.sam_rho=0.05"]),
-                                          ("mart", []), ("sada-jem", [])])
+@pytest.mark.parametrize(
+    "method,extra",
+    [
+        ("ce", []),
+        ("pgd-at", []),
+        ("trades", []),
+        ("jem", []),
+        ("jem++", []),
+        ("ebjdat", []),
+        ("ebjdat-sada-jem", []),
+        ("jem++", ["optim.sam_rho=0.05"]),
+        ("mart", []),
+        ("sada-jem", []),
+    ],
+)
 def test_a_training_step_between_log_steps_does_not_sync(method, extra, cuda_code_path):
-    cfg = resolve_config(method, preset="smoke", device="cpu",
-                         overrides=["train.log_every=100", "data.batch_size=16", *extra])
+    cfg = resolve_config(
+        method,
+        preset="smoke",
+        device="cpu",
+        overrides=["train.log_every=100", "data.batch_size=16", *extra],
+    )
     data = load_run_data(cfg)
     torch.manual_seed(0)
     model = build_model(cfg.model, data.num_classes)

@@ -1,7 +1,7 @@
 """Every value a method's training step returns lives on the training device.
 
 With several ranks the trainer stacks the logged values into one tensor for the all-reduce
-(``bench.distributed.reduce_logged``); one value made on another device (``torch.tensor(x)``
+(``bench.train.distributed.reduce_logged``); one value made on another device (``torch.tensor(x)``
 without ``device=``, as pgd-at's ``eps`` once was) crashes the first log flush on CUDA. On this
 CPU-only machine such a tensor would be on the CPU like the rest, so each step runs with the
 default device set to ``meta``: a tensor created without ``device=`` lands there, and the check
@@ -12,23 +12,24 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import trainer_for
 
-from bench import distributed as D
-from bench.errors import BenchError
-from bench.resolve import resolve_config
-from bench.step import StepContext
-from bench.trainer import Trainer, step_seed
+from bench.core.errors import BenchError
+from bench.core.step import StepContext
+from bench.run.resolve import resolve_config
+from bench.train import distributed as D
+from bench.train.trainer import Trainer, step_seed
 from methods import METHODS, get_method
 from methods.ce import CrossEntropy
-
-from conftest import trainer_for
 
 BUILTIN = sorted(n for n in METHODS.names() if get_method(n).__module__.startswith("methods."))
 TINY = ["data.batch_size=8", "data.train_subset=64", "model.arch=resnet8", "train.amp=off"]
 
 
 def _trainer(method: str, data_dir, tmp_path, method_obj=None) -> Trainer:
-    cfg = resolve_config(method, preset="smoke", device="cpu", overrides=[*TINY, f"data.data_dir={data_dir}"])
+    cfg = resolve_config(
+        method, preset="smoke", device="cpu", overrides=[*TINY, f"data.data_dir={data_dir}"]
+    )
     return trainer_for(cfg, tmp_path, method_obj)
 
 
@@ -37,10 +38,22 @@ def _context(tr: Trainer, step: int) -> tuple[torch.Tensor, torch.Tensor, StepCo
     epoch, index = divmod(step, tr.steps_per_epoch)
     torch.manual_seed(step_seed(tr.cfg.seed, step))
     x_u8, y = tr.streams[0].batch(epoch, index)
-    extra = [(tr.prepare(xe, spec), ye) for (xe, ye), spec in
-             zip((s.batch(*divmod(step, len(s))) for s in tr.streams[1:]), tr.batch_specs[1:])]
-    ctx = StepContext(step=step, epoch=epoch, device=tr.device, num_classes=tr.data.num_classes,
-                      autocast=tr.autocast, extra=extra, data=tr.data, steps_per_epoch=tr.steps_per_epoch)
+    extra = [
+        (tr.prepare(xe, spec), ye)
+        for (xe, ye), spec in zip(
+            (s.batch(*divmod(step, len(s))) for s in tr.streams[1:]), tr.batch_specs[1:]
+        )
+    ]
+    ctx = StepContext(
+        step=step,
+        epoch=epoch,
+        device=tr.device,
+        num_classes=tr.data.num_classes,
+        autocast=tr.autocast,
+        extra=extra,
+        data=tr.data,
+        steps_per_epoch=tr.steps_per_epoch,
+    )
     return tr.prepare(x_u8, tr.batch_specs[0]), y, ctx
 
 
@@ -57,13 +70,23 @@ def test_training_step_returns_scalars_on_the_training_device(method, shapes_dat
     assert set(tr.method.loss_weights()) <= set(terms)
     for name, value in terms.items():
         assert isinstance(value, torch.Tensor), (name, type(value))
-        assert value.device == ctx.device, f"{method} returned {name} on {value.device}, not {ctx.device}"
-        assert value.is_floating_point() and value.ndim == 0, (name, value.dtype, tuple(value.shape))
+        assert value.device == ctx.device, (
+            f"{method} returned {name} on {value.device}, not {ctx.device}"
+        )
+        assert value.is_floating_point() and value.ndim == 0, (
+            name,
+            value.dtype,
+            tuple(value.shape),
+        )
         assert torch.isfinite(value), name
     # the flush's path: accumulate as the trainer does, then stack for the all-reduce
     sums = {k: tr._logged(v) for k, v in terms.items()}
     stacked = D.stack_logged(sums, sorted(sums))
-    assert stacked.device == ctx.device and stacked.dtype == torch.float32 and stacked.shape == (len(sums),)
+    assert (
+        stacked.device == ctx.device
+        and stacked.dtype == torch.float32
+        and stacked.shape == (len(sums),)
+    )
 
 
 def test_stacking_names_a_value_made_on_another_device():
@@ -86,6 +109,10 @@ def test_trainer_step_returns_float32_tensors_on_its_device(shapes_data_dir, tmp
     logged = tr.train_step(0)
     assert set(logged) == {"loss", "ce", "acc", "margin"}
     for name, value in logged.items():
-        assert isinstance(value, torch.Tensor) and value.device == tr.device and value.dtype == torch.float32, name
+        assert (
+            isinstance(value, torch.Tensor)
+            and value.device == tr.device
+            and value.dtype == torch.float32
+        ), name
     assert float(logged["margin"]) == 0.25
     assert float(logged["loss"]) == pytest.approx(float(logged["ce"]))

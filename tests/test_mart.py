@@ -14,10 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.config import ModelConfig
-from bench.errors import BenchError
+from bench.core.config import ModelConfig
+from bench.core.errors import BenchError
 from bench.models import build_model
-from bench.resolve import resolve_config
+from bench.run.resolve import resolve_config
 from methods import get_method
 from methods.base import StepContext
 from methods.mart import mart_terms
@@ -26,8 +26,18 @@ EPS, ALPHA = 8 / 255, 2 / 255
 
 # clean and adversarial logits of 4 images over 4 classes: a confident correct image (small weight
 # 1 - p_y), a misclassified one (weight near 1), one whose attack flips the prediction, one uncertain
-LOGITS = [[4.0, 0.5, -1.0, 0.0], [0.2, 3.0, -0.5, 1.0], [-1.0, 0.0, 2.5, 0.3], [0.1, 0.0, -0.2, 0.3]]
-LOGITS_ADV = [[2.0, 1.5, -0.5, 0.2], [0.0, 3.5, 0.5, 0.8], [0.5, 2.2, 1.0, -0.4], [0.4, -0.3, 0.9, 0.6]]
+LOGITS = [
+    [4.0, 0.5, -1.0, 0.0],
+    [0.2, 3.0, -0.5, 1.0],
+    [-1.0, 0.0, 2.5, 0.3],
+    [0.1, 0.0, -0.2, 0.3],
+]
+LOGITS_ADV = [
+    [2.0, 1.5, -0.5, 0.2],
+    [0.0, 3.5, 0.5, 0.8],
+    [0.5, 2.2, 1.0, -0.4],
+    [0.4, -0.3, 0.9, 0.6],
+]
 LABELS = [0, 3, 2, 1]
 
 
@@ -62,8 +72,10 @@ def test_loss_equals_the_hand_written_formula_on_fixed_logits():
     total = float(sum(w * terms[k] for k, w in method.loss_weights().items()))
     assert total == pytest.approx(ce + boost + 6 * kl_w, rel=1e-5)
     # the case is one where dropping the boosted term or the (1 - p_y) weighting shows
-    unweighted = sum(sum(pk * (math.log(pk) - math.log(qk + 1e-12)) for pk, qk in zip(softmax(z), softmax(za)))
-                     for z, za in zip(LOGITS, LOGITS_ADV)) / len(LABELS)
+    unweighted = sum(
+        sum(pk * (math.log(pk) - math.log(qk + 1e-12)) for pk, qk in zip(softmax(z), softmax(za)))
+        for z, za in zip(LOGITS, LOGITS_ADV)
+    ) / len(LABELS)
     assert abs(total - (ce + 6 * kl_w)) > 0.3 and abs(total - (ce + boost + 6 * unweighted)) > 0.3
 
 
@@ -87,7 +99,10 @@ def test_gradient_reaches_the_clean_forward_through_the_kl_and_its_weight():
     want = grads(kl_w)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
-    for variant in (dict(detach_p=True), dict(detach_w=True)):  # what a detaching implementation computes
+    for variant in (
+        dict(detach_p=True),
+        dict(detach_w=True),
+    ):  # what a detaching implementation computes
         other = grads(lambda z, za: kl_w(z, za, **variant))
         assert (other[0] - got[0]).abs().max() > 1e-2
     g_clean, g_adv = grads(lambda z, za: mart_terms(z.float(), za.float(), y)["boost"].double())
@@ -114,7 +129,10 @@ def reference_step(model, x, y, noise, beta=6.0, steps=10):
     q = F.softmax(logits_adv, 1)
     top2 = q.argsort(1)[:, -2:]
     wrong = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
-    bce = F.cross_entropy(logits_adv, y) - torch.log(1.0001 - q[torch.arange(len(y)), wrong] + 1e-12).mean()
+    bce = (
+        F.cross_entropy(logits_adv, y)
+        - torch.log(1.0001 - q[torch.arange(len(y)), wrong] + 1e-12).mean()
+    )
     p = F.softmax(logits, 1)
     kl = (p * (p.log() - torch.log(q + 1e-12))).sum(1)
     return xa.detach(), bce + beta * (kl * (1.0000001 - p[torch.arange(len(y)), y])).mean()
@@ -135,14 +153,18 @@ def test_training_step_matches_the_reference_loop(monkeypatch):
         for k in range(3):
             model(x.roll(k, 0) * 0.9 + 0.05)
     ref = copy.deepcopy(model)
-    ctx = StepContext(step=0, epoch=0, device=torch.device("cpu"), num_classes=10, autocast=contextlib.nullcontext)
+    ctx = StepContext(
+        step=0, epoch=0, device=torch.device("cpu"), num_classes=10, autocast=contextlib.nullcontext
+    )
 
     torch.manual_seed(11)
     terms = method.training_step(model, x, y, ctx)
     torch.manual_seed(11)
     xa, loss = reference_step(ref, x, y, torch.randn_like(x))
 
-    assert len(calls) == 1 and calls[0]["mode"] == "eval" and calls[0]["steps"] == 10  # the shared PGD loop
+    assert (
+        len(calls) == 1 and calls[0]["mode"] == "eval" and calls[0]["steps"] == 10
+    )  # the shared PGD loop
     assert model.training
     torch.testing.assert_close(ctx.memo["x_adv"], xa, atol=1e-6, rtol=0)
     assert (xa - x).abs().max() <= EPS + 1e-6 and (xa - x).abs().max() > EPS - 1e-4
@@ -153,7 +175,9 @@ def test_training_step_matches_the_reference_loop(monkeypatch):
     want = torch.autograd.grad(loss, list(ref.parameters()))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-    for (name, b1), b2 in zip(model.named_buffers(), ref.buffers()):  # the same forwards, in the same modes
+    for (name, b1), b2 in zip(
+        model.named_buffers(), ref.buffers()
+    ):  # the same forwards, in the same modes
         torch.testing.assert_close(b1.float(), b2.float(), atol=1e-6, rtol=0, msg=name)
 
 
@@ -163,15 +187,29 @@ def test_reference_settings_and_validation():
     assert (m["beta"], m["steps"], m["start_std"], m["attack_mode"]) == (6.0, 10, 0.001, "eval")
     assert m["eps"] == pytest.approx(8 / 255) and m["alpha"] == pytest.approx(2 / 255)
     o = cfg.optim
-    assert (o.name, o.lr, o.momentum, o.weight_decay, o.schedule, o.gamma) == ("sgd", 0.1, 0.9, 7e-4, "step", 0.1)
+    assert (o.name, o.lr, o.momentum, o.weight_decay, o.schedule, o.gamma) == (
+        "sgd",
+        0.1,
+        0.9,
+        7e-4,
+        "step",
+        0.1,
+    )
     assert o.milestones == [74, 89, 99] and cfg.train.epochs == 90 and cfg.data.batch_size == 128
-    assert cfg.data.pad_mode == "zeros" and cfg.data.noise_std == 0 and cfg.model.arch == "wrn-34-10"
+    assert (
+        cfg.data.pad_mode == "zeros" and cfg.data.noise_std == 0 and cfg.model.arch == "wrn-34-10"
+    )
     assert tuple(cfg.model.mean) == (0.0, 0.0, 0.0) and tuple(cfg.model.std) == (1.0, 1.0, 1.0)
     assert resolve_config("trades", preset="paper").model.arch == "wrn-34-10"
     assert m["eps_warmup_epochs"] == 0  # the ramp is the CPU presets' departure, not the reference
     assert resolve_config("mart", preset="smoke").method_cfg["steps"] == 3
     assert resolve_config("mart", preset="cpu").method_cfg["eps_warmup_epochs"] == 3
-    for bad in ("method.attack_mode=sideways", "method.beta=-1", "method.steps=0", "method.eps_warmup_epochs=-1"):
+    for bad in (
+        "method.attack_mode=sideways",
+        "method.beta=-1",
+        "method.steps=0",
+        "method.eps_warmup_epochs=-1",
+    ):
         with pytest.raises(BenchError):
             resolve_config("mart", preset="smoke", overrides=[bad])
 
@@ -186,8 +224,14 @@ def test_eps_warmup_ramps_the_attack(monkeypatch):
     model = tiny_model()
     x, y = torch.rand(2, 3, 8, 8), torch.tensor([1, 2])
     for step in (0, 9, 30):  # 10 steps per epoch: 1/20 of the ramp done, then half, then all of it
-        ctx = StepContext(step=step, epoch=step // 10, device=torch.device("cpu"), num_classes=10,
-                          autocast=contextlib.nullcontext, steps_per_epoch=10)
+        ctx = StepContext(
+            step=step,
+            epoch=step // 10,
+            device=torch.device("cpu"),
+            num_classes=10,
+            autocast=contextlib.nullcontext,
+            steps_per_epoch=10,
+        )
         terms = method.training_step(model, x, y, ctx)
         assert float(terms["eps"]) == pytest.approx(calls[-1]["eps"])
     assert [k["eps"] * 255 / 8 for k in calls] == pytest.approx([0.05, 0.5, 1.0])
@@ -200,7 +244,11 @@ def test_bench_run_mart_smoke(bench_cli, results_root, tiny_args, shapes_data_di
     assert res.exit_code == 0, res.stderr
     run_dir = Path(re.search(r"^record: (.+)record\.json$", res.stdout, re.M).group(1))
     rec = json.loads((run_dir / "record.json").read_text())
-    assert rec["status"] == "complete" and rec["method"] == "mart" and rec["training"]["steps_done"] == 4
+    assert (
+        rec["status"] == "complete"
+        and rec["method"] == "mart"
+        and rec["training"]["steps_done"] == 4
+    )
     last = rec["training"]["history"][-1]
     assert {"ce_adv", "boost", "kl", "acc", "acc_adv", "eps"} <= set(last)
     assert last["loss"] == pytest.approx(last["ce_adv"] + last["boost"] + 6 * last["kl"], rel=1e-4)

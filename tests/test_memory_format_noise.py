@@ -17,7 +17,9 @@ from bench.sampling.langevin import sgld
 
 def _model():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 5)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 5)
+    ).eval()
 
 
 def _both(run):
@@ -35,11 +37,20 @@ def test_draws_are_the_same_in_both_layouts(name):
     model = _model()
     y = torch.arange(6) % 5
     runs = {
-        "sgld": lambda x: sgld(model, x * 2 - 1, steps=3, step_size=0.0, noise_std=0.1, clamp=False),
-        "pgd": lambda x: pgd_linf(model, x, y, eps=8 / 255, alpha=2 / 255, steps=0),  # the random start alone
+        "sgld": lambda x: sgld(
+            model, x * 2 - 1, steps=3, step_size=0.0, noise_std=0.1, clamp=False
+        ),
+        "pgd": lambda x: pgd_linf(
+            model, x, y, eps=8 / 255, alpha=2 / 255, steps=0
+        ),  # the random start alone
         "trades": lambda x: trades_attack(model, x, eps=8 / 255, alpha=2 / 255, steps=0),
-        "mart-start": lambda x: pgd_linf(model, x, y, steps=0, start=lambda c: c + 0.001 * torch.randn_like(
-            c, memory_format=torch.contiguous_format)),
+        "mart-start": lambda x: pgd_linf(
+            model,
+            x,
+            y,
+            steps=0,
+            start=lambda c: c + 0.001 * torch.randn_like(c, memory_format=torch.contiguous_format),
+        ),
         "ebjdat": lambda x: ebjdat_attack(model, x, y, eps=8 / 255, alpha=2 / 255, steps=0),
     }
     plain, fast = _both(runs[name])

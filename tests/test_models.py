@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.config import ModelConfig
-from bench.errors import BenchError
+from bench.core.config import ModelConfig
+from bench.core.errors import BenchError
 from bench.models import ARCHS, EnergyClassifier, build_model
 
 
@@ -97,5 +97,8 @@ def test_bad_wrn_depth(arch):
 
 
 def test_unknown_arch_lists_known():
-    with pytest.raises(BenchError, match="unknown architecture 'resnet18'; choose one of: preact-resnet18, resnet8, resnet8-wide, wrn-D-W"):
+    with pytest.raises(
+        BenchError,
+        match="unknown architecture 'resnet18'; choose one of: preact-resnet18, resnet8, resnet8-wide, wrn-D-W",
+    ):
         _model("resnet18")

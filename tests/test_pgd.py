@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.attacks.pgd import pgd_linf, project_linf
-from bench.config import ModelConfig
+from bench.core.config import ModelConfig
 from bench.models import build_model
 
 EPS, ALPHA = 8 / 255, 2 / 255
@@ -133,7 +133,10 @@ def test_restarts_are_never_worse(model_and_batch):
     with torch.no_grad():
         l1, lm = model(one), model(many)
     wrong1, wrongm = l1.argmax(1) != y, lm.argmax(1) != y
-    loss1, lossm = F.cross_entropy(l1, y, reduction="none"), F.cross_entropy(lm, y, reduction="none")
+    loss1, lossm = (
+        F.cross_entropy(l1, y, reduction="none"),
+        F.cross_entropy(lm, y, reduction="none"),
+    )
     assert not (wrong1 & ~wrongm).any()  # a sample fooled by the first restart stays fooled
     same = wrong1 == wrongm
     assert (lossm[same] >= loss1[same] - 1e-5).all()

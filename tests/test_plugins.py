@@ -1,19 +1,19 @@
+# ruff: noqa: E501 (the plugin sources below are written as a user would write them)
 """Third-party metrics, protocols and samplers: installed as real entry-point packages, they reach
 `bench eval`, `bench show` and `bench compare` (metrics), evaluation (protocols) and training
 (samplers) with no change to the project."""
 
 from __future__ import annotations
 
-import json
-
 import importlib
+import json
 import shutil
 import sys
 
 import pytest
 import torch
 
-from bench.registry import Registry
+from bench.core.registry import Registry
 
 METRIC_PLUGIN = '''
 """A third-party metric: accuracy under Gaussian noise."""
@@ -71,16 +71,26 @@ def _install(tmp_path, name: str, module_text: str, groups: dict[str, list[str]]
     (site / f"{name}.py").write_text(module_text)
     dist = site / f"{name}-0.1.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("".join(f"[{g}]\n" + "\n".join(lines) + "\n" for g, lines in groups.items()))
-    (dist / "RECORD").write_text(f"{name}.py,,\n{name}-0.1.dist-info/METADATA,,\n")  # maps the module to its package
+    (dist / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: 0.1\n"
+    )
+    (dist / "entry_points.txt").write_text(
+        "".join(f"[{g}]\n" + "\n".join(lines) + "\n" for g, lines in groups.items())
+    )
+    (dist / "RECORD").write_text(
+        f"{name}.py,,\n{name}-0.1.dist-info/METADATA,,\n"
+    )  # maps the module to its package
     return site
 
 
 @pytest.mark.slow
 def test_a_metric_plugin_reaches_eval_show_and_compare(tmp_path, complete_run, bench_subprocess):
-    site = _install(tmp_path, "tb_metric_pkg", METRIC_PLUGIN,
-                    {"trilemma_bench.metrics": ["noise-acc = tb_metric_pkg:noise_acc"]})
+    site = _install(
+        tmp_path,
+        "tb_metric_pkg",
+        METRIC_PLUGIN,
+        {"trilemma_bench.metrics": ["noise-acc = tb_metric_pkg:noise_acc"]},
+    )
     env = {"PYTHONPATH": str(site)}
     results = tmp_path / "results"
     shutil.copytree(complete_run, results / "runs" / complete_run.name)
@@ -88,17 +98,40 @@ def test_a_metric_plugin_reaches_eval_show_and_compare(tmp_path, complete_run, b
     listed = bench_subprocess("list", "metrics", env=env)
     assert listed.exit_code == 0 and "noise-acc" in listed.stdout.split()
 
-    res = bench_subprocess("eval", complete_run.name, "--out", str(results), "--protocol", "custom",
-                           "--metrics", "pgd,noise-acc", "--set", "noise-acc.sigma=0.2", "-n", "32", "-q", env=env)
+    res = bench_subprocess(
+        "eval",
+        complete_run.name,
+        "--out",
+        str(results),
+        "--protocol",
+        "custom",
+        "--metrics",
+        "pgd,noise-acc",
+        "--set",
+        "noise-acc.sigma=0.2",
+        "-n",
+        "32",
+        "-q",
+        env=env,
+    )
     assert res.exit_code == 0, res.stderr
-    assert "noisy accuracy" in res.stdout and "at sigma 0.2" in res.stdout  # the plugin's own summary
+    assert (
+        "noisy accuracy" in res.stdout and "at sigma 0.2" in res.stdout
+    )  # the plugin's own summary
 
     # the record names the package that produced the number, as it names torch
     rec = json.loads((results / "runs" / complete_run.name / "record.json").read_text())
-    plugin = {"kind": "metric", "name": "noise-acc", "package": "tb-metric-pkg", "version": "0.1",
-              "module": "tb_metric_pkg"}
+    plugin = {
+        "kind": "metric",
+        "name": "noise-acc",
+        "package": "tb-metric-pkg",
+        "version": "0.1",
+        "module": "tb_metric_pkg",
+    }
     assert plugin in rec["environment"]["plugins"]
-    assert rec["evaluations"]["custom"]["noise-acc[sigma=0.2]"]["provider"] == {k: plugin[k] for k in ("package", "version", "module")}
+    assert rec["evaluations"]["custom"]["noise-acc[sigma=0.2]"]["provider"] == {
+        k: plugin[k] for k in ("package", "version", "module")
+    }
 
     shown = bench_subprocess("show", complete_run.name, "--out", str(results), env=env)
     assert shown.exit_code == 0 and "noise-acc" in shown.stdout and "at sigma 0.2" in shown.stdout
@@ -116,14 +149,25 @@ def test_a_metric_plugin_reaches_eval_show_and_compare(tmp_path, complete_run, b
 
     # without the plugin installed its stored result still shows, with the default presentation
     plain = bench_subprocess("compare", "--out", str(results), "--format", "csv")
-    assert plain.exit_code == 0 and "custom/noise-acc[sigma=0.2]" in plain.stdout.splitlines()[0].split(",")
+    assert plain.exit_code == 0 and "custom/noise-acc[sigma=0.2]" in plain.stdout.splitlines()[
+        0
+    ].split(",")
 
 
-def test_protocol_and_sampler_plugins_register_through_entry_points(tmp_path, monkeypatch, shapes_data_dir):
-    site = _install(tmp_path, "tb_proto_pkg", PROTOCOL_AND_SAMPLER_PLUGIN, {
-        "trilemma_bench.protocols": ["fast-check = tb_proto_pkg:FAST"],
-        "trilemma_bench.samplers": ["plain-descent = tb_proto_pkg"],  # a module whose import registers
-    })
+def test_protocol_and_sampler_plugins_register_through_entry_points(
+    tmp_path, monkeypatch, shapes_data_dir
+):
+    site = _install(
+        tmp_path,
+        "tb_proto_pkg",
+        PROTOCOL_AND_SAMPLER_PLUGIN,
+        {
+            "trilemma_bench.protocols": ["fast-check = tb_proto_pkg:FAST"],
+            "trilemma_bench.samplers": [
+                "plain-descent = tb_proto_pkg"
+            ],  # a module whose import registers
+        },
+    )
     monkeypatch.syspath_prepend(str(site))
     importlib.invalidate_caches()
     from bench.sampling.kinds import SAMPLERS
@@ -136,7 +180,7 @@ def test_protocol_and_sampler_plugins_register_through_entry_points(tmp_path, mo
         assert "plain-descent" in SAMPLERS.names()
 
         # the protocol evaluates; the sampler kind draws through the shared sampler code
-        from bench.config import DataConfig
+        from bench.core.config import DataConfig
         from bench.data import load_dataset
         from bench.models import ARCHS
         from bench.sampling.sampler import ContrastiveSampler, SamplerConfig
@@ -144,10 +188,18 @@ def test_protocol_and_sampler_plugins_register_through_entry_points(tmp_path, mo
 
         data = load_dataset(DataConfig(dataset="shapes10", data_dir=str(shapes_data_dir)))
         model = ARCHS.get("resnet8")(num_classes=10).eval()
-        out = evaluate(model, data, "fast-check", None, EvalContext(device=torch.device("cpu"), show_progress=False))
+        out = evaluate(
+            model,
+            data,
+            "fast-check",
+            None,
+            EvalContext(device=torch.device("cpu"), show_progress=False),
+        )
         assert out["clean"]["protocol"] == "fast-check" and out["clean"]["n_examples"] == 16
 
-        cfg = SamplerConfig(kind="plain-descent", steps=3, step_size=0.01, buffer_size=32, init="uniform")
+        cfg = SamplerConfig(
+            kind="plain-descent", steps=3, step_size=0.01, buffer_size=32, init="uniform"
+        )
         sampler = ContrastiveSampler(cfg, data, "cpu")
         x = sampler.draw(model, 8)
         assert x.shape == (8, 3, 32, 32) and sys.modules["tb_proto_pkg"].CALLS == [3]
@@ -171,18 +223,29 @@ def test_registries_share_one_mechanism():
     for reg in (METHODS, METRICS, PROTOCOLS, DATASETS, ARCHS, SAMPLERS):
         assert isinstance(reg, Registry)
         groups[reg.kind] = reg.group
-    assert groups == {"method": "trilemma_bench.methods", "metric": "trilemma_bench.metrics",
-                      "protocol": "trilemma_bench.protocols", "dataset": "trilemma_bench.datasets",
-                      "architecture": "trilemma_bench.archs", "sampler": "trilemma_bench.samplers"}
-    assert {"quick", "standard", "paper"} <= set(PROTOCOLS.names()) and {"sgld", "pyld"} <= set(SAMPLERS.names())
+    assert groups == {
+        "method": "trilemma_bench.methods",
+        "metric": "trilemma_bench.metrics",
+        "protocol": "trilemma_bench.protocols",
+        "dataset": "trilemma_bench.datasets",
+        "architecture": "trilemma_bench.archs",
+        "sampler": "trilemma_bench.samplers",
+    }
+    assert {"quick", "standard", "paper"} <= set(PROTOCOLS.names()) and {"sgld", "pyld"} <= set(
+        SAMPLERS.names()
+    )
 
 
 def test_a_registry_imports_the_public_modules_of_its_packages(tmp_path, monkeypatch):
     pkg = tmp_path / "tb_builtin_pkg"
     pkg.mkdir()
-    (pkg / "__init__.py").write_text("from bench.registry import Registry\nREG = Registry('gadget', packages=('tb_builtin_pkg',))\n")
+    (pkg / "__init__.py").write_text(
+        "from bench.core.registry import Registry\nREG = Registry('gadget', packages=('tb_builtin_pkg',))\n"
+    )
     (pkg / "one.py").write_text("from tb_builtin_pkg import REG\nREG.register('one', 1)\n")
-    (pkg / "_private.py").write_text("raise RuntimeError('a private module is not a built-in entry')\n")
+    (pkg / "_private.py").write_text(
+        "raise RuntimeError('a private module is not a built-in entry')\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     import tb_builtin_pkg
 

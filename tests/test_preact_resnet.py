@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.config import ModelConfig
+from bench.core.config import ModelConfig
 from bench.models import ARCHS, EnergyClassifier, build_model
 
 
@@ -20,7 +20,9 @@ class RefBlock(nn.Module):
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.proj = nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
+        self.proj = (
+            nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
+        )
 
     def forward(self, x):
         a = F.relu(self.bn1(x))
@@ -95,9 +97,15 @@ def test_output_shapes_features_and_stem():
     with torch.no_grad():
         feats, logits = m.features(x), m(x)
         assert torch.allclose(m.trunk(m.stem(x)), logits, atol=1e-5)
-    assert logits.shape == (2, 7) and m.feature_dim == 512 and feats["penultimate"].shape == (2, 512)
+    assert (
+        logits.shape == (2, 7) and m.feature_dim == 512 and feats["penultimate"].shape == (2, 512)
+    )
     assert [feats[f"stage{i}"].shape[1:] for i in (1, 2, 3, 4)] == [
-        (64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4)]
+        (64, 32, 32),
+        (128, 16, 16),
+        (256, 8, 8),
+        (512, 4, 4),
+    ]
     assert torch.allclose(feats["logits"], logits, atol=1e-5)
     assert "preact-resnet18" in ARCHS.names()
 
@@ -107,7 +115,9 @@ def test_model_options_are_honoured():
     assert not any(isinstance(mod, nn.BatchNorm2d) for mod in m.modules())
     assert any(isinstance(mod, nn.LeakyReLU) for mod in m.modules())
     assert any(isinstance(mod, nn.Dropout) and mod.p == 0.3 for mod in m.modules())
-    assert all(c.bias is not None for c in m.modules() if isinstance(c, nn.Conv2d))  # no norm: biases
+    assert all(
+        c.bias is not None for c in m.modules() if isinstance(c, nn.Conv2d)
+    )  # no norm: biases
     m = _model(bn_momentum=0.9)
     bns = [mod for mod in m.modules() if isinstance(mod, nn.BatchNorm2d)]
     assert len(bns) == 17 and all(b.momentum == 0.9 for b in bns)
@@ -117,13 +127,18 @@ def test_model_options_are_honoured():
     with torch.no_grad():
         nchw = m2(x)
         m2.to(memory_format=torch.channels_last)
-        torch.testing.assert_close(m2(x.contiguous(memory_format=torch.channels_last)), nchw, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            m2(x.contiguous(memory_format=torch.channels_last)), nchw, rtol=1e-4, atol=1e-4
+        )
 
 
 def test_a_few_training_steps_lower_the_loss():
     m = _model(10).train()
     g = torch.Generator().manual_seed(2)
-    x, y = torch.rand(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)  # 16x16: cheaper, same code
+    x, y = (
+        torch.rand(8, 3, 16, 16, generator=g),
+        torch.randint(0, 10, (8,), generator=g),
+    )  # 16x16: cheaper, same code
     opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
     losses = []
     for _ in range(4):

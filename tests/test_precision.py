@@ -13,10 +13,9 @@ import shutil
 
 import pytest
 import torch
-
-from bench.device import current_precision, evaluation_precision, precision, training_precision
-
 from conftest import only_run
+
+from bench.core.device import current_precision, evaluation_precision, precision, training_precision
 
 FP32 = {"tf32_matmul": False, "tf32_cudnn": False, "cudnn_benchmark": False, "deterministic": False}
 PROBE = "test-precision-probe"
@@ -34,8 +33,13 @@ def probe():
     from metrics.protocols import PROTOCOLS, Protocol, register_protocol
 
     register_metric(PROBE, _flags_probe)
-    register_protocol(Protocol(name=PROBE, description="clean and the flags it ran under",
-                               metrics={"clean": {}, PROBE: {}}))
+    register_protocol(
+        Protocol(
+            name=PROBE,
+            description="clean and the flags it ran under",
+            metrics={"clean": {}, PROBE: {}},
+        )
+    )
     try:
         yield PROBE
     finally:
@@ -61,27 +65,62 @@ def training_flags(monkeypatch):
 
 
 def _seen(result: dict) -> dict:
-    return {k[len("seen_"):]: v for k, v in result.items() if k.startswith("seen_")}
+    return {k[len("seen_") :]: v for k, v in result.items() if k.startswith("seen_")}
 
 
-@pytest.mark.parametrize("settings, training, evaluation", [
-    # the fast path: TF32 and autotuning while training; evaluation in full fp32
-    ((), {"tf32_matmul": True, "tf32_cudnn": True, "cudnn_benchmark": True, "deterministic": False}, FP32),
-    # the plain path is full fp32 whatever train.tf32 says; eval.tf32 opts the evaluation in
-    (("train.fast=false", "eval.tf32=true"), FP32,
-     {**FP32, "tf32_matmul": True, "tf32_cudnn": True}),
-])
-def test_runs_set_and_record_their_flags(settings, training, evaluation, bench_cli, tiny_args, shapes_data_dir,
-                                         tmp_path, probe, training_flags):
+@pytest.mark.parametrize(
+    "settings, training, evaluation",
+    [
+        # the fast path: TF32 and autotuning while training; evaluation in full fp32
+        (
+            (),
+            {
+                "tf32_matmul": True,
+                "tf32_cudnn": True,
+                "cudnn_benchmark": True,
+                "deterministic": False,
+            },
+            FP32,
+        ),
+        # the plain path is full fp32 whatever train.tf32 says; eval.tf32 opts the evaluation in
+        (
+            ("train.fast=false", "eval.tf32=true"),
+            FP32,
+            {**FP32, "tf32_matmul": True, "tf32_cudnn": True},
+        ),
+    ],
+)
+def test_runs_set_and_record_their_flags(
+    settings,
+    training,
+    evaluation,
+    bench_cli,
+    tiny_args,
+    shapes_data_dir,
+    tmp_path,
+    probe,
+    training_flags,
+):
     before = current_precision()
     out = tmp_path / "results"
     sets = [a for s in settings for a in ("--set", s)]
-    res = bench_cli("run", "--method", "ce", *tiny_args(out, shapes_data_dir, steps=2), *sets,
-                    "--set", f"eval.protocol={probe}", "--set", "eval.n_examples=8")
+    res = bench_cli(
+        "run",
+        "--method",
+        "ce",
+        *tiny_args(out, shapes_data_dir, steps=2),
+        *sets,
+        "--set",
+        f"eval.protocol={probe}",
+        "--set",
+        "eval.n_examples=8",
+    )
     assert res.exit_code == 0, res.stderr
     run_dir, rec = only_run(out)
     assert rec["environment"]["precision"] == training
-    assert training_flags and all(f == training for f in training_flags)  # what was recorded is what ran
+    assert training_flags and all(
+        f == training for f in training_flags
+    )  # what was recorded is what ran
     results = rec["evaluations"][PROBE]
     assert results["clean"]["precision"] == results[PROBE]["precision"] == evaluation
     assert _seen(results[PROBE]) == evaluation
@@ -95,20 +134,36 @@ def test_bench_eval_uses_the_runs_eval_tf32_or_the_flag(bench_cli, complete_run,
     rec = json.loads((run_dir / "record.json").read_text())
     assert rec["config"]["eval"]["tf32"] is False
     assert rec["evaluations"]["quick"]["clean"]["precision"] == FP32  # the end-of-run evaluation's
-    for flag, expected in ((None, FP32), ("--tf32", {**FP32, "tf32_matmul": True, "tf32_cudnn": True}),
-                           ("--no-tf32", FP32)):
-        res = bench_cli("eval", run_dir.name, "--out", str(out), "--metrics", "clean", "-n", "8", "-q",
-                        *([flag] if flag else []))
+    for flag, expected in (
+        (None, FP32),
+        ("--tf32", {**FP32, "tf32_matmul": True, "tf32_cudnn": True}),
+        ("--no-tf32", FP32),
+    ):
+        res = bench_cli(
+            "eval",
+            run_dir.name,
+            "--out",
+            str(out),
+            "--metrics",
+            "clean",
+            "-n",
+            "8",
+            "-q",
+            *([flag] if flag else []),
+        )
         assert res.exit_code == 0, res.stderr
-        got = json.loads((run_dir / "record.json").read_text())["evaluations"]["standard"]["clean"]["precision"]
+        got = json.loads((run_dir / "record.json").read_text())["evaluations"]["standard"]["clean"][
+            "precision"
+        ]
         assert got == expected, flag
 
 
-def test_deterministic_run_records_it_and_runs(bench_cli, tiny_args, shapes_data_dir, tmp_path, monkeypatch,
-                                               training_flags):
+def test_deterministic_run_records_it_and_runs(
+    bench_cli, tiny_args, shapes_data_dir, tmp_path, monkeypatch, training_flags
+):
     import os
 
-    from bench import runner
+    from bench.run import runner
 
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     at_first_forward = []
@@ -120,12 +175,25 @@ def test_deterministic_run_records_it_and_runs(bench_cli, tiny_args, shapes_data
 
     monkeypatch.setattr(runner, "_probe", observed)
     out = tmp_path / "results"
-    res = bench_cli("run", "--method", "ce", *tiny_args(out, shapes_data_dir, steps=2),
-                    "--set", "train.deterministic=true", "--set", "eval.enabled=false")
+    res = bench_cli(
+        "run",
+        "--method",
+        "ce",
+        *tiny_args(out, shapes_data_dir, steps=2),
+        "--set",
+        "train.deterministic=true",
+        "--set",
+        "eval.enabled=false",
+    )
     assert res.exit_code == 0, res.stderr
     run_dir, rec = only_run(out)
     assert rec["status"] == "complete" and rec["config"]["train"]["deterministic"] is True
-    flags = {"tf32_matmul": True, "tf32_cudnn": True, "cudnn_benchmark": False, "deterministic": True}
+    flags = {
+        "tf32_matmul": True,
+        "tf32_cudnn": True,
+        "cudnn_benchmark": False,
+        "deterministic": True,
+    }
     assert rec["environment"]["precision"] == flags
     assert training_flags and all(f == flags for f in training_flags)
     # set before anything ran on the device: deterministic cuBLAS reads it when its workspace is made
@@ -133,8 +201,14 @@ def test_deterministic_run_records_it_and_runs(bench_cli, tiny_args, shapes_data
     assert not torch.are_deterministic_algorithms_enabled()  # restored after the run
 
 
-@pytest.mark.parametrize("item, key", [("eval.tf32=maybe", "eval.tf32"), ("eval.tf32=1", "eval.tf32"),
-                                       ("train.tf32=fast", "train.tf32")])
+@pytest.mark.parametrize(
+    "item, key",
+    [
+        ("eval.tf32=maybe", "eval.tf32"),
+        ("eval.tf32=1", "eval.tf32"),
+        ("train.tf32=fast", "train.tf32"),
+    ],
+)
 def test_a_wrong_tf32_value_is_one_line(item, key, bench_cli, tiny_args, shapes_data_dir, tmp_path):
     out = tmp_path / "results"
     res = bench_cli("run", "--method", "ce", *tiny_args(out, shapes_data_dir), "--set", item)
@@ -145,7 +219,10 @@ def test_a_wrong_tf32_value_is_one_line(item, key, bench_cli, tiny_args, shapes_
 
 
 def test_precision_context_sets_and_restores():
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True  # torch's defaults
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = (
+        False,
+        True,
+    )  # torch's defaults
     torch.backends.cudnn.benchmark = False
     before = current_precision()
     with precision(evaluation_precision(False)) as flags:
@@ -158,11 +235,17 @@ def test_precision_context_sets_and_restores():
 
 
 def test_training_flags_follow_the_fast_path_and_determinism():
-    from bench.config import TrainConfig
+    from bench.core.config import TrainConfig
 
-    assert training_precision(TrainConfig()).as_dict() == {"tf32_matmul": True, "tf32_cudnn": True,
-                                                          "cudnn_benchmark": True, "deterministic": False}
+    assert training_precision(TrainConfig()).as_dict() == {
+        "tf32_matmul": True,
+        "tf32_cudnn": True,
+        "cudnn_benchmark": True,
+        "deterministic": False,
+    }
     assert training_precision(TrainConfig(tf32=False)).tf32 is False
-    assert training_precision(TrainConfig(fast=False)) == training_precision(TrainConfig(fast=False, tf32=True))
+    assert training_precision(TrainConfig(fast=False)) == training_precision(
+        TrainConfig(fast=False, tf32=True)
+    )
     assert not training_precision(TrainConfig(fast=False)).tf32
     assert not training_precision(TrainConfig(deterministic=True)).cudnn_benchmark

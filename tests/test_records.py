@@ -6,10 +6,9 @@ import json
 import shutil
 
 import pytest
-
-from bench.records import SCHEMA, RunRecord, load_record
-
 from conftest import only_run
+
+from bench.core.records import SCHEMA, RunRecord, load_record
 
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "schema1"
 
@@ -27,7 +26,9 @@ def test_schema1_records_load_and_upgrade_in_memory(old_results):
         assert on_disk["schema"] == 1 and "changes" not in on_disk
         rec = load_record(run_dir)
         assert rec["schema"] == SCHEMA and rec["changes"] is None  # unknown, worked out by compare
-        assert json.loads((run_dir / "record.json").read_text()) == on_disk  # loading never rewrites
+        assert (
+            json.loads((run_dir / "record.json").read_text()) == on_disk
+        )  # loading never rewrites
 
 
 def test_schema1_records_in_compare_and_show(old_results, bench_cli):
@@ -40,27 +41,42 @@ def test_schema1_records_in_compare_and_show(old_results, bench_cli):
     assert "optim.lr=0.02" in fields["changes"] and fields["quick/clean n"] == "20"
     for run in rows:
         shown = bench_cli("show", run, "--out", str(old_results))
-        assert shown.exit_code == 0 and "eval [quick]" in shown.stdout and "accuracy" in shown.stdout
+        assert (
+            shown.exit_code == 0 and "eval [quick]" in shown.stdout and "accuracy" in shown.stdout
+        )
 
 
-def test_new_records_store_their_changes_and_compare_reads_them(tmp_path, bench_cli, tiny_args, shapes_data_dir,
-                                                                 monkeypatch):
+def test_new_records_store_their_changes_and_compare_reads_them(
+    tmp_path, bench_cli, tiny_args, shapes_data_dir, monkeypatch
+):
     out = tmp_path / "results"
-    res = bench_cli("run", "--method", "ce", *tiny_args(out, shapes_data_dir, steps=2), "--set", "optim.lr=0.03",
-                    "--set", "eval.enabled=false")
+    res = bench_cli(
+        "run",
+        "--method",
+        "ce",
+        *tiny_args(out, shapes_data_dir, steps=2),
+        "--set",
+        "optim.lr=0.03",
+        "--set",
+        "eval.enabled=false",
+    )
     assert res.exit_code == 0, res.stderr
     run_dir, rec = only_run(out)
-    assert rec["schema"] == SCHEMA and rec["changes"]["optim.lr"] == 0.03 and rec["changes"]["train.max_steps"] == 2
+    assert (
+        rec["schema"] == SCHEMA
+        and rec["changes"]["optim.lr"] == 0.03
+        and rec["changes"]["train.max_steps"] == 2
+    )
     assert not any(k in rec["changes"] for k in ("seed", "device", "data.data_dir"))
     assert rec["preset_variant"] == {}  # ce has no variant of the presets of its own
 
-    import bench.resolve
+    import bench.run.resolve
 
     def no_resolving(*a, **k):
         raise AssertionError("compare re-resolved a record that stores its changes")
 
-    monkeypatch.setattr(bench.resolve, "preset_changes", no_resolving)
-    monkeypatch.setattr(bench.resolve, "variant_changes", no_resolving)
+    monkeypatch.setattr(bench.run.resolve, "preset_changes", no_resolving)
+    monkeypatch.setattr(bench.run.resolve, "variant_changes", no_resolving)
     table = bench_cli("compare", "--out", str(out), "--format", "csv")
     assert table.exit_code == 0 and "optim.lr=0.03" in table.stdout
 
@@ -68,48 +84,118 @@ def test_new_records_store_their_changes_and_compare_reads_them(tmp_path, bench_
 def test_a_stale_copy_never_drops_evaluations_another_process_saved(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    trainer = RunRecord(run_dir, {"run_id": "r", "status": "running", "training": {}, "timings": {},
-                                  "evaluations": {}, "artifacts": {}})
+    trainer = RunRecord(
+        run_dir,
+        {
+            "run_id": "r",
+            "status": "running",
+            "training": {},
+            "timings": {},
+            "evaluations": {},
+            "artifacts": {},
+        },
+    )
     trainer.save()
     evaluator = RunRecord.load(run_dir)  # e.g. `bench eval` in another process
-    evaluator.merge_evaluation("standard", {"autoattack": {"accuracy": 0.4, "n_examples": 10, "seconds": 2.0,
-                                                           "evaluated_at": "2026-11-30T10:00:00+0000"}})
+    evaluator.merge_evaluation(
+        "standard",
+        {
+            "autoattack": {
+                "accuracy": 0.4,
+                "n_examples": 10,
+                "seconds": 2.0,
+                "evaluated_at": "2026-11-30T10:00:00+0000",
+            }
+        },
+    )
     trainer.update_training(steps_done=5)  # the trainer's copy never saw that result
     rec = load_record(run_dir)
-    assert rec["training"]["steps_done"] == 5 and rec["evaluations"]["standard"]["autoattack"]["accuracy"] == 0.4
+    assert (
+        rec["training"]["steps_done"] == 5
+        and rec["evaluations"]["standard"]["autoattack"]["accuracy"] == 0.4
+    )
     # of two results of one metric, the later one is kept whichever copy saves last
-    trainer.merge_evaluation("standard", {"autoattack": {"accuracy": 0.3, "n_examples": 10,
-                                                         "evaluated_at": "2026-11-30T09:00:00+0000"}})
+    trainer.merge_evaluation(
+        "standard",
+        {
+            "autoattack": {
+                "accuracy": 0.3,
+                "n_examples": 10,
+                "evaluated_at": "2026-11-30T09:00:00+0000",
+            }
+        },
+    )
     assert load_record(run_dir)["evaluations"]["standard"]["autoattack"]["accuracy"] == 0.4
     evaluator = RunRecord.load(run_dir)
-    evaluator.merge_evaluation("standard", {"autoattack": {"accuracy": 0.5, "n_examples": 10,
-                                                           "evaluated_at": "2026-11-30T11:00:00+0000"}})
+    evaluator.merge_evaluation(
+        "standard",
+        {
+            "autoattack": {
+                "accuracy": 0.5,
+                "n_examples": 10,
+                "evaluated_at": "2026-11-30T11:00:00+0000",
+            }
+        },
+    )
     assert load_record(run_dir)["evaluations"]["standard"]["autoattack"]["accuracy"] == 0.5
 
 
 def test_a_stale_copy_keeps_the_artifacts_skips_and_time_of_an_evaluation(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    trainer = RunRecord(run_dir, {"run_id": "r", "status": "running", "training": {}, "timings": {"train_seconds": 1.0},
-                                  "evaluations": {}, "artifacts": {"checkpoint": "checkpoints/last.pt"}})
+    trainer = RunRecord(
+        run_dir,
+        {
+            "run_id": "r",
+            "status": "running",
+            "training": {},
+            "timings": {"train_seconds": 1.0},
+            "evaluations": {},
+            "artifacts": {"checkpoint": "checkpoints/last.pt"},
+        },
+    )
     trainer.save()
     provider = {"package": "tb-metric-pkg", "version": "0.1", "module": "tb_metric_pkg"}
-    RunRecord.update(run_dir, lambda rec: rec.merge_evaluation("standard", {"energy": {
-        "gap_adv": 0.1, "n_examples": 8, "seconds": 3.0, "evaluated_at": "2026-11-30T10:00:00+0000",
-        "artifacts": {"histogram": "figures/energy.png"}}, "noise-acc": {
-        "accuracy": 0.5, "n_examples": 8, "evaluated_at": "2026-11-30T10:00:00+0000", "provider": provider}},
-        skipped={"fid": "no weights"}, save=False))
+    RunRecord.update(
+        run_dir,
+        lambda rec: rec.merge_evaluation(
+            "standard",
+            {
+                "energy": {
+                    "gap_adv": 0.1,
+                    "n_examples": 8,
+                    "seconds": 3.0,
+                    "evaluated_at": "2026-11-30T10:00:00+0000",
+                    "artifacts": {"histogram": "figures/energy.png"},
+                },
+                "noise-acc": {
+                    "accuracy": 0.5,
+                    "n_examples": 8,
+                    "evaluated_at": "2026-11-30T10:00:00+0000",
+                    "provider": provider,
+                },
+            },
+            skipped={"fid": "no weights"},
+            save=False,
+        ),
+    )
     trainer.update_training(steps_done=7, train_seconds=2.0)
     rec = load_record(run_dir)
-    assert rec["artifacts"] == {"checkpoint": "checkpoints/last.pt", "standard/energy/histogram": "figures/energy.png"}
+    assert rec["artifacts"] == {
+        "checkpoint": "checkpoints/last.pt",
+        "standard/energy/histogram": "figures/energy.png",
+    }
     assert rec["evaluation_skipped"] == {"standard": {"fid": "no weights"}}
-    assert rec["timings"] == {"train_seconds": 2.0, "eval_seconds": 3.0} and rec["training"]["steps_done"] == 7
+    assert (
+        rec["timings"] == {"train_seconds": 2.0, "eval_seconds": 3.0}
+        and rec["training"]["steps_done"] == 7
+    )
     # the plugin that produced a kept result stays listed with it
     assert rec["environment"]["plugins"] == [{"kind": "metric", "name": "noise-acc", **provider}]
 
 
 def test_a_record_of_a_newer_schema_is_refused_in_one_line(tmp_path):
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
 
     (tmp_path / "record.json").write_text(json.dumps({"run_id": "r", "schema": SCHEMA + 1}))
     with pytest.raises(BenchError, match="newer than this trilemma-bench reads") as exc:
@@ -121,32 +207,71 @@ def test_a_record_of_a_newer_schema_is_refused_in_one_line(tmp_path):
 def test_bench_eval_while_the_run_trains_keeps_both(tmp_path, shapes_data_dir):
     """`bench eval` in one process while `bench run` trains in another: the trainer's later record
     writes keep the evaluation, and the evaluation does not put back stale training state."""
+    import signal
     import subprocess
     import sys
     import time
 
     from conftest import REPO_ROOT, run_subprocess, subprocess_env
 
-    import signal
-
     out = tmp_path / "results"
-    cmd = [sys.executable, "-m", "bench", "run", "--method", "ce", "--preset", "smoke", "--out", str(out),
-           "--data-dir", str(shapes_data_dir), "-q", "--set", "train.max_steps=100000", "--set",
-           "train.checkpoint_every=4", "--set", "eval.enabled=false", "--set", "data.batch_size=16"]
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench",
+        "run",
+        "--method",
+        "ce",
+        "--preset",
+        "smoke",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(shapes_data_dir),
+        "-q",
+        "--set",
+        "train.max_steps=100000",
+        "--set",
+        "train.checkpoint_every=4",
+        "--set",
+        "eval.enabled=false",
+        "--set",
+        "data.batch_size=16",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         while not list(out.glob("runs/*/checkpoints/last.pt")) and time.time() < deadline:
             time.sleep(0.1)
         (run_dir,) = (out / "runs").iterdir()
-        res = run_subprocess("eval", run_dir.name, "--out", out, "--protocol", "quick", "--metrics", "clean", "-n", "16",
-                             "-q")
+        res = run_subprocess(
+            "eval",
+            run_dir.name,
+            "--out",
+            out,
+            "--protocol",
+            "quick",
+            "--metrics",
+            "clean",
+            "-n",
+            "16",
+            "-q",
+        )
         assert res.exit_code == 0, res.stderr
         assert proc.poll() is None, "training ended before the evaluation"
         # let the trainer write its record again after the evaluation merged (a checkpoint every 4 steps)
         seen = load_record(run_dir)["training"]["steps_done"]
-        while load_record(run_dir)["training"]["steps_done"] <= seen + 8 and time.time() < deadline + 60:
+        while (
+            load_record(run_dir)["training"]["steps_done"] <= seen + 8
+            and time.time() < deadline + 60
+        ):
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
     finally:
@@ -157,13 +282,15 @@ def test_bench_eval_while_the_run_trains_keeps_both(tmp_path, shapes_data_dir):
     assert rec["evaluations"]["quick"]["clean"]["n_examples"] == 16
 
 
-def test_a_running_record_whose_process_is_gone_reads_as_interrupted(tmp_path, bench_cli, complete_run):
+def test_a_running_record_whose_process_is_gone_reads_as_interrupted(
+    tmp_path, bench_cli, complete_run
+):
     import os
     import socket
     import subprocess
     import sys
 
-    from bench.records import live_status
+    from bench.core.records import live_status
 
     results = tmp_path / "results"
     run_dir = results / "runs" / complete_run.name
@@ -172,8 +299,11 @@ def test_a_running_record_whose_process_is_gone_reads_as_interrupted(tmp_path, b
     rec["status"] = "running"
     (run_dir / "record.json").write_text(json.dumps(rec))
     host = socket.gethostname()
-    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True).stdout)
+    dead = int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+        ).stdout
+    )
 
     assert live_status(run_dir, rec) == "interrupted"  # no .lock: nobody trains it
     (run_dir / ".lock").write_text(f"{host} {os.getpid()}")
@@ -188,5 +318,10 @@ def test_a_running_record_whose_process_is_gone_reads_as_interrupted(tmp_path, b
     header, row = table.stdout.splitlines()[:2]
     assert dict(zip(header.split(","), row.split(",")))["status"] == "interrupted"
     shown = bench_cli("show", complete_run.name, "--out", str(results))
-    assert f"(interrupted: its process is gone; continue with bench run --resume {complete_run.name})" in shown.stdout
-    assert json.loads((run_dir / "record.json").read_text())["status"] == "running"  # reading changes nothing
+    assert (
+        f"(interrupted: its process is gone; continue with bench run --resume {complete_run.name})"
+        in shown.stdout
+    )
+    assert (
+        json.loads((run_dir / "record.json").read_text())["status"] == "running"
+    )  # reading changes nothing

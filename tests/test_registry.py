@@ -5,11 +5,10 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-
-from bench.errors import BenchError
-from bench.registry import Registry
-
 from conftest import only_run
+
+from bench.core.errors import BenchError
+from bench.core.registry import Registry
 
 
 def test_decorator_registration_and_lookup():
@@ -59,7 +58,7 @@ def test_builtin_registries_know_the_foundation():
 def test_pattern_names_bind_their_parameters(tmp_path, monkeypatch):
     import numpy as np
 
-    from bench.config import DataConfig
+    from bench.core.config import DataConfig
     from bench.data import DATASETS
     from bench.models import ARCHS
 
@@ -96,7 +95,10 @@ def test_method_decorator_registers_and_is_listed(bench_cli):
         assert METHODS.get("test-decorated") is Decorated and Decorated.name == "test-decorated"
         res = bench_cli("list", "methods")
         assert res.exit_code == 0
-        assert any(line.split()[0] == "test-decorated" and "a test method" in line for line in res.stdout.splitlines())
+        assert any(
+            line.split()[0] == "test-decorated" and "a test method" in line
+            for line in res.stdout.splitlines()
+        )
     finally:
         METHODS.unregister("test-decorated")
     assert "test-decorated" not in METHODS
@@ -137,16 +139,20 @@ def _install_plugin(tmp_path, ep_line="smooth-ce = tb_plugin_pkg:SmoothCE"):
     dist = site / "tb_plugin_pkg-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tb-plugin-pkg\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(textwrap.dedent(f"""\
+    (dist / "entry_points.txt").write_text(
+        textwrap.dedent(f"""\
         [trilemma_bench.methods]
         {ep_line}
         broken-plugin = tb_plugin_missing_module:Nothing
-        """))
+        """)
+    )
     return site
 
 
 @pytest.mark.slow
-def test_entry_point_plugin_runs_through_bench_run(tmp_path, bench_subprocess, bench_cli, tiny_args, shapes_data_dir):
+def test_entry_point_plugin_runs_through_bench_run(
+    tmp_path, bench_subprocess, bench_cli, tiny_args, shapes_data_dir
+):
     site = _install_plugin(tmp_path)
     env = {"PYTHONPATH": str(site)}
     listed = bench_subprocess("list", "methods", env=env)
@@ -154,11 +160,22 @@ def test_entry_point_plugin_runs_through_bench_run(tmp_path, bench_subprocess, b
     names = [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
     assert "smooth-ce" in names and "ce" in names
     # a broken plugin is reported, not fatal
-    assert any("broken-plugin" in line and "failed to load" in line for line in listed.stdout.splitlines())
+    assert any(
+        "broken-plugin" in line and "failed to load" in line for line in listed.stdout.splitlines()
+    )
 
     out = tmp_path / "results"
-    res = bench_subprocess("run", "--method", "smooth-ce", *tiny_args(out, shapes_data_dir, steps=2),
-                           "--set", "method.smoothing=0.1", "--set", "eval.enabled=false", env=env)
+    res = bench_subprocess(
+        "run",
+        "--method",
+        "smooth-ce",
+        *tiny_args(out, shapes_data_dir, steps=2),
+        "--set",
+        "method.smoothing=0.1",
+        "--set",
+        "eval.enabled=false",
+        env=env,
+    )
     assert res.exit_code == 0, res.stderr
     run_dir, rec = only_run(out)
     assert rec["status"] == "complete" and rec["method"] == "smooth-ce"
@@ -168,7 +185,9 @@ def test_entry_point_plugin_runs_through_bench_run(tmp_path, bench_subprocess, b
 
     # the plugin is not installed in this process: the name is unknown and the valid ones are listed
     res = bench_cli("run", "--method", "smooth-ce", *tiny_args(out, shapes_data_dir, steps=2))
-    assert res.exit_code == 2 and res.stderr.startswith("error: unknown method 'smooth-ce'; choose one of:")
+    assert res.exit_code == 2 and res.stderr.startswith(
+        "error: unknown method 'smooth-ce'; choose one of:"
+    )
     assert {"ce", "pgd-at"} <= set(res.error_lines[0].split(": ")[-1].split(", "))
 
 
@@ -183,7 +202,10 @@ def test_entry_points_are_read_in_process(monkeypatch, tmp_path):
     reg = Registry("method", group="trilemma_bench.methods")
     assert "smooth-ce-2" in reg.names()
     assert reg.get("smooth-ce-2").__name__ == "SmoothCE"
-    assert "broken-plugin" in reg.load_errors and "ModuleNotFoundError" in reg.load_errors["broken-plugin"]
+    assert (
+        "broken-plugin" in reg.load_errors
+        and "ModuleNotFoundError" in reg.load_errors["broken-plugin"]
+    )
     with pytest.raises(BenchError, match="failed to load"):
         reg.get("broken-plugin")
     sys.modules.pop("tb_plugin_pkg", None)
@@ -198,28 +220,39 @@ def test_a_sampler_entry_point_naming_a_bare_function_is_a_load_error(monkeypatc
     site = tmp_path / "site"
     pkg = site / "tb_sampler_pkg"
     pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text(textwrap.dedent("""\
+    (pkg / "__init__.py").write_text(
+        textwrap.dedent("""\
         from bench.sampling import register_sampler
 
         @register_sampler("registered-name")
         def run(cfg, model, xs, y, steps, mode, trace):
             return xs
-    """))
+    """)
+    )
     dist = site / "tb_sampler_pkg-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tb-sampler-pkg\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[trilemma_bench.samplers]\nother-name = tb_sampler_pkg:run\n")
+    (dist / "entry_points.txt").write_text(
+        "[trilemma_bench.samplers]\nother-name = tb_sampler_pkg:run\n"
+    )
     monkeypatch.syspath_prepend(str(site))
     importlib.invalidate_caches()
     from bench.sampling.kinds import SAMPLERS, SamplerKind
 
-    reg = Registry("sampler", group="trilemma_bench.samplers", accepts=SAMPLERS.accepts, expected=SAMPLERS.expected)
+    reg = Registry(
+        "sampler",
+        group="trilemma_bench.samplers",
+        accepts=SAMPLERS.accepts,
+        expected=SAMPLERS.expected,
+    )
     try:
         assert "other-name" not in reg.names()
         assert "not a sampler kind" in reg.load_errors["other-name"]
         with pytest.raises(BenchError, match="@register_sampler"):
             reg.get("other-name")
-        assert isinstance(SAMPLERS.get("registered-name"), SamplerKind)  # importing registered the real one
+        assert isinstance(
+            SAMPLERS.get("registered-name"), SamplerKind
+        )  # importing registered the real one
     finally:
         SAMPLERS.unregister("registered-name")
         sys.modules.pop("tb_sampler_pkg", None)
@@ -228,7 +261,7 @@ def test_a_sampler_entry_point_naming_a_bare_function_is_a_load_error(monkeypatc
 def test_a_plugin_method_ships_its_own_preset_variants():
     from dataclasses import dataclass
 
-    from bench.resolve import preset_changes, resolve_config
+    from bench.run.resolve import preset_changes, resolve_config
     from methods import METHODS, Method, register_method
 
     @dataclass
@@ -238,7 +271,10 @@ def test_a_plugin_method_ships_its_own_preset_variants():
     @register_method("test-with-presets")
     class WithPresets(Method):
         Config = Cfg
-        presets = {"smoke": {"method": {"steps": 2}, "train": {"log_every": 1}}, "demo": {"method": {"steps": 3}}}
+        presets = {
+            "smoke": {"method": {"steps": 2}, "train": {"log_every": 1}},
+            "demo": {"method": {"steps": 3}},
+        }
 
         def training_step(self, model, x, y, ctx):  # pragma: no cover - not run
             raise AssertionError
@@ -247,7 +283,9 @@ def test_a_plugin_method_ships_its_own_preset_variants():
         smoke = resolve_config("test-with-presets", preset="smoke")
         assert smoke.method_cfg["steps"] == 2 and smoke.train.log_every == 1
         assert resolve_config("test-with-presets", preset="demo").method_cfg["steps"] == 3
-        assert resolve_config("test-with-presets", preset="cpu").method_cfg["steps"] == 10  # no variant: the default
+        assert (
+            resolve_config("test-with-presets", preset="cpu").method_cfg["steps"] == 10
+        )  # no variant: the default
         assert preset_changes(smoke.to_dict()) == {}  # the preset's own value is no change
         tuned = resolve_config("test-with-presets", preset="smoke", overrides=["method.steps=5"])
         assert preset_changes(tuned.to_dict()) == {"method.steps": 5}
@@ -268,23 +306,30 @@ def test_a_protocol_named_by_an_entry_point_is_credited_to_its_package(monkeypat
 
     site = tmp_path / "site"
     site.mkdir()
-    (site / "tb_protocol_pkg.py").write_text(textwrap.dedent("""\
+    (site / "tb_protocol_pkg.py").write_text(
+        textwrap.dedent("""\
         from metrics import Protocol
 
         PGD7 = Protocol(name="pgd-7-ep", description="PGD-7", metrics={"clean": {}, "pgd": {"steps": 7}})
-    """))
+    """)
+    )
     dist = site / "tb_protocol_pkg-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tb-protocol-pkg\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[trilemma_bench.protocols]\npgd-7-ep = tb_protocol_pkg:PGD7\n")
+    (dist / "entry_points.txt").write_text(
+        "[trilemma_bench.protocols]\npgd-7-ep = tb_protocol_pkg:PGD7\n"
+    )
     (dist / "RECORD").write_text("tb_protocol_pkg.py,,\n")  # maps the module to its package
     monkeypatch.syspath_prepend(str(site))
     importlib.invalidate_caches()
     try:
         PROTOCOLS.reload_entry_points()
         assert PROTOCOLS.get("pgd-7-ep").module == ""  # constructed, never registered by its module
-        assert protocol_provider("pgd-7-ep") == {"package": "tb-protocol-pkg", "version": "0.1",
-                                                 "module": "tb_protocol_pkg"}
+        assert protocol_provider("pgd-7-ep") == {
+            "package": "tb-protocol-pkg",
+            "version": "0.1",
+            "module": "tb_protocol_pkg",
+        }
         assert protocol_provider("standard") is None and protocol_provider("quick") is None
     finally:
         PROTOCOLS.unregister("pgd-7-ep")

@@ -19,10 +19,9 @@ import time
 
 import pytest
 import torch
+from conftest import REPO_ROOT, subprocess_env
 
 from bench.sampling.buffer import ReplayBuffer
-
-from conftest import REPO_ROOT, subprocess_env
 
 
 def test_buffer_write_keeps_the_last_occurrence_on_several_threads():
@@ -44,8 +43,23 @@ def test_buffer_write_keeps_the_last_occurrence_on_several_threads():
 
 
 STEPS = 8
-SETTINGS = ["--preset", "smoke", "--seed", "3", "-q", "--set", "train.checkpoint_every=2", "--set", f"train.max_steps={STEPS}",
-            "--set", "eval.enabled=false", "--set", "method.sampler.buffer_size=128", "--set", "data.train_subset=256"]
+SETTINGS = [
+    "--preset",
+    "smoke",
+    "--seed",
+    "3",
+    "-q",
+    "--set",
+    "train.checkpoint_every=2",
+    "--set",
+    f"train.max_steps={STEPS}",
+    "--set",
+    "eval.enabled=false",
+    "--set",
+    "method.sampler.buffer_size=128",
+    "--set",
+    "data.train_subset=256",
+]
 
 
 def _env() -> dict[str, str]:
@@ -53,14 +67,27 @@ def _env() -> dict[str, str]:
 
 
 def _run(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench", *map(str, args)], cwd=REPO_ROOT, env=_env(),
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *map(str, args)],
+        cwd=REPO_ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _kill_after_checkpoint(args: list[str], run_dir_of, after_step: int, rng: random.Random) -> int:
-    """Start ``bench ARGS``, SIGKILL it a random moment after it checkpoints past ``after_step``; the step it reached."""
-    proc = subprocess.Popen([sys.executable, "-m", "bench", *map(str, args)], cwd=REPO_ROOT, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    """Start ``bench ARGS``, SIGKILL it a random moment after it checkpoints past ``after_step``;
+    the step it reached."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench", *map(str, args)],
+        cwd=REPO_ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         run_dir = run_dir_of()
@@ -71,7 +98,9 @@ def _kill_after_checkpoint(args: list[str], run_dir_of, after_step: int, rng: ra
             except Exception:  # being replaced right now
                 step = -1
             if step > after_step:
-                time.sleep(rng.uniform(0.0, 0.6))  # anywhere: mid-step, mid-checkpoint, mid-record-write
+                time.sleep(
+                    rng.uniform(0.0, 0.6)
+                )  # anywhere: mid-step, mid-checkpoint, mid-record-write
                 proc.send_signal(signal.SIGKILL)
                 proc.communicate(timeout=60)
                 return step
@@ -81,9 +110,17 @@ def _kill_after_checkpoint(args: list[str], run_dir_of, after_step: int, rng: ra
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", [pytest.param("jem++", marks=pytest.mark.extended), "ebjdat",
-                                    pytest.param("ebjdat-sada-jem", marks=pytest.mark.extended)])
-def test_kill_9_at_three_random_points_then_resume_is_bit_identical(method, tmp_path, shapes_data_dir):
+@pytest.mark.parametrize(
+    "method",
+    [
+        pytest.param("jem++", marks=pytest.mark.extended),
+        "ebjdat",
+        pytest.param("ebjdat-sada-jem", marks=pytest.mark.extended),
+    ],
+)
+def test_kill_9_at_three_random_points_then_resume_is_bit_identical(
+    method, tmp_path, shapes_data_dir
+):
     data = ["--data-dir", shapes_data_dir]
     full = tmp_path / "full"
     res = _run("run", "--method", method, *SETTINGS, *data, "--out", full)
@@ -97,10 +134,14 @@ def test_kill_9_at_three_random_points_then_resume_is_bit_identical(method, tmp_
         return runs[0] if runs else None
 
     rng = random.Random(f"{method}-chaos")
-    step = _kill_after_checkpoint(["run", "--method", method, *SETTINGS, *data, "--out", chaos], run_dir, 0, rng)
+    step = _kill_after_checkpoint(
+        ["run", "--method", method, *SETTINGS, *data, "--out", chaos], run_dir, 0, rng
+    )
     kills = 1
     while kills < 3 and step < STEPS - 2:
-        step = _kill_after_checkpoint(["run", "--resume", run_dir().name, "--out", chaos, "-q"], run_dir, step, rng)
+        step = _kill_after_checkpoint(
+            ["run", "--resume", run_dir().name, "--out", chaos, "-q"], run_dir, step, rng
+        )
         kills += 1
     res = _run("run", "--resume", run_dir().name, "--out", chaos, "-q")
     assert res.returncode == 0, res.stderr[-2000:]
@@ -108,15 +149,20 @@ def test_kill_9_at_three_random_points_then_resume_is_bit_identical(method, tmp_
     a = torch.load(ref_dir / "checkpoints" / "last.pt", weights_only=True)
     b = torch.load(run_dir() / "checkpoints" / "last.pt", weights_only=True)
     assert a["step"] == b["step"] == STEPS
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), "weights differ after resume"
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), (
+        "weights differ after resume"
+    )
     buf_a, buf_b = a["method"]["sampler"]["buffer"]["x"], b["method"]["sampler"]["buffer"]["x"]
     assert torch.equal(buf_a, buf_b), "replay buffers differ after resume"
     assert len(json.loads((run_dir() / "record.json").read_text())["training"]["resumes"]) == kills
 
 
-@pytest.mark.parametrize("method", ["ce", "pgd-at", "trades", "jem", "jem++", "ebjdat", "ebjdat-jem", "ebjdat-sada-jem"])
-def test_train_deterministic_runs_every_method_under_deterministic_algorithms(method, bench_cli, tiny_args, tmp_path,
-                                                                               shapes_data_dir, monkeypatch):
+@pytest.mark.parametrize(
+    "method", ["ce", "pgd-at", "trades", "jem", "jem++", "ebjdat", "ebjdat-jem", "ebjdat-sada-jem"]
+)
+def test_train_deterministic_runs_every_method_under_deterministic_algorithms(
+    method, bench_cli, tiny_args, tmp_path, shapes_data_dir, monkeypatch
+):
     from methods import get_method
 
     cls = get_method(method)
@@ -128,9 +174,18 @@ def test_train_deterministic_runs_every_method_under_deterministic_algorithms(me
         return step(self, *a, **k)
 
     monkeypatch.setattr(cls, "training_step", spy)
-    res = bench_cli("run", "--method", method, *tiny_args(tmp_path / "r", shapes_data_dir, steps=2),
-                    "--set", "train.deterministic=true", "--set", "eval.enabled=false",
-                    "--set", "method.sampler.buffer_size=64" if "jem" in method else "train.log_every=1")
+    res = bench_cli(
+        "run",
+        "--method",
+        method,
+        *tiny_args(tmp_path / "r", shapes_data_dir, steps=2),
+        "--set",
+        "train.deterministic=true",
+        "--set",
+        "eval.enabled=false",
+        "--set",
+        "method.sampler.buffer_size=64" if "jem" in method else "train.log_every=1",
+    )
     assert res.exit_code == 0, res.stderr
     assert seen and all(seen)
     assert not torch.are_deterministic_algorithms_enabled()  # restored after the run

@@ -9,11 +9,10 @@ import sys
 import time
 
 import pytest
-
-from bench.errors import BenchError
-from bench.records import RunLock
-
 from conftest import REPO_ROOT
+
+from bench.core.errors import BenchError
+from bench.core.records import RunLock
 
 
 def test_lock_is_exclusive_and_released(tmp_path):
@@ -26,7 +25,9 @@ def test_lock_is_exclusive_and_released(tmp_path):
 
 
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     (tmp_path / ".lock").write_text(f"{socket.gethostname()} {int(dead.stdout)}")
     with RunLock(tmp_path):
         assert (tmp_path / ".lock").read_text().endswith(f" {os.getpid()}")
@@ -39,9 +40,17 @@ def test_resume_refused_while_another_process_holds_the_run(bench_cli, complete_
     text = before.decode().replace('"status": "complete"', '"status": "interrupted"')
     record.write_text(text)
     # a process that really holds the run's lock (as a training process does)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from bench.records import RunLock; "
-                               f"lock = RunLock({str(run_dir)!r}).__enter__(); print('held', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from bench.core.records import RunLock; "
+            f"lock = RunLock({str(run_dir)!r}).__enter__(); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         res = bench_cli("run", "--resume", str(run_dir))
@@ -68,8 +77,12 @@ def _take(run_dir, barrier, wins):
 def test_many_concurrent_takers_of_a_dead_owners_lock_one_wins(tmp_path, round_):
     import multiprocessing as mp
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (tmp_path / ".lock").write_text(f"{socket.gethostname()} {int(dead.stdout)}")  # left by a killed process
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    (tmp_path / ".lock").write_text(
+        f"{socket.gethostname()} {int(dead.stdout)}"
+    )  # left by a killed process
     ctx = mp.get_context("fork")
     n = 12
     barrier, wins = ctx.Barrier(n), ctx.Queue()

@@ -9,18 +9,20 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from bench import sam
-from bench.resolve import resolve_config
-from methods import get_method
-
 from conftest import smoke_trainer, step_batch
+
+from bench.run.resolve import resolve_config
+from bench.train import sam
+from methods import get_method
 
 
 def _params_with_grads(seed=0):
     g = torch.Generator().manual_seed(seed)
-    ps = [torch.randn(5, 3, generator=g, requires_grad=True), torch.randn(7, generator=g, requires_grad=True),
-          torch.randn(2, generator=g, requires_grad=True)]
+    ps = [
+        torch.randn(5, 3, generator=g, requires_grad=True),
+        torch.randn(7, generator=g, requires_grad=True),
+        torch.randn(2, generator=g, requires_grad=True),
+    ]
     for p in ps[:2]:
         p.grad = torch.randn(p.shape, generator=g)
     return ps  # the last one has no gradient
@@ -55,7 +57,9 @@ def test_frozen_batchnorm_keeps_running_statistics():
         out = bn(x)
     assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
     assert int(bn.num_batches_tracked) == n and bn.momentum == 0.9
-    torch.testing.assert_close(out, F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps))
+    torch.testing.assert_close(
+        out, F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+    )
     # a non-finite batch inside the block (0 * NaN = NaN) does not reach the running statistics
     with sam.frozen_batchnorm_stats(bn):
         bn(torch.full((8, 3, 4, 4), float("nan")))
@@ -73,8 +77,16 @@ def test_trainer_sam_step_equals_a_hand_written_asam_step():
     e = rho |w|^2 g / || |w| g ||, gradient at w + e with frozen batch-norm statistics, SGD
     (momentum, weight decay) from w with that gradient."""
     rho, lr, wd = 0.5, 0.05, 5e-4
-    sets = [f"optim.sam_rho={rho}", "optim.sam_adaptive=on", f"optim.lr={lr}", f"optim.weight_decay={wd}", "optim.warmup_steps=0",
-            "optim.momentum=0.9", "train.amp=off", "model.norm=batch"]
+    sets = [
+        f"optim.sam_rho={rho}",
+        "optim.sam_adaptive=on",
+        f"optim.lr={lr}",
+        f"optim.weight_decay={wd}",
+        "optim.warmup_steps=0",
+        "optim.momentum=0.9",
+        "train.amp=off",
+        "model.norm=batch",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         tr = smoke_trainer("ce", sets, tmp)
         model = tr.model
@@ -98,7 +110,9 @@ def test_trainer_sam_step_equals_a_hand_written_asam_step():
             m.momentum = 0.0
     grads_e = torch.autograd.grad(F.cross_entropy(ref(x), y), params)
     with torch.no_grad():
-        expected = [w - lr * (g + wd * w) for w, g in zip(w0, grads_e)]  # first SGD step: buffer = gradient
+        expected = [
+            w - lr * (g + wd * w) for w, g in zip(w0, grads_e)
+        ]  # first SGD step: buffer = gradient
     for got, want in zip(model.parameters(), expected):
         torch.testing.assert_close(got.detach(), want, rtol=1e-4, atol=1e-6)
     for got, want in zip(model.buffers(), bn_after_first):
@@ -122,7 +136,11 @@ def test_sam_reuses_the_step_samples_and_adversarial_images(method, monkeypatch)
         return real_draw(self, *a, **k)
 
     monkeypatch.setattr(sampler_mod.ContrastiveSampler, "draw", counting_draw)
-    for mod, name in ((pgd_mod, "pgd_linf"), (trades_mod, "trades_attack"), (ebjdat_mod, "ebjdat_attack")):
+    for mod, name in (
+        (pgd_mod, "pgd_linf"),
+        (trades_mod, "trades_attack"),
+        (ebjdat_mod, "ebjdat_attack"),
+    ):
         real = getattr(mod, name)
 
         def counting(*a, _real=real, **k):
@@ -141,20 +159,46 @@ def test_sam_reuses_the_step_samples_and_adversarial_images(method, monkeypatch)
 
 
 def test_sada_jem_base_settings_and_batches(shapes_data_dir):
-    cfg = resolve_config("ebjdat-sada-jem", preset="paper", overrides=[f"data.data_dir={shapes_data_dir}"])
-    assert cfg.optim.sam_rho == 2.0 and cfg.optim.sam_adaptive == "on" and cfg.optim.weight_decay == 5e-4
-    assert cfg.optim.milestones == [50, 100, 150] and cfg.train.epochs == 200 and cfg.data.batch_size == 128
+    cfg = resolve_config(
+        "ebjdat-sada-jem", preset="paper", overrides=[f"data.data_dir={shapes_data_dir}"]
+    )
+    assert (
+        cfg.optim.sam_rho == 2.0
+        and cfg.optim.sam_adaptive == "on"
+        and cfg.optim.weight_decay == 5e-4
+    )
+    assert (
+        cfg.optim.milestones == [50, 100, 150]
+        and cfg.train.epochs == 200
+        and cfg.data.batch_size == 128
+    )
     assert cfg.data.noise_std == 0.0 and cfg.model.arch == "wrn-28-10"
     mc = cfg.method_cfg
-    assert (mc["px_weight"], mc["ce_weight"], mc["align_weight"], mc["adv_weight"]) == (1.0, 1.0, 0.1, 1.0)
+    assert (mc["px_weight"], mc["ce_weight"], mc["align_weight"], mc["adv_weight"]) == (
+        1.0,
+        1.0,
+        0.1,
+        1.0,
+    )
     s = mc["sampler"]
-    assert (s["kind"], s["steps"], s["step_size"], s["grad_clamp"], s["noise_std"], s["clamp"], s["mode"]) == (
-        "sgld", 10, 1.0, 1.0, 0.0, True, "train")
+    assert (
+        s["kind"],
+        s["steps"],
+        s["step_size"],
+        s["grad_clamp"],
+        s["noise_std"],
+        s["clamp"],
+        s["mode"],
+    ) == ("sgld", 10, 1.0, 1.0, 0.0, True, "train")
     specs = get_method("ebjdat-sada-jem").from_dict(mc).batch_specs()
     assert specs[0].batch_size is None and specs[0].augment is None and specs[0].noise_std is None
     assert (specs[1].batch_size, specs[1].augment, specs[1].noise_std) == (64, False, 0.015)
     # the other bases keep one batch setting for both
-    jpp = get_method("ebjdat").from_dict(resolve_config("ebjdat", preset="paper").method_cfg).batch_specs()
+    jpp = (
+        get_method("ebjdat")
+        .from_dict(resolve_config("ebjdat", preset="paper").method_cfg)
+        .batch_specs()
+    )
     assert all(sp.batch_size is None and sp.augment is None and sp.noise_std is None for sp in jpp)
 
 
@@ -165,7 +209,9 @@ def test_an_unaugmented_noise_free_batch_is_the_images_themselves():
     with tempfile.TemporaryDirectory() as tmp:
         tr = smoke_trainer("ebjdat-sada-jem", ["data.noise_std=0.02"], tmp)
         x_u8 = tr.data.x_train[:8]
-        torch.testing.assert_close(tr.prepare(x_u8, BatchSpec(augment=False, noise_std=0.0)), to_float(x_u8))
+        torch.testing.assert_close(
+            tr.prepare(x_u8, BatchSpec(augment=False, noise_std=0.0)), to_float(x_u8)
+        )
         assert not torch.allclose(tr.prepare(x_u8), to_float(x_u8))  # data.* adds crop/flip/noise
         assert tr.streams[1].batch_size == 16 and tr.streams[0].batch_size == 16
 
@@ -185,8 +231,13 @@ def test_the_px_batch_follows_its_own_spec_and_cycles_its_own_epochs(monkeypatch
         return real_step(self, model, x, y, ctx)
 
     monkeypatch.setattr(ebjdat_mod.EBJDAT, "training_step", spy)
-    sets = ["data.train_subset=96", "data.batch_size=32", "method.px_batch_size=20", "method.px_noise_std=0.0",
-            "data.noise_std=0.05"]
+    sets = [
+        "data.train_subset=96",
+        "data.batch_size=32",
+        "method.px_batch_size=20",
+        "method.px_noise_std=0.0",
+        "data.noise_std=0.05",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         tr = smoke_trainer("ebjdat-sada-jem", sets, tmp)
         assert (len(tr.streams[0]), len(tr.streams[1])) == (3, 4)  # 96 // 32, 96 // 20
@@ -206,8 +257,22 @@ def test_the_px_batch_follows_its_own_spec_and_cycles_its_own_epochs(monkeypatch
 
 
 def test_sada_jem_smoke_run(bench_cli, tmp_path, shapes_data_dir):
-    res = bench_cli("run", "--method", "ebjdat-sada-jem", "--preset", "smoke", "--out", str(tmp_path), "-q",
-                    "--data-dir", str(shapes_data_dir), "--set", "train.max_steps=3", "--set", "eval.enabled=false")
+    res = bench_cli(
+        "run",
+        "--method",
+        "ebjdat-sada-jem",
+        "--preset",
+        "smoke",
+        "--out",
+        str(tmp_path),
+        "-q",
+        "--data-dir",
+        str(shapes_data_dir),
+        "--set",
+        "train.max_steps=3",
+        "--set",
+        "eval.enabled=false",
+    )
     assert res.exit_code == 0, res.stderr
     import json
 
@@ -219,7 +284,21 @@ def test_sada_jem_smoke_run(bench_cli, tmp_path, shapes_data_dir):
 
 
 def test_a_px_batch_larger_than_the_data_names_its_setting(bench_cli, tmp_path, shapes_data_dir):
-    res = bench_cli("run", "--method", "ebjdat-sada-jem", "--preset", "smoke", "--out", str(tmp_path), "-q",
-                    "--data-dir", str(shapes_data_dir), "--set", "method.px_batch_size=100000")
+    res = bench_cli(
+        "run",
+        "--method",
+        "ebjdat-sada-jem",
+        "--preset",
+        "smoke",
+        "--out",
+        str(tmp_path),
+        "-q",
+        "--data-dir",
+        str(shapes_data_dir),
+        "--set",
+        "method.px_batch_size=100000",
+    )
     assert res.exit_code == 2 and "method.px_batch_size=100000" in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()  # nothing written
+    assert (
+        len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+    )  # nothing written

@@ -8,12 +8,23 @@ import numpy as np
 import pytest
 import torch
 
-from bench import checkpoint
+from bench.core.config import ModelConfig
+from bench.core.errors import BenchError
 from bench.data import ImageData
 from bench.models import build_model
-from bench.config import ModelConfig
-from bench.sampling import (ClassGaussians, ContrastiveSampler, ReplayBuffer, SamplerConfig, first_layer_is_affine,
-                            from_sym, make_sample_fn, pyld, sgld, to_sym)
+from bench.sampling import (
+    ClassGaussians,
+    ContrastiveSampler,
+    ReplayBuffer,
+    SamplerConfig,
+    first_layer_is_affine,
+    from_sym,
+    make_sample_fn,
+    pyld,
+    sgld,
+    to_sym,
+)
+from bench.train import checkpoint
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -29,7 +40,9 @@ def _one_thread():
 def small_model(norm="none", seed=0, num_classes=4, gain=30.0):
     """A fixed resnet8 whose head is scaled up by ``gain`` so its energy has a usable slope."""
     torch.manual_seed(seed)
-    model = build_model(ModelConfig(arch="resnet8", norm=norm, activation="leaky_relu"), num_classes)
+    model = build_model(
+        ModelConfig(arch="resnet8", norm=norm, activation="leaky_relu"), num_classes
+    )
     with torch.no_grad():
         model.head.weight.mul_(gain)
     return model
@@ -50,8 +63,14 @@ def toy_data(n_per_class=30, num_classes=3, hw=8, seed=0):
         ys.append(torch.full((n_per_class,), k))
     x = torch.cat(xs).to(torch.uint8)
     y = torch.cat(ys).long()
-    return ImageData(name="toy", x_train=x, y_train=y, x_test=x[:10], y_test=y[:10],
-                     classes=[str(k) for k in range(num_classes)])
+    return ImageData(
+        name="toy",
+        x_train=x,
+        y_train=y,
+        x_test=x[:10],
+        y_test=y[:10],
+        classes=[str(k) for k in range(num_classes)],
+    )
 
 
 # -- scale ---------------------------------------------------------------------------------------
@@ -60,7 +79,9 @@ def test_symmetric_scale_gradients_are_the_references():
     xs = torch.rand(4, 3, 16, 16) * 2 - 1
     a = xs.clone().requires_grad_(True)
     (ga,) = torch.autograd.grad(model(from_sym(a)).logsumexp(1).sum(), a)
-    b = xs.clone().requires_grad_(True)  # the reference: the network applied to [-1, 1] inputs directly
+    b = xs.clone().requires_grad_(
+        True
+    )  # the reference: the network applied to [-1, 1] inputs directly
     (gb,) = torch.autograd.grad(model.trunk(model.first_layer(b)).logsumexp(1).sum(), b)
     assert torch.equal(to_sym(from_sym(xs)), xs)
     torch.testing.assert_close(ga, gb, rtol=0, atol=1e-6)
@@ -76,7 +97,10 @@ def test_sgld_lowers_energy_and_noise_alone_does_not():
     x1 = sgld(model, x0, steps=20, step_size=1.0, noise_std=0.01, clamp=False)
     torch.manual_seed(2)
     xn = sgld(model, x0, steps=20, step_size=0.0, noise_std=0.01, clamp=False)
-    drop, drop_noise = float((e0 - energy(model, x1)).mean()), float((e0 - energy(model, xn)).mean())
+    drop, drop_noise = (
+        float((e0 - energy(model, x1)).mean()),
+        float((e0 - energy(model, xn)).mean()),
+    )
     assert drop > 0.05 and drop > 20 * abs(drop_noise), (drop, drop_noise)
     assert (energy(model, x1) < e0).float().mean() > 0.9
     # clamp keeps the range; model mode is restored; no weight gradients accumulated
@@ -115,11 +139,24 @@ def test_pyld_fast_path_equals_general_sampler(norm):
     for fast in (True, False):
         m = copy.deepcopy(base)
         torch.manual_seed(3)
-        x = pyld(m, x0, n_steps=4, in_steps=5, lr=0.2, eps=1.0, sgld_lr=0.1, sgld_std=0.01, mode="train", fast=fast)
+        x = pyld(
+            m,
+            x0,
+            n_steps=4,
+            in_steps=5,
+            lr=0.2,
+            eps=1.0,
+            sgld_lr=0.1,
+            sgld_std=0.01,
+            mode="train",
+            fast=fast,
+        )
         runs[fast] = (x, m)
     torch.testing.assert_close(runs[True][0], runs[False][0], rtol=0, atol=1e-5)
     for (n1, b1), (_, b2) in zip(runs[True][1].named_buffers(), runs[False][1].named_buffers()):
-        torch.testing.assert_close(b1, b2, rtol=0, atol=1e-6, msg=n1)  # same full forwards, same BN updates
+        torch.testing.assert_close(
+            b1, b2, rtol=0, atol=1e-6, msg=n1
+        )  # same full forwards, same BN updates
     # the eps clamp and the per-sub-step range clamp are applied
     xa = pyld(base, x0, n_steps=1, in_steps=1, lr=10.0, eps=0.01, mode="eval")
     assert float((xa - x0.clamp(-1, 1)).abs().max()) <= 0.1 + 1e-6
@@ -145,8 +182,12 @@ def test_pyld_general_path_for_a_nonaffine_stem():
 # -- class Gaussians -----------------------------------------------------------------------------
 def test_gaussian_fit_matches_numpy_both_factor_forms():
     torch.manual_seed(0)
-    x = (128 + 30 * torch.randn(70, 3, 3, 3)).clamp(0, 255).to(torch.uint8)  # D = 27, rarely clamped
-    y = torch.cat([torch.zeros(50), torch.ones(20)]).long()  # class 0: n > D (Cholesky); class 1: n <= D
+    x = (
+        (128 + 30 * torch.randn(70, 3, 3, 3)).clamp(0, 255).to(torch.uint8)
+    )  # D = 27, rarely clamped
+    y = torch.cat(
+        [torch.zeros(50), torch.ones(20)]
+    ).long()  # class 0: n > D (Cholesky); class 1: n <= D
     g = ClassGaussians.fit(x, y, 2, augment=False, noise_std=0.0)
     assert g.factors[0].shape == (27, 27) and g.factors[1].shape == (27, 20)
     for k in (0, 1):
@@ -190,18 +231,24 @@ def test_buffer_reinit_freq_zero_and_one():
     before = buf.x.clone()
     x0, idx = buf.sample(100)
     assert not (x0 == 7.0).any() and x0.abs().max() <= 1  # every entry a fresh U(-1, 1) start
-    assert int((before[idx] == 7.0).flatten(1).all(1).sum()) > 10  # ... although many drawn entries were 7
+    assert (
+        int((before[idx] == 7.0).flatten(1).all(1).sum()) > 10
+    )  # ... although many drawn entries were 7
     assert torch.equal(buf.x, before)  # drawing alone does not modify the buffer
 
 
 def test_conditional_buffer_only_returns_the_asked_class():
     data = toy_data()
     g = ClassGaussians.fit(data.x_train, data.y_train, 3, augment=False, noise_std=0.0)
-    buf = ReplayBuffer(30, data.image_shape, 3, init="informative", reinit_freq=0.0, conditional=True, gaussians=g)
+    buf = ReplayBuffer(
+        30, data.image_shape, 3, init="informative", reinit_freq=0.0, conditional=True, gaussians=g
+    )
     nearest = lambda x: torch.cdist(x.reshape(x.shape[0], -1), g.means).argmin(1)  # noqa: E731
-    assert torch.equal(nearest(buf.x), torch.arange(3).repeat_interleave(10))  # block k filled from class k
+    assert torch.equal(
+        nearest(buf.x), torch.arange(3).repeat_interleave(10)
+    )  # block k filled from class k
     for k in range(3):
-        buf.x[k * 10:(k + 1) * 10] = float(k) / 10
+        buf.x[k * 10 : (k + 1) * 10] = float(k) / 10
     y = torch.tensor([2, 0, 1, 2] * 16)
     x0, idx = buf.sample(64, y)
     assert torch.equal(buf.class_of(idx), y)
@@ -230,8 +277,18 @@ def test_buffer_round_trips_through_a_checkpoint(tmp_path):
 def test_contrastive_sampler_draw_writes_back(tmp_path):
     data = toy_data(hw=16)
     model = small_model(num_classes=3)
-    cfg = SamplerConfig(kind="pyld", steps=3, in_steps=2, step_size=0.0, noise_std=0.0, init="informative",
-                        buffer_size=60, reinit_freq=0.0, mode="train", cache_dir=str(tmp_path))
+    cfg = SamplerConfig(
+        kind="pyld",
+        steps=3,
+        in_steps=2,
+        step_size=0.0,
+        noise_std=0.0,
+        init="informative",
+        buffer_size=60,
+        reinit_freq=0.0,
+        mode="train",
+        cache_dir=str(tmp_path),
+    )
     s = ContrastiveSampler(cfg, data, "cpu")
     before = s.buffer.x.clone()
     torch.manual_seed(0)
@@ -244,12 +301,12 @@ def test_contrastive_sampler_draw_writes_back(tmp_path):
     s2 = ContrastiveSampler(cfg, data, "cpu")
     s2.load_state_dict(state)
     assert torch.equal(s2.buffer.x, s.buffer.x)
-    with pytest.raises(Exception):
+    with pytest.raises(BenchError, match="hmc"):
         SamplerConfig(kind="hmc")
 
 
 def test_make_sample_fn_for_a_plain_classifier(tmp_path, monkeypatch):
-    from bench.resolve import resolve_config
+    from bench.run.resolve import resolve_config
 
     monkeypatch.setenv("TRILEMMA_BENCH_CACHE", str(tmp_path))  # the Gaussian fit's default cache
 
@@ -268,44 +325,83 @@ def test_make_sample_fn_for_a_plain_classifier(tmp_path, monkeypatch):
     fn2 = make_sample_fn(model, cfg, "cpu", buffer_state=buf.state_dict(), sampler="pyld")
     out = fn2(40)
     assert fn2.steps == 0 and fn2.sampler.kind == "pyld"
-    assert torch.equal(out.reshape(40, -1).sort(0).values, from_sym(buf.x).clamp(0, 1).reshape(40, -1).sort(0).values)
+    assert torch.equal(
+        out.reshape(40, -1).sort(0).values,
+        from_sym(buf.x).clamp(0, 1).reshape(40, -1).sort(0).values,
+    )
     pred = model.eval()(from_sym(buf.x)).argmax(1)
     k = int(pred[0])
     out_k = fn2(5, y=k)
     assert torch.all(model(out_k).argmax(1) == k)
 
 
-def test_a_run_caches_its_gaussian_fit_under_its_data_directory(bench_cli, tiny_args, shapes_data_dir, tmp_path,
-                                                                monkeypatch):
+def test_a_run_caches_its_gaussian_fit_under_its_data_directory(
+    bench_cli, tiny_args, shapes_data_dir, tmp_path, monkeypatch
+):
     import json
     import shutil
 
     data_dir = tmp_path / "data"
-    shutil.copytree(shapes_data_dir, data_dir, ignore=shutil.ignore_patterns("cache"))  # the images only
+    shutil.copytree(
+        shapes_data_dir, data_dir, ignore=shutil.ignore_patterns("cache")
+    )  # the images only
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("TRILEMMA_BENCH_CACHE", raising=False)
     out = tmp_path / "results"
-    res = bench_cli("run", "--method", "jem++", *tiny_args(out, data_dir, steps=1), "--set", "eval.enabled=false",
-                    "--set", "method.sampler.buffer_size=32")
+    res = bench_cli(
+        "run",
+        "--method",
+        "jem++",
+        *tiny_args(out, data_dir, steps=1),
+        "--set",
+        "eval.enabled=false",
+        "--set",
+        "method.sampler.buffer_size=32",
+    )
     assert res.exit_code == 0, res.stderr
     fits = list((data_dir / "cache" / "gaussians").glob("*.pt"))
     assert len(fits) == 1 and not home.exists()  # nothing outside the data directory
     (run_dir,) = (out / "runs").iterdir()
-    assert json.loads((run_dir / "record.json").read_text())["data"]["cache_dir"] == str(data_dir / "cache")
+    assert json.loads((run_dir / "record.json").read_text())["data"]["cache_dir"] == str(
+        data_dir / "cache"
+    )
 
 
 def test_bench_sample_shows_sampler_progress_unless_quiet(bench_cli, complete_run):
     out = complete_run.parent.parent
-    loud = bench_cli("sample", complete_run.name, "--out", out, "-n", "4", "--steps", "3",
-                     "--grid", complete_run.parent.parent / "loud.png")
+    loud = bench_cli(
+        "sample",
+        complete_run.name,
+        "--out",
+        out,
+        "-n",
+        "4",
+        "--steps",
+        "3",
+        "--grid",
+        complete_run.parent.parent / "loud.png",
+    )
     assert loud.exit_code == 0, loud.stderr
     assert "sgld 4 samples" in loud.stderr and "3/3" in loud.stderr  # one tick per sampler step
-    quiet = bench_cli("sample", complete_run.name, "--out", out, "-n", "4", "--steps", "3", "-q",
-                      "--grid", complete_run.parent.parent / "quiet.png")
+    quiet = bench_cli(
+        "sample",
+        complete_run.name,
+        "--out",
+        out,
+        "-n",
+        "4",
+        "--steps",
+        "3",
+        "-q",
+        "--grid",
+        complete_run.parent.parent / "quiet.png",
+    )
     assert quiet.exit_code == 0 and "samples" not in quiet.stderr
     import numpy as np
     from PIL import Image
 
     # the progress hook changes nothing in what is drawn
-    assert np.array_equal(np.asarray(Image.open(out / "loud.png")), np.asarray(Image.open(out / "quiet.png")))
+    assert np.array_equal(
+        np.asarray(Image.open(out / "loud.png")), np.asarray(Image.open(out / "quiet.png"))
+    )

@@ -1,13 +1,16 @@
 """The package structure: no import cycles, layers that only import downwards, each module importable alone.
 
-Layers, lowest first (docs/architecture.md):
+A layer is a folder (docs/architecture.md); lowest first:
 
-- leaf: ``bench.errors``, ``bench.config`` (the typed schema), ``bench.io``, ``bench.timing``, ``bench.device``;
-- core: the rest of ``bench/`` below the application layer (registry, data, models, attacks,
-  sampling, step, trainer, checkpoints, records, ...): it never imports the plugin packages;
-- plugins: ``methods/`` and ``metrics/``, which import the core but not each other, and no
+- core: ``bench/core/`` (the schema, registry, errors, I/O, device, record), which imports nothing above it;
+- domain: ``bench/data/``, ``bench/models/``, ``bench/attacks/``, ``bench/sampling/``;
+- training: ``bench/train/``;
+- plugins: ``methods/`` and ``metrics/``, which import the layers below but not each other, and no
   method imports another method (``methods.base`` and the shared ``methods._energy`` aside);
-- application: the modules that compose plugins and core (:data:`APP`), the CLI and its commands.
+- application: ``bench/run/`` (resolve, run, evaluate);
+- presentation: ``bench/leaderboard/`` (compare, report);
+- interface: ``bench/cli/`` and the annex ``bench/tools/`` (sweep, doctor, perf, zoo), which nothing
+  below imports.
 """
 
 from __future__ import annotations
@@ -18,16 +21,38 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("bench", "methods", "metrics")
-APP = {"bench.cli", "bench.__main__", "bench.resolve", "bench.runner", "bench.evaluation", "bench.saved_runs",
-       "bench.compare", "bench.compare_view", "bench.grouping", "bench.dry_run", "bench.summary", "bench.listing", "bench.perf", "bench.perf_eval",
-       "bench.sweep", "bench.sweep.spec", "bench.sweep.state", "bench.sweep.launch", "bench.sweep.submit",
-       "bench.zoo", "bench.zoo.external", "bench.zoo.robustbench"}
-LEAVES = {"bench.errors": set(), "bench.config": {"bench.errors"}, "bench.io": {"bench.errors"}, "bench.timing": set(),
-          "bench.device": {"bench.errors"}, "bench.signals": set()}
+LAYERS = (
+    ("core", ("bench", "bench.core")),
+    ("domain", ("bench.data", "bench.models", "bench.attacks", "bench.sampling")),
+    ("training", ("bench.train",)),
+    ("plugins", ("methods", "metrics")),
+    ("application", ("bench.run",)),
+    ("presentation", ("bench.leaderboard",)),
+    ("interface", ("bench.cli", "bench.tools", "bench.__main__")),
+)
+# modules anything may load: the schema and its helpers import at most the errors module
+LEAVES = {
+    "bench.core.errors": set(),
+    "bench.core.config": {"bench.core.errors"},
+    "bench.core.io": {"bench.core.errors"},
+    "bench.core.timing": set(),
+    "bench.core.device": {"bench.core.errors"},
+    "bench.core.signals": set(),
+}
 SHARED_METHOD_MODULES = {"methods", "methods.base", "methods._energy"}
+
+
+def layer_of(mod: str) -> int:
+    """The index in :data:`LAYERS` of the folder ``mod`` lives in (the longest matching prefix)."""
+    best, length = None, -1
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (mod == prefix or mod.startswith(prefix + ".")) and len(prefix) > length:
+                best, length = i, len(prefix)
+    assert best is not None, f"{mod} is in no layer: add its folder to LAYERS"
+    return best
 
 
 def project_modules() -> dict[str, Path]:
@@ -44,10 +69,6 @@ def project_modules() -> dict[str, Path]:
 MODULES = project_modules()
 
 
-def is_app(mod: str) -> bool:
-    return mod in APP or mod.split(".")[:2] in (["bench", "commands"], ["bench", "report"], ["bench", "doctor"])
-
-
 def imports_of(mod: str, path: Path) -> set[str]:
     """Every project module ``mod`` imports, at module level or inside functions."""
     out = set()
@@ -62,7 +83,10 @@ def imports_of(mod: str, path: Path) -> set[str]:
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            names = [f"{target}.{a.name}" if f"{target}.{a.name}" in MODULES else target for a in node.names]
+            names = [
+                f"{target}.{a.name}" if f"{target}.{a.name}" in MODULES else target
+                for a in node.names
+            ]
         else:
             continue
         for name in names:
@@ -112,14 +136,33 @@ def test_no_import_cycle():
 
 def test_the_graph_sees_imports():
     """The checks below mean something only if the parser finds real edges."""
-    assert "methods.base" in GRAPH["methods.ebjdat"] and "bench.trainer" in GRAPH["bench.runner"]
-    assert "metrics.base" in GRAPH["metrics.clean"] and "bench.registry" in GRAPH["methods.base"]
+    assert (
+        "methods.base" in GRAPH["methods.ebjdat"]
+        and "bench.train.trainer" in GRAPH["bench.run.runner"]
+    )
+    assert (
+        "metrics.base" in GRAPH["metrics.clean"] and "bench.core.registry" in GRAPH["methods.base"]
+    )
 
 
-def test_core_never_imports_plugins_or_the_application():
-    bad = {m: sorted(d for d in deps if d.split(".")[0] in ("methods", "metrics") or is_app(d))
-           for m, deps in GRAPH.items() if m.startswith("bench") and not is_app(m)}
-    assert not {m: d for m, d in bad.items() if d}, "core modules importing upwards"
+def test_every_module_is_in_a_layer_folder_and_bench_root_is_small():
+    for mod in MODULES:
+        layer_of(mod)
+    assert len([p for p in (ROOT / "bench").iterdir() if p.name != "__pycache__"]) <= 12
+
+
+def test_layers_import_only_downwards():
+    bad = {m: sorted(d for d in deps if layer_of(d) > layer_of(m)) for m, deps in GRAPH.items()}
+    assert not {m: d for m, d in bad.items() if d}, "modules importing a higher layer"
+
+
+def test_core_imports_nothing_outside_core():
+    bad = {
+        m: sorted(d for d in deps if layer_of(d) != 0)
+        for m, deps in GRAPH.items()
+        if layer_of(m) == 0
+    }
+    assert not {m: d for m, d in bad.items() if d}
 
 
 def test_leaves_import_nothing_else_of_the_project():
@@ -127,25 +170,29 @@ def test_leaves_import_nothing_else_of_the_project():
         assert GRAPH[mod] <= allowed, f"{mod} imports {sorted(GRAPH[mod] - allowed)}"
 
 
-def test_plugins_import_only_the_core_and_methods_import_no_other_method():
+def test_plugins_import_only_lower_layers_and_methods_import_no_other_method():
     for mod, deps in GRAPH.items():
         top = mod.split(".")[0]
         if top not in ("methods", "metrics"):
             continue
         other = "metrics" if top == "methods" else "methods"
-        assert not [d for d in deps if d.split(".")[0] == other or is_app(d)], mod
+        assert not [d for d in deps if d.split(".")[0] == other], mod
         if top == "methods" and mod not in SHARED_METHOD_MODULES:
             others = [d for d in deps if d.startswith("methods") and d not in SHARED_METHOD_MODULES]
             assert not others, f"method module {mod} imports another method: {others}"
 
 
 def test_the_core_loads_without_the_plugin_packages():
-    core = sorted(m for m in MODULES if m.startswith("bench") and not is_app(m))
-    code = ("import importlib, sys\n"
-            f"for m in {core!r}: importlib.import_module(m)\n"
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('methods', 'metrics'))\n"
-            "assert not bad, bad\n")
-    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    core = sorted(m for m in MODULES if layer_of(m) < layer_of("methods"))
+    code = (
+        "import importlib, sys\n"
+        f"for m in {core!r}: importlib.import_module(m)\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('methods', 'metrics'))\n"
+        "assert not bad, bad\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stderr[-2000:]
 
 
@@ -178,8 +225,14 @@ sys.exit(1 if failed else 0)
 def test_every_module_imports_alone():
     """Each module imported first, in a process holding no project module (forked from one that
     imported only third-party packages): a module-level import cycle fails here whatever the order."""
-    res = subprocess.run([sys.executable, "-c", FORK_EACH, *sorted(MODULES)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    res = subprocess.run(
+        [sys.executable, "-c", FORK_EACH, *sorted(MODULES)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
 
 

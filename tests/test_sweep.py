@@ -22,12 +22,19 @@ import pytest
 import torch
 import yaml
 
-from bench.errors import BenchError
-from bench.sweep.spec import expand, load_spec, resolve_cells, slurm_minutes
-from bench.sweep.state import SweepDir
+from bench.core.errors import BenchError
+from bench.tools.sweep.spec import expand, load_spec, resolve_cells, slurm_minutes
+from bench.tools.sweep.state import SweepDir
 
-TINY = ["data.train_subset=128", "data.batch_size=32", "train.eval_examples=32", "eval.n_examples=8",
-        "eval.batch_size=8", "train.checkpoint_every=2", "train.eval_every=0"]
+TINY = [
+    "data.train_subset=128",
+    "data.batch_size=32",
+    "train.eval_examples=32",
+    "eval.n_examples=8",
+    "eval.batch_size=8",
+    "train.checkpoint_every=2",
+    "train.eval_every=0",
+]
 
 
 def _write(path: Path, spec: dict) -> Path:
@@ -54,8 +61,9 @@ def _ckpt_step(run_dir: Path) -> int:
         return -1
 
 
-def _signal_after_checkpoint(sweep_dir: Path, out: Path, index: int, sig: int, after_step: int = 2,
-                             timeout: float = 180) -> int:
+def _signal_after_checkpoint(
+    sweep_dir: Path, out: Path, index: int, sig: int, after_step: int = 2, timeout: float = 180
+) -> int:
     """Send ``sig`` to the process training cell ``index`` (named in its run's .lock) once its run
     has checkpointed step ``after_step``; returns the step it had reached."""
     deadline = time.time() + timeout
@@ -97,27 +105,44 @@ def no_stray_jobs(tmp_path):
 def _same_weights(a: Path, b: Path) -> bool:
     ka = torch.load(a / "checkpoints" / "last.pt", weights_only=True)
     kb = torch.load(b / "checkpoints" / "last.pt", weights_only=True)
-    return ka["step"] == kb["step"] and ka["model"].keys() == kb["model"].keys() and \
-        all(torch.equal(ka["model"][k], kb["model"][k]) for k in ka["model"])
+    return (
+        ka["step"] == kb["step"]
+        and ka["model"].keys() == kb["model"].keys()
+        and all(torch.equal(ka["model"][k], kb["model"][k]) for k in ka["model"])
+    )
 
 
 # -- the spec --------------------------------------------------------------------------------
 def test_spec_expands_axes_and_exclusions_into_cells(tmp_path, shapes_data_dir):
-    spec = load_spec(_write(tmp_path / "grid.yaml", {
-        "base": _base(shapes_data_dir),
-        "axes": {"method": ["ce", "pgd-at"], "seed": [0, 1, 2], "optim.lr": [0.1, 0.05]},
-        "exclude": [{"method": "ce", "optim.lr": 0.05}, {"method": "pgd-at", "seed": 2}],
-        "launcher": {"slurm": {"partition": "gpu", "time": "2-00:00:00"}}}))
+    spec = load_spec(
+        _write(
+            tmp_path / "grid.yaml",
+            {
+                "base": _base(shapes_data_dir),
+                "axes": {"method": ["ce", "pgd-at"], "seed": [0, 1, 2], "optim.lr": [0.1, 0.05]},
+                "exclude": [{"method": "ce", "optim.lr": 0.05}, {"method": "pgd-at", "seed": 2}],
+                "launcher": {"slurm": {"partition": "gpu", "time": "2-00:00:00"}},
+            },
+        )
+    )
     cells = expand(spec)
     assert spec.name == "grid"
     assert [c.key for c in cells] == [
-        "method=ce seed=0 optim.lr=0.1", "method=ce seed=1 optim.lr=0.1", "method=ce seed=2 optim.lr=0.1",
-        "method=pgd-at seed=0 optim.lr=0.1", "method=pgd-at seed=0 optim.lr=0.05",
-        "method=pgd-at seed=1 optim.lr=0.1", "method=pgd-at seed=1 optim.lr=0.05"]
+        "method=ce seed=0 optim.lr=0.1",
+        "method=ce seed=1 optim.lr=0.1",
+        "method=ce seed=2 optim.lr=0.1",
+        "method=pgd-at seed=0 optim.lr=0.1",
+        "method=pgd-at seed=0 optim.lr=0.05",
+        "method=pgd-at seed=1 optim.lr=0.1",
+        "method=pgd-at seed=1 optim.lr=0.05",
+    ]
     assert [c.index for c in cells] == list(range(7))
     assert cells[4].overrides[-2:] == (f"data.data_dir={shapes_data_dir}", "optim.lr=0.05")
     cfgs = resolve_cells(spec, cells)
-    assert [(c.method, c.seed, c.optim.lr) for c in cfgs][3:5] == [("pgd-at", 0, 0.1), ("pgd-at", 0, 0.05)]
+    assert [(c.method, c.seed, c.optim.lr) for c in cfgs][3:5] == [
+        ("pgd-at", 0, 0.1),
+        ("pgd-at", 0, 0.05),
+    ]
     assert slurm_minutes(spec.slurm.time, "time") == 2880
     # launcher settings may change between submissions of one sweep; the grid may not
     other = tmp_path / "other"
@@ -128,34 +153,51 @@ def test_spec_expands_axes_and_exclusions_into_cells(tmp_path, shapes_data_dir):
     text["axes"] = {"seed": [0, 1, 2], "method": ["ce", "pgd-at"], "optim.lr": [0.1, 0.05]}
     assert load_spec(_write(other / "grid.yaml", text)).digest != spec.digest
     # an unquoted 24:00:00 is a time (YAML 1.1 would read it as the integer 86400)
-    (tmp_path / "t.yaml").write_text("base: {method: ce}\naxes: {seed: [0]}\n"
-                                     "launcher: {slurm: {partition: p, time: 24:00:00}}\n")
+    (tmp_path / "t.yaml").write_text(
+        "base: {method: ce}\naxes: {seed: [0]}\nlauncher: {slurm: {partition: p, time: 24:00:00}}\n"
+    )
     assert slurm_minutes(load_spec(tmp_path / "t.yaml").slurm.time, "time") == 1440
 
 
 def test_a_ddp_cell_gets_torchruns_variables_from_its_slurm_tasks(monkeypatch):
-    """nproc > 1: each SLURM task of a cell's job is one rank (what bench.distributed reads)."""
+    """nproc > 1: each SLURM task of a cell's job is one rank (what bench.train.distributed reads)."""
     import submitit
 
-    from bench.sweep.launch import TORCHRUN_VARIABLES, _ddp_environment
+    from bench.tools.sweep.launch import TORCHRUN_VARIABLES, _ddp_environment
 
     for key in TORCHRUN_VARIABLES:
         monkeypatch.setenv(key, "")  # so that monkeypatch puts each back as it was after the test
-    slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "777", "SLURM_PROCID": "3", "SLURM_LOCALID": "1",
-             "SLURM_NTASKS": "4", "SLURM_JOB_NUM_NODES": "2", "SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "gpu[07-08]"}
+    slurm = {
+        "SUBMITIT_EXECUTOR": "slurm",
+        "SLURM_JOB_ID": "777",
+        "SLURM_PROCID": "3",
+        "SLURM_LOCALID": "1",
+        "SLURM_NTASKS": "4",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_NODEID": "1",
+        "SLURM_JOB_NODELIST": "gpu[07-08]",
+    }
     for key, value in slurm.items():
         monkeypatch.setenv(key, value)
     _ddp_environment(submitit.JobEnvironment())
-    assert {k: os.environ[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR")} == \
-        {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "MASTER_ADDR": "gpu07"}
+    assert {k: os.environ[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR")} == {
+        "RANK": "3",
+        "LOCAL_RANK": "1",
+        "WORLD_SIZE": "4",
+        "MASTER_ADDR": "gpu07",
+    }
     assert 20000 <= int(os.environ["MASTER_PORT"]) < 40000
 
 
 def test_the_example_spec_dry_runs_and_writes_nothing(repo_root, tmp_path, bench_cli):
     out = tmp_path / "results"
-    res = bench_cli("sweep", repo_root / "docs" / "examples" / "sweep.yaml", "--out", out, "--dry-run")
+    res = bench_cli(
+        "sweep", repo_root / "docs" / "examples" / "sweep.yaml", "--out", out, "--dry-run"
+    )
     assert res.exit_code == 0, res.stderr
-    rows = [line for line in res.stdout.splitlines() if line.startswith("| ") and "| start " in line]
+    rows = [
+        line for line in res.stdout.splitlines() if line.startswith("| ") and "| start " in line
+    ]
     assert len(rows) == 12 and "| ebjdat | 2    | pending | start  | new |" in rows[-1]
     assert "dry run: 12 cell(s) would be submitted" in res.stdout and not out.exists()
 
@@ -166,7 +208,9 @@ def test_preset_is_an_axis_when_base_gives_none(repo_root, tmp_path, shapes_data
     assert len(cells) == 26 and {c.preset for c in cells} == {"smoke", "demo"}
     cfgs = resolve_cells(spec, cells[:1] + cells[-1:])
     assert [(c.method, c.preset) for c in cfgs] == [("ce", "smoke"), ("ebjdat-sada-jem", "demo")]
-    plain = load_spec(_write(tmp_path / "p.yaml", {"base": {"dataset": "shapes10"}, "axes": {"method": ["ce"]}}))
+    plain = load_spec(
+        _write(tmp_path / "p.yaml", {"base": {"dataset": "shapes10"}, "axes": {"method": ["ce"]}})
+    )
     assert expand(plain)[0].preset == "paper"  # no preset anywhere: bench run's default
 
 
@@ -175,24 +219,34 @@ STEPS = 12  # of the ce cells, which are stopped midway (after their checkpoint 
 
 
 @pytest.mark.slow
-def test_local_sweep_runs_resumes_a_killed_cell_and_skips(tmp_path, shapes_data_dir, bench_cli, monkeypatch,
-                                                          no_stray_jobs):
+def test_local_sweep_runs_resumes_a_killed_cell_and_skips(
+    tmp_path, shapes_data_dir, bench_cli, monkeypatch, no_stray_jobs
+):
     """2 methods x 2 seeds through submitit's local executor. Cell 0's training process is killed
     (SIGKILL) mid-run: the sweep ends with it interrupted and says so; submitting the spec again
     resumes it (alone) to the weights of an uninterrupted run, bit for bit; a third submission
     skips all four; status and compare --sweep see exactly the sweep's runs."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "results"
-    spec = _write(tmp_path / "grid.yaml", {
-        "base": _base(shapes_data_dir),
-        # ce trains long enough to be killed midway; pgd-at (ten times the cost per step) briefly
-        "axes": {"method": ["ce", "pgd-at"], "seed": [0, 1], "train.max_steps": [STEPS, 2]},
-        "exclude": [{"method": "ce", "train.max_steps": 2}, {"method": "pgd-at", "train.max_steps": STEPS}],
-        "launcher": {"local": {"max_parallel": 2}}})
+    spec = _write(
+        tmp_path / "grid.yaml",
+        {
+            "base": _base(shapes_data_dir),
+            # ce trains long enough to be killed midway; pgd-at (ten times the cost per step) briefly
+            "axes": {"method": ["ce", "pgd-at"], "seed": [0, 1], "train.max_steps": [STEPS, 2]},
+            "exclude": [
+                {"method": "ce", "train.max_steps": 2},
+                {"method": "pgd-at", "train.max_steps": STEPS},
+            ],
+            "launcher": {"local": {"max_parallel": 2}},
+        },
+    )
     sweep_dir = out / "sweeps" / "grid"
     killed: list[int] = []
-    killer = threading.Thread(target=lambda: killed.append(
-        _signal_after_checkpoint(sweep_dir, out, 0, signal.SIGKILL)), daemon=True)
+    killer = threading.Thread(
+        target=lambda: killed.append(_signal_after_checkpoint(sweep_dir, out, 0, signal.SIGKILL)),
+        daemon=True,
+    )
     killer.start()
     first = bench_cli("sweep", spec, "--out", out)
     killer.join(timeout=60)
@@ -201,36 +255,54 @@ def test_local_sweep_runs_resumes_a_killed_cell_and_skips(tmp_path, shapes_data_
     assert "1 of 4 cells did not complete (3 complete, 1 interrupted)" in first.error_lines[0]
     assert (sweep_dir / "spec.yaml").read_text() == spec.read_text()
     grid = json.loads((sweep_dir / "sweep.json").read_text())
-    assert [c["key"] for c in grid["cells"]] == [f"method=ce seed=0 train.max_steps={STEPS}",
-                                                 f"method=ce seed=1 train.max_steps={STEPS}",
-                                                 "method=pgd-at seed=0 train.max_steps=2",
-                                                 "method=pgd-at seed=1 train.max_steps=2"]
+    assert [c["key"] for c in grid["cells"]] == [
+        f"method=ce seed=0 train.max_steps={STEPS}",
+        f"method=ce seed=1 train.max_steps={STEPS}",
+        "method=pgd-at seed=0 train.max_steps=2",
+        "method=pgd-at seed=1 train.max_steps=2",
+    ]
     cells = [_cell(sweep_dir, i) for i in range(4)]
-    assert all(c["run_id"] and len(c["attempts"]) == 1 and c["attempts"][0]["job_id"] for c in cells)
-    assert _record(out, cells[0]["run_id"])["status"] == "running"  # as the kill left it; its process is gone
+    assert all(
+        c["run_id"] and len(c["attempts"]) == 1 and c["attempts"][0]["job_id"] for c in cells
+    )
+    assert (
+        _record(out, cells[0]["run_id"])["status"] == "running"
+    )  # as the kill left it; its process is gone
     status = bench_cli("sweep-status", sweep_dir)
     assert status.exit_code == 0
-    rows = {line.split("|")[1].strip(): [v.strip() for v in line.split("|")[1:-1]]
-            for line in status.stdout.splitlines() if line.startswith("| ") and not line.startswith("| cell")}
+    rows = {
+        line.split("|")[1].strip(): [v.strip() for v in line.split("|")[1:-1]]
+        for line in status.stdout.splitlines()
+        if line.startswith("| ") and not line.startswith("| cell")
+    }
     assert [rows[i][4] for i in "0123"] == ["interrupted", "complete", "complete", "complete"]
     assert rows["0"][5] == cells[0]["run_id"] and rows["0"][6] == cells[0]["attempts"][0]["job_id"]
 
     again = bench_cli("sweep", spec, "--out", out)  # resumes cell 0, skips the rest
     assert again.exit_code == 0, again.stderr
     cell0 = _cell(sweep_dir, 0)
-    assert len(cell0["attempts"]) == 2 and all(len(_cell(sweep_dir, i)["attempts"]) == 1 for i in (1, 2, 3))
+    assert len(cell0["attempts"]) == 2 and all(
+        len(_cell(sweep_dir, i)["attempts"]) == 1 for i in (1, 2, 3)
+    )
     rec0 = _record(out, cell0["run_id"])
     assert rec0["status"] == "complete" and len(rec0["training"]["resumes"]) == 1
 
     # the uninterrupted reference, in this results root too (so compare --sweep must leave it out)
-    from bench.resolve import resolve_config
-    from bench.runner import start_run
+    from bench.run.resolve import resolve_config
+    from bench.run.runner import start_run
 
-    cfg = resolve_config("ce", preset="smoke", dataset="shapes10", seed=0,
-                         overrides=[*TINY, f"data.data_dir={shapes_data_dir}", f"train.max_steps={STEPS}"])
+    cfg = resolve_config(
+        "ce",
+        preset="smoke",
+        dataset="shapes10",
+        seed=0,
+        overrides=[*TINY, f"data.data_dir={shapes_data_dir}", f"train.max_steps={STEPS}"],
+    )
     ref = start_run(cfg, out=out, show_progress=False)
     assert rec0["config_digest"] == ref.record["config_digest"]
-    assert _same_weights(ref.run_dir, out / "runs" / cell0["run_id"]), "the resumed cell has other weights"
+    assert _same_weights(ref.run_dir, out / "runs" / cell0["run_id"]), (
+        "the resumed cell has other weights"
+    )
 
     jobs_before = sorted(p.name for p in (sweep_dir / "jobs").iterdir())
     third = bench_cli("sweep", spec, "--out", out)
@@ -241,7 +313,10 @@ def test_local_sweep_runs_resumes_a_killed_cell_and_skips(tmp_path, shapes_data_
     table = bench_cli("compare", "--sweep", sweep_dir, "--group", "seeds", "--format", "csv")
     assert table.exit_code == 0, table.stderr
     grouped = {r["method"]: r for r in csv.DictReader(io.StringIO(table.stdout))}
-    assert {m: (r["seeds"], r["seed"]) for m, r in grouped.items()} == {"ce": ("2", "0,1"), "pgd-at": ("2", "0,1")}
+    assert {m: (r["seeds"], r["seed"]) for m, r in grouped.items()} == {
+        "ce": ("2", "0,1"),
+        "pgd-at": ("2", "0,1"),
+    }
 
 
 # -- SLURM against stand-ins -------------------------------------------------------------------
@@ -284,15 +359,28 @@ def _standins(tmp_path, monkeypatch) -> Path:
 
 def _slurm_env(array_id: int, task: int) -> dict[str, str]:
     """What SLURM sets for one task of an array job."""
-    return {"SLURM_JOB_ID": str(array_id + 100 + task), "SLURM_ARRAY_JOB_ID": str(array_id),
-            "SLURM_ARRAY_TASK_ID": str(task), "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NTASKS": "1",
-            "SLURM_JOB_NUM_NODES": "1", "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "node1"}
+    return {
+        "SLURM_JOB_ID": str(array_id + 100 + task),
+        "SLURM_ARRAY_JOB_ID": str(array_id),
+        "SLURM_ARRAY_TASK_ID": str(task),
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_NODEID": "0",
+        "SLURM_JOB_NODELIST": "node1",
+    }
 
 
 def _run_array_task(script: Path, array_id: int, task: int) -> subprocess.Popen:
     """Run a submitted array task as a SLURM node would (the stand-in srun runs the command)."""
-    return subprocess.Popen(["bash", str(script)], env={**os.environ, **_slurm_env(array_id, task)},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        ["bash", str(script)],
+        env={**os.environ, **_slurm_env(array_id, task)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _sbatch_lines(text: str) -> list[str]:
@@ -300,41 +388,85 @@ def _sbatch_lines(text: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_slurm_sweep_against_stand_in_sbatch_sacct_scontrol(tmp_path, shapes_data_dir, bench_cli, monkeypatch,
-                                                            no_stray_jobs):
+def test_slurm_sweep_against_stand_in_sbatch_sacct_scontrol(
+    tmp_path, shapes_data_dir, bench_cli, monkeypatch, no_stray_jobs
+):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     log = _standins(tmp_path, monkeypatch)
     out = tmp_path / "results"
     missing = f"npz:{tmp_path / 'absent.npz'}"  # resolves, then fails when the job loads it
-    spec = _write(tmp_path / "cluster.yaml", {
-        "base": {**{k: v for k, v in _base(shapes_data_dir).items() if k != "dataset"}, "method": "ce"},
-        "axes": {"seed": [0, 1], "dataset": ["shapes10", missing], "train.max_steps": [STEPS]},
-        "exclude": [{"seed": 1, "dataset": missing}],
-        "retries": 1,
-        "launcher": {"default": "slurm", "slurm": {
-            "partition": "gpu", "gpus_per_run": 2, "nproc": 2, "cpus_per_run": 16, "mem_gb": 64,
-            "time": "12:00:00", "account": "proj", "array_parallelism": 2, "setup": ["module load cuda"]}}})
+    spec = _write(
+        tmp_path / "cluster.yaml",
+        {
+            "base": {
+                **{k: v for k, v in _base(shapes_data_dir).items() if k != "dataset"},
+                "method": "ce",
+            },
+            "axes": {"seed": [0, 1], "dataset": ["shapes10", missing], "train.max_steps": [STEPS]},
+            "exclude": [{"seed": 1, "dataset": missing}],
+            "retries": 1,
+            "launcher": {
+                "default": "slurm",
+                "slurm": {
+                    "partition": "gpu",
+                    "gpus_per_run": 2,
+                    "nproc": 2,
+                    "cpus_per_run": 16,
+                    "mem_gb": 64,
+                    "time": "12:00:00",
+                    "account": "proj",
+                    "array_parallelism": 2,
+                    "setup": ["module load cuda"],
+                },
+            },
+        },
+    )
     sweep_dir = out / "sweeps" / "cluster"
 
     dry = bench_cli("sweep", spec, "--out", out, "--dry-run")
     assert dry.exit_code == 0, dry.stderr
     assert not out.exists() and not list(log.iterdir())  # nothing written, nothing submitted
-    expected = {"--array=0-2%2", "--partition=gpu", "--gpus-per-node=2", "--ntasks-per-node=2",
-                "--cpus-per-task=8", "--mem=64GB", "--time=720", "--account=proj", "--signal=USR2@90", "--nodes=1"}
-    assert expected <= {line.split()[1] for line in _sbatch_lines(dry.stdout)}  # a task per DDP process
+    expected = {
+        "--array=0-2%2",
+        "--partition=gpu",
+        "--gpus-per-node=2",
+        "--ntasks-per-node=2",
+        "--cpus-per-task=8",
+        "--mem=64GB",
+        "--time=720",
+        "--account=proj",
+        "--signal=USR2@90",
+        "--nodes=1",
+    }
+    assert expected <= {
+        line.split()[1] for line in _sbatch_lines(dry.stdout)
+    }  # a task per DDP process
 
     # two DDP processes do not fit this test machine: the cells submitted train with one
     spec.write_text(spec.read_text().replace("nproc: 2", "nproc: 1"))
     dry = bench_cli("sweep", spec, "--out", out, "--dry-run")
     res = bench_cli("sweep", spec, "--out", out)
     assert res.exit_code == 0, res.stderr
-    assert sorted(p.name for p in log.iterdir() if p.name.startswith("sbatch")) == ["sbatch-0.args", "sbatch-0.sh"]
+    assert sorted(p.name for p in log.iterdir() if p.name.startswith("sbatch")) == [
+        "sbatch-0.args",
+        "sbatch-0.sh",
+    ]
     script = (log / "sbatch-0.sh").read_text()
     assert _sbatch_lines(script) == _sbatch_lines(dry.stdout)  # the dry run shows what is submitted
-    assert {"#SBATCH --array=0-2%2", "#SBATCH --ntasks-per-node=1", "#SBATCH --cpus-per-task=16"} <= \
-        set(_sbatch_lines(script))
-    assert "module load cuda" in script and "-m submitit.core._submit" in script.strip().splitlines()[-1]
-    assert [_cell(sweep_dir, i)["attempts"][0]["job_id"] for i in range(3)] == ["4242_0", "4242_1", "4242_2"]
+    assert {
+        "#SBATCH --array=0-2%2",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --cpus-per-task=16",
+    } <= set(_sbatch_lines(script))
+    assert (
+        "module load cuda" in script
+        and "-m submitit.core._submit" in script.strip().splitlines()[-1]
+    )
+    assert [_cell(sweep_dir, i)["attempts"][0]["job_id"] for i in range(3)] == [
+        "4242_0",
+        "4242_1",
+        "4242_2",
+    ]
 
     # the node runs array task 0; SLURM's pre-time-limit signal arrives mid-run
     task0 = _run_array_task(log / "sbatch-0.sh", 4242, 0)
@@ -343,12 +475,16 @@ def test_slurm_sweep_against_stand_in_sbatch_sacct_scontrol(tmp_path, shapes_dat
     assert (log / "scontrol.args").read_text().split("\n")[0] == "requeue 4242_0", output[-2000:]
     run_id = _cell(sweep_dir, 0)["run_id"]
     rec = _record(out, run_id)
-    saved = _ckpt_step(out / "runs" / run_id)  # the trainer checkpointed at its next step, then stopped
+    saved = _ckpt_step(
+        out / "runs" / run_id
+    )  # the trainer checkpointed at its next step, then stopped
     assert rec["status"] == "interrupted" and step <= saved < STEPS
     from submitit.core.utils import DelayedSubmission
 
     requeued = DelayedSubmission.load(sweep_dir / "jobs" / "4242_0" / "4242_0_submitted.pkl")
-    assert type(requeued.function).__name__ == "CellJob" and requeued.function.index == 0  # from checkpoint()
+    assert (
+        type(requeued.function).__name__ == "CellJob" and requeued.function.index == 0
+    )  # from checkpoint()
 
     # the requeued job starts again: what submitit's _submit does on the node (delayed.result()),
     # here in this process; it resumes the run, to the weights of an uninterrupted run
@@ -356,14 +492,23 @@ def test_slurm_sweep_against_stand_in_sbatch_sacct_scontrol(tmp_path, shapes_dat
         monkeypatch.setenv(key, value)
     assert requeued.result() == run_id
     rec = _record(out, run_id)
-    assert rec["status"] == "complete" and [r["at_step"] for r in rec["training"]["resumes"]] == [saved]
-    from bench.resolve import resolve_config
-    from bench.runner import start_run
+    assert rec["status"] == "complete" and [r["at_step"] for r in rec["training"]["resumes"]] == [
+        saved
+    ]
+    from bench.run.resolve import resolve_config
+    from bench.run.runner import start_run
 
-    cfg = resolve_config("ce", preset="smoke", dataset="shapes10", seed=0,
-                         overrides=[*TINY, f"data.data_dir={shapes_data_dir}", f"train.max_steps={STEPS}"])
+    cfg = resolve_config(
+        "ce",
+        preset="smoke",
+        dataset="shapes10",
+        seed=0,
+        overrides=[*TINY, f"data.data_dir={shapes_data_dir}", f"train.max_steps={STEPS}"],
+    )
     ref = start_run(cfg, out=tmp_path / "reference", show_progress=False)
-    assert _same_weights(ref.run_dir, out / "runs" / run_id), "the requeued cell resumed to other weights"
+    assert _same_weights(ref.run_dir, out / "runs" / run_id), (
+        "the requeued cell resumed to other weights"
+    )
 
     # task 1 fails (its dataset file is absent): the job writes the error's first line
     task1 = _run_array_task(log / "sbatch-0.sh", 4242, 1)
@@ -371,10 +516,16 @@ def test_slurm_sweep_against_stand_in_sbatch_sacct_scontrol(tmp_path, shapes_dat
     assert task1.returncode != 0
     error = _cell(sweep_dir, 1)["attempts"][0]["error"]
     assert "absent.npz" in error and "\n" not in error
-    (log / "sacct.states").write_text("4242_0|COMPLETED|node1\n4242_1|FAILED|node1\n4242_[2]|PENDING|None\n")
+    (log / "sacct.states").write_text(
+        "4242_0|COMPLETED|node1\n4242_1|FAILED|node1\n4242_[2]|PENDING|None\n"
+    )
     status = bench_cli("sweep-status", sweep_dir)
     assert status.exit_code == 0
-    lines = {line.split("|")[1].strip(): line for line in status.stdout.splitlines() if line.startswith("| ")}
+    lines = {
+        line.split("|")[1].strip(): line
+        for line in status.stdout.splitlines()
+        if line.startswith("| ")
+    }
     assert "| complete " in lines["0"] and run_id in lines["0"] and "4242_0" in lines["0"]
     assert "| failed " in lines["1"] and error[:40] in lines["1"]
     assert "| pending " in lines["2"] and "queued (job 4242_2)" in lines["2"]
@@ -388,7 +539,9 @@ def test_slurm_sweep_against_stand_in_sbatch_sacct_scontrol(tmp_path, shapes_dat
     assert [a["job_id"] for a in _cell(sweep_dir, 1)["attempts"]] == ["4242_1", "4243"]
     assert [len(_cell(sweep_dir, i)["attempts"]) for i in (0, 2)] == [1, 1]
     # the retry fails too (SLURM says so): past `retries: 1` it is reported, not submitted
-    (log / "sacct.states").write_text("4242_0|COMPLETED|node1\n4242_[2]|PENDING|None\n4243|FAILED|node1\n")
+    (log / "sacct.states").write_text(
+        "4242_0|COMPLETED|node1\n4242_[2]|PENDING|None\n4243|FAILED|node1\n"
+    )
     gave_up = bench_cli("sweep", spec, "--out", out)
     assert gave_up.exit_code == 2 and len(gave_up.error_lines) == 1
     assert "1 cell(s) failed more than retries: 1 times" in gave_up.error_lines[0]
@@ -397,18 +550,48 @@ def test_slurm_sweep_against_stand_in_sbatch_sacct_scontrol(tmp_path, shapes_dat
 
 # -- bad input ------------------------------------------------------------------------------------
 BAD = {
-    "unknown --set key": ({"axes": {"method": ["ce"], "optim.lrr": [0.1]}}, (), "unknown setting 'optim.lrr'"),
-    "unknown method": ({"axes": {"method": ["ce", "nope"], "seed": [0]}}, (), "unknown method 'nope'"),
+    "unknown --set key": (
+        {"axes": {"method": ["ce"], "optim.lrr": [0.1]}},
+        (),
+        "unknown setting 'optim.lrr'",
+    ),
+    "unknown method": (
+        {"axes": {"method": ["ce", "nope"], "seed": [0]}},
+        (),
+        "unknown method 'nope'",
+    ),
     "empty axis": ({"axes": {"method": ["ce"], "seed": []}}, (), "has no values"),
-    "empty grid": ({"axes": {"method": ["ce"], "seed": [0]}, "exclude": [{"seed": 0}]}, (), "the grid is empty"),
+    "empty grid": (
+        {"axes": {"method": ["ce"], "seed": [0]}, "exclude": [{"seed": 0}]},
+        (),
+        "the grid is empty",
+    ),
     "unknown axis": ({"axes": {"method": ["ce"], "lr": [0.1]}}, (), "unknown axis 'lr'"),
-    "preset in base and axes": ({"axes": {"preset": ["smoke", "demo"]}}, (), "preset is given in base and is also"),
-    "unknown launcher flag": ({"axes": {"method": ["ce"]}}, ("--launcher", "pbs"), "'pbs' is not one of"),
-    "unknown launcher in spec": ({"axes": {"method": ["ce"]}, "launcher": {"pbs": {"queue": "q"}}}, (),
-                                 "unknown launcher 'pbs'"),
-    "slurm without partition": ({"axes": {"method": ["ce"]}, "launcher": {"slurm": {"gpus_per_run": 1}}},
-                                ("--launcher", "slurm"), "launcher.slurm has no partition"),
-    "slurm not configured": ({"axes": {"method": ["ce"]}}, ("--launcher", "slurm"), "no launcher.slurm settings"),
+    "preset in base and axes": (
+        {"axes": {"preset": ["smoke", "demo"]}},
+        (),
+        "preset is given in base and is also",
+    ),
+    "unknown launcher flag": (
+        {"axes": {"method": ["ce"]}},
+        ("--launcher", "pbs"),
+        "'pbs' is not one of",
+    ),
+    "unknown launcher in spec": (
+        {"axes": {"method": ["ce"]}, "launcher": {"pbs": {"queue": "q"}}},
+        (),
+        "unknown launcher 'pbs'",
+    ),
+    "slurm without partition": (
+        {"axes": {"method": ["ce"]}, "launcher": {"slurm": {"gpus_per_run": 1}}},
+        ("--launcher", "slurm"),
+        "launcher.slurm has no partition",
+    ),
+    "slurm not configured": (
+        {"axes": {"method": ["ce"]}},
+        ("--launcher", "slurm"),
+        "no launcher.slurm settings",
+    ),
 }
 
 
@@ -418,18 +601,27 @@ def test_bad_input_is_one_line_and_submits_nothing(case, tmp_path, shapes_data_d
     spec = _write(tmp_path / "bad.yaml", {"base": _base(shapes_data_dir), **extra})
     out = tmp_path / "results"
     res = bench_cli("sweep", spec, "--out", out, *flags)
-    assert res.exit_code == 2 and len(res.error_lines) == 1 and message in res.error_lines[0], res.stderr
+    assert res.exit_code == 2 and len(res.error_lines) == 1 and message in res.error_lines[0], (
+        res.stderr
+    )
     assert "Traceback" not in res.stderr and res.stdout == ""
     assert not out.exists()
 
 
 def _snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
-    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file()
+    }
 
 
 def test_a_sweep_directory_of_another_spec_is_left_alone(tmp_path, shapes_data_dir, bench_cli):
     out = tmp_path / "results"
-    first = _write(tmp_path / "grid.yaml", {"base": _base(shapes_data_dir), "axes": {"method": ["ce"], "seed": [0]}})
+    first = _write(
+        tmp_path / "grid.yaml",
+        {"base": _base(shapes_data_dir), "axes": {"method": ["ce"], "seed": [0]}},
+    )
     spec = load_spec(first)
     cells = expand(spec)
     sweep = SweepDir(out / "sweeps" / "grid")
@@ -437,12 +629,21 @@ def test_a_sweep_directory_of_another_spec_is_left_alone(tmp_path, shapes_data_d
     before = _snapshot(sweep.path)
     other = tmp_path / "other"
     other.mkdir()
-    changed = _write(other / "grid.yaml", {"base": _base(shapes_data_dir), "axes": {"method": ["ce"], "seed": [0, 1]}})
-    for args in ((changed, "--out", out), (changed, "--out", out, "--dry-run"),
-                 (first, "--out", tmp_path / "elsewhere", "--dir", sweep.path)):
+    changed = _write(
+        other / "grid.yaml",
+        {"base": _base(shapes_data_dir), "axes": {"method": ["ce"], "seed": [0, 1]}},
+    )
+    for args in (
+        (changed, "--out", out),
+        (changed, "--out", out, "--dry-run"),
+        (first, "--out", tmp_path / "elsewhere", "--dir", sweep.path),
+    ):
         res = bench_cli("sweep", *args)
         assert res.exit_code == 2 and len(res.error_lines) == 1, res.stderr
-        assert "holds another spec" in res.error_lines[0] or "keeps its runs under" in res.error_lines[0]
+        assert (
+            "holds another spec" in res.error_lines[0]
+            or "keeps its runs under" in res.error_lines[0]
+        )
     assert _snapshot(sweep.path) == before and not (sweep.path / "jobs").exists()
     assert not (tmp_path / "elsewhere").exists()
     with pytest.raises(BenchError, match="not a sweep directory"):

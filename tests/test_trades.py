@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from bench.attacks.trades import trades_attack
-from bench.config import ModelConfig
-from bench.resolve import resolve_config
-from bench.errors import BenchError
+from bench.core.config import ModelConfig
+from bench.core.errors import BenchError
 from bench.models import build_model
+from bench.run.resolve import resolve_config
 from methods import get_method
 from methods.base import StepContext
 
@@ -31,8 +31,9 @@ def batch(n=6, seed=1, size=16):
 
 
 def ctx():
-    return StepContext(step=0, epoch=0, device=torch.device("cpu"), num_classes=10,
-                       autocast=contextlib.nullcontext)
+    return StepContext(
+        step=0, epoch=0, device=torch.device("cpu"), num_classes=10, autocast=contextlib.nullcontext
+    )
 
 
 def warm_bn(model, x):
@@ -152,10 +153,19 @@ def test_loss_equals_the_formula(single):
 def test_reference_defaults_and_validation():
     cfg = resolve_config("trades", preset="paper")
     assert cfg.method_cfg["beta"] == 6.0 and cfg.method_cfg["steps"] == 10
-    assert cfg.method_cfg["eps"] == pytest.approx(8 / 255) and cfg.method_cfg["alpha"] == pytest.approx(2 / 255)
+    assert cfg.method_cfg["eps"] == pytest.approx(8 / 255) and cfg.method_cfg[
+        "alpha"
+    ] == pytest.approx(2 / 255)
     assert cfg.method_cfg["attack_mode"] == "eval" and cfg.method_cfg["start_std"] == 0.001
     o = cfg.optim
-    assert (o.name, o.lr, o.momentum, o.weight_decay, o.schedule, o.gamma) == ("sgd", 0.1, 0.9, 2e-4, "step", 0.1)
+    assert (o.name, o.lr, o.momentum, o.weight_decay, o.schedule, o.gamma) == (
+        "sgd",
+        0.1,
+        0.9,
+        2e-4,
+        "step",
+        0.1,
+    )
     assert o.milestones == [74, 89, 99] and cfg.train.epochs == 76 and cfg.data.batch_size == 128
     assert cfg.data.pad_mode == "zeros" and cfg.data.noise_std == 0
     smoke = resolve_config("trades", preset="smoke")

@@ -13,32 +13,39 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench import io
-from bench.config import OptimConfig
-from bench.resolve import resolve_config
-from bench.data import to_float
-from bench.errors import BenchError
-from bench.data import load_run_data
-from bench.runner import _build, start_run
-from bench.trainer import Trainer, lr_factor
+from bench.core import io
+from bench.core.config import OptimConfig
+from bench.core.errors import BenchError
+from bench.data import load_run_data, to_float
+from bench.run.resolve import resolve_config
+from bench.run.runner import _build, start_run
+from bench.train.trainer import Trainer, lr_factor
 from methods import METHODS, Method, register_method
 
 
 # -- LR schedule: a pure function of the step ---------------------------------------------------------
 def test_lr_constant_and_warmup():
     c = OptimConfig(schedule="constant", warmup_steps=10)
-    assert [lr_factor(c, s, 100, 10, 10) for s in (0, 4, 9, 10, 99)] == pytest.approx([0.1, 0.5, 1.0, 1.0, 1.0])
+    assert [lr_factor(c, s, 100, 10, 10) for s in (0, 4, 9, 10, 99)] == pytest.approx(
+        [0.1, 0.5, 1.0, 1.0, 1.0]
+    )
     assert lr_factor(replace(c, warmup_steps=0), 0, 100, 10, 10) == 1.0
 
 
 def test_lr_cosine():
     c = OptimConfig(schedule="cosine", warmup_steps=0)
     vals = [lr_factor(c, s, 100, 10, 10) for s in range(101)]
-    assert vals[0] == 1.0 and vals[50] == pytest.approx(0.5) and vals[100] == pytest.approx(0.0, abs=1e-12)
+    assert (
+        vals[0] == 1.0
+        and vals[50] == pytest.approx(0.5)
+        and vals[100] == pytest.approx(0.0, abs=1e-12)
+    )
     assert vals[25] == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
     assert all(a >= b for a, b in zip(vals, vals[1:]))
     w = replace(c, warmup_steps=20)
-    assert lr_factor(w, 4, 100, 10, 10) == pytest.approx(5 / 20 * 0.5 * (1 + math.cos(math.pi * 4 / 100)))
+    assert lr_factor(w, 4, 100, 10, 10) == pytest.approx(
+        5 / 20 * 0.5 * (1 + math.cos(math.pi * 4 / 100))
+    )
 
 
 def test_lr_step_milestones_fractions_and_epochs():
@@ -65,19 +72,37 @@ def weighted_method():
 
         def training_step(self, model, x, y, ctx):
             logits = model(x)
-            return {"ce": F.cross_entropy(logits, y), "sq": logits.pow(2).mean(),
-                    "off": logits.abs().mean() + 100.0,  # weight 0: must not touch the loss
-                    "acc": (logits.argmax(1) == y).float().mean()}
+            return {
+                "ce": F.cross_entropy(logits, y),
+                "sq": logits.pow(2).mean(),
+                "off": logits.abs().mean() + 100.0,  # weight 0: must not touch the loss
+                "acc": (logits.argmax(1) == y).float().mean(),
+            }
 
     yield Weighted
     METHODS.unregister("test-weighted")
 
 
 def _cfg(shapes_data_dir, method, *extra):
-    return resolve_config(method, preset="smoke", seed=0, device="cpu", overrides=[
-        f"data.data_dir={shapes_data_dir}", "data.train_subset=64", "data.batch_size=16", "data.augment=false",
-        "train.eval_every=0", "eval.enabled=false", "optim.momentum=0", "optim.weight_decay=0",
-        "optim.schedule=constant", "train.log_every=1", *extra])
+    return resolve_config(
+        method,
+        preset="smoke",
+        seed=0,
+        device="cpu",
+        overrides=[
+            f"data.data_dir={shapes_data_dir}",
+            "data.train_subset=64",
+            "data.batch_size=16",
+            "data.augment=false",
+            "train.eval_every=0",
+            "eval.enabled=false",
+            "optim.momentum=0",
+            "optim.weight_decay=0",
+            "optim.schedule=constant",
+            "train.log_every=1",
+            *extra,
+        ],
+    )
 
 
 def test_loss_terms_are_weighted_summed_and_logged(weighted_method, shapes_data_dir, tmp_path):
@@ -119,7 +144,9 @@ def test_missing_loss_term_is_a_clear_error(shapes_data_dir, tmp_path):
 
     try:
         cfg = _cfg(shapes_data_dir, "test-missing-term", "train.max_steps=1")
-        with pytest.raises(BenchError, match=r"returned no loss term\(s\) \['ce'\]; it returned \['cee'\]"):
+        with pytest.raises(
+            BenchError, match=r"returned no loss term\(s\) \['ce'\]; it returned \['cee'\]"
+        ):
             start_run(cfg, out=tmp_path, show_progress=False)
     finally:
         METHODS.unregister("test-missing-term")
@@ -127,8 +154,16 @@ def test_missing_loss_term_is_a_clear_error(shapes_data_dir, tmp_path):
 
 def test_fractional_milestones_follow_max_steps(shapes_data_dir, tmp_path):
     """With train.max_steps the run is max_steps long, so milestone 0.5 falls at half of it."""
-    cfg = _cfg(shapes_data_dir, "ce", "train.max_steps=8", "train.epochs=10", "optim.schedule=step",
-               "optim.milestones=[0.5]", "optim.lr=0.1", "optim.gamma=0.1")
+    cfg = _cfg(
+        shapes_data_dir,
+        "ce",
+        "train.max_steps=8",
+        "train.epochs=10",
+        "optim.schedule=step",
+        "optim.milestones=[0.5]",
+        "optim.lr=0.1",
+        "optim.gamma=0.1",
+    )
     res = start_run(cfg, out=tmp_path, show_progress=False)
     lrs = [h["lr"] for h in res.record["training"]["history"]]  # entry k: the lr of step k-1
     assert lrs == pytest.approx([0.1] * 4 + [0.01] * 4)
@@ -158,17 +193,27 @@ def test_atomic_writes_keep_the_old_file_on_failure(tmp_path):
 
 
 def test_checkpoints_contents_and_pruning(shapes_data_dir, tmp_path):
-    cfg = _cfg(shapes_data_dir, "ce", "train.max_steps=7", "train.checkpoint_every=2", "train.keep_checkpoints=2")
+    cfg = _cfg(
+        shapes_data_dir,
+        "ce",
+        "train.max_steps=7",
+        "train.checkpoint_every=2",
+        "train.keep_checkpoints=2",
+    )
     res = start_run(cfg, out=tmp_path, show_progress=False)
     ck = res.run_dir / "checkpoints"
-    assert sorted(p.name for p in ck.iterdir()) == ["last.pt", "step-00000004.pt", "step-00000006.pt"]
+    assert sorted(p.name for p in ck.iterdir()) == [
+        "last.pt",
+        "step-00000004.pt",
+        "step-00000006.pt",
+    ]
     last = torch.load(ck / "last.pt", weights_only=False)
     assert last["step"] == 7 and last["config_digest"] == cfg.digest()
     assert {"model", "optimizer", "method", "state", "rng", "format"} <= set(last)
     assert torch.load(ck / "step-00000006.pt", weights_only=False)["step"] == 6
     assert len(last["state"]["history"]) == 7
     # the checkpointed weights are the final weights used for evaluation
-    from bench.saved_runs import load_run_model
+    from bench.run.saved_runs import load_run_model
 
     model, *_ = load_run_model(res.run_dir, torch.device("cpu"))
     for k, v in last["model"].items():
@@ -179,14 +224,28 @@ def test_checkpoints_contents_and_pruning(shapes_data_dir, tmp_path):
 def test_record_has_everything(complete_run, repo_root):
     rec = json.loads((complete_run / "record.json").read_text())
     assert rec["run_id"] == complete_run.name and rec["status"] == "complete"
-    assert (rec["method"], rec["dataset"], rec["arch"], rec["preset"], rec["seed"]) == ("ce", "shapes10", "resnet8", "smoke", 0)
+    assert (rec["method"], rec["dataset"], rec["arch"], rec["preset"], rec["seed"]) == (
+        "ce",
+        "shapes10",
+        "resnet8",
+        "smoke",
+        0,
+    )
     assert rec["config"]["train"]["max_steps"] == 4 and rec["config_digest"]
     env = rec["environment"]
     rev = env["git"]["revision"]
     assert re.fullmatch(r"[0-9a-f]{40}", rev)
-    assert subprocess.run(["git", "-C", str(repo_root), "cat-file", "-e", f"{rev}^{{commit}}"]).returncode == 0
+    assert (
+        subprocess.run(
+            ["git", "-C", str(repo_root), "cat-file", "-e", f"{rev}^{{commit}}"]
+        ).returncode
+        == 0
+    )
     assert isinstance(env["git"]["dirty"], bool)
-    assert env["packages"]["torch"] == torch.__version__.split("+")[0] or env["packages"]["torch"] == torch.__version__
+    assert (
+        env["packages"]["torch"] == torch.__version__.split("+")[0]
+        or env["packages"]["torch"] == torch.__version__
+    )
     assert env["packages"]["trilemma-bench"] and env["packages"]["python"]
     assert env["device"]["type"] == "cpu"
     t = rec["timings"]
@@ -201,7 +260,10 @@ def test_record_has_everything(complete_run, repo_root):
     for metric in ("clean", "pgd"):
         assert ev[metric]["protocol"] == "quick" and ev[metric]["n_examples"] == 32
         assert 0 <= ev[metric]["accuracy"] <= 1
-    assert ev["pgd"]["settings"]["eps"] == pytest.approx(8 / 255) and ev["pgd"]["settings"]["steps"] == 20
+    assert (
+        ev["pgd"]["settings"]["eps"] == pytest.approx(8 / 255)
+        and ev["pgd"]["settings"]["steps"] == 20
+    )
     assert ev["pgd"]["accuracy"] <= ev["pgd"]["clean_accuracy"]
     assert rec["artifacts"]["checkpoint"] == "checkpoints/last.pt"
     assert (complete_run / rec["artifacts"]["checkpoint"]).is_file()

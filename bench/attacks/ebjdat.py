@@ -30,8 +30,8 @@ import torch
 import torch.nn as nn
 
 from bench.attacks.pgd import as_iterate, input_grad, model_mode
-from bench.errors import BenchError
-from bench.timing import region
+from bench.core.errors import BenchError
+from bench.core.timing import region
 
 
 def to_sym(x01: torch.Tensor) -> torch.Tensor:
@@ -50,7 +50,9 @@ EPS_UNITS = {"sym": 1.0, "pixel": 2.0}  # factor from the stated unit to the [-1
 def to_sym_units(value: float, units: str) -> float:
     """An eps or step size stated in ``units`` (sym | pixel), on the [-1, 1] scale."""
     if units not in EPS_UNITS:
-        raise BenchError(f"eps_units={units!r} is not valid; choose sym (the reference's [-1, 1] scale) or pixel")
+        raise BenchError(
+            f"eps_units={units!r} is not valid; choose sym (the reference's [-1, 1] scale) or pixel"
+        )
     return value * EPS_UNITS[units]
 
 
@@ -64,8 +66,9 @@ def logit_direction_distance(z_clean: torch.Tensor, z_adv: torch.Tensor) -> torc
     return (l2_normalise(z_clean.float()) - l2_normalise(z_adv.float())).pow(2).sum()
 
 
-def ebjdat_objective(logits_adv: torch.Tensor, y: torch.Tensor, z_clean: torch.Tensor,
-                     energy_sign: float = 1.0) -> torch.Tensor:
+def ebjdat_objective(
+    logits_adv: torch.Tensor, y: torch.Tensor, z_clean: torch.Tensor, energy_sign: float = 1.0
+) -> torch.Tensor:
     """The quantity each step ascends: s * sum of class logits + the logit-direction distance."""
     logits_adv = logits_adv.float()
     class_logit = logits_adv.gather(1, y.view(-1, 1)).sum()
@@ -98,19 +101,35 @@ def ebjdat_attack(
     if steps < 0:
         raise BenchError(f"attack steps must be >= 0, got {steps}")
     if impl not in ATTACK_IMPLS:
-        raise BenchError(f"attack impl {impl!r} is not valid; choose one of: {', '.join(ATTACK_IMPLS)}")
+        raise BenchError(
+            f"attack impl {impl!r} is not valid; choose one of: {', '.join(ATTACK_IMPLS)}"
+        )
     with region("attack"):
-        return ATTACK_IMPLS[impl](model, x, y, eps_s=to_sym_units(eps, eps_units),
-                                  alpha_s=to_sym_units(alpha, eps_units), steps=steps, project=project,
-                                  energy_sign=energy_sign, mode=mode)
+        return ATTACK_IMPLS[impl](
+            model,
+            x,
+            y,
+            eps_s=to_sym_units(eps, eps_units),
+            alpha_s=to_sym_units(alpha, eps_units),
+            steps=steps,
+            project=project,
+            energy_sign=energy_sign,
+            mode=mode,
+        )
 
 
-def _attack_batched(model, x, y, *, eps_s, alpha_s, steps, project, energy_sign, mode) -> torch.Tensor:
-    xs = to_sym(as_iterate(x))  # fp32 iterates; only the model's forwards run under the caller's autocast
+def _attack_batched(
+    model, x, y, *, eps_s, alpha_s, steps, project, energy_sign, mode
+) -> torch.Tensor:
+    xs = to_sym(
+        as_iterate(x)
+    )  # fp32 iterates; only the model's forwards run under the caller's autocast
     with model_mode(model, mode), torch.enable_grad():
         with torch.no_grad():
             z_clean = model(from_sym(xs)).float()
-        start = torch.empty_like(xs, memory_format=torch.contiguous_format).uniform_(-eps_s, eps_s)  # as on NCHW
+        start = torch.empty_like(xs, memory_format=torch.contiguous_format).uniform_(
+            -eps_s, eps_s
+        )  # as on NCHW
         xa = (xs + start).clamp_(-1.0, 1.0)
         for _ in range(steps):
             xa.requires_grad_(True)
@@ -122,17 +141,22 @@ def _attack_batched(model, x, y, *, eps_s, alpha_s, steps, project, energy_sign,
     return from_sym(xa.detach())
 
 
-def _attack_reference_loop(model, x, y, *, eps_s, alpha_s, steps, project, energy_sign, mode,
-                           chunk: int = 2) -> torch.Tensor:
+def _attack_reference_loop(
+    model, x, y, *, eps_s, alpha_s, steps, project, energy_sign, mode, chunk: int = 2
+) -> torch.Tensor:
     """The published schedule: 2-image chunks in sequence, clean logits recomputed each step."""
     out = []
     with model_mode(model, mode), torch.enable_grad():
         for xc, yc in zip(to_sym(as_iterate(x)).split(chunk), y.split(chunk)):
-            start = torch.empty_like(xc, memory_format=torch.contiguous_format).uniform_(-eps_s, eps_s)
+            start = torch.empty_like(xc, memory_format=torch.contiguous_format).uniform_(
+                -eps_s, eps_s
+            )
             xa = (xc + start).clamp_(-1.0, 1.0)
             for _ in range(steps):
                 xa.requires_grad_(True)
-                z_clean = model(from_sym(xc)).float()  # recomputed every step, as the reference does
+                z_clean = model(
+                    from_sym(xc)
+                ).float()  # recomputed every step, as the reference does
                 g = input_grad(ebjdat_objective(model(from_sym(xa)), yc, z_clean, energy_sign), xa)
                 xa = xa.detach() + alpha_s * g.sign()
                 if project:

@@ -15,14 +15,14 @@ gradient at the start is too small for bf16 to resolve (see :func:`bench.attacks
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.timing import region
+from bench.core.timing import region
 
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, y) -> scalar to ascend
 
@@ -49,7 +49,9 @@ def full_precision(x: torch.Tensor):
     return torch.autocast(device_type=x.device.type, enabled=False)
 
 
-def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
+def project_linf(
+    x_adv: torch.Tensor, x: torch.Tensor, eps: float, lo: float = 0.0, hi: float = 1.0
+) -> torch.Tensor:
     """Project onto the eps-ball around ``x`` and the valid range [lo, hi]."""
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(lo, hi)
 
@@ -103,7 +105,9 @@ def pgd_linf(
             if start is not None:
                 x_adv = start(x).detach()
             elif random_start:
-                delta = torch.empty_like(x, memory_format=torch.contiguous_format).uniform_(-eps, eps)
+                delta = torch.empty_like(x, memory_format=torch.contiguous_format).uniform_(
+                    -eps, eps
+                )
                 x_adv = (x + delta).clamp_(lo, hi)
             else:
                 x_adv = x.clone()

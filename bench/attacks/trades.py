@@ -53,11 +53,23 @@ def trades_attack(
 ) -> torch.Tensor:
     """Return the TRADES adversarial batch for clean images ``x`` in [0, 1] (detached, fp32)."""
     x = as_iterate(x)
-    with model_mode(model, mode), torch.no_grad(), full_precision(x):  # the first step's target, in fp32
+    with (
+        model_mode(model, mode),
+        torch.no_grad(),
+        full_precision(x),
+    ):  # the first step's target, in fp32
         p_clean = F.softmax(model(x).float(), dim=1)
     x_adv = pgd_linf(
-        model, x, None, eps=eps, alpha=alpha, steps=steps, objective=kl_objective(p_clean), mode=mode,
-        start=lambda c: c + start_std * torch.randn_like(c, memory_format=torch.contiguous_format), fp32_steps=1,
+        model,
+        x,
+        None,
+        eps=eps,
+        alpha=alpha,
+        steps=steps,
+        objective=kl_objective(p_clean),
+        mode=mode,
+        start=lambda c: c + start_std * torch.randn_like(c, memory_format=torch.contiguous_format),
+        fp32_steps=1,
     )
     if steps == 0:  # the reference's final clamp (after >= 1 step it is a no-op)
         x_adv = x_adv.clamp(0.0, 1.0)

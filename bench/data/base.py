@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from bench.registry import Registry
+from bench.core.registry import Registry
 
 DATASETS: Registry = Registry("dataset", group="trilemma_bench.datasets", packages=("bench.data",))
 register_dataset = DATASETS.register
@@ -27,7 +27,8 @@ class ImageData:
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
     info: dict = field(default_factory=dict)
-    cache_dir: str = ""  # where what is derived from these images is cached (class-Gaussian fits); "" = none set
+    # where what is derived from these images is cached (class-Gaussian fits); "" = none set
+    cache_dir: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -64,46 +65,69 @@ def _check_size(data: ImageData, size: int) -> None:
     """``data.image_size`` > 0 asks for size x size images: only folder:PATH datasets resize to it."""
     h, w = data.image_shape[1:]
     if size and (h, w) != (size, size):
-        from bench.errors import BenchError
+        from bench.core.errors import BenchError
 
-        raise BenchError(f"data.image_size={size}, but dataset {data.name} has {h}x{w} images and only folder:PATH "
-                         "datasets are resized; --set data.image_size=0 (the dataset's own size)")
+        raise BenchError(
+            f"data.image_size={size}, but dataset {data.name} has {h}x{w} images and only folder:PATH "
+            "datasets are resized; --set data.image_size=0 (the dataset's own size)"
+        )
 
 
 def load_run_data(cfg) -> ImageData:
     """A run's data (``cfg`` a RunConfig): its dataset with the seeded validation split and subset
     applied; what is derived from it is cached under ``<data.data_dir>/cache``."""
-    data = split_validation(load_dataset(cfg.data), cfg.data.val_size, cfg.seed, cfg.data.train_subset)
+    data = split_validation(
+        load_dataset(cfg.data), cfg.data.val_size, cfg.seed, cfg.data.train_subset
+    )
     data.cache_dir = str(Path(cfg.data.data_dir) / "cache")
     return data
 
 
 def _check(data: ImageData) -> None:
     """Refuse, in one line, a dataset no classifier can be trained and tested on."""
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
 
     for split in ("train", "test"):
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
-        if not (isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.ndim == 4 and x.shape[1] in (1, 3)):
-            raise BenchError(f"dataset {data.name}: {split} images must be uint8 (N, 3, H, W) (or 1 channel), got "
-                             f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
-        if not (isinstance(y, torch.Tensor) and y.dtype == torch.int64 and y.shape == (x.shape[0],)):
-            raise BenchError(f"dataset {data.name}: {split} labels must be int64 (N,), one per image")
+        if not (
+            isinstance(x, torch.Tensor)
+            and x.dtype == torch.uint8
+            and x.ndim == 4
+            and x.shape[1] in (1, 3)
+        ):
+            raise BenchError(
+                f"dataset {data.name}: {split} images must be uint8 (N, 3, H, W) (or 1 channel), got "
+                f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}"
+            )
+        if not (
+            isinstance(y, torch.Tensor) and y.dtype == torch.int64 and y.shape == (x.shape[0],)
+        ):
+            raise BenchError(
+                f"dataset {data.name}: {split} labels must be int64 (N,), one per image"
+            )
         if x.shape[0] == 0:
             raise BenchError(f"dataset {data.name} has no {split} images; a run needs both splits")
     if data.x_train.shape[1:] != data.x_test.shape[1:]:
-        raise BenchError(f"dataset {data.name}: train images are {tuple(data.x_train.shape[1:])} but test images "
-                         f"{tuple(data.x_test.shape[1:])}; both splits need one image size")
+        raise BenchError(
+            f"dataset {data.name}: train images are {tuple(data.x_train.shape[1:])} but test images "
+            f"{tuple(data.x_test.shape[1:])}; both splits need one image size"
+        )
     if len(data.classes) < 2:
-        raise BenchError(f"dataset {data.name} has {len(data.classes)} class; a classifier needs at least 2 (every "
-                         "accuracy would be 100%)")
+        raise BenchError(
+            f"dataset {data.name} has {len(data.classes)} class; a classifier needs at least 2 (every "
+            "accuracy would be 100%)"
+        )
     counts = torch.bincount(data.y_train, minlength=len(data.classes))
     empty = [data.classes[i] for i in range(len(data.classes)) if counts[i] == 0]
     if empty:
-        shown = ", ".join(map(repr, empty[:5])) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
-        raise BenchError(f"dataset {data.name}: class{'es' if len(empty) > 1 else ''} {shown} "
-                         f"{'have' if len(empty) > 1 else 'has'} no training images; drop them from 'classes' "
-                         "or add images")
+        shown = ", ".join(map(repr, empty[:5])) + (
+            f" and {len(empty) - 5} more" if len(empty) > 5 else ""
+        )
+        raise BenchError(
+            f"dataset {data.name}: class{'es' if len(empty) > 1 else ''} {shown} "
+            f"{'have' if len(empty) > 1 else 'has'} no training images; drop them from 'classes' "
+            "or add images"
+        )
 
 
 def split_validation(data: ImageData, val_size: int, seed: int, train_subset: int = 0) -> ImageData:
@@ -113,7 +137,7 @@ def split_validation(data: ImageData, val_size: int, seed: int, train_subset: in
     """
     n = data.x_train.shape[0]
     if val_size < 0 or val_size >= n:
-        from bench.errors import BenchError
+        from bench.core.errors import BenchError
 
         raise BenchError(f"data.val_size={val_size} must lie in [0, {n - 1}] for {data.name}")
     g = torch.Generator().manual_seed(10_007 + seed)

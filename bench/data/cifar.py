@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.core.errors import BenchError
 from bench.data.base import ImageData, register_dataset
-from bench.errors import BenchError
 
 _ARCHIVES = {
     "cifar10": ("CIFAR10", "cifar-10-python.tar.gz", "cifar-10-batches-py"),

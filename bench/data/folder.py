@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.core.errors import BenchError, DiskFull
 from bench.data.base import DATASETS, ImageData
-from bench.errors import BenchError, DiskFull
 
 SIZES = (32, 64)  # the image sizes data.image_size may ask a folder dataset for
 DEFAULT_SIZE = 32  # data.image_size=0
@@ -44,7 +44,9 @@ class _Split:
 
 
 def _visible(p: Path) -> bool:
-    return not p.name.startswith(".")  # hidden files and folders (.DS_Store, ._x.jpg, .trilemma-cache) are skipped
+    return not p.name.startswith(
+        "."
+    )  # hidden files and folders (.DS_Store, ._x.jpg, .trilemma-cache) are skipped
 
 
 def _is_image(p: Path) -> bool:
@@ -65,7 +67,9 @@ def _images_in(folder: Path) -> list[Path]:
             seen.add((st.st_dev, st.st_ino))
             entries = list(os.scandir(d))
         except OSError as exc:
-            raise BenchError(f"cannot read the folder {d} ({exc.strerror or type(exc).__name__}); fix its permissions")
+            raise BenchError(
+                f"cannot read the folder {d} ({exc.strerror or type(exc).__name__}); fix its permissions"
+            )
         for e in entries:
             p = Path(e.path)
             if not _visible(p):
@@ -83,8 +87,14 @@ def _class_dirs(folder: Path) -> list[Path]:
 
 def _no_class_folders(folder: Path, rel: str) -> BenchError:
     flat = any(_is_image(p) for p in folder.iterdir())
-    hint = " (it holds images directly: sort them into one folder per class first, docs/data.md)" if flat else ""
-    return BenchError(f"{folder} holds no class folders{hint}; put each class's images in {rel}/<class>/")
+    hint = (
+        " (it holds images directly: sort them into one folder per class first, docs/data.md)"
+        if flat
+        else ""
+    )
+    return BenchError(
+        f"{folder} holds no class folders{hint}; put each class's images in {rel}/<class>/"
+    )
 
 
 def _class_split(folder: Path, classes: list[str], rel: str) -> _Split:
@@ -96,11 +106,15 @@ def _class_split(folder: Path, classes: list[str], rel: str) -> _Split:
     split = _Split()
     for d in dirs:
         if d.name not in index:
-            raise BenchError(f"{d} is not one of the classes (no train/{d.name}/ folder); remove it or add "
-                             f"training images in train/{d.name}/")
+            raise BenchError(
+                f"{d} is not one of the classes (no train/{d.name}/ folder); remove it or add "
+                f"training images in train/{d.name}/"
+            )
         files = _images_in(d)
         if not files:
-            raise BenchError(f"class folder {d} holds no images ({_EXT_TEXT}); add images or remove the folder")
+            raise BenchError(
+                f"class folder {d} holds no images ({_EXT_TEXT}); add images or remove the folder"
+            )
         split.files += files
         split.labels += [index[d.name]] * len(files)
     return split
@@ -115,26 +129,36 @@ def _annotated_split(folder: Path, annotations: Path, classes: list[str]) -> _Sp
     try:
         lines = annotations.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise BenchError(f"cannot read {annotations} ({type(exc).__name__}); it must be text: file name<TAB>class...")
+        raise BenchError(
+            f"cannot read {annotations} ({type(exc).__name__}); it must be text: file name<TAB>class..."
+        )
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         parts = line.split("\t") if "\t" in line else line.split()
         if len(parts) < 2:
-            raise BenchError(f"{annotations} line {n}: expected 'file name<TAB>class[<TAB>box...]', got {line.strip()!r}")
+            raise BenchError(
+                f"{annotations} line {n}: expected 'file name<TAB>class[<TAB>box...]', got {line.strip()!r}"
+            )
         name, cls = parts[0].strip(), parts[1].strip()
         if cls not in index:
-            raise BenchError(f"{annotations} line {n}: class {cls!r} is not one of the classes (no train/{cls}/ "
-                             "folder); remove the line or add training images")
+            raise BenchError(
+                f"{annotations} line {n}: class {cls!r} is not one of the classes (no train/{cls}/ "
+                "folder); remove the line or add training images"
+            )
         if name not in present:
-            raise BenchError(f"{annotations} line {n} names {name}, which is not an image in {images_dir}")
+            raise BenchError(
+                f"{annotations} line {n} names {name}, which is not an image in {images_dir}"
+            )
         labelled[name] = index[cls]
     if not labelled:
         raise BenchError(f"{annotations} labels no images; a test split needs at least one")
     unlabelled = sorted(set(present) - set(labelled))
     if unlabelled:
-        raise BenchError(f"{images_dir / unlabelled[0]} has no line in {annotations} ({len(unlabelled)} image(s) "
-                         "without one); add the lines or remove the images")
+        raise BenchError(
+            f"{images_dir / unlabelled[0]} has no line in {annotations} ({len(unlabelled)} image(s) "
+            "without one); add the lines or remove the images"
+        )
     names = sorted(labelled)
     return _Split([present[n] for n in names], [labelled[n] for n in names])
 
@@ -143,30 +167,53 @@ def scan(root: Path) -> tuple[str, list[str], _Split, _Split, str, list[Path]]:
     """Check the layout of ``root`` and list its images: (layout, classes, train, test, test folder
     name, extra files that decide labels)."""
     if not root.exists():
-        raise BenchError(f"folder dataset {str(root)!r} not found; pass an existing folder as --dataset folder:PATH "
-                         "(with train/<class>/ and val/<class>/ inside)")
+        raise BenchError(
+            f"folder dataset {str(root)!r} not found; pass an existing folder as --dataset folder:PATH "
+            "(with train/<class>/ and val/<class>/ inside)"
+        )
     if not root.is_dir():
-        raise BenchError(f"folder dataset {str(root)!r} is not a folder; for an .npz file use --dataset npz:PATH")
+        raise BenchError(
+            f"folder dataset {str(root)!r} is not a folder; for an .npz file use --dataset npz:PATH"
+        )
     train = root / "train"
     if not train.is_dir():
-        raise BenchError(f"folder dataset {str(root)!r} has no train/ folder; put each class's training images in "
-                         f"{root}/train/<class>/ (docs/data.md)")
+        raise BenchError(
+            f"folder dataset {str(root)!r} has no train/ folder; put each class's training images in "
+            f"{root}/train/<class>/ (docs/data.md)"
+        )
     classes = [d.name for d in _class_dirs(train)]
     if not classes:
         raise _no_class_folders(train, "train")
     if len(classes) < 2:
-        raise BenchError(f"{train} holds 1 class folder ({classes[0]}/); a classifier needs at least 2: add another "
-                         "train/<class>/ folder")
+        raise BenchError(
+            f"{train} holds 1 class folder ({classes[0]}/); a classifier needs at least 2: add another "
+            "train/<class>/ folder"
+        )
     train_split = _class_split(train, classes, "train")
     test_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
     if test_dir is None:
-        raise BenchError(f"folder dataset {str(root)!r} has no val/ (or test/) folder; put the held-out images in "
-                         f"{root}/val/<class>/ (or Tiny-ImageNet's val/images/ and val/val_annotations.txt)")
+        raise BenchError(
+            f"folder dataset {str(root)!r} has no val/ (or test/) folder; put the held-out images in "
+            f"{root}/val/<class>/ (or Tiny-ImageNet's val/images/ and val/val_annotations.txt)"
+        )
     annotations = test_dir / f"{test_dir.name}_annotations.txt"
     if annotations.is_file() and (test_dir / "images").is_dir():
-        return ("tiny-imagenet", classes, train_split, _annotated_split(test_dir, annotations, classes),
-                test_dir.name, [annotations])
-    return "imagenet", classes, train_split, _class_split(test_dir, classes, test_dir.name), test_dir.name, []
+        return (
+            "tiny-imagenet",
+            classes,
+            train_split,
+            _annotated_split(test_dir, annotations, classes),
+            test_dir.name,
+            [annotations],
+        )
+    return (
+        "imagenet",
+        classes,
+        train_split,
+        _class_split(test_dir, classes, test_dir.name),
+        test_dir.name,
+        [],
+    )
 
 
 def listing_key(root: Path, files: list[Path], size: int, layout: str) -> str:
@@ -177,7 +224,9 @@ def listing_key(root: Path, files: list[Path], size: int, layout: str) -> str:
         try:
             st = f.stat()
         except OSError as exc:
-            raise BenchError(f"cannot read {f} ({exc.strerror or type(exc).__name__}); fix or remove it")
+            raise BenchError(
+                f"cannot read {f} ({exc.strerror or type(exc).__name__}); fix or remove it"
+            )
         rows.append(f"{f.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n")
     for row in sorted(rows):
         h.update(row.encode())
@@ -192,20 +241,30 @@ def decode(path: Path, size: int) -> np.ndarray:
     try:
         with Image.open(path) as img:
             drafted = img.draft(None, (2 * size, 2 * size))  # JPEG only; None for other formats
-            w, h = (drafted[1][2], drafted[1][3]) if drafted else img.size  # the content's extent after the draft
+            w, h = (
+                (drafted[1][2], drafted[1][3]) if drafted else img.size
+            )  # the content's extent after the draft
             if img.mode == "P" and "transparency" in img.info:
-                img = img.convert("RGBA")  # (a palette with transparency converts to RGB through RGBA)
+                img = img.convert(
+                    "RGBA"
+                )  # (a palette with transparency converts to RGB through RGBA)
             img = img.convert("RGB")
             side = min(w, h)
             box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
             img = img.resize((size, size), Image.Resampling.BICUBIC, box=box)
             arr = np.asarray(img, dtype=np.uint8)
     except Exception as exc:
-        detail = " ".join(str(exc).replace(repr(str(path)), "").replace(str(path), "").split()).strip(" :")[:80]
-        raise BenchError(f"cannot read image {path} ({type(exc).__name__}{': ' + detail if detail else ''}); "
-                         "remove or replace the file") from None
+        detail = " ".join(
+            str(exc).replace(repr(str(path)), "").replace(str(path), "").split()
+        ).strip(" :")[:80]
+        raise BenchError(
+            f"cannot read image {path} ({type(exc).__name__}{': ' + detail if detail else ''}); "
+            "remove or replace the file"
+        ) from None
     if arr.shape != (size, size, 3):
-        raise BenchError(f"cannot read image {path} (decoded as {arr.shape}); remove or replace the file")
+        raise BenchError(
+            f"cannot read image {path} (decoded as {arr.shape}); remove or replace the file"
+        )
     return arr.transpose(2, 0, 1)
 
 
@@ -225,11 +284,15 @@ def decode_all(files: list[Path], size: int, desc: str) -> np.ndarray:
     from tqdm.auto import tqdm
 
     out = np.empty((len(files), 3, size, size), dtype=np.uint8)
-    bar = tqdm(total=len(files), desc=desc, unit="img", disable=None, dynamic_ncols=True)  # None: off unless a TTY
+    bar = tqdm(
+        total=len(files), desc=desc, unit="img", disable=None, dynamic_ncols=True
+    )  # None: off unless a TTY
     workers = _workers() if len(files) >= 64 else 1
     pool = ThreadPoolExecutor(workers) if workers > 1 else None
     try:
-        results = pool.map(lambda f: decode(f, size), files) if pool else (decode(f, size) for f in files)
+        results = (
+            pool.map(lambda f: decode(f, size), files) if pool else (decode(f, size) for f in files)
+        )
         for i, arr in enumerate(results):
             out[i] = arr
             bar.update(1)
@@ -247,7 +310,9 @@ def _cache_dirs(root: Path, data_dir: str | Path) -> list[Path]:
     return [root / CACHE_DIR, Path(data_dir).expanduser() / "cache"]
 
 
-def read_cache(path: Path, expect: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray] | None:
+def read_cache(
+    path: Path, expect: dict[str, np.ndarray], size: int
+) -> dict[str, np.ndarray] | None:
     """The cached arrays when ``path`` holds what this listing decodes to, else None (missing, corrupt,
     or of other images: it is rebuilt)."""
     if not path.is_file():
@@ -270,23 +335,29 @@ def read_cache(path: Path, expect: dict[str, np.ndarray], size: int) -> dict[str
 
 def write_cache(dirs: list[Path], name: str, arrays: dict[str, np.ndarray]) -> Path | None:
     """Write the cache into the first folder of ``dirs`` that takes it (atomically); None when none does."""
-    from bench.io import _atomic
+    from bench.core.io import _atomic
 
     errors = []
     for i, d in enumerate(dirs):
         path = d / name
         try:
-            _atomic(path, lambda fh: np.savez(fh, **arrays))  # uncompressed: decoded pixels barely compress
+            _atomic(
+                path, lambda fh: np.savez(fh, **arrays)
+            )  # uncompressed: decoded pixels barely compress
         except (OSError, DiskFull) as exc:
             errors.append(f"{d}: {getattr(exc, 'strerror', None) or type(exc).__name__}")
             continue
-        if i == 0:  # beside the data the folder is this dataset's own: drop caches of earlier file states
+        if (
+            i == 0
+        ):  # beside the data the folder is this dataset's own: drop caches of earlier file states
             for old in d.glob(f"{name.rsplit('-', 1)[0]}-*.npz"):
                 if old.name != name:
                     old.unlink(missing_ok=True)
         return path
-    print(f"warning: cannot cache the decoded images ({'; '.join(errors)}); they will be decoded again next time",
-          file=sys.stderr)
+    print(
+        f"warning: cannot cache the decoded images ({'; '.join(errors)}); they will be decoded again next time",
+        file=sys.stderr,
+    )
     return None
 
 
@@ -296,14 +367,19 @@ def folder_dataset(path, cfg) -> ImageData:
     requested = int(getattr(cfg, "image_size", 0) or 0)
     size = requested or DEFAULT_SIZE
     if size not in SIZES:
-        raise BenchError(f"data.image_size={requested}: folder datasets are resized to 32 or 64 pixels "
-                         "(0 = 32); --set data.image_size=32 or --set data.image_size=64")
+        raise BenchError(
+            f"data.image_size={requested}: folder datasets are resized to 32 or 64 pixels "
+            "(0 = 32); --set data.image_size=32 or --set data.image_size=64"
+        )
     root = Path(str(path)).expanduser()
     layout, classes, train, test, test_name, extra = scan(root)
     key = listing_key(root, [*train.files, *test.files, *extra], size, layout)
     name = f"folder-{size}-{key}.npz"
-    expect = {"y_train": np.asarray(train.labels, np.int64), "y_test": np.asarray(test.labels, np.int64),
-              "classes": np.asarray(classes, dtype=str)}
+    expect = {
+        "y_train": np.asarray(train.labels, np.int64),
+        "y_test": np.asarray(test.labels, np.int64),
+        "classes": np.asarray(classes, dtype=str),
+    }
     dirs = _cache_dirs(root, getattr(cfg, "data_dir", "data"))
     arrays, cache = None, None
     for d in dirs:
@@ -313,8 +389,11 @@ def folder_dataset(path, cfg) -> ImageData:
             break
     if arrays is None:
         label = root.resolve().name
-        arrays = {"x_train": decode_all(train.files, size, f"decoding {label} train/"),
-                  "x_test": decode_all(test.files, size, f"decoding {label} {test_name}/"), **expect}
+        arrays = {
+            "x_train": decode_all(train.files, size, f"decoding {label} train/"),
+            "x_test": decode_all(test.files, size, f"decoding {label} {test_name}/"),
+            **expect,
+        }
         cache = write_cache(dirs, name, arrays)
     info = {"layout": layout, "image_size": size, "test_split": f"{test_name}/"}
     if cache is not None:

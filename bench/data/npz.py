@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.core.errors import BenchError
 from bench.data.base import DATASETS, ImageData
-from bench.errors import BenchError
 
 TEST_FRACTION = 0.2
 
@@ -27,7 +27,9 @@ def _nchw(x: np.ndarray, path: str, key: str) -> torch.Tensor:
 
 def _labels(y: np.ndarray, n: int, path: str, key: str) -> torch.Tensor:
     if y.ndim != 1 or y.shape[0] != n or not np.issubdtype(y.dtype, np.integer):
-        raise BenchError(f"{path}: array {key!r} must hold {n} integer labels, got {y.dtype} {y.shape}")
+        raise BenchError(
+            f"{path}: array {key!r} must hold {n} integer labels, got {y.dtype} {y.shape}"
+        )
     return torch.from_numpy(y.astype(np.int64))
 
 
@@ -36,14 +38,20 @@ def npz_dataset(path, cfg) -> ImageData:
     path = str(path)
     p = Path(path).expanduser()
     if not p.is_file():
-        raise BenchError(f"npz dataset {path!r} not found; pass an existing file as --dataset npz:PATH")
+        raise BenchError(
+            f"npz dataset {path!r} not found; pass an existing file as --dataset npz:PATH"
+        )
     try:
         z = np.load(p, allow_pickle=False)
         arrays = {k: z[k] for k in z.files}
     except Exception as exc:
-        raise BenchError(f"cannot read {path!r} as .npz ({type(exc).__name__}); it must hold arrays x and y")
+        raise BenchError(
+            f"cannot read {path!r} as .npz ({type(exc).__name__}); it must hold arrays x and y"
+        )
     if "x" not in arrays or "y" not in arrays:
-        raise BenchError(f"{path!r} must hold arrays 'x' (uint8 NHWC) and 'y' (labels); it has {sorted(arrays)}")
+        raise BenchError(
+            f"{path!r} must hold arrays 'x' (uint8 NHWC) and 'y' (labels); it has {sorted(arrays)}"
+        )
     x = _nchw(arrays["x"], path, "x")
     y = _labels(arrays["y"], x.shape[0], path, "y")
     if x.shape[0] == 0:

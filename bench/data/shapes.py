@@ -17,7 +17,18 @@ import torch
 
 from bench.data.base import ImageData, register_dataset
 
-CLASSES = ["disk", "ring", "square", "triangle", "cross", "star", "crescent", "bar", "pair", "corner"]
+CLASSES = [
+    "disk",
+    "ring",
+    "square",
+    "triangle",
+    "cross",
+    "star",
+    "crescent",
+    "bar",
+    "pair",
+    "corner",
+]
 VERSION = 1
 SIZE = 32
 SUPERSAMPLE = 2
@@ -121,7 +132,9 @@ def cache_path(data_dir: str | Path) -> Path:
     return Path(data_dir) / f"shapes10-v{VERSION}.npz"
 
 
-def load_arrays(data_dir: str | Path, n_train: int = 10_000, n_test: int = 2_000) -> dict[str, np.ndarray]:
+def load_arrays(
+    data_dir: str | Path, n_train: int = 10_000, n_test: int = 2_000
+) -> dict[str, np.ndarray]:
     """Generate (once) and cache the dataset; the cache is written atomically."""
     path = cache_path(data_dir)
     if path.is_file():

@@ -37,8 +37,8 @@ def augment_batch(
         xp = F.pad(x, (crop_pad,) * 4, mode=mode)
         oy = torch.randint(0, 2 * crop_pad + 1, (n,), device=dev, generator=generator)
         ox = torch.randint(0, 2 * crop_pad + 1, (n,), device=dev, generator=generator)
-        rows = (oy[:, None] + torch.arange(h, device=dev)[None, :])  # (n, h)
-        cols = (ox[:, None] + torch.arange(w, device=dev)[None, :])  # (n, w)
+        rows = oy[:, None] + torch.arange(h, device=dev)[None, :]  # (n, h)
+        cols = ox[:, None] + torch.arange(w, device=dev)[None, :]  # (n, w)
         xp = torch.gather(xp, 2, rows[:, None, :, None].expand(n, c, h, xp.shape[3]))
         x = torch.gather(xp, 3, cols[:, None, None, :].expand(n, c, h, w))
     if flip:
@@ -53,10 +53,12 @@ def augment_batch(
 def check_batch_fits(batch_size: int, world: int, n: int, setting: str = "data.batch_size") -> None:
     """One clear error when ``world`` processes' batches of ``batch_size`` exceed ``n`` images."""
     if batch_size * world > n:
-        from bench.errors import BenchError
+        from bench.core.errors import BenchError
 
-        raise BenchError(f"{setting}={batch_size} x {world} process(es) exceeds the {n} training images; "
-                         f"lower it with --set {setting}=N")
+        raise BenchError(
+            f"{setting}={batch_size} x {world} process(es) exceeds the {n} training images; "
+            f"lower it with --set {setting}=N"
+        )
 
 
 CROP_PAD = 4  # pixels of padding before the random crop of data.augment
@@ -66,11 +68,13 @@ def check_augment_fits(image_shape: tuple[int, ...], augment: bool, pad_mode: st
     """Reflect padding needs images larger than the padding: one clear error instead of F.pad's."""
     h, w = image_shape[-2:]
     if augment and pad_mode == "reflect" and min(h, w) <= CROP_PAD:
-        from bench.errors import BenchError
+        from bench.core.errors import BenchError
 
-        raise BenchError(f"data.augment pads images by {CROP_PAD} pixels with pad_mode=reflect, which needs images "
-                         f"larger than {CROP_PAD} pixels; these are {h}x{w}: --set data.pad_mode=zeros or "
-                         "--set data.augment=false")
+        raise BenchError(
+            f"data.augment pads images by {CROP_PAD} pixels with pad_mode=reflect, which needs images "
+            f"larger than {CROP_PAD} pixels; these are {h}x{w}: --set data.pad_mode=zeros or "
+            "--set data.augment=false"
+        )
 
 
 class BatchStream:
@@ -108,7 +112,9 @@ class BatchStream:
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch != self._perm_epoch:
-            g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.stream * 7_919 + epoch) % (2**63))
+            g = torch.Generator().manual_seed(
+                (self.seed * 1_000_003 + self.stream * 7_919 + epoch) % (2**63)
+            )
             self._perm = torch.randperm(self.x.shape[0], generator=g).to(self.device)
             self._perm_epoch = epoch
         assert self._perm is not None

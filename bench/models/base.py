@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from bench.registry import Registry
+from bench.core.registry import Registry
 
 ARCHS: Registry = Registry("architecture", group="trilemma_bench.archs", packages=("bench.models",))
 register_arch = ARCHS.register
@@ -91,8 +91,14 @@ def build_model(model_cfg, num_classes: int) -> EnergyClassifier:
     )
 
 
-def preact_trunk_features(stages, norm: nn.Module, act: nn.Module, head: nn.Module, h: torch.Tensor,
-                          dropout: nn.Module | None = None) -> dict[str, torch.Tensor]:
+def preact_trunk_features(
+    stages,
+    norm: nn.Module,
+    act: nn.Module,
+    head: nn.Module,
+    h: torch.Tensor,
+    dropout: nn.Module | None = None,
+) -> dict[str, torch.Tensor]:
     """The feature maps of a pre-activation network (WRN, PreAct ResNet): each stage's output, then
     the final norm and activation, global average pooling (``penultimate``) and the linear head."""
     maps = {}

@@ -28,7 +28,11 @@ class PreActBlock(nn.Module):
         self.bn2 = make_norm(norm, cout, momentum)
         self.act2 = make_act(act)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=bias)
-        self.shortcut = nn.Conv2d(cin, cout, 1, stride=stride, bias=bias) if stride != 1 or cin != cout else None
+        self.shortcut = (
+            nn.Conv2d(cin, cout, 1, stride=stride, bias=bias)
+            if stride != 1 or cin != cout
+            else None
+        )
 
     def forward(self, x):
         out = self.act1(self.bn1(x))
@@ -38,8 +42,18 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet(EnergyClassifier):
-    def __init__(self, blocks=(2, 2, 2, 2), widths=(64, 128, 256, 512), num_classes=10, norm="batch",
-                 bn_momentum=0.1, activation="relu", dropout=0.0, mean=(0.5,) * 3, std=(0.5,) * 3):
+    def __init__(
+        self,
+        blocks=(2, 2, 2, 2),
+        widths=(64, 128, 256, 512),
+        num_classes=10,
+        norm="batch",
+        bn_momentum=0.1,
+        activation="relu",
+        dropout=0.0,
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+    ):
         super().__init__(num_classes, mean, std)
         # the first layer is an affine convolution (PYLD relies on it); the first block's norm follows it
         self.first_layer = nn.Conv2d(3, widths[0], 3, padding=1, bias=norm == "none")
@@ -47,7 +61,11 @@ class PreActResNet(EnergyClassifier):
         for i, (n, cout) in enumerate(zip(blocks, widths)):
             layers = []
             for j in range(n):
-                layers.append(PreActBlock(cin, cout, 2 if i > 0 and j == 0 else 1, norm, bn_momentum, activation))
+                layers.append(
+                    PreActBlock(
+                        cin, cout, 2 if i > 0 and j == 0 else 1, norm, bn_momentum, activation
+                    )
+                )
                 cin = cout
             stages.append(nn.Sequential(*layers))
         self.stages = nn.ModuleList(stages)

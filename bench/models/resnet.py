@@ -31,8 +31,17 @@ class BasicBlock(nn.Module):
 
 
 class SmallResNet(EnergyClassifier):
-    def __init__(self, widths=(16, 32, 64), num_classes=10, norm="batch", bn_momentum=0.1,
-                 activation="relu", dropout=0.0, mean=(0.5,) * 3, std=(0.5,) * 3):
+    def __init__(
+        self,
+        widths=(16, 32, 64),
+        num_classes=10,
+        norm="batch",
+        bn_momentum=0.1,
+        activation="relu",
+        dropout=0.0,
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+    ):
         super().__init__(num_classes, mean, std)
         # the first layer is an affine convolution (PYLD relies on it); the norm and
         # activation that follow it belong to the trunk

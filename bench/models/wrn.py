@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 from bench.models.base import ARCHS, EnergyClassifier, make_act, make_norm, preact_trunk_features
 
 
@@ -22,7 +22,9 @@ class WideBasic(nn.Module):
         self.act1, self.act2 = make_act(act), make_act(act)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.shortcut = (
-            nn.Conv2d(cin, cout, 1, stride=stride, bias=True) if stride != 1 or cin != cout else nn.Identity()
+            nn.Conv2d(cin, cout, 1, stride=stride, bias=True)
+            if stride != 1 or cin != cout
+            else nn.Identity()
         )
 
     def forward(self, x):
@@ -32,8 +34,18 @@ class WideBasic(nn.Module):
 
 
 class WideResNet(EnergyClassifier):
-    def __init__(self, depth=28, width=10, num_classes=10, norm="batch", bn_momentum=0.1,
-                 activation="leaky_relu", dropout=0.0, mean=(0.5,) * 3, std=(0.5,) * 3):
+    def __init__(
+        self,
+        depth=28,
+        width=10,
+        num_classes=10,
+        norm="batch",
+        bn_momentum=0.1,
+        activation="leaky_relu",
+        dropout=0.0,
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+    ):
         super().__init__(num_classes, mean, std)
         if (depth - 4) % 6 != 0 or depth < 10:
             raise BenchError(f"wrn-{depth}-{width}: depth must be 6n+4 (e.g. 16, 22, 28, 34, 40)")
@@ -41,10 +53,14 @@ class WideResNet(EnergyClassifier):
         widths = [16, 16 * width, 32 * width, 64 * width]
         self.first_layer = nn.Conv2d(3, widths[0], 3, padding=1, bias=True)
         stages, cin = [], widths[0]
-        for i, (cout, stride) in enumerate(zip(widths[1:], (1, 2, 2))):
+        for _i, (cout, stride) in enumerate(zip(widths[1:], (1, 2, 2))):
             blocks = []
             for j in range(n):
-                blocks.append(WideBasic(cin, cout, stride if j == 0 else 1, norm, bn_momentum, activation, dropout))
+                blocks.append(
+                    WideBasic(
+                        cin, cout, stride if j == 0 else 1, norm, bn_momentum, activation, dropout
+                    )
+                )
                 cin = cout
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)

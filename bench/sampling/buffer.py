@@ -18,14 +18,21 @@ from typing import Any
 
 import torch
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 from bench.sampling import gaussians as gaussians_mod
 
 INITS = ("uniform", "informative")
 
 
-def fresh_starts(n: int, image_shape: tuple[int, ...], num_classes: int, init: str, gaussians=None,
-                 y: torch.Tensor | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+def fresh_starts(
+    n: int,
+    image_shape: tuple[int, ...],
+    num_classes: int,
+    init: str,
+    gaussians=None,
+    y: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """``n`` fresh chain starts on the symmetric scale: U(-1, 1), or class-Gaussian draws for
     classes ``y`` (uniformly random classes when ``y`` is None)."""
     if init == "uniform":
@@ -36,15 +43,29 @@ def fresh_starts(n: int, image_shape: tuple[int, ...], num_classes: int, init: s
 
 
 class ReplayBuffer:
-    def __init__(self, size: int, image_shape: tuple[int, ...], num_classes: int, init: str = "uniform",
-                 reinit_freq: float = 0.05, conditional: bool = False, gaussians=None,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        size: int,
+        image_shape: tuple[int, ...],
+        num_classes: int,
+        init: str = "uniform",
+        reinit_freq: float = 0.05,
+        conditional: bool = False,
+        gaussians=None,
+        device: torch.device | str = "cpu",
+    ):
         if init not in INITS:
-            raise BenchError(f"replay buffer init {init!r} is not valid; choose uniform or informative")
+            raise BenchError(
+                f"replay buffer init {init!r} is not valid; choose uniform or informative"
+            )
         if init == "informative" and gaussians is None:
-            raise ValueError("an informative replay buffer needs class Gaussians (gaussians=ClassGaussians...)")
+            raise ValueError(
+                "an informative replay buffer needs class Gaussians (gaussians=ClassGaussians...)"
+            )
         if size < 1 or (conditional and size < num_classes):
-            raise BenchError(f"replay buffer size {size} is too small (at least 1, or one entry per class when conditional)")
+            raise BenchError(
+                f"replay buffer size {size} is too small (at least 1, or one entry per class when conditional)"
+            )
         if not 0.0 <= reinit_freq <= 1.0:
             raise BenchError(f"reinit_freq must lie in [0, 1], got {reinit_freq}")
         self.size, self.num_classes = int(size), int(num_classes)
@@ -58,17 +79,25 @@ class ReplayBuffer:
     # -- fresh starts --------------------------------------------------------------------------
     def fresh(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
         """``n`` fresh starts; classes ``y`` (informative init) or uniformly random classes."""
-        return fresh_starts(n, self.image_shape, self.num_classes, self.init, self.gaussians, y, self.device)
+        return fresh_starts(
+            n, self.image_shape, self.num_classes, self.init, self.gaussians, y, self.device
+        )
 
     def initial_fill(self) -> torch.Tensor:
         if self.init == "uniform":
             return self.fresh(self.size)
-        blocks = torch.arange(self.num_classes, device=self.device).repeat_interleave(self.per_class)
-        rest = torch.randint(0, self.num_classes, (self.size - blocks.shape[0],), device=self.device)
+        blocks = torch.arange(self.num_classes, device=self.device).repeat_interleave(
+            self.per_class
+        )
+        rest = torch.randint(
+            0, self.num_classes, (self.size - blocks.shape[0],), device=self.device
+        )
         return self.fresh(self.size, torch.cat([blocks, rest]))
 
     # -- draw / write --------------------------------------------------------------------------
-    def sample(self, batch_size: int, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(
+        self, batch_size: int, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x0, idx)``: ``batch_size`` entries drawn with replacement (fresh starts mixed in).
 
         ``y`` (labels, shape (batch_size,)) is required by a conditional buffer and refused by an
@@ -79,10 +108,14 @@ class ReplayBuffer:
                 raise ValueError("a class-conditional replay buffer draws for labels y; pass y")
             y = torch.as_tensor(y, device=self.device).long().view(-1)
             batch_size = y.shape[0]
-            idx = y * self.per_class + torch.randint(0, self.per_class, (batch_size,), device=self.device)
+            idx = y * self.per_class + torch.randint(
+                0, self.per_class, (batch_size,), device=self.device
+            )
         else:
             if y is not None:
-                raise ValueError("this replay buffer is unconditional; build it with conditional=True to draw x|y")
+                raise ValueError(
+                    "this replay buffer is unconditional; build it with conditional=True to draw x|y"
+                )
             idx = torch.randint(0, self.size, (batch_size,), device=self.device)
         x0 = self.x[idx]
         if self.reinit_freq > 0:
@@ -107,23 +140,39 @@ class ReplayBuffer:
         the same on any number of threads, and nothing is read back from the device."""
         idx = idx.to(self.device)
         pos = torch.arange(idx.shape[0], device=self.device)
-        last = torch.where(idx[:, None] == idx[None, :], pos[None, :], -1).amax(dim=1)  # last occurrence of each
+        last = torch.where(idx[:, None] == idx[None, :], pos[None, :], -1).amax(
+            dim=1
+        )  # last occurrence of each
         x = x.detach().to(self.device, self.x.dtype).reshape(-1, *self.image_shape)
         self.x[idx] = x[last]
 
     def class_of(self, idx: torch.Tensor) -> torch.Tensor:
         """The class block of each index of a conditional buffer."""
-        return torch.div(idx, self.per_class, rounding_mode="floor").clamp_(max=self.num_classes - 1)
+        return torch.div(idx, self.per_class, rounding_mode="floor").clamp_(
+            max=self.num_classes - 1
+        )
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"x": self.x.detach().cpu(), "size": self.size, "init": self.init, "reinit_freq": self.reinit_freq,
-                "conditional": self.conditional, "num_classes": self.num_classes, "image_shape": list(self.image_shape)}
+        return {
+            "x": self.x.detach().cpu(),
+            "size": self.size,
+            "init": self.init,
+            "reinit_freq": self.reinit_freq,
+            "conditional": self.conditional,
+            "num_classes": self.num_classes,
+            "image_shape": list(self.image_shape),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         x = state["x"]
-        if tuple(x.shape) != (self.size, *self.image_shape) or bool(state.get("conditional")) != self.conditional:
+        if (
+            tuple(x.shape) != (self.size, *self.image_shape)
+            or bool(state.get("conditional")) != self.conditional
+        ):
             raise BenchError(
                 f"saved replay buffer {tuple(x.shape)} (conditional={state.get('conditional')}) does not fit this "
-                f"sampler ({self.size}, {self.image_shape}, conditional={self.conditional}); keep the run's sampler settings")
+                f"sampler ({self.size}, {self.image_shape}, conditional={self.conditional}); "
+                "keep the run's sampler settings"
+            )
         self.x.copy_(x.to(self.device))

@@ -38,7 +38,9 @@ DIAG = 1e-4  # added to every covariance (the reference's 1e-4 * I)
 
 def default_cache_dir() -> Path:
     """``$TRILEMMA_BENCH_CACHE`` or ``~/.cache/trilemma-bench``, subfolder ``gaussians``."""
-    root = os.environ.get("TRILEMMA_BENCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "trilemma-bench")
+    root = os.environ.get("TRILEMMA_BENCH_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "trilemma-bench"
+    )
     return Path(root) / "gaussians"
 
 
@@ -59,8 +61,15 @@ def sync_free_default(device: torch.device) -> bool:
 class ClassGaussians:
     """Per-class Gaussians on the symmetric scale; see the module docstring."""
 
-    def __init__(self, means: torch.Tensor, factors: list[torch.Tensor], jitters: torch.Tensor,
-                 counts: torch.Tensor, image_shape: tuple[int, ...], meta: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        means: torch.Tensor,
+        factors: list[torch.Tensor],
+        jitters: torch.Tensor,
+        counts: torch.Tensor,
+        image_shape: tuple[int, ...],
+        meta: dict[str, Any] | None = None,
+    ):
         self.means = means  # (K, D) float32
         self.factors = factors  # K tensors (D, r_k) float32
         self.jitters = jitters  # (K,) float32
@@ -76,15 +85,32 @@ class ClassGaussians:
     def device(self) -> torch.device:
         return self.means.device
 
-    def to(self, device) -> "ClassGaussians":
-        return ClassGaussians(self.means.to(device), [f.to(device) for f in self.factors], self.jitters.to(device),
-                              self.counts, self.image_shape, self.meta)
+    def to(self, device) -> ClassGaussians:
+        return ClassGaussians(
+            self.means.to(device),
+            [f.to(device) for f in self.factors],
+            self.jitters.to(device),
+            self.counts,
+            self.image_shape,
+            self.meta,
+        )
 
     # -- fitting ---------------------------------------------------------------------------
     @classmethod
-    def fit(cls, x: torch.Tensor, y: torch.Tensor, num_classes: int, *, augment: bool = True,
-            noise_std: float = 0.03, pad_mode: str = "reflect", flip: bool = True, seed: int = 0,
-            device: torch.device | str = "cpu", chunk: int = 2048) -> "ClassGaussians":
+    def fit(
+        cls,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        num_classes: int,
+        *,
+        augment: bool = True,
+        noise_std: float = 0.03,
+        pad_mode: str = "reflect",
+        flip: bool = True,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        chunk: int = 2048,
+    ) -> ClassGaussians:
         """Fit on uint8 images ``x`` (N, C, H, W) with labels ``y``.
 
         ``augment``: one random crop (pad 4, ``pad_mode``) + ``flip`` per image, as the training
@@ -100,13 +126,21 @@ class ClassGaussians:
             xk = x[y == k]
             n = int(xk.shape[0])
             if n == 0:
-                raise ValueError(f"class {k} has no training images; class Gaussians need every class")
+                raise ValueError(
+                    f"class {k} has no training images; class Gaussians need every class"
+                )
             rows = []
             for i in range(0, n, chunk):
                 xb = to_float(xk[i : i + chunk].to(device))
                 if augment or noise_std > 0:
-                    xb = augment_batch(xb, crop_pad=4 if augment else 0, pad_mode=pad_mode, flip=augment and flip,
-                                       noise_std=noise_std / 2.0, generator=gen)  # pixel units = sym / 2
+                    xb = augment_batch(
+                        xb,
+                        crop_pad=4 if augment else 0,
+                        pad_mode=pad_mode,
+                        flip=augment and flip,
+                        noise_std=noise_std / 2.0,
+                        generator=gen,
+                    )  # pixel units = sym / 2
                 rows.append((xb * 2.0 - 1.0).reshape(xb.shape[0], d).double())
             xs = torch.cat(rows)
             mu = xs.mean(0)
@@ -125,43 +159,91 @@ class ClassGaussians:
             jitters.append(jit)
             counts.append(n)
             del xs, xc
-        meta = {"version": VERSION, "augment": augment, "noise_std": noise_std, "pad_mode": pad_mode, "flip": flip,
-                "seed": seed}
-        return cls(torch.stack(means), factors, torch.tensor(jitters, dtype=torch.float32, device=device),
-                   torch.tensor(counts), tuple(x.shape[1:]), meta)
+        meta = {
+            "version": VERSION,
+            "augment": augment,
+            "noise_std": noise_std,
+            "pad_mode": pad_mode,
+            "flip": flip,
+            "seed": seed,
+        }
+        return cls(
+            torch.stack(means),
+            factors,
+            torch.tensor(jitters, dtype=torch.float32, device=device),
+            torch.tensor(counts),
+            tuple(x.shape[1:]),
+            meta,
+        )
 
     @classmethod
-    def fit_or_load(cls, data, *, augment: bool = True, noise_std: float = 0.03, pad_mode: str = "reflect",
-                    flip: bool = True, seed: int = 0, cache_dir: str | Path | None = None,
-                    device: torch.device | str = "cpu") -> "ClassGaussians":
+    def fit_or_load(
+        cls,
+        data,
+        *,
+        augment: bool = True,
+        noise_std: float = 0.03,
+        pad_mode: str = "reflect",
+        flip: bool = True,
+        seed: int = 0,
+        cache_dir: str | Path | None = None,
+        device: torch.device | str = "cpu",
+    ) -> ClassGaussians:
         """Fit on ``data.x_train`` (an ImageData), or load the cached fit of the same images and settings.
 
         ``cache_dir``: where to cache; ``None`` or ``""`` = ``<data.cache_dir>/gaussians`` (a run's
         data directory, see ``load_run_data``), or :func:`default_cache_dir` for data that names
         none; ``"off"`` = never cache.
         """
-        settings = {"version": VERSION, "augment": augment, "noise_std": noise_std, "pad_mode": pad_mode,
-                    "flip": flip, "seed": seed, "num_classes": data.num_classes}
+        settings = {
+            "version": VERSION,
+            "augment": augment,
+            "noise_std": noise_std,
+            "pad_mode": pad_mode,
+            "flip": flip,
+            "seed": seed,
+            "num_classes": data.num_classes,
+        }
         use_cache = str(cache_dir).lower() not in ("off", "none", "false")
         path = None
         if use_cache:
             own = getattr(data, "cache_dir", "")
-            root = Path(cache_dir) if cache_dir else Path(own) / "gaussians" if own else default_cache_dir()
+            root = (
+                Path(cache_dir)
+                if cache_dir
+                else Path(own) / "gaussians"
+                if own
+                else default_cache_dir()
+            )
             key = hashlib.blake2b(
-                (content_hash(data.x_train, data.y_train) + json.dumps(settings, sort_keys=True)).encode(),
-                digest_size=10).hexdigest()
+                (
+                    content_hash(data.x_train, data.y_train) + json.dumps(settings, sort_keys=True)
+                ).encode(),
+                digest_size=10,
+            ).hexdigest()
             safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in str(data.name))[:32]
             path = root / f"{safe}-{key}.pt"
             if path.is_file():
                 try:
-                    return cls.from_state_dict(torch.load(path, map_location="cpu", weights_only=True)).to(device)
+                    return cls.from_state_dict(
+                        torch.load(path, map_location="cpu", weights_only=True)
+                    ).to(device)
                 except Exception:
                     pass  # a corrupt cache file is refitted and rewritten
-        g = cls.fit(data.x_train, data.y_train, data.num_classes, augment=augment, noise_std=noise_std,
-                    pad_mode=pad_mode, flip=flip, seed=seed, device=device)
+        g = cls.fit(
+            data.x_train,
+            data.y_train,
+            data.num_classes,
+            augment=augment,
+            noise_std=noise_std,
+            pad_mode=pad_mode,
+            flip=flip,
+            seed=seed,
+            device=device,
+        )
         g.meta["dataset"] = str(data.name)
         if path is not None:
-            from bench.io import torch_save
+            from bench.core.io import torch_save
 
             try:
                 torch_save(g.to("cpu").state_dict(), path)
@@ -212,10 +294,22 @@ class ClassGaussians:
         return out.clamp_(-1.0, 1.0).view(n, *self.image_shape)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"means": self.means, "factors": list(self.factors), "jitters": self.jitters, "counts": self.counts,
-                "image_shape": list(self.image_shape), "meta": json.dumps(self.meta)}
+        return {
+            "means": self.means,
+            "factors": list(self.factors),
+            "jitters": self.jitters,
+            "counts": self.counts,
+            "image_shape": list(self.image_shape),
+            "meta": json.dumps(self.meta),
+        }
 
     @classmethod
-    def from_state_dict(cls, st: dict[str, Any]) -> "ClassGaussians":
-        return cls(st["means"], list(st["factors"]), st["jitters"], st["counts"], tuple(st["image_shape"]),
-                   json.loads(st.get("meta", "{}")))
+    def from_state_dict(cls, st: dict[str, Any]) -> ClassGaussians:
+        return cls(
+            st["means"],
+            list(st["factors"]),
+            st["jitters"],
+            st["counts"],
+            tuple(st["image_shape"]),
+            json.loads(st.get("meta", "{}")),
+        )

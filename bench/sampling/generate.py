@@ -15,13 +15,14 @@ The model is left as it was: its mode is restored, and for samplers that run in 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
-from bench.config import from_dict
+from bench.core.config import from_dict
+from bench.core.errors import BenchError
 from bench.data import load_run_data
-from bench.errors import BenchError
 from bench.models.base import energy_from_logits
 from bench.sampling.buffer import fresh_starts
 from bench.sampling.gaussians import ClassGaussians
@@ -31,8 +32,16 @@ from bench.sampling.sampler import SamplerConfig, run_sampler, with_kind
 
 FRESH_STEPS = 100  # JEM's eval_wrn_ebm.py --n_sample_steps default for samples from scratch
 
-GENERIC_SAMPLER = SamplerConfig(kind="sgld", steps=FRESH_STEPS, step_size=1.0, noise_std=0.01, clamp=True,
-                                mode="eval", buffer_size=0, init="informative")
+GENERIC_SAMPLER = SamplerConfig(
+    kind="sgld",
+    steps=FRESH_STEPS,
+    step_size=1.0,
+    noise_std=0.01,
+    clamp=True,
+    mode="eval",
+    buffer_size=0,
+    init="informative",
+)
 
 
 def run_sampler_config(cfg) -> tuple[SamplerConfig, bool]:
@@ -62,9 +71,22 @@ class SampleFn:
     the results (in the sampler's model mode; ``E(x, y)`` for a conditional call).
     """
 
-    def __init__(self, model, sampler: SamplerConfig, device, *, steps: int, num_classes: int,
-                 image_shape: tuple[int, ...], gaussians: ClassGaussians | None, buffer: torch.Tensor | None,
-                 buffer_conditional: bool, batch_size: int, track_energy: bool, show_progress: bool = False):
+    def __init__(
+        self,
+        model,
+        sampler: SamplerConfig,
+        device,
+        *,
+        steps: int,
+        num_classes: int,
+        image_shape: tuple[int, ...],
+        gaussians: ClassGaussians | None,
+        buffer: torch.Tensor | None,
+        buffer_conditional: bool,
+        batch_size: int,
+        track_energy: bool,
+        show_progress: bool = False,
+    ):
         self.model, self.sampler, self.device = model, sampler, torch.device(device)
         self.show_progress = show_progress  # a progress bar over the sampler's steps (stderr)
         self.steps, self.num_classes, self.image_shape = steps, num_classes, tuple(image_shape)
@@ -91,7 +113,11 @@ class SampleFn:
             preds = []
             with torch.no_grad(), model_mode(self.model, "eval"):
                 for i in range(0, self.buffer.shape[0], self.batch_size):
-                    preds.append(self.model(from_sym(self.buffer[i: i + self.batch_size].to(self.device))).argmax(1))
+                    preds.append(
+                        self.model(
+                            from_sym(self.buffer[i : i + self.batch_size].to(self.device))
+                        ).argmax(1)
+                    )
             self._pred = torch.cat(preds)
         return self._pred
 
@@ -104,7 +130,15 @@ class SampleFn:
 
     def starts(self, n: int, y: torch.Tensor | None) -> torch.Tensor:
         if self.buffer is None:
-            return fresh_starts(n, self.image_shape, self.num_classes, self.sampler.init, self.gaussians, y, self.device)
+            return fresh_starts(
+                n,
+                self.image_shape,
+                self.num_classes,
+                self.sampler.init,
+                self.gaussians,
+                y,
+                self.device,
+            )
         size = self.buffer.shape[0]
         if y is None:
             idx = self._choose(torch.arange(size), n, self.device)
@@ -119,8 +153,10 @@ class SampleFn:
                 else:  # an unconditional buffer: the entries the model classifies as k
                     pool = (self._predicted().cpu() == k).nonzero().squeeze(1)
                     if pool.numel() == 0:
-                        raise BenchError(f"no entry of the saved buffer is classified as class {k}; "
-                                         "use --buffer fresh for this class")
+                        raise BenchError(
+                            f"no entry of the saved buffer is classified as class {k}; "
+                            "use --buffer fresh for this class"
+                        )
                 idx[where] = self._choose(pool, where.shape[0], self.device)
         return self.buffer[idx].to(self.device).float()
 
@@ -140,17 +176,27 @@ class SampleFn:
         from tqdm.auto import tqdm
 
         batches = -(-n // self.batch_size)
-        bar = tqdm(total=batches * self.steps, desc=f"{self.sampler.kind} {n} samples", unit="step",
-                   disable=not (self.show_progress and self.steps), leave=False)
+        bar = tqdm(
+            total=batches * self.steps,
+            desc=f"{self.sampler.kind} {n} samples",
+            unit="step",
+            disable=not (self.show_progress and self.steps),
+            leave=False,
+        )
         trace = {"on_step": lambda: bar.update(1)}  # the built-in kinds tick once per step
         with preserved_buffers(self.model), bar:
             for i in range(0, n, self.batch_size):
-                yb = None if y is None else y[i: i + self.batch_size]
+                yb = None if y is None else y[i : i + self.batch_size]
                 x0 = self.starts(min(self.batch_size, n - i), yb)
                 if self.track_energy:
                     e0.append(self._energy(x0, yb, mode))
-                xs = run_sampler(self.sampler, self.model, x0, y=yb, steps=self.steps, mode=mode,
-                                 trace=trace) if self.steps else x0
+                xs = (
+                    run_sampler(
+                        self.sampler, self.model, x0, y=yb, steps=self.steps, mode=mode, trace=trace
+                    )
+                    if self.steps
+                    else x0
+                )
                 if self.track_energy:
                     e1.append(self._energy(xs, yb, mode))
                 out.append(from_sym(xs).clamp_(0.0, 1.0))
@@ -162,14 +208,24 @@ class SampleFn:
         return torch.cat(out)
 
 
-def make_sample_fn(model, cfg, device, *, steps: int | None = None, sampler: str | SamplerConfig | None = None,
-                   buffer_state: dict | None = None, data=None, batch_size: int = 256,
-                   track_energy: bool = True, show_progress: bool = False) -> SampleFn:
+def make_sample_fn(
+    model,
+    cfg,
+    device,
+    *,
+    steps: int | None = None,
+    sampler: str | SamplerConfig | None = None,
+    buffer_state: dict | None = None,
+    data=None,
+    batch_size: int = 256,
+    track_energy: bool = True,
+    show_progress: bool = False,
+) -> SampleFn:
     """A sampling function for the run with config ``cfg`` (a RunConfig) and trained ``model``.
 
     ``steps``: sampler steps per chain (default 100 from fresh starts, 0 from a saved buffer).
-    ``sampler``: a sampler kind (``"sgld"``, ``"pyld"``, a plugin's) swaps the run's sampler kind (with that kind's reference
-    step settings), a :class:`SamplerConfig` replaces it. ``buffer_state``: a replay-buffer
+    ``sampler``: a sampler kind (``"sgld"``, ``"pyld"``, a plugin's) swaps the run's sampler kind
+    (with that kind's reference step settings), a :class:`SamplerConfig` replaces it. ``buffer_state``: a replay-buffer
     state (``ReplayBuffer.state_dict()``, e.g. ``ckpt["method"]["sampler"]["buffer"]``) to start
     from instead of fresh starts. ``data``: the run's ImageData, loaded when an informative
     start needs it and it is not given.
@@ -180,7 +236,9 @@ def make_sample_fn(model, cfg, device, *, steps: int | None = None, sampler: str
         scfg = sampler
     elif sampler is not None:
         if sampler not in SAMPLERS:
-            raise BenchError(f"sampler {sampler!r} is not valid; choose one of: {', '.join(SAMPLERS.names())}")
+            raise BenchError(
+                f"sampler {sampler!r} is not valid; choose one of: {', '.join(SAMPLERS.names())}"
+            )
         scfg = with_kind(scfg, sampler)
     if steps is not None and steps < 0:
         raise BenchError(f"steps must be >= 0, got {steps}")
@@ -192,15 +250,35 @@ def make_sample_fn(model, cfg, device, *, steps: int | None = None, sampler: str
     else:
         n_steps = FRESH_STEPS if steps is None else steps
     gaussians = None
-    if buffer is None and data is None:  # fresh starts need the image shape (and maybe the Gaussian fit)
+    if (
+        buffer is None and data is None
+    ):  # fresh starts need the image shape (and maybe the Gaussian fit)
         data = load_run_data(cfg)
     if buffer is None and scfg.init == "informative":
-        gaussians = ClassGaussians.fit_or_load(data, augment=scfg.fit_augment, noise_std=scfg.fit_noise_std,
-                                               cache_dir=scfg.cache_dir, device=device)
-    num_classes = getattr(model, "num_classes", None) or (data.num_classes if data is not None else None)
+        gaussians = ClassGaussians.fit_or_load(
+            data,
+            augment=scfg.fit_augment,
+            noise_std=scfg.fit_noise_std,
+            cache_dir=scfg.cache_dir,
+            device=device,
+        )
+    num_classes = getattr(model, "num_classes", None) or (
+        data.num_classes if data is not None else None
+    )
     if num_classes is None:
         raise BenchError("cannot tell the number of classes of this model; pass data=")
     image_shape = tuple(buffer.shape[1:]) if buffer is not None else tuple(data.image_shape)
-    return SampleFn(model, scfg, device, steps=n_steps, num_classes=num_classes, image_shape=image_shape,
-                    gaussians=gaussians, buffer=buffer, buffer_conditional=conditional, batch_size=batch_size,
-                    track_energy=track_energy, show_progress=show_progress)
+    return SampleFn(
+        model,
+        scfg,
+        device,
+        steps=n_steps,
+        num_classes=num_classes,
+        image_shape=image_shape,
+        gaussians=gaussians,
+        buffer=buffer,
+        buffer_conditional=conditional,
+        batch_size=batch_size,
+        track_energy=track_energy,
+        show_progress=show_progress,
+    )

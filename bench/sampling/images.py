@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.io import _atomic
+from bench.core.io import _atomic
 
 
 def to_uint8_nhwc(x01: torch.Tensor) -> np.ndarray:
@@ -27,7 +27,10 @@ def grid_array(x01: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.n
     out = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
     for i in range(n):
         r, col = divmod(i, nrow)
-        out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = imgs[i]
+        out[
+            pad + r * (h + pad) : pad + r * (h + pad) + h,
+            pad + col * (w + pad) : pad + col * (w + pad) + w,
+        ] = imgs[i]
     return out
 
 

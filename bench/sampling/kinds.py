@@ -10,10 +10,10 @@ kind takes when a run's sampler is swapped for it (``bench sample --sampler``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from bench.registry import Registry
+from bench.core.registry import Registry
 from bench.sampling.langevin import pyld, sgld
 
 
@@ -26,9 +26,12 @@ class SamplerKind:
 
 
 SAMPLERS: Registry = Registry(
-    "sampler", group="trilemma_bench.samplers", accepts=lambda obj: isinstance(obj, SamplerKind),
+    "sampler",
+    group="trilemma_bench.samplers",
+    accepts=lambda obj: isinstance(obj, SamplerKind),
     expected="a sampler kind: decorate the function with @register_sampler(NAME) and name NAME as the "
-             "entry point, or point the entry point at the module")
+    "entry point, or point the entry point at the module",
+)
 
 
 def register_sampler(name: str, reference: str = "", step_fields: tuple[str, ...] = ()):
@@ -52,12 +55,36 @@ def register_sampler(name: str, reference: str = "", step_fields: tuple[str, ...
 @register_sampler("sgld", reference="jem", step_fields=("step_size", "noise_std", "grad_clamp"))
 def run_sgld(cfg, model, xs, y, steps, mode, trace):
     """SGLD (JEM): ``steps`` Langevin steps of ``step_size`` with ``noise_std`` noise."""
-    return sgld(model, xs, steps=steps, step_size=cfg.step_size, noise_std=cfg.noise_std, clamp=cfg.clamp, y=y,
-                mode=mode, grad_clamp=cfg.grad_clamp, trace=trace)
+    return sgld(
+        model,
+        xs,
+        steps=steps,
+        step_size=cfg.step_size,
+        noise_std=cfg.noise_std,
+        clamp=cfg.clamp,
+        y=y,
+        mode=mode,
+        grad_clamp=cfg.grad_clamp,
+        trace=trace,
+    )
 
 
-@register_sampler("pyld", reference="jem++", step_fields=("in_steps", "pyld_lr", "eps", "step_size", "noise_std"))
+@register_sampler(
+    "pyld", reference="jem++", step_fields=("in_steps", "pyld_lr", "eps", "step_size", "noise_std")
+)
 def run_pyld(cfg, model, xs, y, steps, mode, trace):
     """PYLD (JEM++): ``steps`` outer steps, each with ``in_steps`` first-layer-only steps."""
-    return pyld(model, xs, n_steps=steps, in_steps=cfg.in_steps, lr=cfg.pyld_lr, eps=cfg.eps, sgld_lr=cfg.step_size,
-                sgld_std=cfg.noise_std, y=y, mode=mode, fast=None if cfg.fast else False, trace=trace)
+    return pyld(
+        model,
+        xs,
+        n_steps=steps,
+        in_steps=cfg.in_steps,
+        lr=cfg.pyld_lr,
+        eps=cfg.eps,
+        sgld_lr=cfg.step_size,
+        sgld_std=cfg.noise_std,
+        y=y,
+        mode=mode,
+        fast=None if cfg.fast else False,
+        trace=trace,
+    )

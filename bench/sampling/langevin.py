@@ -14,7 +14,7 @@ weight gradients are computed and nothing accumulates in ``.grad``.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
@@ -48,7 +48,9 @@ def model_mode(model: nn.Module, mode: str) -> Iterator[None]:
         model.train(was)
 
 
-def neg_energy_sum(model: nn.Module, xs: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def neg_energy_sum(
+    model: nn.Module, xs: torch.Tensor, y: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sum of -E over the batch, per-sample E detached)`` for symmetric-scale images."""
     e = energy_from_logits(model(from_sym(xs)), y)
     return -e.sum(), e.detach()
@@ -120,7 +122,10 @@ def first_layer_is_affine(model: nn.Module) -> bool:
     """
     if not isinstance(model, EnergyClassifier):
         return False
-    if type(model).stem is not EnergyClassifier.stem or type(model).normalize is not EnergyClassifier.normalize:
+    if (
+        type(model).stem is not EnergyClassifier.stem
+        or type(model).normalize is not EnergyClassifier.normalize
+    ):
         return False
     return type(getattr(model, "first_layer", None)) in (nn.Conv2d, nn.Linear)
 
@@ -160,7 +165,9 @@ def pyld(
     if fast is None:
         fast = affine
     if fast and not affine:
-        raise ValueError("pyld(fast=True) needs an EnergyClassifier whose stem is normalisation + an affine first layer")
+        raise ValueError(
+            "pyld(fast=True) needs an EnergyClassifier whose stem is normalisation + an affine first layer"
+        )
     if not fast and not (hasattr(model, "stem") and hasattr(model, "trunk")):
         raise ValueError("pyld needs a model with stem(x) and trunk(h) (an EnergyClassifier)")
     x = x.detach().clone()

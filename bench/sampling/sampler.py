@@ -15,19 +15,19 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
+from bench.core.timing import region
 from bench.sampling.buffer import INITS, ReplayBuffer, fresh_starts
 from bench.sampling.gaussians import ClassGaussians
 from bench.sampling.kinds import SAMPLERS
 from bench.sampling.langevin import MODES, from_sym
-from bench.timing import region
 
 REFERENCES = Path(__file__).with_name("references.yaml")
 
@@ -49,40 +49,58 @@ class SamplerConfig:
     mode: str = "eval"  # model mode while sampling: eval (JEM) | train (JEM++) | keep
     buffer_size: int = 10000  # persistent chains; 0 = no buffer (a fresh start for every draw)
     reinit_freq: float = 0.05  # probability that a drawn entry restarts fresh
-    init: str = "uniform"  # fresh starts: uniform U(-1, 1) (JEM) | informative class Gaussians (JEM++)
+    # fresh starts: uniform U(-1, 1) (JEM) | informative class Gaussians (JEM++)
+    init: str = "uniform"
     conditional: bool = False  # class-conditional buffer (index y * (size // K) + i)
     fit_augment: bool = True  # informative: fit the Gaussians on augmented images (the reference)
-    fit_noise_std: float = 0.03  # informative: noise added before fitting, symmetric scale (reference 0.03)
-    cache_dir: str = ""  # where Gaussian fits are cached; "" = <data.data_dir>/cache/gaussians; "off" = never
+    # informative: noise added before fitting, symmetric scale (reference 0.03)
+    fit_noise_std: float = 0.03
+    # where Gaussian fits are cached; "" = <data.data_dir>/cache/gaussians; "off" = never
+    cache_dir: str = ""
 
     def __post_init__(self):
         if self.kind not in SAMPLERS:
-            raise BenchError(f"method.sampler.kind={self.kind!r} is not valid; choose one of: "
-                             f"{', '.join(SAMPLERS.names())}")
+            raise BenchError(
+                f"method.sampler.kind={self.kind!r} is not valid; choose one of: "
+                f"{', '.join(SAMPLERS.names())}"
+            )
         if self.init not in INITS:
-            raise BenchError(f"method.sampler.init={self.init!r} is not valid; choose uniform or informative")
+            raise BenchError(
+                f"method.sampler.init={self.init!r} is not valid; choose uniform or informative"
+            )
         if self.mode not in MODES:
-            raise BenchError(f"method.sampler.mode={self.mode!r} is not valid; choose eval, train or keep")
+            raise BenchError(
+                f"method.sampler.mode={self.mode!r} is not valid; choose eval, train or keep"
+            )
         if self.steps < 0 or self.in_steps < 0:
             raise BenchError("method.sampler.steps and method.sampler.in_steps must be >= 0")
         if self.buffer_size < 0:
             raise BenchError(f"method.sampler.buffer_size must be >= 0, got {self.buffer_size}")
         if not 0.0 <= self.reinit_freq <= 1.0:
-            raise BenchError(f"method.sampler.reinit_freq must lie in [0, 1], got {self.reinit_freq}")
+            raise BenchError(
+                f"method.sampler.reinit_freq must lie in [0, 1], got {self.reinit_freq}"
+            )
         for name in ("step_size", "noise_std", "grad_clamp", "pyld_lr", "eps", "fit_noise_std"):
             if getattr(self, name) < 0:
                 raise BenchError(f"method.sampler.{name} must be >= 0, got {getattr(self, name)}")
 
 
-def run_sampler(cfg: SamplerConfig, model: torch.nn.Module, xs: torch.Tensor, y: torch.Tensor | None = None,
-                steps: int | None = None, mode: str | None = None, trace: dict | None = None) -> torch.Tensor:
+def run_sampler(
+    cfg: SamplerConfig,
+    model: torch.nn.Module,
+    xs: torch.Tensor,
+    y: torch.Tensor | None = None,
+    steps: int | None = None,
+    mode: str | None = None,
+    trace: dict | None = None,
+) -> torch.Tensor:
     """Run ``cfg``'s sampler on symmetric-scale ``xs`` (``steps`` overrides ``cfg.steps``)."""
     n = cfg.steps if steps is None else steps
     mode = cfg.mode if mode is None else mode
     return SAMPLERS.get(cfg.kind).run(cfg, model, xs, y, n, mode, trace)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _references() -> dict[str, dict[str, Any]]:
     return yaml.safe_load(REFERENCES.read_text())
 
@@ -111,7 +129,12 @@ def with_kind(cfg: SamplerConfig, kind: str) -> SamplerConfig:
 
 def _match_memory_format(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     w = getattr(getattr(model, "first_layer", None), "weight", None)
-    if x.ndim == 4 and w is not None and w.ndim == 4 and w.is_contiguous(memory_format=torch.channels_last):
+    if (
+        x.ndim == 4
+        and w is not None
+        and w.ndim == 4
+        and w.is_contiguous(memory_format=torch.channels_last)
+    ):
         return x.contiguous(memory_format=torch.channels_last)
     return x
 
@@ -119,8 +142,13 @@ def _match_memory_format(model: torch.nn.Module, x: torch.Tensor) -> torch.Tenso
 class ContrastiveSampler:
     """Replay buffer + sampler: ``draw(model, batch_size, y=None)`` returns negative samples in [0, 1]."""
 
-    def __init__(self, cfg: SamplerConfig, data, device: torch.device | str = "cpu",
-                 gaussians: ClassGaussians | None = None):
+    def __init__(
+        self,
+        cfg: SamplerConfig,
+        data,
+        device: torch.device | str = "cpu",
+        gaussians: ClassGaussians | None = None,
+    ):
         """``data``: the training ImageData (image shape, class count, and the Gaussian fit)."""
         self.cfg = cfg
         self.device = torch.device(device)
@@ -128,24 +156,43 @@ class ContrastiveSampler:
         self.num_classes = data.num_classes
         self.gaussians = gaussians
         if cfg.init == "informative" and self.gaussians is None:
-            self.gaussians = ClassGaussians.fit_or_load(data, augment=cfg.fit_augment, noise_std=cfg.fit_noise_std,
-                                                        cache_dir=cfg.cache_dir, device=self.device)
+            self.gaussians = ClassGaussians.fit_or_load(
+                data,
+                augment=cfg.fit_augment,
+                noise_std=cfg.fit_noise_std,
+                cache_dir=cfg.cache_dir,
+                device=self.device,
+            )
         self.buffer = self.new_buffer(cfg.buffer_size) if cfg.buffer_size > 0 else None
         self.last: dict[str, torch.Tensor] = {}  # statistics of the latest draw (device tensors)
         self.last_batch_size = 0  # images in the latest draw
 
     def new_buffer(self, size: int, reinit_freq: float | None = None) -> ReplayBuffer:
         c = self.cfg
-        return ReplayBuffer(size, self.image_shape, self.num_classes, init=c.init,
-                            reinit_freq=c.reinit_freq if reinit_freq is None else reinit_freq,
-                            conditional=c.conditional, gaussians=self.gaussians, device=self.device)
+        return ReplayBuffer(
+            size,
+            self.image_shape,
+            self.num_classes,
+            init=c.init,
+            reinit_freq=c.reinit_freq if reinit_freq is None else reinit_freq,
+            conditional=c.conditional,
+            gaussians=self.gaussians,
+            device=self.device,
+        )
 
     def fresh(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
         """Fresh starts on the symmetric scale (uniform or from the class Gaussians)."""
-        return fresh_starts(n, self.image_shape, self.num_classes, self.cfg.init, self.gaussians, y, self.device)
+        return fresh_starts(
+            n, self.image_shape, self.num_classes, self.cfg.init, self.gaussians, y, self.device
+        )
 
-    def draw(self, model: torch.nn.Module, batch_size: int, y: torch.Tensor | None = None,
-             steps: int | None = None) -> torch.Tensor:
+    def draw(
+        self,
+        model: torch.nn.Module,
+        batch_size: int,
+        y: torch.Tensor | None = None,
+        steps: int | None = None,
+    ) -> torch.Tensor:
         """Draw starts from the buffer, run the sampler, write the results back; returns [0, 1] images.
 
         ``y``: labels for a conditional draw (sampling ``x | y`` with ``E(x, y)``); needs
@@ -161,7 +208,9 @@ class ContrastiveSampler:
             x0, idx = self.fresh(batch_size, y), None
         trace: dict = {}
         with region("sampler"):
-            xs = run_sampler(self.cfg, model, _match_memory_format(model, x0), y=y, steps=steps, trace=trace)
+            xs = run_sampler(
+                self.cfg, model, _match_memory_format(model, x0), y=y, steps=steps, trace=trace
+            )
         if idx is not None:
             self.buffer.write(idx, xs)
         self.last = {k: v for k, v in trace.items() if isinstance(v, torch.Tensor)}
@@ -176,5 +225,7 @@ class ContrastiveSampler:
         if self.buffer is not None and saved is not None:
             self.buffer.load_state_dict(saved)
         elif (self.buffer is None) != (saved is None):
-            raise BenchError("the saved sampler state and this sampler disagree on having a replay buffer; "
-                             "keep the run's method.sampler.buffer_size")
+            raise BenchError(
+                "the saved sampler state and this sampler disagree on having a replay buffer; "
+                "keep the run's method.sampler.buffer_size"
+            )

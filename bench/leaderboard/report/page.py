@@ -1,0 +1,116 @@
+"""One self-contained HTML page: figures embedded as data URIs, inline CSS, no network.
+
+A small inline script checks on load that every image decoded and counts script errors; it
+writes both onto ``<body>`` (``data-images``, ``data-broken-images``, ``data-errors``) and shows
+a banner when something is wrong, so a broken page says so to its reader (and to the test that
+opens it in a browser)."""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px auto; max-width: 1500px;
+       color: #222; padding: 0 16px; }
+h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+.meta, .caption, .note { color: #555; font-size: 0.9em; }
+figure { margin: 12px 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.88em; margin-top: 4px; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 8px 0; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; white-space: nowrap; }
+th { background: #f4f4f4; } td:nth-child(-n+3) { text-align: left; }
+.scroll { overflow-x: auto; }
+tr.reported td { color: #666; font-style: italic; }
+.grids { display: flex; flex-wrap: wrap; gap: 18px; } .grids figure { width: 300px; }
+.grids img { width: 300px; image-rendering: pixelated; }
+#page-check { display: none; background: #fdd; border: 1px solid #c00; padding: 8px; }
+"""
+
+CHECK_SCRIPT = """
+window.__reportErrors = 0;
+window.addEventListener('error', function () { window.__reportErrors += 1; }, true);
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var broken = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); });
+  document.body.setAttribute('data-images', String(imgs.length));
+  document.body.setAttribute('data-broken-images', String(broken.length));
+  document.body.setAttribute('data-errors', String(window.__reportErrors));
+  if (broken.length || window.__reportErrors) {
+    var box = document.getElementById('page-check');
+    box.textContent = broken.length + ' image(s) did not load, ' + window.__reportErrors + ' error(s) on this page';
+    box.style.display = 'block';
+  }
+});
+"""
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def esc(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+@dataclass
+class Section:
+    title: str
+    parts: list[str] = field(default_factory=list)  # HTML fragments
+
+    def figure(self, png: bytes, caption: str, alt: str) -> None:
+        self.parts.append(
+            f'<figure><img src="{data_uri(png)}" alt="{esc(alt)}">'
+            f"<figcaption>{esc(caption)}</figcaption></figure>"
+        )
+
+    def paragraph(self, text: str, cls: str = "note") -> None:
+        self.parts.append(f'<p class="{cls}">{esc(text)}</p>')
+
+    def raw(self, fragment: str) -> None:
+        self.parts.append(fragment)
+
+
+def table_html(
+    columns: list[str], rows: list[list[object]], row_classes: list[str] | None = None
+) -> str:
+    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
+    body = []
+    for i, row in enumerate(rows):
+        cls = f' class="{esc(row_classes[i])}"' if row_classes and row_classes[i] else ""
+        body.append(
+            f"<tr{cls}>" + "".join(f"<td>{'' if v is None else esc(v)}</td>" for v in row) + "</tr>"
+        )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def grid_html(items: list[tuple[bytes, str]]) -> str:
+    figs = "".join(
+        f'<figure><img src="{data_uri(png)}" alt="{esc(cap)}"><figcaption>{esc(cap)}</figcaption></figure>'
+        for png, cap in items
+    )
+    return f'<div class="grids">{figs}</div>'
+
+
+def render_page(title: str, meta_lines: list[str], sections: list[Section]) -> str:
+    toc = " · ".join(f'<a href="#s{i}">{esc(s.title)}</a>' for i, s in enumerate(sections))
+    body = "\n".join(
+        f'<section id="s{i}"><h2>{esc(s.title)}</h2>\n' + "\n".join(s.parts) + "</section>"
+        for i, s in enumerate(sections)
+    )
+    meta = "".join(f'<div class="meta">{esc(line)}</div>' for line in meta_lines)
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+        f"<style>{STYLE}</style><script>{CHECK_SCRIPT}</script></head>\n<body>"
+        f'<div id="page-check"></div><h1>{esc(title)}</h1>{meta}<p class="meta">{toc}</p>\n{body}\n</body></html>\n'
+    )
+
+
+def read_png(path: Path) -> bytes | None:
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+    return data if data.startswith(b"\x89PNG") else None

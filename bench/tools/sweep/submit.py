@@ -1,0 +1,148 @@
+"""`bench sweep SPEC` and `bench sweep-status DIR` as library functions (the CLI only parses flags).
+
+:func:`submit_sweep` checks everything first (the spec, every cell's resolved config, the
+launcher's settings, the sweep directory), so that bad input submits nothing and changes nothing;
+then, holding the sweep directory's lock, it works out each cell's status, submits the cells that
+need a job (new, interrupted, failed with retries left) and, on the local launcher, waits for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.core.errors import BenchError
+from bench.tools.sweep import launch
+from bench.tools.sweep.spec import expand, load_spec, resolve_cells, settings_lines
+from bench.tools.sweep.state import (
+    CellStatus,
+    SweepDir,
+    plan,
+    plan_table,
+    record_failure,
+    slurm_job_ids,
+    status_table,
+    statuses,
+    summary,
+)
+
+
+def current_statuses(sweep: SweepDir) -> list[CellStatus]:
+    """Each cell's status, asking SLURM (sacct) about the cells whose latest job went there."""
+    return statuses(sweep, launch.slurm_states(sweep, slurm_job_ids(sweep)))
+
+
+def _grid_line(spec, cells, launcher: str, settings, sweep: SweepDir) -> str:
+    sizes = " x ".join(f"{len(v)} {k}" for k, v in spec.axes)
+    total = 1
+    for _, v in spec.axes:
+        total *= len(v)
+    left_out = f", {total - len(cells)} excluded" if total > len(cells) else ""
+    how = (
+        f"max_parallel {settings.max_parallel}"
+        if launcher == "local"
+        else f"partition {settings.partition}"
+    )
+    return f"sweep {spec.name}: {len(cells)} cells ({sizes}{left_out}) in {sweep.path}; launcher {launcher} ({how})"
+
+
+def submit_sweep(
+    spec_path: str | Path,
+    launcher: str | None = None,
+    dry_run: bool = False,
+    out: str | Path = "results",
+    directory: str | Path | None = None,
+    echo: Callable[[str], None] = print,
+    note: Callable[[str], None] = print,
+) -> list[CellStatus]:
+    """Expand the spec's grid and submit the cells that need a job; returns the cells' statuses
+    afterwards (on the local launcher, once every job has ended). ``echo`` gets the tables,
+    ``note`` the progress lines."""
+    spec = load_spec(spec_path)
+    launcher = launcher or spec.default_launcher
+    settings = spec.settings(launcher)
+    cells = expand(spec)
+    cfgs = resolve_cells(spec, cells)  # every cell checked before anything is written or submitted
+    out_path = Path(out).resolve()
+    sweep = SweepDir(Path(directory).resolve() if directory else out_path / "sweeps" / spec.name)
+    if sweep.exists():
+        sweep.check_same(spec, out_path)
+    else:
+        sweep.check_free()
+    axes = [k for k, _ in spec.axes]
+    echo(_grid_line(spec, cells, launcher, settings, sweep))
+    if dry_run:
+        current = (
+            current_statuses(sweep)
+            if sweep.exists()
+            else [
+                CellStatus(c.index, c.key, dict(c.values), "pending", "not submitted")
+                for c in cells
+            ]
+        )
+        actions = plan(current, spec.retries)
+        echo(plan_table(axes, actions))
+        n = sum(a.submit for a in actions)
+        if launcher == "slurm":
+            echo(f"sbatch script submitit would submit for {n or len(cells)} cell(s):")
+            echo(launch.sbatch_preview(sweep, spec.name, settings, n or len(cells)).rstrip())
+        else:
+            echo("local: " + ", ".join(settings_lines(settings)))
+        echo(f"dry run: {n} cell(s) would be submitted; nothing was submitted or written")
+        return current
+    if not sweep.exists():
+        sweep.create(spec, cells, cfgs, out_path)
+    with sweep.submitting():
+        current = current_statuses(sweep)
+        actions = plan(current, spec.retries)
+        echo(plan_table(axes, actions))
+        for a in actions:
+            if a.what == "retry":
+                record_failure(sweep, a.cell)  # the failure it retries counts towards the limit
+        todo = [(a.cell.index, cfgs[a.cell.index]) for a in actions if a.submit]
+        if not todo:
+            note("nothing to submit: " + summary(current))
+        elif launcher == "slurm":
+            launch.submit_slurm(sweep, spec.name, settings, todo, str(out_path), note)
+        else:
+            launch.run_local(sweep, settings, todo, str(out_path), note)
+        after = current_statuses(sweep)
+    if todo:
+        echo(status_table(axes, after))
+    gave_up = [a for a in actions if a.what == "give up"]
+    unfinished = (
+        [c for c in after if c.status in ("failed", "interrupted")] if launcher == "local" else []
+    )
+    if gave_up:
+        raise BenchError(
+            f"{len(gave_up)} cell(s) failed more than retries: {spec.retries} times and were not "
+            f"submitted again (cell {', '.join(str(a.cell.index) for a in gave_up)}: "
+            f"{gave_up[0].cell.detail}); fix the cause, then raise retries in {spec.path}"
+        )
+    if unfinished:
+        raise BenchError(
+            f"{len(unfinished)} of {len(after)} cells did not complete ({summary(after)}); run "
+            f"`bench sweep {spec_path}` again to resume the interrupted and retry the failed ones"
+        )
+    if launcher == "slurm" and todo:
+        note(f"follow it with: bench sweep-status {sweep.path}")
+    return after
+
+
+def sweep_status(directory: str | Path) -> tuple[list[str], list[CellStatus]]:
+    """The sweep's axes and each cell's status."""
+    sweep = SweepDir(directory)
+    data = sweep.load()
+    return list(data.get("axes") or []), current_statuses(sweep)
+
+
+def status_report(directory: str | Path) -> str:
+    axes, cells = sweep_status(directory)
+    return status_table(axes, cells) + f"\n{len(cells)} cells: {summary(cells)}"
+
+
+def sweep_runs(directory: str | Path) -> tuple[Path, list[str]]:
+    """The results root of a sweep's runs and the run ids its cells have (for `bench compare --sweep`)."""
+    sweep = SweepDir(directory)
+    data = sweep.load()
+    return Path(data["out"]), sweep.run_ids()

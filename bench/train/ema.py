@@ -1,0 +1,65 @@
+"""Model EMA (``train.ema_decay``): an exponential moving average of the weights, the model that
+modern adversarial-training recipes evaluate (e.g. Gowal et al. 2020, Rebuffi et al. 2021).
+
+After every optimiser step each parameter's average moves towards the new value,
+``avg <- decay * avg + (1 - decay) * w``, as one fused ``_foreach_lerp_`` on the device (no host
+synchronisation). Buffers (batch-norm running statistics) are copied, not averaged. The average
+is a full ``state_dict`` of the model, so it loads wherever the model's weights load: it is
+checkpointed as ``ema_model`` beside ``model``, validation and the end-of-run evaluation use it,
+and ``bench eval`` / ``bench sample`` load it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from bench.core.errors import BenchError
+
+
+class ModelEMA:
+    def __init__(self, model: torch.nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise BenchError(f"train.ema_decay must lie in (0, 1) (0 turns EMA off), got {decay}")
+        self.decay = float(decay)
+        live = (
+            model.state_dict()
+        )  # views of the model's own tensors, which training updates in place
+        self.shadow = {k: v.detach().clone() for k, v in live.items()}
+        names = {n for n, p in model.named_parameters() if p.requires_grad}
+        avg = [k for k in self.shadow if k in names and self.shadow[k].is_floating_point()]
+        self._avg = ([self.shadow[k] for k in avg], [live[k] for k in avg])
+        self._copy = [(self.shadow[k], live[k]) for k in self.shadow if k not in set(avg)]
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        """One step of the average towards ``model``, the model it was created from (its tensors
+        are held, so no state_dict is built on the training step's path)."""
+        torch._foreach_lerp_(self._avg[0], self._avg[1], 1.0 - self.decay)
+        for avg, now in self._copy:
+            avg.copy_(now)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = sorted(set(self.shadow) - set(state))
+        if missing:
+            raise BenchError(
+                f"the checkpoint's EMA weights lack {missing[0]}; use a checkpoint written by this run"
+            )
+        with torch.no_grad():
+            for k, v in self.shadow.items():
+                v.copy_(state[k])
+
+    @contextlib.contextmanager
+    def applied(self, model: torch.nn.Module) -> Iterator[None]:
+        """The averaged weights in ``model`` for the block, its own weights back afterwards."""
+        own = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.shadow)
+        try:
+            yield
+        finally:
+            model.load_state_dict(own)

@@ -1,0 +1,87 @@
+"""Training-curve loggers (``train.loggers``): console, tensorboard, csv, and plugins.
+
+:class:`RunLoggers` fans each call out to the loggers a run names and is what the trainer and
+the runner hold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.core.errors import BenchError
+from bench.train.loggers.base import LOGGERS, RunLogger, register_logger
+
+__all__ = ["LOGGERS", "RunLogger", "RunLoggers", "register_logger", "final_metrics"]
+
+
+class RunLoggers:
+    """The loggers of one run, called together; a failing logger never stops training."""
+
+    def __init__(self, loggers: list[RunLogger]):
+        self.loggers = loggers
+
+    @classmethod
+    def create(
+        cls, names: list[str] | tuple[str, ...], run_dir: Path, cfg: Any, start_step: int = 0
+    ) -> RunLoggers:
+        if isinstance(names, str):
+            names = [names]
+        return cls([LOGGERS.get(name)(run_dir, cfg, start_step) for name in dict.fromkeys(names)])
+
+    @property
+    def shows_progress(self) -> bool:
+        return any(getattr(lg, "shows_progress", False) for lg in self.loggers)
+
+    def _each(self, hook: str, *args) -> None:
+        import sys
+
+        for lg in self.loggers:
+            try:
+                getattr(lg, hook)(*args)
+            except Exception as exc:  # logging must not cost a run
+                print(
+                    f"warning: logger {type(lg).__name__}.{hook} failed: {type(exc).__name__}: {exc}",
+                    file=sys.stderr,
+                )
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        self._each("scalars", step, values)
+
+    def validation(self, step: int, result: dict[str, Any]) -> None:
+        self._each("validation", step, result)
+
+    def images(self, step: int, files: dict[str, Path]) -> None:
+        self._each("images", step, files)
+
+    def rollback(self, from_step: int, to_step: int) -> None:
+        self._each("rollback", from_step, to_step)
+
+    def final(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        self._each("final", hparams, metrics)
+
+    def close(self) -> None:
+        self._each("close")
+
+
+def check_logger_names(names: Any) -> None:
+    """One line for an unknown logger name (before a run starts)."""
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise BenchError(
+            f"train.loggers={names!r} must be a list, e.g. --set 'train.loggers=[console,tensorboard]'"
+        )
+    for name in names:
+        LOGGERS.get(str(name))  # raises: unknown logger 'x'; choose one of: ...
+
+
+def final_metrics(evaluations: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """``protocol/metric`` -> its headline number (accuracy, fid, kid_mean, gap_adv, ...)."""
+    out = {}
+    for proto, results in (evaluations or {}).items():
+        for metric, res in results.items():
+            if not isinstance(res, dict):
+                continue
+            for key in ("accuracy", "fid", "kid_mean", "is_mean", "ece", "gap_adv", "gap_gen"):
+                v = res.get(key)
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    out[f"{proto}/{metric}" + ("" if key == "accuracy" else f".{key}")] = float(v)
+    return out
