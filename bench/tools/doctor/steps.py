@@ -1,9 +1,7 @@
-"""One optimiser step from the seed's weights, how far two such steps may differ, and the
-per-method checks built on it: the fast path against the plain one, compiled against eager, no host
-sync inside a step, the peak memory at the paper settings, the throughput. The tolerances are
-docs/methods.md's ("The fast path"); a step "has an attack" when it enters the ``attack`` timing
-region (every attack in bench/attacks does), where rounding flips the sign of near-zero input
-gradients. tests/test_fast_path.py, test_compile_modes.py and test_host_sync.py run these checks."""
+"""One optimiser step from the seed's weights, how far two such steps may differ (the tolerances
+of docs/methods.md, "The fast path"), and the per-method checks of `bench doctor` built on it: fast
+vs plain path, compiled vs eager, host sync, peak memory, throughput (docs/scale.md). The tests of
+the fast path, the compile modes and host sync run these same checks."""
 
 from __future__ import annotations
 
@@ -105,13 +103,9 @@ def take_step(trainer: Trainer, step: int = STEP) -> StepResult:
     return StepResult(terms, torch.cat(moved).cpu(), "attack" in regions, logged)
 
 
-def step_from_seed(cfg: RunConfig, data: Any = None, step: int = STEP) -> StepResult:
+def step_from_seed(cfg: RunConfig, data: Any = None) -> StepResult:
     with tempfile.TemporaryDirectory() as tmp:
-        return take_step(build_trainer(cfg, tmp, data), step)
-
-
-def cosine(u: torch.Tensor, v: torch.Tensor) -> float:
-    return float(torch.nn.functional.cosine_similarity(u, v, dim=0))
+        return take_step(build_trainer(cfg, tmp, data))
 
 
 def compare(ref: StepResult, other: StepResult, tol: Tolerance, check: str = "compare") -> Check:
@@ -122,7 +116,7 @@ def compare(ref: StepResult, other: StepResult, tol: Tolerance, check: str = "co
         return verdict(False, check, f"{detail} (attack: {ref.attacked} vs {other.attacked})")
     loss, loss_other = ref.terms["loss"], other.terms["loss"]
     ref_norm = float(ref.update.norm())
-    cos = cosine(ref.update, other.update)
+    cos = float(torch.nn.functional.cosine_similarity(ref.update, other.update, dim=0))
     ratio = float(other.update.norm()) / ref_norm if ref_norm > 0 else math.nan
     diff, bound = abs(loss_other - loss), tol.loss_bound(loss)
     ok = {  # NaN fails each comparison
