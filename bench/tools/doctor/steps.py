@@ -194,14 +194,14 @@ class FastStep:
             finally:
                 if cuda:
                     torch.cuda.set_sync_debug_mode(previous)
+        if rec.hits:
+            return verdict(
+                False, "host_sync", f"the step waits for the GPU: {rec.hits[0]}", self.method
+            )
         debug_mode = "torch.cuda.set_sync_debug_mode('error') and " if cuda else ""
-        detail = (
-            f"the step waits for the GPU: {rec.hits[0]}"
-            if rec.hits
-            else f"{len(steps)} training step(s) under {debug_mode}a recorder of syncing ops: no op "
-            "waited for the GPU"
-        )
-        return verdict(not rec.hits, "host_sync", detail, self.method)
+        detail = f"{len(steps)} training step(s) under {debug_mode}a recorder of syncing ops"
+        detail += ": no op waited for the GPU"
+        return verdict(True, "host_sync", detail, self.method)
 
 
 class HostSyncRecorder(TorchDispatchMode):
@@ -242,10 +242,8 @@ def peak_memory(method: str, cfg: RunConfig, data: Any) -> Check:
         step_from_seed(cfg, data)
         torch.cuda.synchronize(device)
     except torch.OutOfMemoryError:
-        why = "lower data.batch_size or train on several GPUs (--nproc)"
-        return verdict(
-            False, "peak_memory", f"out of memory in one step at {setting}; {why}", method
-        )
+        why = f"out of memory in one step at {setting}; lower data.batch_size or train on several"
+        return verdict(False, "peak_memory", f"{why} GPUs (--nproc)", method)
     finally:
         gc.collect()
         torch.cuda.empty_cache()
@@ -260,15 +258,8 @@ def peak_memory(method: str, cfg: RunConfig, data: Any) -> Check:
         detail += f": above {MAX_MEMORY_FRACTION:.0%}; lower data.batch_size or use --nproc"
     gib = {"peak_gib": peak, "reserved_gib": reserved, "device_gib": total}
     values = {k: round(v / GIB, 2) for k, v in gib.items()}
-    return verdict(
-        ok,
-        "peak_memory",
-        detail,
-        method,
-        **values,
-        arch=cfg.model.arch,
-        batch_size=cfg.data.batch_size,
-    )
+    values |= {"arch": cfg.model.arch, "batch_size": cfg.data.batch_size}
+    return verdict(ok, "peak_memory", detail, method, **values)
 
 
 def throughput(method: str, cfg: RunConfig, data: Any, peaks: Any, steps: int) -> Check:
