@@ -153,10 +153,10 @@ class FastStep:
         self.step = take_step(self.trainer)
         self.tolerance = path_tolerance(self.trainer, self.step.attacked)
 
-    def against_plain(self, tol: Tolerance | None = None) -> Check:
-        """The plain path (eager fp32, NCHW) from the same weights, within ``tol`` (the path's)."""
+    def against_plain(self) -> Check:
+        """The plain path (eager fp32, NCHW) from the same weights, within this path's tolerance."""
         plain = step_from_seed(with_train(self.cfg, fast=False), self.data)
-        check = compare(plain, self.step, tol or self.tolerance, "fast_vs_plain")
+        check = compare(plain, self.step, self.tolerance, "fast_vs_plain")
         t = self.trainer
         path = [p for p, on in (("channels_last", t.channels_last), ("bf16", t.use_amp)) if on]
         kind = "attack" if plain.attacked else "no attack"
