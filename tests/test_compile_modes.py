@@ -19,11 +19,12 @@ import pytest
 import torch
 from conftest import make_tiny_args
 from test_bad_input import assert_one_error_line, snapshot
-from test_fast_path import build_trainer, cosine, one_step
+from test_fast_path import build_trainer, compiled_check
 
 from bench.core.config import CUDA_GRAPH_MODES, TrainConfig, check_compile
 from bench.core.errors import BenchError
 from bench.run.resolve import resolve_config
+from bench.tools.doctor.steps import tolerance
 from methods import METHODS
 
 # what the built-in methods' steps are: an attack's forward/backward pairs (if any) before the loss's
@@ -214,13 +215,11 @@ def test_default_compile_matches_eager_for_an_attack_method():
     train-mode forwards run through the compiled model and give the eager step (a signed attack
     amplifies rounding, so the tolerances of the attack methods in test_fast_path apply)."""
     small = ["train.amp=off", "method.steps=3", "data.batch_size=16"]
-    eager = one_step("pgd-at", small)
-    comp = one_step("pgd-at", [*small, "train.compile=default", "train.compile_backend=aot_eager"])
-    assert eager.terms.keys() == comp.terms.keys() and eager.attacked and comp.attacked
-    assert abs(eager.terms["loss"] - comp.terms["loss"]) <= 1e-2 * max(
-        1.0, abs(eager.terms["loss"])
-    )
-    assert cosine(eager.update, comp.update) > 0.9
+    eager, check = compiled_check("pgd-at", small)
+    assert check.status == "pass", check.detail  # the same terms, both steps attacked
+    assert eager.step.attacked and eager.tolerance == tolerance("layout", True)
+    assert check.values["loss_diff"] <= 1e-2 * max(1.0, abs(check.values["loss"]))
+    assert check.values["cosine"] > 0.9
 
 
 def test_compiled_model_keeps_trades_first_step_in_fp32():

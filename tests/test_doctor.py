@@ -13,7 +13,7 @@ import torch
 
 from bench.run.resolve import resolve_config
 from bench.tools.doctor import environment
-from bench.tools.doctor.process_group import process_group_checks
+from bench.tools.doctor.environment import process_group_checks
 
 CUDA_ONLY = {"host_sync", "peak_memory", "compile_vs_eager"}
 REPO = Path(__file__).resolve().parent.parent

@@ -9,9 +9,9 @@ weights, batch and seed:
 - bf16 autocast vs fp32: loss within 0.5% relative; update cosine > 0.99 (ce, jem++) or > 0.9
   (attack methods). The CPU runs this with CPU autocast; the CUDA case runs where a GPU is.
 
-The step, the comparison and the tolerance table are library code (bench/tools/doctor/one_step.py), which
-`bench doctor` runs on a new machine; these tests pin the table to the documented numbers and check
-each method against it.
+The step, the comparison, the tolerance table and the checks are library code
+(bench/tools/doctor/steps.py), which `bench doctor` runs on a new machine; these tests pin the table
+to the documented numbers and run those checks on each method.
 """
 
 from __future__ import annotations
@@ -20,16 +20,8 @@ import pytest
 import torch
 
 from bench.run.resolve import resolve_config
-from bench.tools.doctor.one_step import (
-    STEP,
-    StepResult,
-    Tolerance,
-    compare,
-    cosine,
-    step_from_seed,
-    tolerance,
-)
-from bench.tools.doctor.one_step import build_trainer as build_from_config
+from bench.tools.doctor.steps import FastStep, StepResult, Tolerance, compare, tolerance
+from bench.tools.doctor.steps import build_trainer as build_from_config
 
 ATTACKING = {"pgd-at", "trades", "ebjdat"}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -45,9 +37,17 @@ def build_trainer(method: str, overrides: list[str], device: str = "cpu", tmp: s
     return build_from_config(smoke_config(method, overrides, device), tmp)
 
 
-def one_step(method: str, overrides: list[str], device: str = "cpu") -> StepResult:
-    """Loss terms and the parameter update of step 5 from the seed's initial weights."""
-    return step_from_seed(smoke_config(method, overrides, device), step=STEP)
+def fast_step(method: str, overrides: list[str], device: str = "cpu") -> FastStep:
+    """Step 5 from the seed's initial weights (compile off), as `bench doctor` takes it."""
+    return FastStep(smoke_config(method, overrides, device))
+
+
+def compiled_check(method: str, overrides: list[str]):
+    """`bench doctor`'s compile_vs_eager check with the aot_eager backend (dynamo + AOT autograd
+    without code generation, so it runs in seconds here)."""
+    compiled = [*overrides, "train.compile=default", "train.compile_backend=aot_eager"]
+    fast = fast_step(method, overrides)
+    return fast, fast.against_compiled("default", smoke_config(method, compiled))
 
 
 def test_the_tolerance_table_is_the_documented_one():
@@ -63,7 +63,9 @@ def test_compare_rejects_each_kind_of_divergence():
     u = torch.tensor([1.0, 2.0, -0.5])
     ref = StepResult({"loss": 2.0, "ce": 2.0}, u, attacked=False)
     tol = tolerance("layout", False)
-    assert compare(ref, StepResult({"loss": 2.0, "ce": 2.0}, u.clone(), False), tol).passed
+    assert (
+        compare(ref, StepResult({"loss": 2.0, "ce": 2.0}, u.clone(), False), tol).status == "pass"
+    )
     for other, reason in [
         (StepResult({"loss": 2.001, "ce": 2.0}, u, False), "loss"),
         (StepResult({"loss": 2.0, "ce": 2.0}, torch.tensor([1.0, 2.0, 0.5]), False), "cosine"),
@@ -71,9 +73,11 @@ def test_compare_rejects_each_kind_of_divergence():
         (StepResult({"loss": float("nan"), "ce": 2.0}, u, False), "loss"),
     ]:
         verdict = compare(ref, other, tol)
-        assert not verdict.passed
+        assert verdict.status == "fail"
         assert verdict.detail.partition(":")[0] == f"outside the tolerance ({reason})"
-    assert not compare(ref, StepResult({"loss": 2.0}, u, False), tol).passed  # a term went missing
+    # a term went missing; the attack ran in one step only
+    assert compare(ref, StepResult({"loss": 2.0}, u, False), tol).status == "fail"
+    assert compare(ref, StepResult({"loss": 2.0, "ce": 2.0}, u, True), tol).status == "fail"
 
 
 def test_fast_off_is_the_plain_path(tmp_path):
@@ -98,22 +102,21 @@ def test_fast_off_is_the_plain_path(tmp_path):
 
 @pytest.mark.parametrize("method", ["ce", "pgd-at", "trades", "jem++", "ebjdat"])
 def test_fp32_channels_last_matches_plain(method):
-    plain = one_step(method, ["train.fast=false"])
-    fast = one_step(method, ["train.amp=off", "train.channels_last=true"])
-    assert (
-        plain.attacked == fast.attacked == (method in ATTACKING)
-    )  # the step's attack region decides the column
-    verdict = compare(plain, fast, tolerance("layout", method in ATTACKING))
-    assert verdict.passed, verdict.detail
+    fast = fast_step(method, ["train.amp=off", "train.channels_last=true"])
+    assert fast.tolerance == tolerance("layout", method in ATTACKING)  # the check compares within
+    check = fast.against_plain()
+    # the step's attack region decides the column (the check fails when the two steps differ in it)
+    assert check.values["attacked"] == fast.step.attacked == (method in ATTACKING)
+    assert check.status == "pass", check.detail
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", ["ce", "pgd-at", "trades", "jem++", "ebjdat"])
 def test_bf16_autocast_within_tolerance(method, device):
-    fp32 = one_step(method, ["train.fast=false"], device)
-    bf16 = one_step(method, ["train.amp=bf16"], device)
-    verdict = compare(fp32, bf16, tolerance("bf16", method in ATTACKING))
-    assert verdict.passed, verdict.detail
+    bf16 = fast_step(method, ["train.amp=bf16"], device)
+    assert bf16.tolerance == tolerance("bf16", method in ATTACKING)  # the check compares within
+    check = bf16.against_plain()
+    assert check.status == "pass", check.detail
 
 
 def test_compiled_model_trains_like_eager(tmp_path):
@@ -121,12 +124,9 @@ def test_compiled_model_trains_like_eager(tmp_path):
     in seconds here) gives the eager updates, keeps the state-dict keys, and handles the sampler's
     input gradients and train/eval switches (jem++)."""
     for method in ("ce", "jem++"):
-        eager = one_step(method, ["train.amp=off"])
-        comp = one_step(
-            method, ["train.amp=off", "train.compile=default", "train.compile_backend=aot_eager"]
-        )
-        assert abs(eager.terms["loss"] - comp.terms["loss"]) < 1e-4
-        assert cosine(eager.update, comp.update) > 0.9999
+        _, check = compiled_check(method, ["train.amp=off"])
+        assert check.status == "pass", check.detail
+        assert check.values["loss_diff"] < 1e-4 and check.values["cosine"] > 0.9999
     tr = build_trainer(
         "ce", ["train.compile=default", "train.compile_backend=aot_eager"], tmp=str(tmp_path)
     )

@@ -1,70 +1,22 @@
 """The training step never waits for the device between log steps (issue 6's "no host sync").
 
-A dispatch mode records every aten op that must read a device value back to the host (``.item()``,
-``bool(tensor)``, ``nonzero``, ``unique``, boolean-mask indexing ...). ``.tolist()`` and ``.cpu()``
-dispatch no op on a CPU tensor and are not seen here; the code under test uses neither. On CPU these cost nothing,
-but the same code on CUDA would stall the GPU once per call, so the test pins the code path that
-CUDA takes (the class-Gaussian draw's dense form) and runs it here.
+A dispatch mode (``HostSyncRecorder``, the one `bench doctor`'s host_sync check runs, in
+bench/tools/doctor/steps.py) records every aten op that must read a device value back to the host
+(``.item()``, ``bool(tensor)``, ``nonzero``, ``unique``, boolean-mask indexing ...). ``.tolist()``
+and ``.cpu()`` dispatch no op on a CPU tensor and are not seen here; the code under test uses
+neither. On CPU these cost nothing, but the same code on CUDA would stall the GPU once per call, so
+the test pins the code path that CUDA takes (the class-Gaussian draw's dense form) and runs it here.
 """
 
 from __future__ import annotations
 
-import tempfile
-import traceback
-
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import bench.sampling.gaussians as gaussians_mod
-from bench.data import load_run_data
-from bench.models import build_model
 from bench.run.resolve import resolve_config
 from bench.sampling import ClassGaussians, ReplayBuffer
-from bench.train.trainer import Trainer
-from methods import get_method
-
-SYNCING_OPS = {
-    "_local_scalar_dense",
-    "nonzero",
-    "_unique2",
-    "unique_dim",
-    "unique_consecutive",
-    "masked_select",
-    "is_nonzero",
-    "equal",
-}
-
-
-MASK_INDEXING_OPS = {"index", "index_put", "index_put_"}  # sync when an index is a boolean mask
-
-
-def _has_bool_index(args) -> bool:
-    indices = args[1] if len(args) > 1 else ()
-    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (indices or ()))
-
-
-class HostSyncRecorder(TorchDispatchMode):
-    """Records syncing ops, with the project frame that issued them. The unfused optimiser's step
-    counter (a CPU scalar read inside ``torch.optim``) is not a device read and is left out; the
-    trainer uses the fused optimiser on CUDA."""
-
-    def __init__(self):
-        super().__init__()
-        self.hits: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func._overloadpacket.__name__
-        if name in SYNCING_OPS or (name in MASK_INDEXING_OPS and _has_bool_index(args)):
-            stack = traceback.format_stack()
-            if not any("torch/optim/" in line for line in stack):
-                ours = [
-                    line.strip()
-                    for line in stack
-                    if "site-packages" not in line and "test_host_sync" not in line
-                ]
-                self.hits.append(f"{name} at {ours[-1] if ours else '?'}")
-        return func(*args, **(kwargs or {}))
+from bench.tools.doctor.steps import FastStep, HostSyncRecorder
 
 
 @pytest.fixture
@@ -151,16 +103,7 @@ def test_a_training_step_between_log_steps_does_not_sync(method, extra, cuda_cod
         device="cpu",
         overrides=["train.log_every=100", "data.batch_size=16", *extra],
     )
-    data = load_run_data(cfg)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, data.num_classes)
-    m = get_method(method).from_dict(cfg.method_cfg)
-    m.setup(model, data, torch.device("cpu"))
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, model, m, data, torch.device("cpu"), tmp, show_progress=False)
-        model.train()
-        trainer.train_step(0)  # the first step may read back (initial statistics)
-        with HostSyncRecorder() as rec:
-            trainer.train_step(1)
-            trainer.train_step(2)
-    assert rec.hits == [], f"{method}: the step waits for the device: {rec.hits[:3]}"
+    # `bench doctor`'s host_sync check: after a first step (which may read back initial
+    # statistics), two more steps under the recorder
+    check = FastStep(cfg).host_sync(steps=(1, 2))
+    assert check.status == "pass", f"{method}: {check.detail}"

@@ -234,6 +234,20 @@ def test_precision_context_sets_and_restores():
     assert current_precision() == before
 
 
+def test_the_doctors_precision_check_sets_reads_back_and_restores():
+    """`bench doctor`'s precision_flags check: training's and evaluation's flags through the same
+    context, read back as above, and put back."""
+    from bench.core.config import TrainConfig
+    from bench.tools.doctor.environment import precision_flags
+
+    before = current_precision()
+    check = precision_flags(TrainConfig(), False, torch.device("cpu"))
+    assert check.status == "pass", check.detail
+    assert check.values["evaluation"] == FP32 and check.values["now"] == before
+    assert check.values["training"] == training_precision(TrainConfig()).as_dict()
+    assert current_precision() == before
+
+
 def test_training_flags_follow_the_fast_path_and_determinism():
     from bench.core.config import TrainConfig
 

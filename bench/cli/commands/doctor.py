@@ -66,7 +66,7 @@ def doctor(methods, device, preset, compile_modes, steps, overrides, json_out, q
       bench doctor --device cuda --compile-mode default -q
     """
     from bench.core.io import write_json
-    from bench.tools.doctor.checks import ChecksFailed, format_table
+    from bench.tools.doctor.checks import Check, ChecksFailed, format_table
     from bench.tools.doctor.run import COMPILE_MODES, DoctorOptions, run_doctor
 
     opts = DoctorOptions(
@@ -83,18 +83,12 @@ def doctor(methods, device, preset, compile_modes, steps, overrides, json_out, q
         progress=None if quiet else (lambda line: click.echo(line, err=True)),
         on_update=(lambda partial: write_json(Path(json_out), partial)) if to_file else None,
     )
-    from bench.tools.doctor.checks import Check
-
     checks = [Check(**c) for c in report["checks"]]
-    if json_out == "-":
-        click.echo(json.dumps(report, indent=2))
-    else:
-        click.echo(format_table(checks))
+    click.echo(json.dumps(report, indent=2) if json_out == "-" else format_table(checks))
     if to_file:
         write_json(Path(json_out), report)
         click.echo(f"json: {json_out}")
-    bad = [c.label for c in checks if c.status == "fail"]
-    if bad:
+    if bad := [c.label for c in checks if c.status == "fail"]:
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise ChecksFailed(
             f"{len(bad)} of {len(checks)} checks failed ({shown}); the detail column says why"

@@ -1,5 +1,5 @@
-"""What one doctor check yields (:class:`Check`), how a check that raises becomes a failed one,
-and the table the command prints."""
+"""What one doctor check yields (:class:`Check`), a check that raises as a failed one, and the table
+the command prints (docs/scale.md, "Checking a machine")."""
 
 from __future__ import annotations
 
@@ -14,10 +14,13 @@ PASS, FAIL, SKIPPED = "pass", "fail", "skipped"
 
 
 class ChecksFailed(BenchError):
-    """At least one check failed: the table and the JSON say which and why (exit status 1: a finding
-    about the machine or the code, not a mistake in the command line, which exits 2)."""
+    """A finding about the machine or the code (exit status 1), not a bad command line (2)."""
 
     exit_code = 1
+
+
+class NotRun(Exception):
+    """Raised by a check that needs what an earlier, failed one made: the message is its detail."""
 
 
 @dataclass
@@ -34,21 +37,8 @@ class Check:
         return f"{self.check} {self.method}" if self.method else self.check
 
 
-def passed(check: str, detail: str, method: str | None = None, **values: Any) -> Check:
-    return Check(check, PASS, detail, method, values)
-
-
-def failed(check: str, detail: str, method: str | None = None, **values: Any) -> Check:
-    return Check(check, FAIL, detail, method, values)
-
-
-def skipped(check: str, detail: str, method: str | None = None, **values: Any) -> Check:
-    return Check(check, SKIPPED, detail, method, values)
-
-
-def cuda_only(check: str, method: str | None, why: str) -> Check:
-    """The row of a check that needs a CUDA device, on a machine without one."""
-    return skipped(check, f"CUDA only ({why}); no CUDA device here", method)
+def verdict(ok: bool, check: str, detail: str, method: str | None = None, **values: Any) -> Check:
+    return Check(check, PASS if ok else FAIL, detail, method, values)
 
 
 def guarded(check: str, method: str | None, fn: Callable[[], Check]) -> Check:
@@ -56,9 +46,11 @@ def guarded(check: str, method: str | None, fn: Callable[[], Check]) -> Check:
     t0 = time.perf_counter()
     try:
         result = fn()
+    except NotRun as exc:
+        result = verdict(False, check, str(exc), method)
     except Exception as exc:
         text = " ".join(str(exc).split()) or type(exc).__name__
-        result = failed(check, f"{type(exc).__name__}: {text[:300]}", method)
+        result = verdict(False, check, f"{type(exc).__name__}: {text[:300]}", method)
     result.seconds = round(time.perf_counter() - t0, 2)
     return result
 
@@ -70,12 +62,10 @@ def summary(checks: list[Check]) -> dict[str, int]:
 def format_table(checks: list[Check]) -> str:
     import pandas as pd
 
-    rows = [
-        {"check": c.check, "method": c.method or "", "status": c.status, "detail": c.detail}
-        for c in checks
-    ]
+    rows = [[c.check, c.method or "", c.status, c.detail] for c in checks]
+    table = pd.DataFrame(rows, columns=["check", "method", "status", "detail"])
     counts = summary(checks)
-    table = pd.DataFrame(rows, columns=["check", "method", "status", "detail"]).to_markdown(
-        index=False
+    return (
+        f"{table.to_markdown(index=False)}\n\n"
+        f"{counts[PASS]} passed, {counts[FAIL]} failed, {counts[SKIPPED]} skipped"
     )
-    return f"{table}\n\n{counts[PASS]} passed, {counts[FAIL]} failed, {counts[SKIPPED]} skipped"
