@@ -10,6 +10,7 @@ a metric, so a plugin's metric reaches every table.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from bench.core.errors import BenchError
 from bench.core.registry import Registry
 
 METRICS: Registry = Registry("metric", group="trilemma_bench.metrics", packages=("metrics",))
@@ -150,14 +152,29 @@ def accuracy_summary(res: dict[str, Any]) -> str:
     return f"accuracy {100 * res['accuracy']:.2f}%  n={res.get('n_examples')}"
 
 
+class MetricUnavailable(BenchError):
+    """A metric's inputs (generated samples, feature-extractor weights, ...) are missing; one line
+    says how to fix it."""
+
+
 @dataclass
 class EvalContext:
+    """What every metric of one evaluation shares: where and how it runs, and its inputs."""
+
     device: torch.device
     batch_size: int = 256
     seed: int = 0
-    out_dir: Path | None = None  # where a metric may write artifacts (figures)
+    out_dir: Path | None = None  # where a metric may write artifacts (figures, generated samples)
     show_progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    protocol: str = "eval"  # names the artifacts; set by metrics.engine.evaluate
+    cfg: Any = None  # the run's config: generative metrics draw samples with the run's sampler
+    samples: str | None = None  # --samples FILE.npz: generated images instead of the run's sampler
+    weights: str | None = None  # --weights: the Inception weights file
+    buffer_state: dict | None = None  # the run's saved replay buffer (sample_source auto/buffer)
+    # computed once per evaluation and reused by its later metrics, keyed by what fixes them
+    adversarial: dict[tuple, torch.Tensor] = field(default_factory=dict)  # dropped when it ends
+    generated: dict[tuple, Any] = field(default_factory=dict)
+    fidelity: dict[tuple, Any] = field(default_factory=dict)
 
 
 def test_subset(data, n_examples: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,8 +197,6 @@ def batches(
 def say(ctx, line: str) -> None:
     """A progress line on stderr (above any progress bar), unless the evaluation is quiet (``-q``)."""
     if ctx.show_progress:
-        import sys
-
         from tqdm.auto import tqdm
 
         tqdm.write(line, file=sys.stderr)
@@ -193,9 +208,6 @@ def progress(iterable, total: int, desc: str, enabled: bool):
     return tqdm(
         iterable, total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True
     )
-
-
-MetricFn = Callable[..., dict[str, Any]]
 
 
 # ----------------------------------------------------------------------------------------
@@ -218,10 +230,10 @@ def pgd_attack_key(attack: dict[str, Any], n_examples: int, seed: int) -> tuple:
 
 def keep_adversarial(ctx, key: tuple, x_adv: torch.Tensor) -> None:
     """Keep one metric's adversarial examples (on the CPU) for a later metric of the same evaluation
-    that runs the same attack (``energy`` after ``pgd``); :func:`metrics.protocols.evaluate` drops
+    that runs the same attack (``energy`` after ``pgd``); :func:`metrics.engine.evaluate` drops
     them when it ends."""
-    ctx.extra.setdefault("adversarial", {})[key] = x_adv
+    ctx.adversarial[key] = x_adv
 
 
 def kept_adversarial(ctx, key: tuple) -> torch.Tensor | None:
-    return (ctx.extra.get("adversarial") or {}).get(key)
+    return ctx.adversarial.get(key)

@@ -117,7 +117,7 @@ def calibration(model, data, settings, ctx) -> dict:
         "bin_counts": counts.astype(int).tolist(),
     }
     if ctx.out_dir is not None:
-        proto = ctx.extra.get("protocol", "eval")
+        proto = ctx.protocol
         rel = Path("figures") / f"{proto}-reliability.png"
         reliability_diagram(counts, acc, cbar, ece, Path(ctx.out_dir) / rel, f"[{proto}] n={n}")
         out["artifacts"] = {"reliability_diagram": str(rel)}

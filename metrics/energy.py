@@ -28,6 +28,7 @@ from bench.core.errors import BenchError
 from bench.core.io import save_figure, save_npz
 from metrics.base import (
     Headline,
+    MetricUnavailable,
     batches,
     kept_adversarial,
     pgd_attack_key,
@@ -35,7 +36,6 @@ from metrics.base import (
     register_metric,
     test_subset,
 )
-from metrics.protocols import MetricUnavailable
 
 
 @torch.no_grad()
@@ -170,7 +170,7 @@ def energy(model, data, settings, ctx) -> dict:
     e_gen = np.zeros(0)
     gen_info, gen_note = None, None
     try:
-        from metrics.fid import generated_samples
+        from metrics.images import generated_samples
 
         n_gen = int(settings.get("n_generated") or n)
         gen, gen_info = generated_samples(model, data, {**settings, "n_samples": n_gen}, ctx)
@@ -202,7 +202,7 @@ def energy(model, data, settings, ctx) -> dict:
     if gen_note:
         out["note"] = gen_note
     if ctx.out_dir is not None:
-        proto = ctx.extra.get("protocol", "eval")
+        proto = ctx.protocol
         rel = Path("figures") / f"{proto}-energy.png"
         title = (
             f"[{proto}] PGD-{int(atk['steps'])} eps {atk['eps'] * 255:.3g}/255: gap_adv {out['gap_adv']:.3g}"

@@ -155,10 +155,10 @@ def write_weights(
     announce: Callable[[str], None] | None = None,
 ) -> tuple[Path, dict]:
     """Convert ``src``, check its features against the TorchScript's (unless ``check`` is false) and
-    write the weights to ``out`` (default: where FID looks for them, :func:`metrics.fid.converted_weights_path`)
+    write the weights to ``out`` (default: where FID looks for them, :func:`metrics.inception.converted_weights_path`)
     with their provenance beside them (``<file>.json``); returns (path written, provenance)."""
     from bench.core.io import torch_save, write_json
-    from metrics.fid import converted_weights_path, sha256_file
+    from metrics.inception import converted_weights_path, sha256_file
 
     src = Path(src)
     sd, meta = convert(src)

@@ -73,12 +73,12 @@ def time_fid_features(
     device: torch.device, *, n_images: int = 512, batch_size: int = 64, weights: str | None = None
 ) -> dict[str, Any]:
     """Images/s of the InceptionV3 feature extractor FID uses; ``{"skipped": why}`` without weights."""
-    from metrics.fid import INCEPTION, resolve_weights
-    from metrics.protocols import MetricUnavailable
+    from metrics.base import MetricUnavailable
+    from metrics.inception import INCEPTION, resolve_weights
 
     try:
         path, source = resolve_weights(
-            {"weights": weights, "download": False}, SimpleNamespace(extra={}), download=False
+            {"weights": weights, "download": False}, SimpleNamespace(weights=None), download=False
         )
     except MetricUnavailable as exc:
         return {"skipped": str(exc)}

@@ -15,6 +15,8 @@ import warnings
 from pathlib import Path
 
 from bench.core.errors import BenchError
+from bench.run.evaluation import EvalOptions
+from bench.tools.zoo.external import evaluate_external, file_sha256
 
 PREFIX = "robustbench:"
 THREAT_MODEL = "Linf"
@@ -129,17 +131,16 @@ def load_zoo_model(name: str, model_dir: str | Path, dataset: str = "cifar10"):
 
 def evaluate_zoo(
     ref: str,
-    model_dir: str | Path,
+    opts: EvalOptions,
     *,
+    model_dir: str | Path,
     dataset: str = "cifar10",
     zoo_dataset: str | None = None,
-    **kwargs,
+    **where,
 ):
-    """Library entry point of `bench eval --model robustbench:NAME`: load the zoo model and evaluate
-    it into its ``kind: "external"`` record (see :func:`bench.tools.zoo.external.evaluate_external`)."""
-    from bench.run.evaluation import check_request
-    from bench.tools.zoo.external import evaluate_external, file_sha256
-
+    """`bench eval --model robustbench:NAME`: load the zoo model and evaluate it into its
+    ``kind: "external"`` record (``where``: ``out``, ``data_dir``, ``device`` of
+    :func:`bench.tools.zoo.external.evaluate_external`)."""
     name = parse_model_ref(ref)
     if zoo_dataset is None:
         if dataset not in ZOO_DATASETS:
@@ -148,9 +149,7 @@ def evaluate_zoo(
                 "zoo the model comes from with --zoo-dataset, e.g. --zoo-dataset cifar10"
             )
         zoo_dataset = dataset
-    check_request(
-        kwargs.get("protocol", "standard"), kwargs.get("metrics"), kwargs.get("n_examples")
-    )
+    opts.check()
     net, path = load_zoo_model(name, model_dir, zoo_dataset)
     source = {
         "source": "robustbench",
@@ -162,5 +161,5 @@ def evaluate_zoo(
         "robustbench": getattr(import_robustbench(), "__version__", None),
     }
     return evaluate_external(
-        net, method=f"{PREFIX}{name}", arch=name, dataset=dataset, source=source, **kwargs
+        net, opts, method=f"{PREFIX}{name}", arch=name, dataset=dataset, source=source, **where
     )
