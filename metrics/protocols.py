@@ -1,17 +1,7 @@
-"""Protocols: named, documented bundles of metric settings. Every stored number carries one.
-
-- ``quick``: the end-of-run check of `bench run` (clean + PGD-20).
-- ``standard``: RobustBench-style evaluation ([0, 1] inputs, eps 8/255, official standard
-  AutoAttack, no test-time noise) plus clean, PGD-20, energy gaps, calibration and, when
-  generated samples and Inception weights are available, FID / KID / IS.
-- ``paper``: the EB-JDAT authors' evaluation script reproduced with the official library's
-  components (eps 8/255 on the [-1, 1] scale = 4/255 in pixels, N(0, 0.03^2) test-time noise on
-  the [-1, 1] scale, their reduced AutoAttack).
-
-Each protocol's ``description`` states its exact settings (`bench list protocols`). A metric
-listed in ``optional`` is skipped, with the reason reported, when its inputs (generated samples,
-Inception weights) are not available; asked for by name (``--metrics fid``) it fails instead.
-"""
+"""The protocol catalogue: named, documented bundles of metric settings (every stored number carries
+one), as data. Each protocol's ``description`` states its exact settings (`bench list protocols`);
+a metric in ``optional`` is skipped, with the reason, when its inputs are missing. The engine that
+runs them is metrics/engine.py; see docs/evaluation.md."""
 
 from __future__ import annotations
 
