@@ -22,9 +22,8 @@ from bench.core.errors import BenchError
 from bench.core.registry import Registry
 
 METRICS: Registry = Registry("metric", group="trilemma_bench.metrics", packages=("metrics",))
-NOT_NUMBERS = frozenset(
-    {"n_examples", "seconds"}
-)  # bookkeeping keys of a result, never shown as numbers
+# bookkeeping keys of a result, never shown as numbers
+NOT_NUMBERS = frozenset({"n_examples", "seconds"})
 # settings every metric receives from the protocol (besides those it declares)
 COMMON_SETTINGS = frozenset({"n_examples", "input_noise"})
 

@@ -131,9 +131,8 @@ def energy(model, data, settings, ctx) -> dict:
         raise BenchError("energy needs at least one test image; raise --n-examples")
     e_clean = energies(model, x, ctx.device, ctx.batch_size)
 
-    x_adv = kept_adversarial(
-        ctx, pgd_attack_key({**atk, "eot": 1}, n, ctx.seed)
-    )  # attacked without EOT below
+    # attacked without EOT below
+    x_adv = kept_adversarial(ctx, pgd_attack_key({**atk, "eot": 1}, n, ctx.seed))
     adversarial_source = (
         "the pgd metric's examples (same attack, images and seed)"
         if x_adv is not None
@@ -141,9 +140,8 @@ def energy(model, data, settings, ctx) -> dict:
     )
     if x_adv is None:
         rng_state = torch.random.get_rng_state()
-        torch.manual_seed(
-            ctx.seed
-        )  # the pgd metric's random starts: the same attack gives the same examples
+        # the pgd metric's random starts: the same attack gives the same examples
+        torch.manual_seed(ctx.seed)
         adv = []
         try:
             nb = math.ceil(n / ctx.batch_size)
@@ -213,9 +211,8 @@ def energy(model, data, settings, ctx) -> dict:
             Path(ctx.out_dir) / rel,
             title,
         )
-        values = rel.with_suffix(
-            ".npz"
-        )  # the energies themselves: `bench report` draws runs on one axis
+        # the energies themselves: `bench report` draws runs on one axis
+        values = rel.with_suffix(".npz")
         save_npz(
             Path(ctx.out_dir) / values,
             clean=e_clean.astype(np.float32),

@@ -69,9 +69,8 @@ def _inception_skeleton():
         ):  # skip the weights the constructor loads
             return None
 
-    empty = (
-        io.BytesIO()
-    )  # the constructor torch.load()s its weights path; an empty in-memory dict will do
+    # the constructor torch.load()s its weights path; an empty in-memory dict will do
+    empty = io.BytesIO()
     torch.save({}, empty)
     empty.seek(0)
     return _Skeleton("inception-v3-compat", ["2048"], feature_extractor_weights_path=empty)

@@ -155,9 +155,8 @@ def resolve_real_split(split: str, data) -> str:
 
 
 def real_images(data, split: str, n_real: int) -> torch.Tensor:
-    x_test = getattr(
-        data, "x_test_clean", data.x_test
-    )  # the paper protocol's noise is for the classifier only
+    # the paper protocol's noise is for the classifier only
+    x_test = getattr(data, "x_test_clean", data.x_test)
     parts = {"train": [data.x_train], "test": [x_test], "train+test": [data.x_train, x_test]}
     if split not in parts:
         raise BenchError(

@@ -18,9 +18,8 @@ class Protocol:
     name: str
     description: str
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # metric -> settings
-    optional: frozenset[str] = (
-        frozenset()
-    )  # skipped (with the reason) when their inputs are unavailable
+    # skipped (with the reason) when their inputs are unavailable
+    optional: frozenset[str] = frozenset()
     input_noise: float = 0.0  # std of Gaussian noise on the [0, 1] test images (pixel units)
     # False: the noise is drawn once per image, before any metric (the attacked function is deterministic);
     # True: drawn afresh inside every forward pass, a randomised defence (attack it with EOT)
@@ -85,9 +84,8 @@ register_protocol(
             "fid": {"real_split": "train", "n_samples": 10000},
             "kid": {"real_split": "train", "n_samples": 10000},
             "is": {"n_samples": 10000, "splits": 10},
-            "energy": {
-                "attack": dict(PGD20)
-            },  # after fid: its generated samples are reused, not drawn again
+            # after fid: its generated samples are reused, not drawn again
+            "energy": {"attack": dict(PGD20)},
         },
         optional=frozenset({"fid", "kid", "is"}),
     )
@@ -108,10 +106,7 @@ register_protocol(
             "clean": {},
             "pgd": dict(PGD10),
             "kid": {"real_split": "train", "n_samples": 100, "n_real": 100, "kid_subset_size": 100},
-            "energy": {
-                "attack": dict(PGD10),
-                "n_generated": 100,
-            },  # after kid: the same generated samples
+            "energy": {"attack": dict(PGD10), "n_generated": 100},  # after kid: the same samples
         },
         optional=frozenset({"kid"}),
     )

@@ -35,9 +35,8 @@ def time_sampler(trainer, model, method, *, reps: int, warmup: int = 1) -> dict[
     if not isinstance(sampler, ContrastiveSampler):
         return None
     device = trainer.device
-    batch = (
-        sampler.last_batch_size or trainer.cfg.data.batch_size
-    )  # as many as a training step draws
+    # as many as a training step draws
+    batch = sampler.last_batch_size or trainer.cfg.data.batch_size
     fwd = forward_flops_per_image(model, tuple(trainer.data.image_shape), device)
     # a class-conditional sampler draws x | y: labels as the training step draws them (uniform)
     y = (
@@ -129,9 +128,8 @@ def time_autoattack(
     from metrics.base import EvalContext
 
     run_dir = resolve_run(run_ref, out)
-    model, cfg, data, record = load_evaluation_model(
-        run_dir, device
-    )  # the model `bench eval` attacks
+    # the model `bench eval` attacks
+    model, cfg, data, record = load_evaluation_model(run_dir, device)
     with tempfile.TemporaryDirectory() as tmp, precision(evaluation_precision(cfg.eval.tf32)):
         ctx = EvalContext(
             device=device,
@@ -179,9 +177,8 @@ def time_guardrails(
     from metrics.pgd import pgd
 
     run_dir = resolve_run(run_ref, out)
-    model, cfg, data, record = load_evaluation_model(
-        run_dir, device
-    )  # the model `bench eval` attacks
+    # the model `bench eval` attacks
+    model, cfg, data, record = load_evaluation_model(run_dir, device)
     settings = {
         "eps": 8 / 255,
         "alpha": 2 / 255,
