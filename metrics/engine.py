@@ -28,11 +28,8 @@ class TestTimeNoise(torch.nn.Module):
         self.model, self.std = model, std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(
-            (x + self.std * torch.randn_like(x, memory_format=torch.contiguous_format)).clamp(
-                0.0, 1.0
-            )
-        )
+        noise = self.std * torch.randn_like(x, memory_format=torch.contiguous_format)
+        return self.model((x + noise).clamp(0.0, 1.0))
 
 
 def noisy_view(data, std: float, seed: int):
@@ -158,9 +155,7 @@ def check_overrides(names: list[str], overrides: dict[str, dict[str, Any]] | Non
                 f"--set {metric}.{unknown[0]}: unknown setting {unknown[0]!r} of metric {metric}; "
                 f"its settings: {', '.join(sorted(known))}"
             )
-        for key, kind in setting_types(
-            metric
-        ).items():  # typed settings: checked and converted here
+        for key, kind in setting_types(metric).items():  # typed settings: checked and converted
             if key in items:
                 items[key] = coerce(items[key], kind, f"--set {metric}.{key}")
 

@@ -1,9 +1,6 @@
-"""`bench eval RUN`: evaluate a saved run with a protocol and merge the results into its record.
-
-The work is :func:`bench.run.evaluation.evaluate_saved_run`: nothing is written to the record until a
-metric has produced its result, and an interrupted AutoAttack resumes when the same command is
-run again.
-"""
+"""`bench eval RUN` and `bench eval --model robustbench:NAME`: the flags become an
+:class:`~bench.run.evaluation.EvalOptions`, evaluated along the one evaluation path
+(docs/evaluation.md)."""
 
 from __future__ import annotations
 
