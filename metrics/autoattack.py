@@ -1,6 +1,6 @@
-"""``autoattack``: robust accuracy under the official AutoAttack (``pyautoattack``), resumable
-after an interruption from its state in the run directory. Settings and how resuming works:
-docs/evaluation.md; the library's objects: metrics/autoattack_library.py."""
+"""``autoattack``: robust accuracy under the official AutoAttack (``pyautoattack``, Croce & Hein 2020).
+Resumable after an interruption, from its state in the run directory. Settings and how resuming
+works: docs/evaluation.md; the library's objects: metrics/autoattack_library.py."""
 
 from __future__ import annotations
 
