@@ -1,12 +1,8 @@
-"""Metric registry, how a metric presents its numbers, and shared helpers.
-
-A metric is ``fn(model, data, settings, ctx) -> dict`` of named numbers plus ``n_examples``,
-registered with :func:`register_metric`, which also records how its numbers are presented
-(:class:`Presentation`): the headline keys a leaderboard shows, their scale and unit, whether
-higher is better, where the metric's columns go, and the one-line summary `bench eval` and
-`bench show` print. `bench compare`, `bench show` and `bench eval` read that; none of them names
-a metric, so a plugin's metric reaches every table.
-"""
+"""Metric registry, how a metric presents its numbers, and shared helpers. A metric is
+``fn(model, data, settings, ctx) -> dict`` of named numbers plus ``n_examples``; its
+:class:`Presentation` (headlines, scale, unit, direction, column order, one-line summary) is what
+`bench compare`, `bench show` and `bench eval` read, so a plugin's metric reaches every table
+(README.md, "Adding your own metric")."""
 
 from __future__ import annotations
 

@@ -1,10 +1,8 @@
 """``calibration``: expected calibration error and a reliability diagram.
-
 ECE = sum over equal-width confidence bins (``bins``, 15 by default) of
 (|bin| / n) * |accuracy(bin) - mean confidence(bin)|, confidence = max softmax probability.
 Also reports the maximum calibration error, the negative log-likelihood and the Brier score,
-and writes ``figures/<protocol>-reliability.png``.
-"""
+and writes ``figures/<protocol>-reliability.png``."""
 
 from __future__ import annotations
 

@@ -1,19 +1,6 @@
 """``energy``: the energy landscape of clean, adversarial and generated images.
-
-E(x) = -logsumexp_y f(x)[y] (the classifier read as an energy model, model in eval mode) for
-(a) the clean test images, (b) their l-inf PGD adversarial versions (settings ``attack``: eps,
-alpha, steps, restarts in pixel units; PGD-20 with eps 8/255 by default) and (c) generated
-samples (``--samples FILE.npz`` or the run's sampler, at most ``n_generated``, default
-``n_examples``). Reports per-set mean and std, the gaps ``mean E(x_adv) - mean E(x)`` and
-``mean E(x_gen) - mean E(x)``, Wasserstein-1 distances between the empirical distributions
-(scipy), one histogram PNG with the three distributions on shared bins, and the energies
-themselves (``figures/<protocol>-energy.npz``: ``clean``, ``adversarial``, ``generated``). Without generated
-samples the generated entries are None and the figure shows two distributions.
-
-When the same evaluation's ``pgd`` metric ran the same attack (settings, images, seed) on a
-deterministic model, its adversarial examples are used instead of attacking again: they are the
-ones this metric would compute (``adversarial_source`` in the result says which happened).
-"""
+E(x) = -logsumexp_y f(x)[y] of each set, their gaps, W1 distances, a histogram and the energies
+themselves; what is reported and when ``pgd``'s adversarial examples are reused: docs/evaluation.md."""
 
 from __future__ import annotations
 

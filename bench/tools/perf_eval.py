@@ -1,17 +1,9 @@
-"""The rest of `bench perf`: sampler, FID feature extraction and AutoAttack throughput.
-
-- **sampler**: the negative-sample draw of each energy-based method (``method.sampler``, a
-  ``ContrastiveSampler``), as its training step runs it (same settings, batch, precision and
-  memory format): sampled images per second and forward-equivalents per sampled image.
-- **FID features**: torch-fidelity's InceptionV3 (the extractor `bench eval` uses, fp32, inputs
-  resized to 299x299 inside it) on uint8 32x32 batches: images per second. Needs the weights
-  file (`bench fid-weights`); without it the row says so and is skipped.
-- **AutoAttack**: the `autoattack` metric itself (pyautoattack, the code `bench eval` runs) on
-  the test images of trained runs. Its cost depends on the model: AutoAttack only attacks
-  correctly classified points and each attack of the cascade only the points still robust, so a
-  robust model costs several times more per image than a non-robust one. Pass one of each
-  (`--aa-run`): the row reports clean and robust accuracy beside the throughput.
-"""
+"""The rest of `bench perf` (README.md, BENCHMARKS.md): the sampler of each energy-based method as
+its training step runs it, torch-fidelity's InceptionV3 feature extraction (skipped without the
+weights of `bench fid-weights`), and the `autoattack` metric on trained runs (`--aa-run`). AutoAttack
+attacks only correctly classified points, and each attack of the cascade only the points still
+robust, so a robust model costs several times more per image than a non-robust one: pass one of
+each."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
 """External models: a classifier trained elsewhere, wrapped as this benchmark's energy model, with
-its results kept in a normal run record of ``kind: "external"``.
-
-The record is found again by (method, dataset, model-file sha256), so evaluating the same model
-file with another protocol merges into the same record instead of creating a new run.
-"""
+its results kept in a normal run record of ``kind: "external"``, found again by (method, dataset,
+model-file sha256) so that another protocol merges into the same record (docs/evaluation.md)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,8 @@
 """RobustBench zoo models (``--model robustbench:NAME``), loaded by the ``robustbench`` package's own
-loader from a local folder in RobustBench's layout, ``DIR/<dataset>/Linf/<NAME>.pt``.
-
-robustbench is optional (``pip install 'trilemma-bench[robustbench]'``). It imports the AutoAttack
-package under its old module name ``autoattack``, while the published package's module is
-``pyautoattack``: :func:`import_robustbench` registers the installed one under the old name first.
-Nothing is ever downloaded: the file must exist before the loader is called, since the loader
-would otherwise try Google Drive (or, for timm-hosted entries, the Hugging Face hub).
-"""
+loader from a local folder in RobustBench's layout, ``DIR/<dataset>/Linf/<NAME>.pt``, and never
+downloaded (the file must exist before the loader is called, which would otherwise try the
+network). robustbench is optional and imports AutoAttack under its old module name; see
+docs/evaluation.md, "RobustBench models"."""
 
 from __future__ import annotations
 
