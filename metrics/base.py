@@ -1,15 +1,12 @@
-"""Metric registry, how a metric presents its numbers, and shared helpers.
-
-A metric is ``fn(model, data, settings, ctx) -> dict`` of named numbers plus ``n_examples``,
-registered with :func:`register_metric`, which also records how its numbers are presented
-(:class:`Presentation`): the headline keys a leaderboard shows, their scale and unit, whether
-higher is better, where the metric's columns go, and the one-line summary `bench eval` and
-`bench show` print. `bench compare`, `bench show` and `bench eval` read that; none of them names
-a metric, so a plugin's metric reaches every table.
-"""
+"""Metric registry, how a metric presents its numbers, and shared helpers. A metric is
+``fn(model, data, settings, ctx) -> dict`` of named numbers plus ``n_examples``; its
+:class:`Presentation` (headlines, scale, unit, direction, column order, one-line summary) is what
+`bench compare`, `bench show` and `bench eval` read, so a plugin's metric reaches every table
+(README.md, "Adding your own metric")."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +14,12 @@ from typing import Any
 
 import torch
 
+from bench.core.errors import BenchError
 from bench.core.registry import Registry
 
 METRICS: Registry = Registry("metric", group="trilemma_bench.metrics", packages=("metrics",))
-NOT_NUMBERS = frozenset(
-    {"n_examples", "seconds"}
-)  # bookkeeping keys of a result, never shown as numbers
+# bookkeeping keys of a result, never shown as numbers
+NOT_NUMBERS = frozenset({"n_examples", "seconds"})
 # settings every metric receives from the protocol (besides those it declares)
 COMMON_SETTINGS = frozenset({"n_examples", "input_noise"})
 
@@ -150,14 +147,29 @@ def accuracy_summary(res: dict[str, Any]) -> str:
     return f"accuracy {100 * res['accuracy']:.2f}%  n={res.get('n_examples')}"
 
 
+class MetricUnavailable(BenchError):
+    """A metric's inputs (generated samples, feature-extractor weights, ...) are missing; one line
+    says how to fix it."""
+
+
 @dataclass
 class EvalContext:
+    """What every metric of one evaluation shares: where and how it runs, and its inputs."""
+
     device: torch.device
     batch_size: int = 256
     seed: int = 0
-    out_dir: Path | None = None  # where a metric may write artifacts (figures)
+    out_dir: Path | None = None  # where a metric may write artifacts (figures, generated samples)
     show_progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    protocol: str = "eval"  # names the artifacts; set by metrics.engine.evaluate
+    cfg: Any = None  # the run's config: generative metrics draw samples with the run's sampler
+    samples: str | None = None  # --samples FILE.npz: generated images instead of the run's sampler
+    weights: str | None = None  # --weights: the Inception weights file
+    buffer_state: dict | None = None  # the run's saved replay buffer (sample_source auto/buffer)
+    # computed once per evaluation and reused by its later metrics, keyed by what fixes them
+    adversarial: dict[tuple, torch.Tensor] = field(default_factory=dict)  # dropped when it ends
+    generated: dict[tuple, Any] = field(default_factory=dict)
+    fidelity: dict[tuple, Any] = field(default_factory=dict)
 
 
 def test_subset(data, n_examples: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,8 +192,6 @@ def batches(
 def say(ctx, line: str) -> None:
     """A progress line on stderr (above any progress bar), unless the evaluation is quiet (``-q``)."""
     if ctx.show_progress:
-        import sys
-
         from tqdm.auto import tqdm
 
         tqdm.write(line, file=sys.stderr)
@@ -193,9 +203,6 @@ def progress(iterable, total: int, desc: str, enabled: bool):
     return tqdm(
         iterable, total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True
     )
-
-
-MetricFn = Callable[..., dict[str, Any]]
 
 
 # ----------------------------------------------------------------------------------------
@@ -218,10 +225,10 @@ def pgd_attack_key(attack: dict[str, Any], n_examples: int, seed: int) -> tuple:
 
 def keep_adversarial(ctx, key: tuple, x_adv: torch.Tensor) -> None:
     """Keep one metric's adversarial examples (on the CPU) for a later metric of the same evaluation
-    that runs the same attack (``energy`` after ``pgd``); :func:`metrics.protocols.evaluate` drops
+    that runs the same attack (``energy`` after ``pgd``); :func:`metrics.engine.evaluate` drops
     them when it ends."""
-    ctx.extra.setdefault("adversarial", {})[key] = x_adv
+    ctx.adversarial[key] = x_adv
 
 
 def kept_adversarial(ctx, key: tuple) -> torch.Tensor | None:
-    return (ctx.extra.get("adversarial") or {}).get(key)
+    return ctx.adversarial.get(key)

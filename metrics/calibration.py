@@ -1,10 +1,8 @@
 """``calibration``: expected calibration error and a reliability diagram.
-
 ECE = sum over equal-width confidence bins (``bins``, 15 by default) of
 (|bin| / n) * |accuracy(bin) - mean confidence(bin)|, confidence = max softmax probability.
 Also reports the maximum calibration error, the negative log-likelihood and the Brier score,
-and writes ``figures/<protocol>-reliability.png``.
-"""
+and writes ``figures/<protocol>-reliability.png``."""
 
 from __future__ import annotations
 
@@ -117,7 +115,7 @@ def calibration(model, data, settings, ctx) -> dict:
         "bin_counts": counts.astype(int).tolist(),
     }
     if ctx.out_dir is not None:
-        proto = ctx.extra.get("protocol", "eval")
+        proto = ctx.protocol
         rel = Path("figures") / f"{proto}-reliability.png"
         reliability_diagram(counts, acc, cbar, ece, Path(ctx.out_dir) / rel, f"[{proto}] n={n}")
         out["artifacts"] = {"reliability_diagram": str(rel)}

@@ -1,19 +1,6 @@
 """``energy``: the energy landscape of clean, adversarial and generated images.
-
-E(x) = -logsumexp_y f(x)[y] (the classifier read as an energy model, model in eval mode) for
-(a) the clean test images, (b) their l-inf PGD adversarial versions (settings ``attack``: eps,
-alpha, steps, restarts in pixel units; PGD-20 with eps 8/255 by default) and (c) generated
-samples (``--samples FILE.npz`` or the run's sampler, at most ``n_generated``, default
-``n_examples``). Reports per-set mean and std, the gaps ``mean E(x_adv) - mean E(x)`` and
-``mean E(x_gen) - mean E(x)``, Wasserstein-1 distances between the empirical distributions
-(scipy), one histogram PNG with the three distributions on shared bins, and the energies
-themselves (``figures/<protocol>-energy.npz``: ``clean``, ``adversarial``, ``generated``). Without generated
-samples the generated entries are None and the figure shows two distributions.
-
-When the same evaluation's ``pgd`` metric ran the same attack (settings, images, seed) on a
-deterministic model, its adversarial examples are used instead of attacking again: they are the
-ones this metric would compute (``adversarial_source`` in the result says which happened).
-"""
+E(x) = -logsumexp_y f(x)[y] of each set, their gaps, W1 distances, a histogram and the energies
+themselves; what is reported and when ``pgd``'s adversarial examples are reused: docs/evaluation.md."""
 
 from __future__ import annotations
 
@@ -28,6 +15,7 @@ from bench.core.errors import BenchError
 from bench.core.io import save_figure, save_npz
 from metrics.base import (
     Headline,
+    MetricUnavailable,
     batches,
     kept_adversarial,
     pgd_attack_key,
@@ -35,7 +23,6 @@ from metrics.base import (
     register_metric,
     test_subset,
 )
-from metrics.protocols import MetricUnavailable
 
 
 @torch.no_grad()
@@ -131,9 +118,8 @@ def energy(model, data, settings, ctx) -> dict:
         raise BenchError("energy needs at least one test image; raise --n-examples")
     e_clean = energies(model, x, ctx.device, ctx.batch_size)
 
-    x_adv = kept_adversarial(
-        ctx, pgd_attack_key({**atk, "eot": 1}, n, ctx.seed)
-    )  # attacked without EOT below
+    # attacked without EOT below
+    x_adv = kept_adversarial(ctx, pgd_attack_key({**atk, "eot": 1}, n, ctx.seed))
     adversarial_source = (
         "the pgd metric's examples (same attack, images and seed)"
         if x_adv is not None
@@ -141,9 +127,8 @@ def energy(model, data, settings, ctx) -> dict:
     )
     if x_adv is None:
         rng_state = torch.random.get_rng_state()
-        torch.manual_seed(
-            ctx.seed
-        )  # the pgd metric's random starts: the same attack gives the same examples
+        # the pgd metric's random starts: the same attack gives the same examples
+        torch.manual_seed(ctx.seed)
         adv = []
         try:
             nb = math.ceil(n / ctx.batch_size)
@@ -170,7 +155,7 @@ def energy(model, data, settings, ctx) -> dict:
     e_gen = np.zeros(0)
     gen_info, gen_note = None, None
     try:
-        from metrics.fid import generated_samples
+        from metrics.images import generated_samples
 
         n_gen = int(settings.get("n_generated") or n)
         gen, gen_info = generated_samples(model, data, {**settings, "n_samples": n_gen}, ctx)
@@ -202,7 +187,7 @@ def energy(model, data, settings, ctx) -> dict:
     if gen_note:
         out["note"] = gen_note
     if ctx.out_dir is not None:
-        proto = ctx.extra.get("protocol", "eval")
+        proto = ctx.protocol
         rel = Path("figures") / f"{proto}-energy.png"
         title = (
             f"[{proto}] PGD-{int(atk['steps'])} eps {atk['eps'] * 255:.3g}/255: gap_adv {out['gap_adv']:.3g}"
@@ -213,9 +198,8 @@ def energy(model, data, settings, ctx) -> dict:
             Path(ctx.out_dir) / rel,
             title,
         )
-        values = rel.with_suffix(
-            ".npz"
-        )  # the energies themselves: `bench report` draws runs on one axis
+        # the energies themselves: `bench report` draws runs on one axis
+        values = rel.with_suffix(".npz")
         save_npz(
             Path(ctx.out_dir) / values,
             clean=e_clean.astype(np.float32),

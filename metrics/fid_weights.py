@@ -69,9 +69,8 @@ def _inception_skeleton():
         ):  # skip the weights the constructor loads
             return None
 
-    empty = (
-        io.BytesIO()
-    )  # the constructor torch.load()s its weights path; an empty in-memory dict will do
+    # the constructor torch.load()s its weights path; an empty in-memory dict will do
+    empty = io.BytesIO()
     torch.save({}, empty)
     empty.seek(0)
     return _Skeleton("inception-v3-compat", ["2048"], feature_extractor_weights_path=empty)
@@ -155,10 +154,10 @@ def write_weights(
     announce: Callable[[str], None] | None = None,
 ) -> tuple[Path, dict]:
     """Convert ``src``, check its features against the TorchScript's (unless ``check`` is false) and
-    write the weights to ``out`` (default: where FID looks for them, :func:`metrics.fid.converted_weights_path`)
+    write the weights to ``out`` (default: where FID looks for them, :func:`metrics.inception.converted_weights_path`)
     with their provenance beside them (``<file>.json``); returns (path written, provenance)."""
     from bench.core.io import torch_save, write_json
-    from metrics.fid import converted_weights_path, sha256_file
+    from metrics.inception import converted_weights_path, sha256_file
 
     src = Path(src)
     sd, meta = convert(src)

@@ -1,22 +1,6 @@
-"""Guardrails: the checks every robustness number carries (``checks`` and ``reliable`` in its result).
-
-- ``forward``: every forward pass of the attack ran the model in eval mode, without autocast, on
-  float32 inputs in [0, 1] (a forward pre-hook watches them; minima and maxima stay on the device);
-- ``perturbation``: the returned adversarial examples lie within eps of the images (l-inf, pixel
-  units, + 1e-6) and in [0, 1];
-- ``gradients``: every image of the first batch has a non-zero input gradient of the logit margin
-  (z_y - max other z; it does not saturate as cross-entropy does): a zero gradient means a
-  non-differentiable step (quantisation, rounding) that gradient attacks cannot pass;
-- ``randomness``: two forward passes of the same batch give the same logits; a model whose forward
-  is random must be attacked with expectation over transformation (EOT);
-- ``ordering``: on the same images, robust accuracy <= clean accuracy, and AutoAttack <= PGD at
-  the same eps (a weaker result from the stronger attack points to gradient masking or a bug);
-- ``library`` (AutoAttack): the warnings of pyautoattack's own checks (random forward, outputs
-  that look like probabilities, zero gradients, Square succeeding where the white-box attacks
-  failed, a dynamic defence, too few classes for the targeted attacks).
-
-A failed check makes ``reliable`` false and puts its reason in ``unreliable_reasons``.
-"""
+"""Guardrails: the checks every robustness number carries (``checks`` and ``reliable`` in its result;
+a failed check makes ``reliable`` false and puts its reason in ``unreliable_reasons``). What each
+check verifies and what it fails for: docs/evaluation.md, "Guardrails on every robustness number"."""
 
 from __future__ import annotations
 

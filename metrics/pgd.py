@@ -1,10 +1,8 @@
 """``pgd``: robust accuracy under l-inf PGD-k with random start (and optional restarts).
-
 Settings: ``eps``, ``alpha`` (pixel units), ``steps``, ``restarts``, ``eot`` (gradient samples per
 step for a model whose forward is random; 1 = none), ``n_examples``. A sample counts as robust only
 if it is classified correctly under every restart. The result carries the guardrail checks of
-:mod:`metrics.guards` (forward passes, perturbation size, randomness) and ``reliable``.
-"""
+:mod:`metrics.guards` (forward passes, perturbation size, randomness) and ``reliable``."""
 
 from __future__ import annotations
 

@@ -93,7 +93,7 @@ def samples_ctx(tmp_path, out_dir=None, show_progress=False) -> EvalContext:
         seed=0,
         out_dir=out_dir,
         show_progress=show_progress,
-        extra={"samples": str(tmp_path / "gen.npz")},
+        samples=str(tmp_path / "gen.npz"),
     )
 
 
@@ -150,7 +150,7 @@ def test_fid_matches_independent_frechet_distance(tmp_path):
 
 
 def test_weights_fc_detection(tmp_path):
-    from metrics.fid import weights_have_fc
+    from metrics.inception import weights_have_fc
 
     torch.save({"fc.weight": torch.ones(3, 2), "fc.bias": torch.zeros(3)}, tmp_path / "with_fc.pth")
     torch.save(
@@ -170,8 +170,8 @@ def test_weights_fc_detection(tmp_path):
 )
 def test_inception_weights_without_fc_give_fid_and_is_na(tmp_path):
     """The real InceptionV3 code path with a weights file whose fc is NaN (as `bench fid-weights` writes)."""
-    from metrics.fid import sha256_file, weights_have_fc
     from metrics.fid_weights import _inception_skeleton
+    from metrics.inception import sha256_file, weights_have_fc
 
     torch.manual_seed(0)
     sd = _inception_skeleton().state_dict()
@@ -190,7 +190,8 @@ def test_inception_weights_without_fc_give_fid_and_is_na(tmp_path):
         seed=0,
         out_dir=None,
         show_progress=False,
-        extra={"samples": str(tmp_path / "gen.npz"), "weights": str(wpath)},
+        samples=str(tmp_path / "gen.npz"),
+        weights=str(wpath),
     )
     settings = {"real_split": "train", "n_samples": 4}
     fid = METRICS.get("fid")(None, data, settings, ctx)
@@ -201,7 +202,7 @@ def test_inception_weights_without_fc_give_fid_and_is_na(tmp_path):
 
 
 def test_missing_weights_is_one_line(tmp_path):
-    from metrics.protocols import MetricUnavailable
+    from metrics.base import MetricUnavailable
 
     make_data()
     write_samples(tmp_path / "gen.npz")
@@ -226,14 +227,12 @@ def test_is_alone_reads_no_real_images(tmp_path):
 
 def test_the_sample_source_is_chosen_recorded_and_refused_when_missing(tmp_path):
     from bench.core.errors import BenchError
-    from metrics.fid import sample_source
-    from metrics.protocols import MetricUnavailable
+    from metrics.base import MetricUnavailable
+    from metrics.images import sample_source
 
-    with_buffer = SimpleNamespace(extra={"buffer_state": {"x": torch.zeros(4, 3, 8, 8)}})
-    without = SimpleNamespace(extra={})
-    npz = SimpleNamespace(
-        extra={"samples": "gen.npz", "buffer_state": {"x": torch.zeros(4, 3, 8, 8)}}
-    )
+    with_buffer = SimpleNamespace(samples=None, buffer_state={"x": torch.zeros(4, 3, 8, 8)})
+    without = SimpleNamespace(samples=None, buffer_state=None)
+    npz = SimpleNamespace(samples="gen.npz", buffer_state={"x": torch.zeros(4, 3, 8, 8)})
     assert sample_source({}, with_buffer) == "buffer" and sample_source({}, without) == "fresh"
     assert sample_source({"sample_source": "fresh"}, with_buffer) == "fresh"
     assert sample_source({"sample_source": "fresh"}, npz) == "npz"  # --samples wins, and says so
@@ -326,8 +325,8 @@ def test_the_library_prints_nothing_and_our_progress_line_names_the_counts(tmp_p
 
 def test_the_authors_real_set_depends_on_the_dataset(tmp_path):
     """`paper`'s FID compares with the EB-JDAT authors' real set: CIFAR-10 train+test, CIFAR-100 train."""
-    from metrics.fid import resolve_real_split
-    from metrics.protocols import get_protocol
+    from metrics import get_protocol
+    from metrics.images import resolve_real_split
 
     assert get_protocol("paper").metrics["fid"]["real_split"] == "authors"
     c10, c100 = SimpleNamespace(name="cifar10"), SimpleNamespace(name="cifar100")

@@ -12,7 +12,8 @@ import torch.nn as nn
 
 from metrics import EvalContext, evaluate
 from metrics.base import METRICS
-from metrics.protocols import PROTOCOLS, get_protocol, preflight
+from metrics.engine import preflight
+from metrics.protocols import PROTOCOLS, get_protocol
 
 
 class Tiny(nn.Module):
@@ -38,14 +39,14 @@ def data(n=40):
     return SimpleNamespace(name="syn", x_train=x, y_train=y, x_test=x, y_test=y, num_classes=10)
 
 
-def ctx(tmp_path, **extra):
+def ctx(tmp_path, **inputs):
     return EvalContext(
         device=torch.device("cpu"),
         batch_size=16,
         seed=0,
         out_dir=tmp_path,
         show_progress=False,
-        extra=dict(extra),
+        **inputs,
     )
 
 
@@ -142,7 +143,8 @@ def test_a_protocol_setting_a_metric_does_not_read_is_refused_and_pgd_refuses_an
 
     from bench.core.errors import BenchError
     from metrics.base import EvalContext
-    from metrics.protocols import PROTOCOLS, Protocol, preflight, register_protocol
+    from metrics.engine import preflight
+    from metrics.protocols import PROTOCOLS, Protocol, register_protocol
 
     ctx = EvalContext(
         device=torch.device("cpu"), batch_size=8, seed=0, out_dir=None, show_progress=False
@@ -188,7 +190,7 @@ def test_energy_reuses_the_pgd_metrics_adversarial_examples_exactly(tmp_path):
     c = ctx(tmp_path / "both")
     both = evaluate(model, d, "demo", 40, c, skipped={})
     assert both["energy"]["adversarial_source"].startswith("the pgd metric's")
-    assert "adversarial" not in c.extra  # dropped when the evaluation ends
+    assert not c.adversarial  # dropped when the evaluation ends
     alone = evaluate(model, d, "demo", 40, ctx(tmp_path / "alone"), metrics=["energy"])["energy"]
     assert alone["adversarial_source"] == "attacked here"
     for key in ("mean_adv", "std_adv", "gap_adv", "w1_adv", "mean_clean"):

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from bench.run.evaluation import EvalOptions
 from bench.tools.zoo.external import ExternalEnergyModel, evaluate_external, file_sha256
 
 
@@ -55,9 +56,11 @@ def test_external_record_evaluates_merges_and_sits_beside_its_reported_row(
         out=out,
         data_dir=str(shapes_data_dir),
         device="cpu",
-        show_progress=False,
     )
-    results, _, rec = evaluate_external(net, protocol="quick", n_examples=16, **kw)
+    quiet = dict(show_progress=False)
+    results, _, rec = evaluate_external(
+        net, EvalOptions(protocol="quick", n_examples=16, **quiet), **kw
+    )
     assert set(results) == {"clean", "pgd"}
     assert (
         rec["kind"] == "external"
@@ -73,9 +76,8 @@ def test_external_record_evaluates_merges_and_sits_beside_its_reported_row(
 
     # another protocol on the same file: the same record; energy's generated samples from the generic SGLD
     over = {"energy": {"n_generated": 8, "sampler_steps": 3, "attack": {"steps": 2}}}
-    results, _, rec2 = evaluate_external(
-        net, protocol="standard", metrics=["clean", "energy"], n_examples=8, overrides=over, **kw
-    )
+    opts = EvalOptions("standard", ["clean", "energy"], n_examples=8, overrides=over, **quiet)
+    results, _, rec2 = evaluate_external(net, opts, **kw)
     assert rec2["run_id"] == rec["run_id"] and len(records(out)) == 1
     assert (
         set(rec2["evaluations"]) == {"quick", "standard"} and rec2["evaluations"]["quick"] == quick
@@ -91,9 +93,7 @@ def test_external_record_evaluates_merges_and_sits_beside_its_reported_row(
     other = tiny_net(1)
     evaluate_external(
         other,
-        protocol="quick",
-        n_examples=8,
-        metrics=["clean"],
+        EvalOptions(protocol="quick", n_examples=8, metrics=["clean"], **quiet),
         **{**kw, "source": saved(other, tmp_path / "other.pt")},
     )
     assert len(records(out)) == 2
@@ -128,16 +128,14 @@ def test_external_model_of_the_wrong_class_count_is_refused_before_writing(
     with pytest.raises(BenchError, match="100"):
         evaluate_external(
             net,
+            EvalOptions(protocol="quick", n_examples=4, show_progress=False),
             method="robustbench:X",
             arch="X",
             dataset="shapes10",
             source=saved(net, tmp_path / "x.pt"),
             out=out,
             data_dir=str(shapes_data_dir),
-            protocol="quick",
-            n_examples=4,
             device="cpu",
-            show_progress=False,
         )
     assert not (out / "runs").exists() or not list((out / "runs").iterdir())
 

@@ -295,7 +295,7 @@ def test_fid_feature_timing_says_which_weights_are_missing(monkeypatch, tmp_path
 
 def test_fid_feature_timing_with_real_weights():
     from bench.tools.perf_eval import time_fid_features
-    from metrics.fid import converted_weights_path, torch_fidelity_weights_path
+    from metrics.inception import converted_weights_path, torch_fidelity_weights_path
 
     if not (converted_weights_path().is_file() or torch_fidelity_weights_path().is_file()):
         pytest.skip("no Inception weights on this machine (bench fid-weights)")

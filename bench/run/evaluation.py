@@ -1,38 +1,73 @@
-"""Evaluating runs: the end-of-run evaluation of `bench run` and `bench eval` on a saved run.
-
-Both run a protocol's metrics (:func:`metrics.evaluate`) and merge the results into the run's
-:class:`~bench.core.records.RunRecord`. For a saved run nothing is written until a metric has produced
-its result: every check that can fail early (unknown metric or protocol, missing samples, missing
-Inception weights) runs before any evaluation, and a metric that fails leaves its earlier entry
-untouched (results of the metrics that finished before it are kept). An interrupted AutoAttack
-keeps its state in the run directory and resumes when the same command is run again.
-
-Both evaluate the same model: :func:`evaluation_model` builds it afresh from the trained weights,
-eager (never the training loop's compiled graph), fp32, NCHW, in eval mode and with no parameter
-requiring a gradient, and both run under the same precision flags (full fp32 unless
-``eval.tf32``; see :mod:`bench.core.device`), which every result records. The end-of-run numbers
-and those of `bench eval RUN` on the same protocol and n are therefore the same.
-"""
+"""Evaluating a model into its run's record, along one path (:func:`evaluate_model`) for the end of
+`bench run`, `bench eval RUN` and models trained elsewhere; only where the model comes from differs.
+What is checked first, what is kept when a metric fails, and the evaluated model's precision are
+described in docs/evaluation.md."""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.core.device import current_precision, evaluation_precision, precision, resolve_device
-from bench.core.errors import BenchError, InterruptedRun
+from bench.core.device import evaluation_precision, precision, resolve_device
+from bench.core.errors import BenchError
 from bench.core.records import RunRecord
 from bench.core.signals import terminate_as_interrupt
 from bench.models import build_model
 from bench.run.saved_runs import buffer_state, load_run_model
 from bench.train import checkpoint
 from metrics import METRICS, EvalContext, Presentation, evaluate, get_protocol, presentation
+from metrics.engine import preflight
 from metrics.guards import apply_ordering
-from metrics.protocols import preflight
+
+
+@dataclass
+class EvalOptions:
+    """What an evaluation runs, apart from the model: the options of `bench eval`. None takes the
+    run's own setting (``eval.n_examples``, ``eval.batch_size``, ``eval.tf32``)."""
+
+    protocol: str = "standard"
+    metrics: list[str] | None = (
+        None  # only these metrics of the protocol (they must be able to run)
+    )
+    n_examples: int | None = None
+    samples: str | None = None  # generated samples (npz) for fid/kid/is/energy
+    weights: str | None = None  # Inception weights for fid/kid/is
+    batch_size: int | None = None
+    overrides: dict[str, dict[str, Any]] | None = None  # metric -> settings (--set)
+    tf32: bool | None = None
+    show_progress: bool = True
+    echo: Callable[[str], None] | None = None  # told of each metric as it starts
+
+    @classmethod
+    def from_flags(
+        cls, *, metrics_, fid_samples, fid_reference, sets, quiet, **flags
+    ) -> EvalOptions:
+        """The options from `bench eval`'s flags (--metrics A,B; --fid-samples and
+        --fid-reference, then --set, as settings of the metrics)."""
+        metrics = [m.strip() for m in metrics_.split(",") if m.strip()] if metrics_ else None
+        overrides = merge_overrides(
+            generation_overrides(flags["protocol"], metrics, fid_samples, fid_reference),
+            parse_overrides(sets),
+        )
+        return cls(metrics=metrics, overrides=overrides, show_progress=not quiet, **flags)
+
+    def check(self) -> None:
+        """The checks that need no model: -n, --tf32, the protocol and metric names."""
+        if self.n_examples is not None and self.n_examples < 1:  # 0 means every test image
+            raise BenchError(
+                f"-n/--n-examples must be a positive number of test images, got {self.n_examples}"
+            )
+        if self.tf32 is not None and not isinstance(self.tf32, bool):
+            raise BenchError(f"tf32 must be true or false, got {self.tf32!r}")
+        get_protocol(self.protocol)
+        for m in self.metrics or ():
+            METRICS.get(m)  # unknown names fail here, with the list of known ones
 
 
 def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, dict[str, Any]]:
@@ -96,9 +131,7 @@ def merge_overrides(*parts: dict[str, dict[str, Any]]) -> dict[str, dict[str, An
 def format_result(metric: str, res: dict[str, Any]) -> str:
     """One line for a stored result, as the metric presents itself (its headline numbers if its own
     summary does not fit the result, e.g. a result of an older version)."""
-    metric = (
-        res.get("metric") or metric.split("[")[0]
-    )  # a result under changed settings: "pgd[steps=50]"
+    metric = res.get("metric") or metric.split("[")[0]  # under changed settings: "pgd[steps=50]"
     try:
         text = presentation(metric).describe(metric, res)
     except (KeyError, TypeError, ValueError):
@@ -117,18 +150,11 @@ def format_result(metric: str, res: dict[str, Any]) -> str:
 def evaluation_model(
     cfg, num_classes: int, weights: dict, device, source: str | Path = "the trained weights"
 ) -> torch.nn.Module:
-    """The model every evaluation runs (the end of `bench run` and `bench eval` alike): the run's
-    architecture built afresh and given ``weights`` (a state dict: the final, EMA or best weights),
-    eager, fp32, NCHW, in eval mode, no parameter requiring a gradient.
-
-    Why not the training model: it may be compiled (AutoAttack's shrinking batches would recompile
-    it over and over) and channels_last (other kernels, other rounding), and its parameters require
-    gradients, so an attack's ``.backward()`` on the input (FAB's) accumulates into their ``.grad``.
-    ``source`` names the weights in a message when they do not fit the architecture."""
+    """The model every evaluation runs: the run's architecture built afresh with ``weights``, eager,
+    fp32, NCHW, in eval mode, no parameter requiring a gradient (why not the training model:
+    docs/evaluation.md). ``source`` names the weights when they do not fit the architecture."""
     model = build_model(cfg.model, num_classes)
-    checkpoint.load_weights(
-        model, weights, source
-    )  # copies into the fresh model's own fp32 NCHW tensors
+    checkpoint.load_weights(model, weights, source)  # into the fresh model's fp32 NCHW tensors
     model = model.to(device=device, dtype=torch.float32, memory_format=torch.contiguous_format)
     model.eval()
     model.requires_grad_(False)
@@ -141,39 +167,99 @@ def load_evaluation_model(
     """A saved run's :func:`evaluation_model` (from ``checkpoint``, else the run's own choice of weights),
     with its config, data and record: what `bench eval` and `bench perf --aa-run` evaluate."""
     loaded, cfg, data, record = load_run_model(run_dir, device, checkpoint)
-    model = evaluation_model(
+    dev, source = next(loaded.parameters()).device, checkpoint or Path(run_dir) / "checkpoints"
+    return (
+        evaluation_model(cfg, data.num_classes, loaded.state_dict(), dev, source),
         cfg,
-        data.num_classes,
-        loaded.state_dict(),
-        next(loaded.parameters()).device,
-        checkpoint or Path(run_dir) / "checkpoints",
+        data,
+        record,
     )
-    return model, cfg, data, record
 
 
-def run_metrics(
-    model,
-    data,
-    protocol: str,
-    n_examples: int,
-    ctx: EvalContext,
-    metrics: list[str] | None,
-    overrides: dict[str, dict[str, Any]] | None = None,
-    skipped: dict[str, str] | None = None,
-    tf32: bool = False,
-) -> dict[str, dict[str, Any]]:
-    """:func:`metrics.evaluate` under the evaluation's precision flags (full fp32 unless ``tf32``), each
-    result recording the flags it was computed under (as torch held them) in ``precision``."""
+def run_metrics(*args, tf32: bool = False, **kwargs) -> dict[str, dict[str, Any]]:
+    """:func:`metrics.evaluate` (the same arguments) under the evaluation's precision flags: full
+    fp32 unless ``tf32``. Each result records the flags in ``precision``."""
     with precision(evaluation_precision(tf32)):
-        results = evaluate(
-            model, data, protocol, n_examples, ctx, metrics, overrides, skipped=skipped
+        return evaluate(*args, **kwargs)
+
+
+def evaluate_model(model, cfg, data, opts: EvalOptions, record, *, buffer: dict | None = None):
+    """Evaluate ``model`` (with its run's ``cfg`` and ``data``) under ``opts`` and merge the results
+    into the run's record; returns (results, skipped, record data).
+
+    ``record``: the :class:`RunRecord` of the process that owns the run (the end of `bench run`),
+    the run directory (read and written under its lock: the run may be training meanwhile), or a
+    function returning the directory, called only once every check has passed, so that a refused
+    request writes nothing. ``buffer``: the run's saved replay-buffer state, if any. When a metric
+    fails the finished ones are saved; an interrupt (Ctrl-C, SIGTERM) is raised again as a
+    ``KeyboardInterrupt`` whose message says what was kept."""
+    opts.check()
+    model.eval()
+    model.requires_grad_(False)  # an attack's backward on the input must leave no .grad in it
+    ctx = EvalContext(
+        device=next(model.parameters()).device,
+        batch_size=opts.batch_size or cfg.eval.batch_size,
+        seed=cfg.seed,
+        show_progress=opts.show_progress,
+        cfg=cfg,  # generative metrics draw samples with the run's own sampler
+        samples=opts.samples,
+        weights=opts.weights,
+        buffer_state=buffer,
+    )
+    n = cfg.eval.n_examples if opts.n_examples is None else opts.n_examples
+    names, skipped = preflight(opts.protocol, opts.metrics, ctx, n, opts.overrides)
+    if callable(record):
+        record = record()
+    ctx.out_dir = record.run_dir if isinstance(record, RunRecord) else Path(record)
+    for name, why in skipped.items():  # optional metrics whose inputs are missing
+        print(f"skipped {name}: {why}", file=sys.stderr)
+    results: dict[str, dict[str, Any]] = {}
+
+    def merge(rec: RunRecord) -> None:
+        # the ordering checks (AutoAttack <= PGD) also look at this protocol's stored results
+        apply_ordering(results, (rec.data.get("evaluations") or {}).get(opts.protocol))
+        rec.merge_evaluation(opts.protocol, results, skipped, save=False)
+
+    def save() -> dict:
+        if isinstance(record, RunRecord):
+            merge(record)
+            record.save()
+            return record.data
+        return RunRecord.update(ctx.out_dir, merge).data
+
+    tf32 = cfg.eval.tf32 if opts.tf32 is None else opts.tf32
+    try:
+        with terminate_as_interrupt():  # a scheduler's stop saves the finished metrics too
+            run_metrics(
+                model,
+                data,
+                opts.protocol,
+                n,
+                ctx,
+                opts.metrics,
+                opts.overrides,
+                tf32=tf32,
+                results=results,
+                announce=opts.echo,
+            )
+    except BaseException as exc:
+        if results:
+            save()
+        if not isinstance(exc, KeyboardInterrupt):
+            raise
+        hint = (
+            f"; AutoAttack keeps its state under {ctx.out_dir / 'autoattack'}/ and resumes"
+            if "autoattack" in names and "autoattack" not in results
+            else ""
         )
-        flags = current_precision()
-    for res in results.values():
-        res["precision"] = dict(flags)
-    return results
+        raise KeyboardInterrupt(
+            f"evaluation interrupted{' (finished metrics saved)' if results else ''}; "
+            f"run the same command again to continue{hint}"
+        ) from None
+    return results, skipped, save()
 
 
+# -- where the model comes from --------------------------------------------------------------
 def evaluate_into(
     record: RunRecord,
     model,
@@ -186,183 +272,21 @@ def evaluate_into(
     metrics: list[str] | None = None,
     buffer: dict | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Evaluate ``model`` (the run's, in memory, as :func:`evaluation_model` built it) with a protocol and
-    merge the results into ``record``. ``buffer``: the run's replay-buffer state (in memory, as its last
-    checkpoint holds it), if any."""
-    proto = protocol or cfg.eval.protocol
-    # the run config lets generative metrics draw samples with the run's own sampler
-    ctx = EvalContext(
-        device=device,
-        batch_size=cfg.eval.batch_size,
-        seed=cfg.seed,
-        out_dir=record.run_dir,
-        show_progress=show_progress,
-        extra={"cfg": cfg, "run_dir": str(record.run_dir), "samples": None, "weights": None},
+    """The end of `bench run`: the run's ``model`` (in memory, as :func:`evaluation_model` built it,
+    on ``device``) into its own ``record``, with the run's eval settings; returns the results."""
+    opts = EvalOptions(
+        protocol or cfg.eval.protocol, metrics, n_examples, show_progress=show_progress
     )
-    if (
-        buffer is not None
-    ):  # as `bench eval` has it from the checkpoint: sample_source=auto then means the buffer
-        ctx.extra["buffer_state"] = buffer
-    skipped: dict[str, str] = {}
-    results = run_metrics(
-        model,
-        data,
-        proto,
-        n_examples or cfg.eval.n_examples,
-        ctx,
-        metrics,
-        skipped=skipped,
-        tf32=cfg.eval.tf32,
-    )
-    for (
-        name,
-        why,
-    ) in skipped.items():  # optional metrics whose inputs are missing (e.g. FID weights)
-        print(f"skipped {name}: {why}", file=sys.stderr)
-    record.merge_evaluation(proto, results, skipped=skipped)
-    return results
+    return evaluate_model(model, cfg, data, opts, record, buffer=buffer)[0]
 
 
 def evaluate_saved_run(
-    run_dir: Path,
-    protocol: str = "standard",
-    metrics: list[str] | None = None,
-    n_examples: int | None = None,
-    samples: str | None = None,
-    weights: str | None = None,
-    checkpoint: str | None = None,
-    device: str | None = None,
-    batch_size: int | None = None,
-    overrides: dict | None = None,
-    show_progress: bool = True,
-    echo=None,
-    tf32: bool | None = None,
+    run_dir: Path, opts: EvalOptions, checkpoint: str | None = None, device: str | None = None
 ):
-    """Library entry point of `bench eval`: returns (results, skipped, record). ``tf32``: the
-    evaluation's TF32 flag (None: the run's ``eval.tf32``)."""
-    check_request(protocol, metrics, n_examples)
+    """`bench eval RUN`: the saved run's weights (``checkpoint``, else its own choice) rebuilt as the
+    end of `bench run` builds them; returns (results, skipped, record data)."""
+    opts.check()
     dev = resolve_device(device) if device else None
-    # the same model as the end of `bench run` evaluates: built afresh from the checkpoint's weights
     model, cfg, data, _ = load_evaluation_model(run_dir, dev, checkpoint)
-    return evaluate_loaded(
-        Path(run_dir),
-        model,
-        cfg,
-        data,
-        protocol=protocol,
-        metrics=metrics,
-        n_examples=n_examples,
-        samples=samples,
-        weights=weights,
-        batch_size=batch_size,
-        overrides=overrides,
-        show_progress=show_progress,
-        echo=echo,
-        buffer=buffer_state(run_dir, checkpoint),
-        tf32=tf32,
-    )
-
-
-def check_request(protocol: str, metrics: list[str] | None, n_examples: int | None) -> None:
-    """The checks of an evaluation request that need no model: -n, the protocol and metric names."""
-    if n_examples is not None and n_examples < 1:  # 0 would mean "every test image" to the metrics
-        raise BenchError(
-            f"-n/--n-examples must be a positive number of test images, got {n_examples}"
-        )
-    get_protocol(protocol)
-    for m in metrics or ():
-        METRICS.get(m)  # unknown names fail here, with the list of known ones
-
-
-def evaluate_loaded(
-    run_dir,
-    model,
-    cfg,
-    data,
-    *,
-    protocol: str = "standard",
-    metrics: list[str] | None = None,
-    n_examples: int | None = None,
-    samples: str | None = None,
-    weights: str | None = None,
-    batch_size: int | None = None,
-    overrides: dict | None = None,
-    show_progress: bool = True,
-    echo=None,
-    buffer: dict | None = None,
-    tf32: bool | None = None,
-):
-    """Evaluate a loaded ``model`` (with its run's ``cfg`` and ``data``) into the record in ``run_dir``:
-    returns (results, skipped, record). ``run_dir`` may be a function that returns the directory
-    (e.g. creates it): it is called only once every check has passed, so a refused request writes
-    nothing. ``buffer``: the run's saved replay-buffer state, if any. ``tf32``: None = ``cfg.eval.tf32``.
-    The model is put in eval mode with no parameter requiring a gradient (an attack's backward on the
-    input must leave no ``.grad`` in it)."""
-    echo = echo or (lambda s: None)
-    if tf32 is not None and not isinstance(tf32, bool):
-        raise BenchError(f"tf32 must be true or false, got {tf32!r}")
-    tf32 = cfg.eval.tf32 if tf32 is None else tf32
-    model.eval()
-    model.requires_grad_(False)
-    proto = get_protocol(protocol)
-    dev = next(model.parameters()).device
-    extra: dict[str, Any] = {
-        "cfg": cfg,
-        "run_dir": None if callable(run_dir) else str(run_dir),
-        "samples": samples,
-        "weights": weights,
-    }
-    if buffer is not None:
-        extra["buffer_state"] = buffer
-    ctx = EvalContext(
-        device=dev,
-        batch_size=batch_size or cfg.eval.batch_size,
-        seed=cfg.seed,
-        out_dir=None if callable(run_dir) else Path(run_dir),
-        show_progress=show_progress,
-        extra=extra,
-    )
-    n = n_examples if n_examples is not None else cfg.eval.n_examples
-    names, skipped = preflight(protocol, metrics, ctx, n, overrides)  # fails before anything runs
-    if callable(run_dir):
-        run_dir = Path(run_dir())
-        ctx.out_dir, extra["run_dir"] = run_dir, str(run_dir)
-    for name, why in skipped.items():
-        echo(f"skipped {name}: {why}")
-    results: dict[str, dict[str, Any]] = {}
-
-    def merge(rec: RunRecord) -> None:
-        # the ordering checks (AutoAttack <= PGD) also look at this protocol's stored results
-        apply_ordering(results, (rec.data.get("evaluations") or {}).get(protocol))
-        rec.merge_evaluation(protocol, results, save=False)
-
-    def save() -> dict:  # read-modify-write under the run's lock: the run may be training meanwhile
-        return RunRecord.update(run_dir, merge).data
-
-    try:
-        with (
-            terminate_as_interrupt()
-        ):  # SIGTERM (a scheduler's stop) saves the finished metrics too
-            for name in names:
-                echo(f"[{proto.name}] {name} ...")
-                own = (
-                    {name: overrides[name]} if overrides and name in overrides else None
-                )  # checked above
-                results.update(run_metrics(model, data, protocol, n, ctx, [name], own, tf32=tf32))
-    except KeyboardInterrupt:
-        if results:
-            save()
-        hint = (
-            f"; AutoAttack keeps its state under {Path(run_dir) / 'autoattack'}/ and resumes"
-            if "autoattack" in names and "autoattack" not in results
-            else ""
-        )
-        raise InterruptedRun(
-            f"evaluation interrupted{' (finished metrics saved)' if results else ''}; "
-            f"run the same command again to continue{hint}"
-        )
-    except BaseException:
-        if results:
-            save()
-        raise
-    return results, skipped, save() if results else RunRecord.load(run_dir).data
+    buffer = buffer_state(run_dir, checkpoint)
+    return evaluate_model(model, cfg, data, opts, Path(run_dir), buffer=buffer)

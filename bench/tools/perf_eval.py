@@ -1,17 +1,9 @@
-"""The rest of `bench perf`: sampler, FID feature extraction and AutoAttack throughput.
-
-- **sampler**: the negative-sample draw of each energy-based method (``method.sampler``, a
-  ``ContrastiveSampler``), as its training step runs it (same settings, batch, precision and
-  memory format): sampled images per second and forward-equivalents per sampled image.
-- **FID features**: torch-fidelity's InceptionV3 (the extractor `bench eval` uses, fp32, inputs
-  resized to 299x299 inside it) on uint8 32x32 batches: images per second. Needs the weights
-  file (`bench fid-weights`); without it the row says so and is skipped.
-- **AutoAttack**: the `autoattack` metric itself (pyautoattack, the code `bench eval` runs) on
-  the test images of trained runs. Its cost depends on the model: AutoAttack only attacks
-  correctly classified points and each attack of the cascade only the points still robust, so a
-  robust model costs several times more per image than a non-robust one. Pass one of each
-  (`--aa-run`): the row reports clean and robust accuracy beside the throughput.
-"""
+"""The rest of `bench perf` (README.md, BENCHMARKS.md): the sampler of each energy-based method as
+its training step runs it, torch-fidelity's InceptionV3 feature extraction (skipped without the
+weights of `bench fid-weights`), and the `autoattack` metric on trained runs (`--aa-run`). AutoAttack
+attacks only correctly classified points, and each attack of the cascade only the points still
+robust, so a robust model costs several times more per image than a non-robust one: pass one of
+each."""
 
 from __future__ import annotations
 
@@ -35,9 +27,8 @@ def time_sampler(trainer, model, method, *, reps: int, warmup: int = 1) -> dict[
     if not isinstance(sampler, ContrastiveSampler):
         return None
     device = trainer.device
-    batch = (
-        sampler.last_batch_size or trainer.cfg.data.batch_size
-    )  # as many as a training step draws
+    # as many as a training step draws
+    batch = sampler.last_batch_size or trainer.cfg.data.batch_size
     fwd = forward_flops_per_image(model, tuple(trainer.data.image_shape), device)
     # a class-conditional sampler draws x | y: labels as the training step draws them (uniform)
     y = (
@@ -73,12 +64,12 @@ def time_fid_features(
     device: torch.device, *, n_images: int = 512, batch_size: int = 64, weights: str | None = None
 ) -> dict[str, Any]:
     """Images/s of the InceptionV3 feature extractor FID uses; ``{"skipped": why}`` without weights."""
-    from metrics.fid import INCEPTION, resolve_weights
-    from metrics.protocols import MetricUnavailable
+    from metrics.base import MetricUnavailable
+    from metrics.inception import INCEPTION, resolve_weights
 
     try:
         path, source = resolve_weights(
-            {"weights": weights, "download": False}, SimpleNamespace(extra={}), download=False
+            {"weights": weights, "download": False}, SimpleNamespace(weights=None), download=False
         )
     except MetricUnavailable as exc:
         return {"skipped": str(exc)}
@@ -129,9 +120,8 @@ def time_autoattack(
     from metrics.base import EvalContext
 
     run_dir = resolve_run(run_ref, out)
-    model, cfg, data, record = load_evaluation_model(
-        run_dir, device
-    )  # the model `bench eval` attacks
+    # the model `bench eval` attacks
+    model, cfg, data, record = load_evaluation_model(run_dir, device)
     with tempfile.TemporaryDirectory() as tmp, precision(evaluation_precision(cfg.eval.tf32)):
         ctx = EvalContext(
             device=device,
@@ -179,9 +169,8 @@ def time_guardrails(
     from metrics.pgd import pgd
 
     run_dir = resolve_run(run_ref, out)
-    model, cfg, data, record = load_evaluation_model(
-        run_dir, device
-    )  # the model `bench eval` attacks
+    # the model `bench eval` attacks
+    model, cfg, data, record = load_evaluation_model(run_dir, device)
     settings = {
         "eps": 8 / 255,
         "alpha": 2 / 255,

@@ -1,9 +1,6 @@
-"""`bench eval RUN`: evaluate a saved run with a protocol and merge the results into its record.
-
-The work is :func:`bench.run.evaluation.evaluate_saved_run`: nothing is written to the record until a
-metric has produced its result, and an interrupted AutoAttack resumes when the same command is
-run again.
-"""
+"""`bench eval RUN` and `bench eval --model robustbench:NAME`: the flags become an
+:class:`~bench.run.evaluation.EvalOptions`, evaluated along the one evaluation path
+(docs/evaluation.md)."""
 
 from __future__ import annotations
 
@@ -122,28 +119,7 @@ from bench.cli.commands._common import CONTEXT
     "--out", default="results", show_default=True, help="Results root holding runs/<run-id>/."
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def eval_(
-    run_ref,
-    model_ref,
-    model_dir,
-    dataset,
-    zoo_dataset,
-    data_dir,
-    protocol,
-    metrics_,
-    n_examples,
-    samples,
-    weights,
-    checkpoint,
-    fid_samples,
-    fid_reference,
-    sets,
-    batch_size,
-    tf32,
-    device,
-    out,
-    quiet,
-):
+def eval_(run_ref, model_ref, checkpoint, device, out, **flags):
     """Evaluate a saved run and merge the results into its record (earlier results are kept).
 
     \b
@@ -155,16 +131,11 @@ def eval_(
       bench eval RUN --metrics fid,kid --fid-samples 10000 --fid-reference 50000
       bench eval --model robustbench:Wong2020Fast --model-dir models --data-dir data --protocol standard
     """
-    from bench.core.errors import BenchError
+    from bench.core.errors import BenchError, InterruptedRun
     from bench.core.records import resolve_run
-    from bench.run.evaluation import (
-        evaluate_saved_run,
-        format_result,
-        generation_overrides,
-        merge_overrides,
-        parse_overrides,
-    )
+    from bench.run.evaluation import EvalOptions, evaluate_saved_run, format_result
 
+    zoo = {k: flags.pop(k) for k in ("model_dir", "dataset", "zoo_dataset", "data_dir")}
     if (run_ref is None) == (model_ref is None):
         raise BenchError(
             "name a run (bench eval RUN) or a zoo model (bench eval --model robustbench:NAME "
@@ -172,52 +143,31 @@ def eval_(
             if run_ref
             else "bench eval needs a RUN or --model robustbench:NAME"
         )
-    if model_ref is not None and tf32 is not None:
+    if model_ref is not None and flags["tf32"] is not None:
         raise BenchError(
             "--tf32/--no-tf32 is for runs (it overrides their eval.tf32); a zoo model is evaluated in "
             "full fp32: leave the flag out"
         )
-    if model_ref is not None and (model_dir is None or checkpoint is not None):
+    if model_ref is not None and (zoo["model_dir"] is None or checkpoint is not None):
         raise BenchError(
             "--model needs --model-dir DIR (RobustBench's folder: DIR/<dataset>/Linf/<NAME>.pt)"
-            if model_dir is None
+            if zoo["model_dir"] is None
             else "--checkpoint is for runs; a zoo model's weights come from --model-dir"
         )
-    metrics = [m.strip() for m in metrics_.split(",") if m.strip()] if metrics_ else None
-    overrides = merge_overrides(
-        generation_overrides(protocol, metrics, fid_samples, fid_reference), parse_overrides(sets)
-    )
+    opts = EvalOptions.from_flags(**flags, echo=lambda s: click.echo(s, err=True))
     t0 = time.perf_counter()
-    common = dict(
-        protocol=protocol,
-        metrics=metrics,
-        n_examples=n_examples,
-        samples=samples,
-        weights=weights,
-        device=device,
-        batch_size=batch_size,
-        overrides=overrides,
-        show_progress=not quiet,
-        echo=lambda s: click.echo(s, err=True),
-    )
-    if model_ref is not None:
-        from bench.tools.zoo.robustbench import evaluate_zoo
+    try:
+        if model_ref is not None:
+            from bench.tools.zoo.robustbench import evaluate_zoo
 
-        results, skipped, record = evaluate_zoo(
-            model_ref,
-            model_dir,
-            dataset=dataset,
-            zoo_dataset=zoo_dataset,
-            out=out,
-            data_dir=data_dir,
-            **common,
-        )
-        run_dir = resolve_run(record["run_id"], out)
-    else:
-        run_dir = resolve_run(run_ref, out)
-        results, skipped, record = evaluate_saved_run(
-            run_dir, checkpoint=checkpoint, tf32=tf32, **common
-        )
+            results, _, record = evaluate_zoo(model_ref, opts, out=out, device=device, **zoo)
+            run_dir = resolve_run(record["run_id"], out)
+        else:
+            run_dir = resolve_run(run_ref, out)
+            results, _, record = evaluate_saved_run(run_dir, opts, checkpoint, device)
+    except KeyboardInterrupt as exc:  # the evaluation saved what finished; its message says so
+        raise InterruptedRun(str(exc) or "evaluation interrupted") from None
+    protocol = opts.protocol
     for name, res in results.items():
         click.echo(f"{record['run_id']} [{protocol}] {name:11s} {format_result(name, res)}")
         for art, rel in (res.get("artifacts") or {}).items():

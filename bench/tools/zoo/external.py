@@ -1,12 +1,10 @@
 """External models: a classifier trained elsewhere, wrapped as this benchmark's energy model, with
-its results kept in a normal run record of ``kind: "external"``.
-
-The record is found again by (method, dataset, model-file sha256), so evaluating the same model
-file with another protocol merges into the same record instead of creating a new run.
-"""
+its results kept in a normal run record of ``kind: "external"``, found again by (method, dataset,
+model-file sha256) so that another protocol merges into the same record (docs/evaluation.md)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -15,9 +13,12 @@ import torch
 import torch.nn as nn
 
 from bench.core.config import DataConfig, ModelConfig, RunConfig
+from bench.core.device import resolve_device
 from bench.core.errors import BenchError
 from bench.core.records import RunRecord, list_runs, load_record, new_run_dir, now
+from bench.data import load_run_data
 from bench.models.base import energy_from_logits
+from bench.run.evaluation import EvalOptions, evaluate_model
 
 
 class ExternalEnergyModel(nn.Module):
@@ -115,6 +116,7 @@ def external_run_dir(
 
 def evaluate_external(
     net: nn.Module,
+    opts: EvalOptions,
     *,
     method: str,
     arch: str,
@@ -122,28 +124,15 @@ def evaluate_external(
     source: dict[str, Any],
     out: str | Path = "results",
     data_dir: str = "data",
-    protocol: str = "standard",
-    metrics: list[str] | None = None,
-    n_examples: int | None = None,
-    samples: str | None = None,
-    weights: str | None = None,
     device: str | None = None,
-    batch_size: int | None = None,
-    overrides: dict | None = None,
-    show_progress: bool = True,
-    echo=None,
 ):
-    """Evaluate an external classifier ``net`` (on [0, 1] images, returning logits) with a protocol,
+    """Evaluate an external classifier ``net`` (on [0, 1] images, returning logits) under ``opts``,
     into its ``kind: "external"`` record under ``out``/runs/ (created on the first evaluation).
     ``source`` describes the model and must hold its file's ``sha256``. Returns (results, skipped, record)."""
-    from bench.core.device import resolve_device
-    from bench.data import load_run_data
-    from bench.run.evaluation import check_request, evaluate_loaded
-
     if not source.get("sha256"):
         raise BenchError("an external model needs the sha256 of its file to be recorded")
-    check_request(protocol, metrics, n_examples)
-    cfg = external_config(method, arch, dataset, data_dir, batch_size or 256)
+    opts.check()
+    cfg = external_config(method, arch, dataset, data_dir, opts.batch_size or 256)
     dev = resolve_device(device or "auto")
     data = load_run_data(cfg)
     model = ExternalEnergyModel(net, data.num_classes).to(dev).eval()
@@ -154,18 +143,6 @@ def evaluate_external(
             f"{arch} returns outputs of shape {tuple(probe.shape[1:])} per image; {dataset} has "
             f"{data.num_classes} classes, so it cannot be evaluated on it"
         )
-    return evaluate_loaded(
-        lambda: external_run_dir(out, cfg, dev, data.summary(), source),
-        model,
-        cfg,
-        data,
-        protocol=protocol,
-        metrics=metrics,
-        n_examples=n_examples,
-        samples=samples,
-        weights=weights,
-        batch_size=batch_size,
-        overrides=overrides,
-        show_progress=show_progress,
-        echo=echo,
-    )
+    # the record is created only once every check of the request has passed
+    run_dir = functools.partial(external_run_dir, out, cfg, dev, data.summary(), source)
+    return evaluate_model(model, cfg, data, opts, run_dir)

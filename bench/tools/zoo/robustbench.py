@@ -1,12 +1,8 @@
 """RobustBench zoo models (``--model robustbench:NAME``), loaded by the ``robustbench`` package's own
-loader from a local folder in RobustBench's layout, ``DIR/<dataset>/Linf/<NAME>.pt``.
-
-robustbench is optional (``pip install 'trilemma-bench[robustbench]'``). It imports the AutoAttack
-package under its old module name ``autoattack``, while the published package's module is
-``pyautoattack``: :func:`import_robustbench` registers the installed one under the old name first.
-Nothing is ever downloaded: the file must exist before the loader is called, since the loader
-would otherwise try Google Drive (or, for timm-hosted entries, the Hugging Face hub).
-"""
+loader from a local folder in RobustBench's layout, ``DIR/<dataset>/Linf/<NAME>.pt``, and never
+downloaded (the file must exist before the loader is called, which would otherwise try the
+network). robustbench is optional and imports AutoAttack under its old module name; see
+docs/evaluation.md, "RobustBench models"."""
 
 from __future__ import annotations
 
@@ -15,6 +11,8 @@ import warnings
 from pathlib import Path
 
 from bench.core.errors import BenchError
+from bench.run.evaluation import EvalOptions
+from bench.tools.zoo.external import evaluate_external, file_sha256
 
 PREFIX = "robustbench:"
 THREAT_MODEL = "Linf"
@@ -129,17 +127,16 @@ def load_zoo_model(name: str, model_dir: str | Path, dataset: str = "cifar10"):
 
 def evaluate_zoo(
     ref: str,
-    model_dir: str | Path,
+    opts: EvalOptions,
     *,
+    model_dir: str | Path,
     dataset: str = "cifar10",
     zoo_dataset: str | None = None,
-    **kwargs,
+    **where,
 ):
-    """Library entry point of `bench eval --model robustbench:NAME`: load the zoo model and evaluate
-    it into its ``kind: "external"`` record (see :func:`bench.tools.zoo.external.evaluate_external`)."""
-    from bench.run.evaluation import check_request
-    from bench.tools.zoo.external import evaluate_external, file_sha256
-
+    """`bench eval --model robustbench:NAME`: load the zoo model and evaluate it into its
+    ``kind: "external"`` record (``where``: ``out``, ``data_dir``, ``device`` of
+    :func:`bench.tools.zoo.external.evaluate_external`)."""
     name = parse_model_ref(ref)
     if zoo_dataset is None:
         if dataset not in ZOO_DATASETS:
@@ -148,9 +145,7 @@ def evaluate_zoo(
                 "zoo the model comes from with --zoo-dataset, e.g. --zoo-dataset cifar10"
             )
         zoo_dataset = dataset
-    check_request(
-        kwargs.get("protocol", "standard"), kwargs.get("metrics"), kwargs.get("n_examples")
-    )
+    opts.check()
     net, path = load_zoo_model(name, model_dir, zoo_dataset)
     source = {
         "source": "robustbench",
@@ -162,5 +157,5 @@ def evaluate_zoo(
         "robustbench": getattr(import_robustbench(), "__version__", None),
     }
     return evaluate_external(
-        net, method=f"{PREFIX}{name}", arch=name, dataset=dataset, source=source, **kwargs
+        net, opts, method=f"{PREFIX}{name}", arch=name, dataset=dataset, source=source, **where
     )
