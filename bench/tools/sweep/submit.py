@@ -1,14 +1,13 @@
 """`bench sweep SPEC` and `bench sweep-status DIR` as library functions (the CLI only parses flags).
 
-:func:`submit_sweep` checks everything first (the spec, every cell's resolved config, the
-launcher's settings, the sweep directory), so that bad input submits nothing and changes nothing;
-then, holding the sweep directory's lock, it works out each cell's status, submits the cells that
-need a job (new, interrupted, failed with retries left) and, on the local launcher, waits for them.
+:func:`submit_sweep` checks everything before it writes or submits anything (docs/scale.md says
+what), then, holding the sweep directory's lock, submits the cells that need a job.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from math import prod
 from pathlib import Path
 
 from bench.core.errors import BenchError
@@ -19,8 +18,6 @@ from bench.tools.sweep.state import (
     SweepDir,
     plan,
     plan_table,
-    record_failure,
-    slurm_job_ids,
     status_table,
     statuses,
     summary,
@@ -28,22 +25,8 @@ from bench.tools.sweep.state import (
 
 
 def current_statuses(sweep: SweepDir) -> list[CellStatus]:
-    """Each cell's status, asking SLURM (sacct) about the cells whose latest job went there."""
-    return statuses(sweep, launch.slurm_states(sweep, slurm_job_ids(sweep)))
-
-
-def _grid_line(spec, cells, launcher: str, settings, sweep: SweepDir) -> str:
-    sizes = " x ".join(f"{len(v)} {k}" for k, v in spec.axes)
-    total = 1
-    for _, v in spec.axes:
-        total *= len(v)
-    left_out = f", {total - len(cells)} excluded" if total > len(cells) else ""
-    how = (
-        f"max_parallel {settings.max_parallel}"
-        if launcher == "local"
-        else f"partition {settings.partition}"
-    )
-    return f"sweep {spec.name}: {len(cells)} cells ({sizes}{left_out}) in {sweep.path}; launcher {launcher} ({how})"
+    """Each cell's status, asking SLURM (sacct) about the cells' SLURM jobs."""
+    return statuses(sweep, launch.slurm_states)
 
 
 def submit_sweep(
@@ -70,7 +53,14 @@ def submit_sweep(
     else:
         sweep.check_free()
     axes = [k for k, _ in spec.axes]
-    echo(_grid_line(spec, cells, launcher, settings, sweep))
+    total = prod(len(v) for _, v in spec.axes)
+    sizes = " x ".join(f"{len(v)} {k}" for k, v in spec.axes)
+    sizes += f", {total - len(cells)} excluded" if total > len(cells) else ""
+    local = launcher == "local"
+    how = f"max_parallel {settings.max_parallel}" if local else f"partition {settings.partition}"
+    echo(
+        f"sweep {spec.name}: {len(cells)} cells ({sizes}) in {sweep.path}; launcher {launcher} ({how})"
+    )
     if dry_run:
         current = (
             current_statuses(sweep)
@@ -96,9 +86,6 @@ def submit_sweep(
         current = current_statuses(sweep)
         actions = plan(current, spec.retries)
         echo(plan_table(axes, actions))
-        for a in actions:
-            if a.what == "retry":
-                record_failure(sweep, a.cell)  # the failure it retries counts towards the limit
         todo = [(a.cell.index, cfgs[a.cell.index]) for a in actions if a.submit]
         if not todo:
             note("nothing to submit: " + summary(current))
@@ -110,16 +97,14 @@ def submit_sweep(
     if todo:
         echo(status_table(axes, after))
     gave_up = [a for a in actions if a.what == "give up"]
-    unfinished = (
-        [c for c in after if c.status in ("failed", "interrupted")] if launcher == "local" else []
-    )
     if gave_up:
         raise BenchError(
             f"{len(gave_up)} cell(s) failed more than retries: {spec.retries} times and were not "
             f"submitted again (cell {', '.join(str(a.cell.index) for a in gave_up)}: "
             f"{gave_up[0].cell.detail}); fix the cause, then raise retries in {spec.path}"
         )
-    if unfinished:
+    unfinished = [c for c in after if c.status in ("failed", "interrupted")]
+    if launcher == "local" and unfinished:
         raise BenchError(
             f"{len(unfinished)} of {len(after)} cells did not complete ({summary(after)}); run "
             f"`bench sweep {spec_path}` again to resume the interrupted and retry the failed ones"
@@ -129,20 +114,15 @@ def submit_sweep(
     return after
 
 
-def sweep_status(directory: str | Path) -> tuple[list[str], list[CellStatus]]:
-    """The sweep's axes and each cell's status."""
-    sweep = SweepDir(directory)
-    data = sweep.load()
-    return list(data.get("axes") or []), current_statuses(sweep)
-
-
 def status_report(directory: str | Path) -> str:
-    axes, cells = sweep_status(directory)
-    return status_table(axes, cells) + f"\n{len(cells)} cells: {summary(cells)}"
+    """The table `bench sweep-status DIR` prints: each cell's status, run and job."""
+    sweep = SweepDir(directory)
+    cells = current_statuses(sweep)
+    table = status_table(list(sweep.load().get("axes") or []), cells)
+    return table + f"\n{len(cells)} cells: {summary(cells)}"
 
 
 def sweep_runs(directory: str | Path) -> tuple[Path, list[str]]:
-    """The results root of a sweep's runs and the run ids its cells have (for `bench compare --sweep`)."""
+    """The results root of a sweep's runs and its cells' run ids (for `bench compare --sweep`)."""
     sweep = SweepDir(directory)
-    data = sweep.load()
-    return Path(data["out"]), sweep.run_ids()
+    return Path(sweep.load()["out"]), sweep.run_ids()
