@@ -171,173 +171,139 @@ _SpecLoader.add_implicit_resolver(
 )
 
 
+def _check(ok: Any, message: str) -> None:
+    if not ok:
+        raise BenchError(message)
+
+
 def _mapping(value: Any, where: str, path: Path, allowed: tuple[str, ...] = ()) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise BenchError(f"{path}: {where} must be a mapping (key: value lines)")
-    unknown = [str(k) for k in value if allowed and k not in allowed]
-    if unknown:
-        raise BenchError(
-            f"{path}: unknown key {', '.join(unknown)} in {where}; allowed: {', '.join(allowed)}"
-        )
+    value = {} if value is None else value
+    _check(isinstance(value, dict), f"{path}: {where} must be a mapping (key: value lines)")
+    unknown = ", ".join(str(k) for k in value if allowed and k not in allowed)
+    _check(not unknown, f"{path}: unknown key {unknown} in {where}; allowed: {', '.join(allowed)}")
     return value
 
 
-def _non_negative_int(value: Any) -> bool:
+def _index(value: Any) -> bool:  # a non-negative integer
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _base(d: dict[str, Any], path: Path) -> Base:
+def _base(d: dict[str, Any], p: Path) -> Base:
     sets = () if d.get("set") is None else d["set"]
     if isinstance(sets, dict):
         sets = [f"{k}={set_value(v)}" for k, v in sets.items()]
-    elif not (isinstance(sets, (list, tuple)) and all(isinstance(v, str) for v in sets)):
-        raise BenchError(
-            f"{path}: base.set must be a list of KEY=VALUE items or a mapping {{KEY: VALUE}}"
-        )
+    ok = isinstance(sets, (list, tuple)) and all(isinstance(v, str) for v in sets)
+    _check(ok, f"{p}: base.set must be a list of KEY=VALUE items or a mapping {{KEY: VALUE}}")
     for item in sets:
         parse_set(item)  # malformed items fail here, in one line
     seed = d.get("seed")
-    if seed is not None and not _non_negative_int(seed):
-        raise BenchError(f"{path}: base.seed must be a non-negative integer, got {seed!r}")
-    names = ("dataset", "arch", "config", "data_dir", "device", "preset")
-    text = {k: None if d.get(k) is None else str(d[k]) for k in names}
+    _check(
+        seed is None or _index(seed), f"{p}: base.seed must be a non-negative integer, got {seed!r}"
+    )
+    text = {k: None if d.get(k) is None else str(d[k]) for k in BASE_KEYS[2:-1]}
     return Base(method=str(d.get("method") or ""), seed=seed, sets=tuple(sets), **text)
 
 
-def _axes(d: dict[str, Any], base: Base, path: Path) -> list[tuple[str, list[Any]]]:
-    if not d:
-        raise BenchError(
-            f"{path}: the spec has no axes; add e.g. axes: {{method: [ce, pgd-at], seed: [0, 1]}}"
-        )
+def _axes(d: dict[str, Any], base: Base, p: Path) -> list[tuple[str, list[Any]]]:
+    _check(d, f"{p}: the spec has no axes; add e.g. axes: {{method: [ce, pgd-at], seed: [0, 1]}}")
     base_keys = {item.partition("=")[0].strip() for item in base.sets}
     for key, values in d.items():
-        where = f"{path}: axis {key}"
-        if key not in RUN_AXES and "." not in str(key):
-            raise BenchError(
-                f"{path}: unknown axis {key!r}; an axis is one of {', '.join(RUN_AXES)} or a --set "
-                "key such as optim.lr"
-            )
-        if key in base_keys:
-            raise BenchError(f"{path}: {key} is set in base.set and is also an axis; keep one")
-        if key in RUN_AXES and getattr(base, key) not in (None, ""):
-            raise BenchError(f"{path}: {key} is given in base and is also an axis; keep one")
-        if not isinstance(values, list):
-            raise BenchError(f"{where} must be a list of values, e.g. {key}: [a, b]")
-        if not values:
-            raise BenchError(f"{where} has no values, so the grid is empty; give at least one")
-        shown = [set_value(v) for v in values]
-        repeated = sorted({s for s in shown if shown.count(s) > 1})
-        if repeated:
-            raise BenchError(f"{where} repeats {', '.join(repeated)}; list each value once")
-        if key == "seed" and not all(_non_negative_int(v) for v in values):
-            raise BenchError(f"{where} takes non-negative integers, got {values!r}")
-        if key in RUN_AXES and key != "seed" and not all(isinstance(v, str) for v in values):
-            raise BenchError(f"{where} takes names, got {values!r}")
-    if not base.method and "method" not in d:
-        raise BenchError(
-            f"{path}: no method: give base.method or an axis method: [ce, pgd-at, ...]"
+        axis = f"{p}: axis {key}"
+        _check(
+            key in RUN_AXES or "." in str(key),
+            f"{p}: unknown axis {key!r}; an axis is one of {', '.join(RUN_AXES)} or a --set key "
+            "such as optim.lr",
         )
+        _check(key not in base_keys, f"{p}: {key} is set in base.set and is also an axis; keep one")
+        given = key in RUN_AXES and getattr(base, key) not in (None, "")
+        _check(not given, f"{p}: {key} is given in base and is also an axis; keep one")
+        _check(isinstance(values, list), f"{axis} must be a list of values, e.g. {key}: [a, b]")
+        _check(values, f"{axis} has no values, so the grid is empty; give at least one")
+        shown = [set_value(v) for v in values]
+        repeated = ", ".join(sorted({s for s in shown if shown.count(s) > 1}))
+        _check(not repeated, f"{axis} repeats {repeated}; list each value once")
+        if key == "seed":
+            _check(all(map(_index, values)), f"{axis} takes non-negative integers, got {values!r}")
+        elif key in RUN_AXES:
+            _check(all(isinstance(v, str) for v in values), f"{axis} takes names, got {values!r}")
+    ok = base.method or "method" in d
+    _check(ok, f"{p}: no method: give base.method or an axis method: [ce, pgd-at, ...]")
     return [(str(k), list(v)) for k, v in d.items()]
 
 
-def _exclude(value: Any, axes: list[tuple[str, list[Any]]], path: Path) -> list[dict[str, Any]]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(e, dict) and e for e in value):
-        raise BenchError(
-            f"{path}: exclude must be a list of mappings such as {{method: ce, seed: 1}}"
-        )
+def _exclude(value: Any, axes: list[tuple[str, list[Any]]], p: Path) -> list[dict[str, Any]]:
+    value = [] if value is None else value
+    ok = isinstance(value, list) and all(isinstance(e, dict) and e for e in value)
+    _check(ok, f"{p}: exclude must be a list of mappings such as {{method: ce, seed: 1}}")
     known = dict(axes)
     for entry in value:
         for k, v in entry.items():
-            if k not in known:
-                raise BenchError(
-                    f"{path}: exclude entry {entry} names {k!r}, which is not an axis "
-                    f"({', '.join(known)})"
-                )
-            if set_value(v) not in {set_value(a) for a in known[k]}:
-                raise BenchError(f"{path}: exclude entry {entry}: {v!r} is not a value of axis {k}")
+            names = ", ".join(known)
+            _check(
+                k in known,
+                f"{p}: exclude entry {entry} names {k!r}, which is not an axis ({names})",
+            )
+            ok = set_value(v) in {set_value(a) for a in known[k]}
+            _check(ok, f"{p}: exclude entry {entry}: {v!r} is not a value of axis {k}")
     return value
 
 
-def _slurm(d: dict[str, Any], path: Path) -> SlurmSettings:
-    s = update_dataclass(SlurmSettings(), d, "launcher.slurm.")
-    where = f"{path}: launcher.slurm"
-    if not s.partition.strip():
-        raise BenchError(f"{where} has no partition; add partition: NAME (sinfo lists them)")
+def _launchers(d: dict[str, Any], p: Path) -> tuple[str, LocalSettings, SlurmSettings | None]:
+    choose = f"choose {' or '.join(LAUNCHERS)}"
+    for key in d:
+        _check(
+            key in (*LAUNCHERS, "default"),
+            f"{p}: unknown launcher {key!r} under launcher:; {choose}",
+        )
+    default = str(d.get("default") or "local")
+    _check(default in LAUNCHERS, f"{p}: unknown launcher {default!r} in launcher.default; {choose}")
+    local = _mapping(d.get("local"), "launcher.local", p)
+    local = update_dataclass(LocalSettings(), local, "launcher.local.")
+    ok = local.max_parallel >= 1 and local.timeout_min >= 1
+    _check(ok, f"{p}: launcher.local.max_parallel and timeout_min must be at least 1")
+    if "slurm" not in d:
+        return default, local, None
+    s = _mapping(d.get("slurm"), "launcher.slurm", p)
+    s, where = update_dataclass(SlurmSettings(), s, "launcher.slurm."), f"{p}: launcher.slurm"
+    _check(s.partition.strip(), f"{where} has no partition; add partition: NAME (sinfo lists them)")
     slurm_minutes(s.time, "launcher.slurm.time")
-    if s.nproc < 1 or s.array_parallelism < 1:
-        raise BenchError(f"{where}.nproc and array_parallelism must be at least 1")
-    if min(s.gpus_per_run, s.cpus_per_run, s.max_requeues) < 0 or s.mem_gb < 0:
-        raise BenchError(
-            f"{where} gpus_per_run, cpus_per_run, mem_gb and max_requeues cannot be negative"
-        )
-    if 0 < s.gpus_per_run < s.nproc:
-        raise BenchError(
-            f"{where}.nproc {s.nproc} needs a GPU per process; set gpus_per_run to at least "
-            f"{s.nproc}"
-        )
-    return s
+    ok = s.nproc >= 1 and s.array_parallelism >= 1
+    _check(ok, f"{where}.nproc and array_parallelism must be at least 1")
+    _check(
+        min(s.gpus_per_run, s.cpus_per_run, s.max_requeues, s.mem_gb) >= 0,
+        f"{where} gpus_per_run, cpus_per_run, mem_gb and max_requeues cannot be negative",
+    )
+    _check(
+        not 0 < s.gpus_per_run < s.nproc,
+        f"{where}.nproc {s.nproc} needs a GPU per process; set gpus_per_run to at least {s.nproc}",
+    )
+    return default, local, s
 
 
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and check a spec file (one line on any problem)."""
     p = Path(path)
-    if not p.is_file():
-        raise BenchError(
-            f"sweep spec {str(path)!r} not found; pass a YAML file (see docs/scale.md)"
-        )
+    _check(p.is_file(), f"sweep spec {str(path)!r} not found; pass a YAML file (see docs/scale.md)")
     text = p.read_text()
     try:
         data = yaml.load(text, Loader=_SpecLoader)
     except yaml.YAMLError as exc:
         raise BenchError(f"{p}: not valid YAML ({str(exc).splitlines()[0]}); fix its syntax")
-    if not isinstance(data, dict):
-        raise BenchError(
-            f"{p}: a sweep spec is a mapping with base:, axes: and launcher: (see docs/scale.md)"
-        )
+    what = "a mapping with base:, axes: and launcher: (see docs/scale.md)"
+    _check(isinstance(data, dict), f"{p}: a sweep spec is {what}")
     _mapping(data, "the spec", p, SPEC_KEYS)
     name = str(data.get("name") or p.stem)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
-        raise BenchError(
-            f"{p}: name {name!r} must be letters, digits and . _ + - (it names the sweep's directory)"
-        )
+    _check(
+        re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name),
+        f"{p}: name {name!r} must be letters, digits and . _ + - (it names the sweep's directory)",
+    )
     base = _base(_mapping(data.get("base"), "base", p, BASE_KEYS), p)
     axes = _axes(_mapping(data.get("axes"), "axes", p), base, p)
     exclude = _exclude(data.get("exclude"), axes, p)
     retries = data.get("retries", 2)
-    if not _non_negative_int(retries):
-        raise BenchError(f"{p}: retries must be a non-negative integer, got {retries!r}")
-    launcher = _mapping(data.get("launcher"), "launcher", p)
-    for key in launcher:
-        if key not in (*LAUNCHERS, "default"):
-            raise BenchError(
-                f"{p}: unknown launcher {key!r} under launcher:; choose {' or '.join(LAUNCHERS)}"
-            )
-    default = str(launcher.get("default") or "local")
-    if default not in LAUNCHERS:
-        raise BenchError(
-            f"{p}: unknown launcher {default!r} in launcher.default; choose {' or '.join(LAUNCHERS)}"
-        )
-    local = _mapping(launcher.get("local"), "launcher.local", p)
-    local = update_dataclass(LocalSettings(), local, "launcher.local.")
-    if local.max_parallel < 1 or local.timeout_min < 1:
-        raise BenchError(f"{p}: launcher.local.max_parallel and timeout_min must be at least 1")
-    slurm = launcher.get("slurm")
-    return SweepSpec(
-        path=p,
-        text=text,
-        name=name,
-        base=base,
-        axes=axes,
-        exclude=exclude,
-        retries=retries,
-        default_launcher=default,
-        local=local,
-        slurm=_slurm(_mapping(slurm, "launcher.slurm", p), p) if "slurm" in launcher else None,
-    )
+    _check(_index(retries), f"{p}: retries must be a non-negative integer, got {retries!r}")
+    launchers = _launchers(_mapping(data.get("launcher"), "launcher", p), p)
+    return SweepSpec(p, text, name, base, axes, exclude, retries, *launchers)
 
 
 def expand(spec: SweepSpec) -> list[Cell]:
@@ -351,22 +317,12 @@ def expand(spec: SweepSpec) -> list[Cell]:
             continue
         sets = [*b.sets, *([f"data.data_dir={b.data_dir}"] if b.data_dir else [])]
         sets += [f"{k}={set_value(v)}" for k, v in values.items() if k not in RUN_AXES]
-        cells.append(
-            Cell(
-                index=len(cells),
-                values=tuple(values.items()),
-                method=values.get("method", b.method),
-                seed=values.get("seed", b.seed),
-                dataset=values.get("dataset", b.dataset),
-                arch=values.get("arch", b.arch),
-                preset=values.get("preset", b.preset or "paper"),
-                overrides=tuple(sets),
-            )
-        )
-    if not cells:
-        raise BenchError(
-            f"{spec.path}: the grid is empty: exclude leaves out every combination of the axes"
-        )
+        run = {k: values.get(k, getattr(b, k)) for k in RUN_AXES}
+        run["preset"] = run["preset"] or "paper"  # bench run's default
+        cells.append(Cell(len(cells), tuple(values.items()), **run, overrides=tuple(sets)))
+    _check(
+        cells, f"{spec.path}: the grid is empty: exclude leaves out every combination of the axes"
+    )
     return cells
 
 
@@ -374,23 +330,16 @@ def resolve_cells(spec: SweepSpec, cells: list[Cell]) -> list:
     """Each cell's RunConfig, resolved and checked as `bench run` would (one line naming the cell)."""
     from bench.run.resolve import resolve_config
 
-    out = []
+    out, b = [], spec.base
     for c in cells:
+        run = {k: getattr(c, k) for k in RUN_AXES[1:]}
         try:
-            out.append(
-                resolve_config(
-                    c.method,
-                    preset=c.preset,
-                    dataset=c.dataset,
-                    arch=c.arch,
-                    seed=c.seed,
-                    device=spec.base.device,
-                    config_file=spec.base.config,
-                    overrides=list(c.overrides),
-                )
+            cfg = resolve_config(
+                c.method, **run, device=b.device, config_file=b.config, overrides=list(c.overrides)
             )
         except BenchError as exc:
             raise BenchError(f"{spec.path}: cell {c.key}: {exc}") from None
+        out.append(cfg)
     return out
 
 
