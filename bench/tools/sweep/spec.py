@@ -9,7 +9,7 @@ import hashlib
 import itertools
 import json
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +19,8 @@ from bench.core.config import parse_set, to_dict, update_dataclass
 from bench.core.errors import BenchError
 
 LAUNCHERS = ("local", "slurm")
-RUN_AXES = (
-    "method",
-    "seed",
-    "dataset",
-    "arch",
-    "preset",
-)  # `bench run` arguments; others: --set keys
+# axes that are `bench run` arguments; any other axis is a --set key
+RUN_AXES = ("method", "seed", "dataset", "arch", "preset")
 SPEC_KEYS = ("name", "base", "axes", "exclude", "retries", "launcher")
 BASE_KEYS = ("method", "seed", "dataset", "preset", "arch", "config", "data_dir", "device", "set")
 
@@ -35,9 +30,8 @@ class LocalSettings:
     """Cells run as processes on this machine, at most ``max_parallel`` at a time."""
 
     max_parallel: int = 1
-    timeout_min: int = (
-        7 * 24 * 60
-    )  # submitit's local time limit per job (it signals, then requeues)
+    # submitit's local time limit per job (it signals, then requeues)
+    timeout_min: int = 7 * 24 * 60
 
 
 @dataclass
@@ -87,9 +81,7 @@ class Cell:
         return " ".join(f"{k}={set_value(v)}" for k, v in self.values)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"index": self.index, "key": self.key} | {
-            f.name: getattr(self, f.name) for f in fields(self)
-        }
+        d = {"index": self.index, "key": self.key, **asdict(self)}
         return d | {"values": dict(self.values), "overrides": list(self.overrides)}
 
 
@@ -111,12 +103,7 @@ class SweepSpec:
         """What makes two specs the same sweep: the name, base, axes (in order) and exclusions.
         Launcher settings and retries may change between submissions of one sweep."""
         axes = [[k, v] for k, v in self.axes]
-        ident = {
-            "name": self.name,
-            "base": to_dict(self.base),
-            "axes": axes,
-            "exclude": self.exclude,
-        }
+        ident = dict(name=self.name, base=to_dict(self.base), axes=axes, exclude=self.exclude)
         text = json.dumps(ident, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

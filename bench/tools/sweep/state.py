@@ -4,6 +4,7 @@ submitit's job folder holds its jobs. The layout and the status rules are in doc
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pickle
 import socket
@@ -49,6 +50,7 @@ class Job:
     submitted: float
     folder: Path
 
+    @functools.cached_property
     def result(self) -> tuple[str, Any] | None:
         """submitit's ``("success", value)`` or ``("error", traceback)``; None while none is written."""
         for path in sorted(self.folder.glob(f"{self.id}_*_result.pkl")):
@@ -62,12 +64,11 @@ class Job:
     @property
     def error(self) -> str | None:
         """The error the cell's job reported (:class:`CellFailed`), if it did."""
-        result = self.result()
-        last = (
-            (result[1] or "").strip().splitlines()[-1:] if result and result[0] == "error" else []
-        )
-        return last[0][len(_FAILED) :] if last and last[0].startswith(_FAILED) else None
+        kind, text = self.result or ("", "")
+        last = str(text or "").strip().rpartition("\n")[2] if kind == "error" else ""
+        return last[len(_FAILED) :] if last.startswith(_FAILED) else None
 
+    @property
     def log_hint(self) -> str:
         return f"see {self.folder / f'{self.id}_0_log.err'}"
 
@@ -193,8 +194,7 @@ class CellStatus:
     detail: str = ""
     run_id: str | None = None
     job_id: str | None = None
-    launcher: str | None = None
-    attempts: int = 0
+    attempts: int = 0  # jobs submitted
     failures: int = 0  # jobs that ended in an error (the latest included when the cell is failed)
 
 
@@ -204,103 +204,76 @@ def _local_alive(job: Job) -> bool | None:
         return None
     try:
         os.kill(int(job.id), 0)
+        return b"submitit" in Path(f"/proc/{job.id}/cmdline").read_bytes()  # not a reused pid
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return None
-    try:  # a reused pid is not our job
-        return b"submitit" in Path(f"/proc/{job.id}/cmdline").read_bytes()
-    except FileNotFoundError:
+    except FileNotFoundError:  # no /proc here
         return True
     except OSError:
         return None
 
 
-def job_alive(job: Job | None, slurm_states: dict[str, str]) -> bool | None:
-    """True: queued or running; False: ended; None: cannot tell from here."""
-    if job is None:
-        return None
-    if job.launcher == "local":
-        return _local_alive(job)
-    state = slurm_states.get(job.id)
-    return state.split()[0].upper() in SLURM_ALIVE if state else None
-
-
-def cell_status(
-    grid_cell: dict[str, Any], run_id: str | None, jobs: list[Job], out: Path, states: dict
-) -> CellStatus:
-    """Where one cell stands, from its run's record, its latest job and whether that job lives."""
-    last = jobs[-1] if jobs else None
-    slurm_state = states.get(last.id, "") if last else ""
-    st = CellStatus(
-        grid_cell["index"],
-        grid_cell["key"],
-        grid_cell.get("values", {}),
-        "pending",
-        run_id=run_id,
-        job_id=last.id if last else None,
-        launcher=last.launcher if last else None,
-        attempts=len(jobs),
-        failures=sum(1 for j in jobs if j.error),
-    )
-
-    def done(status: str, detail: str = "") -> CellStatus:
-        st.status, st.detail = status, detail
-        if status == "failed" and last is not None and not last.error:
-            st.failures += 1  # seen from outside the job (run record, scheduler, result file)
-        return st
-
-    rec, run_dir = None, runs_root(out) / run_id if run_id else None
+def _status(run_dir: Path | None, last: Job | None, states: dict[str, str]) -> tuple[str, str]:
+    """A cell's status and its detail, from its run's record and its latest job (docs/scale.md)."""
+    rec = None
     if run_dir is not None and (run_dir / "record.json").is_file():
         try:
             rec = load_record(run_dir)
         except BenchError as exc:
-            return done("failed", str(exc))
+            return "failed", str(exc)
     recorded = live_status(run_dir, rec) if rec is not None else None
     if recorded == "complete":
-        return done("complete")
-    alive = job_alive(last, states)
+        return "complete", ""
+    state = states.get(last.id, "") if last else ""
+    alive = None  # True: queued or running; False: ended; None: cannot tell from here
+    if last is not None and last.launcher == "local":
+        alive = _local_alive(last)
+    elif state:
+        alive = state.split()[0].upper() in SLURM_ALIVE
     if alive:
-        if slurm_state.upper().startswith(("PENDING", "REQUEUED")):
-            return done("pending", f"queued (job {last.id})" + (", resumes its run" if rec else ""))
-        return done("running", "" if recorded == "running" else "job started")
+        if state.upper().startswith(("PENDING", "REQUEUED")):
+            return "pending", f"queued (job {last.id})" + (", resumes its run" if rec else "")
+        return "running", "" if recorded == "running" else "job started"
     if last and last.error:
-        return done("failed", last.error)
+        return "failed", last.error
     if recorded in ("failed", "diverged"):
-        return done("failed", f"{recorded}: {first_line(rec.get('message'))}")
+        return "failed", f"{recorded}: {first_line(rec.get('message'))}"
+    if recorded == "running" and alive is False:
+        return "interrupted", f"its job ended ({state or 'process gone'})"
     if recorded == "running":
-        if alive is False:
-            return done("interrupted", f"its job ended ({slurm_state or 'process gone'})")
-        return done("running")
+        return "running", ""
     if recorded == "interrupted":
-        return done("interrupted", first_line(rec.get("message")))
+        return "interrupted", first_line(rec.get("message"))
     if recorded is not None:
-        return done("interrupted", f"run status {recorded}")
-    if last is None:  # no run, no job
-        return done("pending", "not submitted")
-    if last.result() is not None:
-        why = "the job ended with an error before its run started"
-        return done("failed", f"{why}; {last.log_hint()}")
+        return "interrupted", f"run status {recorded}"
+    if last is None:
+        return "pending", "not submitted"
+    if last.result is not None:
+        return "failed", f"the job ended with an error before its run started; {last.log_hint}"
     if alive is None:
-        return done("pending", f"submitted (job {last.id})")
-    if slurm_state:
-        why = f"job {last.id} ended {slurm_state.split()[0]} before its run started"
-        return done("failed", f"{why}; {last.log_hint()}")
-    return done("interrupted", "the job ended before its run started")
+        return "pending", f"submitted (job {last.id})"
+    if state:
+        why = f"job {last.id} ended {state.split()[0]} before its run started"
+        return "failed", f"{why}; {last.log_hint}"
+    return "interrupted", "the job ended before its run started"
 
 
 def statuses(sweep: SweepDir, slurm_states=None) -> list[CellStatus]:
-    """Each cell's status; ``slurm_states(job_ids)`` gives the SLURM jobs' states (sacct)."""
-    data, jobs = sweep.load(), sweep.jobs()
-    states = {}
-    if slurm_states is not None:
-        states = slurm_states([j.id for js in jobs.values() for j in js if j.launcher == "slurm"])
-    return [
-        cell_status(
-            c, sweep.run_id(c["index"]), jobs.get(c["index"], []), Path(data["out"]), states
-        )
-        for c in data["cells"]
-    ]
+    """Each cell's status; ``slurm_states(job_ids)`` gives SLURM jobs' states (sacct)."""
+    data, jobs, out = sweep.load(), sweep.jobs(), []
+    slurm = [j.id for js in jobs.values() for j in js if j.launcher == "slurm"]
+    states = slurm_states(slurm) if slurm_states else {}
+    for c in data["cells"]:
+        run_id, cell_jobs = sweep.run_id(c["index"]), jobs.get(c["index"], [])
+        last = cell_jobs[-1] if cell_jobs else None
+        run_dir = runs_root(data["out"]) / run_id if run_id else None
+        status, detail = _status(run_dir, last, states)
+        failures = sum(1 for j in cell_jobs if j.error)
+        failures += status == "failed" and last is not None and not last.error  # seen from outside
+        job_id, values = last.id if last else None, c.get("values", {})
+        row = (c["index"], c["key"], values, status, detail, run_id, job_id, len(cell_jobs))
+        out.append(CellStatus(*row, failures))
+    return out
 
 
 # -- what a submission does with each cell ---------------------------------------------------
