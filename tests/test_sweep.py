@@ -23,7 +23,8 @@ import torch
 import yaml
 
 from bench.core.errors import BenchError
-from bench.tools.sweep.spec import expand, load_spec, resolve_cells, slurm_minutes
+from bench.tools.sweep.grid import expand, resolve_cells
+from bench.tools.sweep.spec import load_spec, slurm_minutes
 from bench.tools.sweep.state import SweepDir
 
 TINY = [

@@ -7,21 +7,80 @@ what), then, holding the sweep directory's lock, submits the cells that need a j
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from math import prod
 from pathlib import Path
+from typing import Any
 
 from bench.core.errors import BenchError
 from bench.tools.sweep import launch
-from bench.tools.sweep.spec import expand, load_spec, resolve_cells, settings_lines
-from bench.tools.sweep.state import (
-    CellStatus,
-    SweepDir,
-    plan,
-    plan_table,
-    status_table,
-    statuses,
-    summary,
-)
+from bench.tools.sweep.grid import expand, resolve_cells
+from bench.tools.sweep.spec import load_spec, settings_lines
+from bench.tools.sweep.state import STATUSES, CellStatus, SweepDir, statuses
+
+
+# -- what a submission does with each cell ---------------------------------------------------
+@dataclass
+class Action:
+    cell: CellStatus
+    submit: bool
+    what: str  # start | resume | retry | skip | give up
+    note: str = ""
+
+
+def plan(cells: list[CellStatus], retries: int) -> list[Action]:
+    """Complete and in-progress cells are skipped, interrupted ones resumed, failed ones retried while
+    they have failed at most ``retries`` times, new ones started."""
+    actions = []
+    for c in cells:
+        failures = max(c.failures, 1)
+        if c.status == "complete":
+            actions.append(Action(c, False, "skip"))
+        elif c.status == "running" or (c.status == "pending" and c.attempts):
+            actions.append(Action(c, False, "skip", c.detail or "in progress"))
+        elif c.status == "pending":
+            actions.append(Action(c, True, "start"))
+        elif c.status == "interrupted":
+            actions.append(Action(c, True, "resume" if c.run_id else "start", c.detail))
+        elif failures <= retries:
+            actions.append(Action(c, True, "retry", f"retry {failures} of {retries}: {c.detail}"))
+        else:
+            why = f"failed {failures} time(s), retries: {retries}: {c.detail}"
+            actions.append(Action(c, False, "give up", why))
+    return actions
+
+
+# -- tables ---------------------------------------------------------------------------------
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table (pipes), columns padded to their widest cell."""
+    text = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(len(r[i]) for r in text) for i in range(len(headers))]
+    lines = ["| " + " | ".join(v.ljust(w) for v, w in zip(r, widths)) + " |" for r in text]
+    return "\n".join([lines[0], "|" + "|".join("-" * (w + 2) for w in widths) + "|", *lines[1:]])
+
+
+def status_table(axes: list[str], cells: list[CellStatus]) -> str:
+    rows = [
+        [c.index, *(c.values.get(a, "") for a in axes), c.status]
+        + [c.run_id or "-", c.job_id or "-", c.detail]
+        for c in cells
+    ]
+    return table(["cell", *axes, "status", "run", "job", "detail"], rows)
+
+
+def plan_table(axes: list[str], actions: list[Action]) -> str:
+    """What a submission does with each cell, and its run (``new``: started by its job)."""
+    rows = [
+        [a.cell.index, *(a.cell.values.get(k, "") for k in axes), a.cell.status, a.what]
+        + [a.cell.run_id or ("new" if a.submit else "-"), a.note]
+        for a in actions
+    ]
+    return table(["cell", *axes, "status", "action", "run", "note"], rows)
+
+
+def summary(cells: list[CellStatus]) -> str:
+    counts = {s: sum(1 for c in cells if c.status == s) for s in STATUSES}
+    return ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no cells"
 
 
 def current_statuses(sweep: SweepDir) -> list[CellStatus]:
