@@ -1,7 +1,8 @@
 """`bench sweep SPEC` and `bench sweep-status DIR` as library functions (the CLI only parses flags).
 
 :func:`submit_sweep` checks everything before it writes or submits anything (docs/scale.md says
-what), then, holding the sweep directory's lock, submits the cells that need a job.
+what), then, holding the sweep directory's lock, plans what each cell needs (:func:`plan`) and
+submits the cells that need a job.
 """
 
 from __future__ import annotations
