@@ -101,12 +101,8 @@ class CellJob(Checkpointable):
     when are kept in its pickle, which :meth:`SweepDir.jobs` reads back."""
 
     def __init__(self, sweep_dir, out, launcher: str, nproc: int = 1):
-        self.sweep_dir, self.out, self.launcher, self.nproc = (
-            str(sweep_dir),
-            str(out),
-            launcher,
-            nproc,
-        )
+        self.sweep_dir, self.out = str(sweep_dir), str(out)
+        self.launcher, self.nproc = launcher, nproc
         self.host, self.submitted = socket.gethostname(), time.time()
 
     def __call__(self, index: int, cfg) -> str | None:

@@ -96,8 +96,13 @@ class SweepDir:
             raise BenchError(
                 f"{self.sweep_file} is unreadable ({type(exc).__name__}); it may have been edited by hand"
             )
-        if not isinstance(data, dict) or data.get("format") != FORMAT or "cells" not in data:
+        if not isinstance(data, dict) or "cells" not in data:
             raise BenchError(f"{self.sweep_file} is not a trilemma-bench sweep (format {FORMAT})")
+        if data.get("format") != FORMAT:
+            raise BenchError(
+                f"{self.sweep_file} is a sweep of format {data.get('format')}, which this version "
+                f"does not read (format {FORMAT}); submit its spec again with --dir NEW_DIR"
+            )
         return data
 
     def check_same(self, spec, out: Path) -> None:
