@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import pickle
 import signal
 import subprocess
 import threading
@@ -652,3 +653,48 @@ def test_a_sweep_directory_of_another_spec_is_left_alone(tmp_path, shapes_data_d
         res = bench_cli("sweep", first, "--out", out)
     assert res.exit_code == 2 and "another `bench sweep` is submitting" in res.error_lines[0]
     assert _snapshot(sweep.path) == before and not (sweep.path / "jobs").exists()
+
+
+def test_a_cells_state_is_its_run_record_and_its_jobs(tmp_path, shapes_data_dir):
+    """No bookkeeping beside the runs: cell 0's state is its run's record (through its link), cell
+    1's the error its job raised, which submitit kept as the job's result; that failure counts
+    against `retries`. A sweep directory of another format is refused in one line."""
+    from submitit.core.utils import DelayedSubmission
+
+    from bench.tools.sweep.launch import CellJob
+    from bench.tools.sweep.state import CellFailed, statuses
+    from bench.tools.sweep.submit import plan
+
+    spec = load_spec(
+        _write(
+            tmp_path / "g.yaml",
+            {"base": _base(shapes_data_dir), "axes": {"method": ["ce"], "seed": [0, 1]}},
+        )
+    )
+    cells, out = expand(spec), tmp_path / "results"
+    sweep = SweepDir(tmp_path / "sweep")
+    sweep.create(spec, cells, resolve_cells(spec, cells), out)
+    run_dir = out / "runs" / "run-a"
+    run_dir.mkdir(parents=True)
+    (run_dir / "record.json").write_text(json.dumps({"run_id": "run-a", "status": "complete"}))
+    sweep.link_run(0, run_dir)
+    job_dir = sweep.jobs_dir / "77"
+    job_dir.mkdir(parents=True)
+    DelayedSubmission(CellJob(sweep.path, out, "slurm"), 1, None).dump(job_dir / "77_submitted.pkl")
+    error = f"Traceback (most recent call last):\n  ...\n{CellFailed.__module__}.CellFailed: boom"
+    with open(job_dir / "77_0_result.pkl", "wb") as fh:
+        pickle.dump(("error", error), fh)
+    first, second = statuses(sweep)
+    assert (first.status, first.run_id, first.attempts) == ("complete", "run-a", 0)
+    assert (second.status, second.detail, second.job_id, second.failures) == (
+        "failed",
+        "boom",
+        "77",
+        1,
+    )
+    assert [a.what for a in plan([first, second], retries=0)] == ["skip", "give up"]
+    assert sweep.run_ids() == ["run-a"]
+    data = json.loads(sweep.sweep_file.read_text())
+    sweep.sweep_file.write_text(json.dumps({**data, "format": 1}))
+    with pytest.raises(BenchError, match="a sweep of format 1"):
+        statuses(sweep)

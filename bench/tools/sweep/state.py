@@ -105,24 +105,24 @@ class SweepDir:
             )
         return data
 
-    def check_same(self, spec, out: Path) -> None:
-        """The directory must hold the sweep of ``spec`` with its runs under ``out`` (else one line)."""
+    def check(self, spec, out: Path) -> None:
+        """The directory is absent, empty, or the sweep of ``spec`` with its runs under ``out``;
+        anything else is left alone (one line)."""
+        p = self.path
+        if not self.exists():
+            if p.exists() and (not p.is_dir() or any(p.iterdir())):
+                raise BenchError(f"{p} exists and is not a sweep directory; pass --dir NEW_DIR")
+            return
         data = self.load()
         if data.get("spec_digest") != spec.digest:
             raise BenchError(
-                f"sweep directory {self.path} holds another spec (sweep {data.get('name')!r}, its copy "
+                f"sweep directory {p} holds another spec (sweep {data.get('name')!r}, its copy "
                 f"in {self.spec_file}); give the sweep another name: or pass --dir NEW_DIR"
             )
         if Path(data.get("out", "")) != out:
             raise BenchError(
-                f"sweep {self.path} keeps its runs under {data.get('out')}; pass --out {data.get('out')}"
+                f"sweep {p} keeps its runs under {data.get('out')}; pass --out {data.get('out')}"
             )
-
-    def check_free(self) -> None:
-        """A directory that is neither absent, empty nor a sweep is left alone (one line)."""
-        p = self.path
-        if p.exists() and not self.exists() and (not p.is_dir() or any(p.iterdir())):
-            raise BenchError(f"{p} exists and is not a sweep directory; pass --dir NEW_DIR")
 
     def create(self, spec, cells, cfgs, out: Path) -> None:
         self.runs_dir.mkdir(parents=True, exist_ok=True)

@@ -108,10 +108,7 @@ def submit_sweep(
     cfgs = resolve_cells(spec, cells)  # every cell checked before anything is written or submitted
     out_path = Path(out).resolve()
     sweep = SweepDir(Path(directory).resolve() if directory else out_path / "sweeps" / spec.name)
-    if sweep.exists():
-        sweep.check_same(spec, out_path)
-    else:
-        sweep.check_free()
+    sweep.check(spec, out_path)
     axes = [k for k, _ in spec.axes]
     total = prod(len(v) for _, v in spec.axes)
     sizes = " x ".join(f"{len(v)} {k}" for k, v in spec.axes)
@@ -122,14 +119,10 @@ def submit_sweep(
         f"sweep {spec.name}: {len(cells)} cells ({sizes}) in {sweep.path}; launcher {launcher} ({how})"
     )
     if dry_run:
-        current = (
-            current_statuses(sweep)
-            if sweep.exists()
-            else [
-                CellStatus(c.index, c.key, dict(c.values), "pending", "not submitted")
-                for c in cells
-            ]
-        )
+        new = [
+            CellStatus(c.index, c.key, dict(c.values), "pending", "not submitted") for c in cells
+        ]
+        current = current_statuses(sweep) if sweep.exists() else new
         actions = plan(current, spec.retries)
         echo(plan_table(axes, actions))
         n = sum(a.submit for a in actions)
