@@ -1,7 +1,6 @@
-"""A sweep spec, the YAML file behind `bench sweep` (its keys are in docs/scale.md and
-docs/examples/sweep.yaml), as typed dataclasses, and the grid of cells it expands to. Everything is
-checked before anything is written or submitted, each problem as one BenchError line; every cell's
-config is resolved by the same code as `bench run`'s."""
+"""A sweep spec, the YAML file behind `bench sweep`, read into typed dataclasses and checked before
+anything is written or submitted, each problem as one BenchError line. Its keys are in
+docs/scale.md and docs/examples/sweep.yaml; ``grid.py`` expands it into cells."""
 
 from __future__ import annotations
 
@@ -215,10 +214,8 @@ def _exclude(value: Any, axes: list[tuple[str, list[Any]]], p: Path) -> list[dic
 def _launchers(d: dict[str, Any], p: Path) -> tuple[str, LocalSettings, SlurmSettings | None]:
     choose = f"choose {' or '.join(LAUNCHERS)}"
     for key in d:
-        _check(
-            key in (*LAUNCHERS, "default"),
-            f"{p}: unknown launcher {key!r} under launcher:; {choose}",
-        )
+        known = key in (*LAUNCHERS, "default")
+        _check(known, f"{p}: unknown launcher {key!r} under launcher:; {choose}")
     default = str(d.get("default") or "local")
     _check(default in LAUNCHERS, f"{p}: unknown launcher {default!r} in launcher.default; {choose}")
     local = _mapping(d.get("local"), "launcher.local", p)
