@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import pickle
 import signal
 import subprocess
 import threading
@@ -23,7 +24,8 @@ import torch
 import yaml
 
 from bench.core.errors import BenchError
-from bench.tools.sweep.spec import expand, load_spec, resolve_cells, slurm_minutes
+from bench.tools.sweep.grid import expand, resolve_cells
+from bench.tools.sweep.spec import load_spec, slurm_minutes
 from bench.tools.sweep.state import SweepDir
 
 TINY = [
@@ -46,8 +48,13 @@ def _base(data_dir) -> dict:
     return {"dataset": "shapes10", "preset": "smoke", "data_dir": str(data_dir), "set": list(TINY)}
 
 
-def _cell(sweep_dir: Path, index: int) -> dict:
-    return json.loads((sweep_dir / "cells" / f"{index:03d}.json").read_text())
+def _run_id(sweep_dir: Path, index: int) -> str | None:
+    return SweepDir(sweep_dir).run_id(index)
+
+
+def _job_ids(sweep_dir: Path, index: int) -> list[str]:
+    """The ids of a cell's jobs, oldest first, as submitit's folder holds them."""
+    return [j.id for j in SweepDir(sweep_dir).jobs().get(index, [])]
 
 
 def _record(out: Path, run_id: str) -> dict:
@@ -68,10 +75,7 @@ def _signal_after_checkpoint(
     has checkpointed step ``after_step``; returns the step it had reached."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        try:
-            run_id = _cell(sweep_dir, index).get("run_id")
-        except (OSError, ValueError):
-            run_id = None
+        run_id = _run_id(sweep_dir, index)
         if run_id:
             run_dir = out / "runs" / run_id
             step = _ckpt_step(run_dir)
@@ -261,12 +265,13 @@ def test_local_sweep_runs_resumes_a_killed_cell_and_skips(
         "method=pgd-at seed=0 train.max_steps=2",
         "method=pgd-at seed=1 train.max_steps=2",
     ]
-    cells = [_cell(sweep_dir, i) for i in range(4)]
-    assert all(
-        c["run_id"] and len(c["attempts"]) == 1 and c["attempts"][0]["job_id"] for c in cells
+    run_ids, job_ids = (
+        [_run_id(sweep_dir, i) for i in range(4)],
+        [_job_ids(sweep_dir, i) for i in range(4)],
     )
+    assert all(r and len(j) == 1 and j[0] for r, j in zip(run_ids, job_ids))
     assert (
-        _record(out, cells[0]["run_id"])["status"] == "running"
+        _record(out, run_ids[0])["status"] == "running"
     )  # as the kill left it; its process is gone
     status = bench_cli("sweep-status", sweep_dir)
     assert status.exit_code == 0
@@ -276,15 +281,15 @@ def test_local_sweep_runs_resumes_a_killed_cell_and_skips(
         if line.startswith("| ") and not line.startswith("| cell")
     }
     assert [rows[i][4] for i in "0123"] == ["interrupted", "complete", "complete", "complete"]
-    assert rows["0"][5] == cells[0]["run_id"] and rows["0"][6] == cells[0]["attempts"][0]["job_id"]
+    assert rows["0"][5] == run_ids[0] and rows["0"][6] == job_ids[0][0]
 
     again = bench_cli("sweep", spec, "--out", out)  # resumes cell 0, skips the rest
     assert again.exit_code == 0, again.stderr
-    cell0 = _cell(sweep_dir, 0)
-    assert len(cell0["attempts"]) == 2 and all(
-        len(_cell(sweep_dir, i)["attempts"]) == 1 for i in (1, 2, 3)
+    assert len(_job_ids(sweep_dir, 0)) == 2 and all(
+        len(_job_ids(sweep_dir, i)) == 1 for i in (1, 2, 3)
     )
-    rec0 = _record(out, cell0["run_id"])
+    assert _run_id(sweep_dir, 0) == run_ids[0]  # the same run, resumed
+    rec0 = _record(out, run_ids[0])
     assert rec0["status"] == "complete" and len(rec0["training"]["resumes"]) == 1
 
     # the uninterrupted reference, in this results root too (so compare --sweep must leave it out)
@@ -300,7 +305,7 @@ def test_local_sweep_runs_resumes_a_killed_cell_and_skips(
     )
     ref = start_run(cfg, out=out, show_progress=False)
     assert rec0["config_digest"] == ref.record["config_digest"]
-    assert _same_weights(ref.run_dir, out / "runs" / cell0["run_id"]), (
+    assert _same_weights(ref.run_dir, out / "runs" / run_ids[0]), (
         "the resumed cell has other weights"
     )
 
@@ -462,18 +467,14 @@ def test_slurm_sweep_against_stand_in_sbatch_sacct_scontrol(
         "module load cuda" in script
         and "-m submitit.core._submit" in script.strip().splitlines()[-1]
     )
-    assert [_cell(sweep_dir, i)["attempts"][0]["job_id"] for i in range(3)] == [
-        "4242_0",
-        "4242_1",
-        "4242_2",
-    ]
+    assert [_job_ids(sweep_dir, i) for i in range(3)] == [["4242_0"], ["4242_1"], ["4242_2"]]
 
     # the node runs array task 0; SLURM's pre-time-limit signal arrives mid-run
     task0 = _run_array_task(log / "sbatch-0.sh", 4242, 0)
     step = _signal_after_checkpoint(sweep_dir, out, 0, signal.SIGUSR2)
     output = task0.communicate(timeout=120)[0]
     assert (log / "scontrol.args").read_text().split("\n")[0] == "requeue 4242_0", output[-2000:]
-    run_id = _cell(sweep_dir, 0)["run_id"]
+    run_id = _run_id(sweep_dir, 0)
     rec = _record(out, run_id)
     saved = _ckpt_step(
         out / "runs" / run_id
@@ -483,7 +484,7 @@ def test_slurm_sweep_against_stand_in_sbatch_sacct_scontrol(
 
     requeued = DelayedSubmission.load(sweep_dir / "jobs" / "4242_0" / "4242_0_submitted.pkl")
     assert (
-        type(requeued.function).__name__ == "CellJob" and requeued.function.index == 0
+        type(requeued.function).__name__ == "CellJob" and requeued.args[0] == 0
     )  # from checkpoint()
 
     # the requeued job starts again: what submitit's _submit does on the node (delayed.result()),
@@ -514,7 +515,7 @@ def test_slurm_sweep_against_stand_in_sbatch_sacct_scontrol(
     task1 = _run_array_task(log / "sbatch-0.sh", 4242, 1)
     task1.communicate(timeout=120)
     assert task1.returncode != 0
-    error = _cell(sweep_dir, 1)["attempts"][0]["error"]
+    error = SweepDir(sweep_dir).jobs()[1][0].error
     assert "absent.npz" in error and "\n" not in error
     (log / "sacct.states").write_text(
         "4242_0|COMPLETED|node1\n4242_1|FAILED|node1\n4242_[2]|PENDING|None\n"
@@ -536,8 +537,8 @@ def test_slurm_sweep_against_stand_in_sbatch_sacct_scontrol(
     assert retry.exit_code == 0, retry.stderr
     second = (log / "sbatch-1.sh").read_text()
     assert "--array" not in second and "#SBATCH --partition=gpu" in second
-    assert [a["job_id"] for a in _cell(sweep_dir, 1)["attempts"]] == ["4242_1", "4243"]
-    assert [len(_cell(sweep_dir, i)["attempts"]) for i in (0, 2)] == [1, 1]
+    assert _job_ids(sweep_dir, 1) == ["4242_1", "4243"]
+    assert [len(_job_ids(sweep_dir, i)) for i in (0, 2)] == [1, 1]
     # the retry fails too (SLURM says so): past `retries: 1` it is reported, not submitted
     (log / "sacct.states").write_text(
         "4242_0|COMPLETED|node1\n4242_[2]|PENDING|None\n4243|FAILED|node1\n"
@@ -652,3 +653,48 @@ def test_a_sweep_directory_of_another_spec_is_left_alone(tmp_path, shapes_data_d
         res = bench_cli("sweep", first, "--out", out)
     assert res.exit_code == 2 and "another `bench sweep` is submitting" in res.error_lines[0]
     assert _snapshot(sweep.path) == before and not (sweep.path / "jobs").exists()
+
+
+def test_a_cells_state_is_its_run_record_and_its_jobs(tmp_path, shapes_data_dir):
+    """No bookkeeping beside the runs: cell 0's state is its run's record (through its link), cell
+    1's the error its job raised, which submitit kept as the job's result; that failure counts
+    against `retries`. A sweep directory of another format is refused in one line."""
+    from submitit.core.utils import DelayedSubmission
+
+    from bench.tools.sweep.launch import CellJob
+    from bench.tools.sweep.state import CellFailed, statuses
+    from bench.tools.sweep.submit import plan
+
+    spec = load_spec(
+        _write(
+            tmp_path / "g.yaml",
+            {"base": _base(shapes_data_dir), "axes": {"method": ["ce"], "seed": [0, 1]}},
+        )
+    )
+    cells, out = expand(spec), tmp_path / "results"
+    sweep = SweepDir(tmp_path / "sweep")
+    sweep.create(spec, cells, resolve_cells(spec, cells), out)
+    run_dir = out / "runs" / "run-a"
+    run_dir.mkdir(parents=True)
+    (run_dir / "record.json").write_text(json.dumps({"run_id": "run-a", "status": "complete"}))
+    sweep.link_run(0, run_dir)
+    job_dir = sweep.jobs_dir / "77"
+    job_dir.mkdir(parents=True)
+    DelayedSubmission(CellJob(sweep.path, out, "slurm"), 1, None).dump(job_dir / "77_submitted.pkl")
+    error = f"Traceback (most recent call last):\n  ...\n{CellFailed.__module__}.CellFailed: boom"
+    with open(job_dir / "77_0_result.pkl", "wb") as fh:
+        pickle.dump(("error", error), fh)
+    first, second = statuses(sweep)
+    assert (first.status, first.run_id, first.attempts) == ("complete", "run-a", 0)
+    assert (second.status, second.detail, second.job_id, second.failures) == (
+        "failed",
+        "boom",
+        "77",
+        1,
+    )
+    assert [a.what for a in plan([first, second], retries=0)] == ["skip", "give up"]
+    assert sweep.run_ids() == ["run-a"]
+    data = json.loads(sweep.sweep_file.read_text())
+    sweep.sweep_file.write_text(json.dumps({**data, "format": 1}))
+    with pytest.raises(BenchError, match="a sweep of format 1"):
+        statuses(sweep)

@@ -41,7 +41,7 @@ def sweep(spec, launcher, dry_run, out, directory):
     Every cell's config is resolved and checked before anything is submitted. Submitting the same
     spec again is safe: complete and running cells are skipped, interrupted ones resume exactly,
     failed ones are retried up to the spec's `retries:` and then reported. The sweep's directory
-    holds the spec, the grid and each cell's job and run ids. See docs/scale.md.
+    holds the spec, the grid, a link to each cell's run and submitit's jobs. See docs/scale.md.
 
     \b
     Examples:

@@ -1,8 +1,4 @@
-"""`bench sweep`: a grid of runs (methods x seeds x settings) submitted as submitit jobs.
-
-- :mod:`bench.tools.sweep.spec`   the YAML spec as typed dataclasses, the grid it expands to, its checks;
-- :mod:`bench.tools.sweep.state`  the sweep directory (spec copy, grid, each cell's jobs and run), cell status;
-- :mod:`bench.tools.sweep.launch` submitit executors (local, SLURM) and the job each cell runs.
-
-The command line is ``bench/cli/commands/sweep.py``; ``docs/scale.md`` shows the commands.
-"""
+"""`bench sweep`: a grid of runs submitted through submitit, one run per cell, whose run records are
+the cells' state. ``spec.py`` reads the YAML spec, ``grid.py`` expands it, ``state.py`` reads where
+each cell stands, ``launch.py`` holds the job and the executors, ``submit.py`` the commands; see
+docs/scale.md."""

@@ -1,36 +1,10 @@
-"""A sweep spec: the YAML file behind `bench sweep`, as typed dataclasses, and the grid it expands to.
-
-```yaml
-name: methods-x-seeds            # optional; default: the file's name without .yaml
-base:                            # what every cell shares: the arguments of `bench run`
-  dataset: shapes10
-  preset: cpu
-  arch: resnet8                  # optional, as are config: FILE, data_dir, device, seed, method
-  set: [data.val_size=1000]      # --set items (or a mapping {data.val_size: 1000})
-axes:                            # the grid: every combination of these values is one cell
-  method: [ce, pgd-at, trades]
-  seed: [0, 1, 2]
-  optim.lr: [0.1, 0.05]          # any --set key
-exclude:                         # optional: combinations left out (a cell matching all the keys given)
-  - {method: ce, optim.lr: 0.05}
-retries: 2                       # a failed cell is submitted again at most this many times
-launcher:
-  default: local                 # what `bench sweep SPEC` uses without --launcher
-  local: {max_parallel: 2}
-  slurm: {partition: gpu, gpus_per_run: 1, cpus_per_run: 8, mem_gb: 32, time: "24:00:00",
-          account: myproj, nproc: 1, array_parallelism: 8}
-```
-
-Everything here is checked before anything is written or submitted; each problem is one
-:class:`~bench.core.errors.BenchError` line. :func:`resolve_cells` resolves every cell's run config with
-the same :func:`bench.run.resolve.resolve_config` as `bench run`, so an unknown method or ``--set`` key
-in an axis fails up front too.
-"""
+"""A sweep spec, the YAML file behind `bench sweep`, read into typed dataclasses and checked before
+anything is written or submitted, each problem as one BenchError line. Its keys are in
+docs/scale.md and docs/examples/sweep.yaml; ``grid.py`` expands it into cells."""
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import re
 from dataclasses import dataclass, field, fields
@@ -43,13 +17,8 @@ from bench.core.config import parse_set, to_dict, update_dataclass
 from bench.core.errors import BenchError
 
 LAUNCHERS = ("local", "slurm")
-RUN_AXES = (
-    "method",
-    "seed",
-    "dataset",
-    "arch",
-    "preset",
-)  # `bench run` arguments; other axes are --set keys
+# axes that are `bench run` arguments; any other axis is a --set key
+RUN_AXES = ("method", "seed", "dataset", "arch", "preset")
 SPEC_KEYS = ("name", "base", "axes", "exclude", "retries", "launcher")
 BASE_KEYS = ("method", "seed", "dataset", "preset", "arch", "config", "data_dir", "device", "set")
 
@@ -59,9 +28,8 @@ class LocalSettings:
     """Cells run as processes on this machine, at most ``max_parallel`` at a time."""
 
     max_parallel: int = 1
-    timeout_min: int = (
-        7 * 24 * 60
-    )  # submitit's local time limit per job (it signals, then requeues)
+    # submitit's local time limit per job (it signals, then requeues)
+    timeout_min: int = 7 * 24 * 60
 
 
 @dataclass
@@ -72,15 +40,12 @@ class SlurmSettings:
     gpus_per_run: int = 1
     cpus_per_run: int = 0  # 0: the cluster's default
     mem_gb: float = 0.0  # 0: the cluster's default
-    # per job: minutes, HH:MM:SS or D-HH:MM:SS; a run longer than that is requeued
-    time: str = "24:00:00"
+    time: str = "24:00:00"  # per job: minutes, HH:MM:SS or D-HH:MM:SS; a longer run is requeued
     account: str = ""
     nproc: int = 1  # data-parallel processes per run (one per GPU), as `bench run --nproc`
     array_parallelism: int = 16  # array tasks running at once
     max_requeues: int = 10  # requeues after a time limit (preemptions do not count)
-    setup: list[str] = field(
-        default_factory=list
-    )  # shell lines run before the job, e.g. module load cuda
+    setup: list[str] = field(default_factory=list)  # shell lines before the job: module load cuda
 
 
 @dataclass
@@ -94,37 +59,6 @@ class Base:
     data_dir: str | None = None
     device: str | None = None
     sets: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One point of the grid: the axis values, and the `bench run` arguments they give."""
-
-    index: int
-    values: tuple[tuple[str, Any], ...]
-    method: str
-    seed: int | None
-    dataset: str | None
-    arch: str | None
-    preset: str
-    overrides: tuple[str, ...]
-
-    @property
-    def key(self) -> str:
-        return " ".join(f"{k}={set_value(v)}" for k, v in self.values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "key": self.key,
-            "values": dict(self.values),
-            "method": self.method,
-            "seed": self.seed,
-            "dataset": self.dataset,
-            "arch": self.arch,
-            "preset": self.preset,
-            "overrides": list(self.overrides),
-        }
 
 
 @dataclass
@@ -144,15 +78,10 @@ class SweepSpec:
     def digest(self) -> str:
         """What makes two specs the same sweep: the name, base, axes (in order) and exclusions.
         Launcher settings and retries may change between submissions of one sweep."""
-        ident = {
-            "name": self.name,
-            "base": to_dict(self.base),
-            "axes": [[k, v] for k, v in self.axes],
-            "exclude": self.exclude,
-        }
-        return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[
-            :16
-        ]
+        axes = [[k, v] for k, v in self.axes]
+        ident = dict(name=self.name, base=to_dict(self.base), axes=axes, exclude=self.exclude)
+        text = json.dumps(ident, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def settings(self, launcher: str) -> LocalSettings | SlurmSettings:
         if launcher not in LAUNCHERS:
@@ -171,32 +100,27 @@ def set_value(v: Any) -> str:
     """An axis value as written after ``key=`` in a ``--set`` item (and in a cell's key)."""
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, str):
-        return v
-    return json.dumps(v)
+    return v if isinstance(v, str) else json.dumps(v)
 
 
 def slurm_minutes(text: str, where: str) -> int:
     """SLURM's time formats ``MINUTES``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]`` as whole minutes."""
-    t = str(text).strip()
-    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", t)
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", str(text).strip())
     if not m or (m.group(1) is None and m.group(3) is not None and m.group(4) is None):
         raise BenchError(
             f"{where} {text!r} is not a time; write minutes (1440), HH:MM:SS (24:00:00) or "
             "D-HH:MM:SS (2-00:00:00)"
         )
     days, first, second, third = (int(g) if g else 0 for g in m.groups())
-    if m.group(1) is None and m.group(3) is None:
-        minutes = float(first)  # plain minutes
-    else:
-        minutes = days * 1440 + first * 60 + second + third / 60
+    plain = m.group(1) is None and m.group(3) is None
+    minutes = float(first) if plain else days * 1440 + first * 60 + second + third / 60
     if minutes <= 0:
         raise BenchError(f"{where} {text!r} must be longer than zero")
     return int(-(-minutes // 1))
 
 
 class _SpecLoader(yaml.SafeLoader):
-    """YAML 1.2's reading of ``24:00:00`` (a string) instead of YAML 1.1's base-60 integer (86400)."""
+    """YAML 1.2's reading of ``24:00:00`` (a string), not YAML 1.1's base-60 integer (86400)."""
 
 
 _SpecLoader.yaml_implicit_resolvers = {
@@ -210,264 +134,137 @@ _SpecLoader.add_implicit_resolver(
 )
 
 
-def _mapping(value: Any, where: str, path: Path) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise BenchError(f"{path}: {where} must be a mapping (key: value lines)")
+def _check(ok: Any, message: str) -> None:
+    if not ok:
+        raise BenchError(message)
+
+
+def _mapping(value: Any, where: str, path: Path, allowed: tuple[str, ...] = ()) -> dict[str, Any]:
+    value = {} if value is None else value
+    _check(isinstance(value, dict), f"{path}: {where} must be a mapping (key: value lines)")
+    unknown = ", ".join(str(k) for k in value if allowed and k not in allowed)
+    _check(not unknown, f"{path}: unknown key {unknown} in {where}; allowed: {', '.join(allowed)}")
     return value
 
 
-def _check_keys(d: dict[str, Any], allowed: tuple[str, ...], where: str, path: Path) -> None:
-    unknown = [str(k) for k in d if k not in allowed]
-    if unknown:
-        raise BenchError(
-            f"{path}: unknown key {', '.join(unknown)} in {where}; allowed: {', '.join(allowed)}"
-        )
+def _index(value: Any) -> bool:  # a non-negative integer
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _sets(value: Any, path: Path) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, dict):
-        items = [f"{k}={set_value(v)}" for k, v in value.items()]
-    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-        items = list(value)
-    else:
-        raise BenchError(
-            f"{path}: base.set must be a list of KEY=VALUE items or a mapping {{KEY: VALUE}}"
-        )
-    for item in items:
+def _base(d: dict[str, Any], p: Path) -> Base:
+    sets = () if d.get("set") is None else d["set"]
+    if isinstance(sets, dict):
+        sets = [f"{k}={set_value(v)}" for k, v in sets.items()]
+    ok = isinstance(sets, (list, tuple)) and all(isinstance(v, str) for v in sets)
+    _check(ok, f"{p}: base.set must be a list of KEY=VALUE items or a mapping {{KEY: VALUE}}")
+    for item in sets:
         parse_set(item)  # malformed items fail here, in one line
-    return tuple(items)
-
-
-def _base(d: dict[str, Any], path: Path) -> Base:
-    _check_keys(d, BASE_KEYS, "base", path)
-    text = {
-        k: (None if d.get(k) is None else str(d[k]))
-        for k in ("dataset", "arch", "config", "data_dir", "device")
-    }
     seed = d.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise BenchError(f"{path}: base.seed must be a non-negative integer, got {seed!r}")
-    return Base(
-        method=str(d.get("method") or ""),
-        seed=seed,
-        preset=None if d.get("preset") is None else str(d["preset"]),
-        sets=_sets(d.get("set"), path),
-        **text,
+    _check(
+        seed is None or _index(seed), f"{p}: base.seed must be a non-negative integer, got {seed!r}"
     )
+    text = {k: None if d.get(k) is None else str(d[k]) for k in BASE_KEYS[2:-1]}
+    return Base(method=str(d.get("method") or ""), seed=seed, sets=tuple(sets), **text)
 
 
-def _axes(d: dict[str, Any], base: Base, path: Path) -> list[tuple[str, list[Any]]]:
-    if not d:
-        raise BenchError(
-            f"{path}: the spec has no axes; add e.g. axes: {{method: [ce, pgd-at], seed: [0, 1]}}"
-        )
+def _axes(d: dict[str, Any], base: Base, p: Path) -> list[tuple[str, list[Any]]]:
+    _check(d, f"{p}: the spec has no axes; add e.g. axes: {{method: [ce, pgd-at], seed: [0, 1]}}")
     base_keys = {item.partition("=")[0].strip() for item in base.sets}
-    axes = []
     for key, values in d.items():
-        key = str(key)
-        if key not in RUN_AXES and "." not in key:
-            raise BenchError(
-                f"{path}: unknown axis {key!r}; an axis is one of {', '.join(RUN_AXES)} or a --set key "
-                "such as optim.lr"
-            )
-        if key in base_keys:
-            raise BenchError(f"{path}: {key} is set in base.set and is also an axis; keep one")
-        if key in RUN_AXES and getattr(base, key) not in (None, ""):
-            raise BenchError(f"{path}: {key} is given in base and is also an axis; keep one")
-        if not isinstance(values, list):
-            raise BenchError(f"{path}: axis {key} must be a list of values, e.g. {key}: [a, b]")
-        if not values:
-            raise BenchError(
-                f"{path}: axis {key} has no values, so the grid is empty; give at least one"
-            )
+        axis = f"{p}: axis {key}"
+        _check(
+            key in RUN_AXES or "." in str(key),
+            f"{p}: unknown axis {key!r}; an axis is one of {', '.join(RUN_AXES)} or a --set key "
+            "such as optim.lr",
+        )
+        _check(key not in base_keys, f"{p}: {key} is set in base.set and is also an axis; keep one")
+        given = key in RUN_AXES and getattr(base, key) not in (None, "")
+        _check(not given, f"{p}: {key} is given in base and is also an axis; keep one")
+        _check(isinstance(values, list), f"{axis} must be a list of values, e.g. {key}: [a, b]")
+        _check(values, f"{axis} has no values, so the grid is empty; give at least one")
         shown = [set_value(v) for v in values]
-        repeated = sorted({s for s in shown if shown.count(s) > 1})
-        if repeated:
-            raise BenchError(
-                f"{path}: axis {key} repeats {', '.join(repeated)}; list each value once"
-            )
-        if key == "seed" and any(
-            isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values
-        ):
-            raise BenchError(f"{path}: axis seed takes non-negative integers, got {values!r}")
-        if key in ("method", "dataset", "arch", "preset") and not all(
-            isinstance(v, str) for v in values
-        ):
-            raise BenchError(f"{path}: axis {key} takes names, got {values!r}")
-        axes.append((key, list(values)))
-    if not base.method and "method" not in dict(axes):
-        raise BenchError(
-            f"{path}: no method: give base.method or an axis method: [ce, pgd-at, ...]"
-        )
-    return axes
+        repeated = ", ".join(sorted({s for s in shown if shown.count(s) > 1}))
+        _check(not repeated, f"{axis} repeats {repeated}; list each value once")
+        if key == "seed":
+            _check(all(map(_index, values)), f"{axis} takes non-negative integers, got {values!r}")
+        elif key in RUN_AXES:
+            _check(all(isinstance(v, str) for v in values), f"{axis} takes names, got {values!r}")
+    ok = base.method or "method" in d
+    _check(ok, f"{p}: no method: give base.method or an axis method: [ce, pgd-at, ...]")
+    return [(str(k), list(v)) for k, v in d.items()]
 
 
-def _exclude(value: Any, axes: list[tuple[str, list[Any]]], path: Path) -> list[dict[str, Any]]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(e, dict) and e for e in value):
-        raise BenchError(
-            f"{path}: exclude must be a list of mappings such as {{method: ce, seed: 1}}"
-        )
+def _exclude(value: Any, axes: list[tuple[str, list[Any]]], p: Path) -> list[dict[str, Any]]:
+    value = [] if value is None else value
+    ok = isinstance(value, list) and all(isinstance(e, dict) and e for e in value)
+    _check(ok, f"{p}: exclude must be a list of mappings such as {{method: ce, seed: 1}}")
     known = dict(axes)
     for entry in value:
         for k, v in entry.items():
-            if k not in known:
-                raise BenchError(
-                    f"{path}: exclude entry {entry} names {k!r}, which is not an axis "
-                    f"({', '.join(known)})"
-                )
-            if set_value(v) not in {set_value(a) for a in known[k]}:
-                raise BenchError(f"{path}: exclude entry {entry}: {v!r} is not a value of axis {k}")
+            names = ", ".join(known)
+            _check(
+                k in known,
+                f"{p}: exclude entry {entry} names {k!r}, which is not an axis ({names})",
+            )
+            ok = set_value(v) in {set_value(a) for a in known[k]}
+            _check(ok, f"{p}: exclude entry {entry}: {v!r} is not a value of axis {k}")
     return value
 
 
-def _launchers(d: dict[str, Any], path: Path) -> tuple[str, LocalSettings, SlurmSettings | None]:
+def _launchers(d: dict[str, Any], p: Path) -> tuple[str, LocalSettings, SlurmSettings | None]:
+    choose = f"choose {' or '.join(LAUNCHERS)}"
     for key in d:
-        if key not in (*LAUNCHERS, "default"):
-            raise BenchError(
-                f"{path}: unknown launcher {key!r} under launcher:; choose {' or '.join(LAUNCHERS)}"
-            )
+        known = key in (*LAUNCHERS, "default")
+        _check(known, f"{p}: unknown launcher {key!r} under launcher:; {choose}")
     default = str(d.get("default") or "local")
-    if default not in LAUNCHERS:
-        raise BenchError(
-            f"{path}: unknown launcher {default!r} in launcher.default; choose {' or '.join(LAUNCHERS)}"
-        )
-    local = update_dataclass(
-        LocalSettings(), _mapping(d.get("local"), "launcher.local", path), "launcher.local."
+    _check(default in LAUNCHERS, f"{p}: unknown launcher {default!r} in launcher.default; {choose}")
+    local = _mapping(d.get("local"), "launcher.local", p)
+    local = update_dataclass(LocalSettings(), local, "launcher.local.")
+    ok = local.max_parallel >= 1 and local.timeout_min >= 1
+    _check(ok, f"{p}: launcher.local.max_parallel and timeout_min must be at least 1")
+    if "slurm" not in d:
+        return default, local, None
+    s = _mapping(d.get("slurm"), "launcher.slurm", p)
+    s, where = update_dataclass(SlurmSettings(), s, "launcher.slurm."), f"{p}: launcher.slurm"
+    _check(s.partition.strip(), f"{where} has no partition; add partition: NAME (sinfo lists them)")
+    slurm_minutes(s.time, "launcher.slurm.time")
+    ok = s.nproc >= 1 and s.array_parallelism >= 1
+    _check(ok, f"{where}.nproc and array_parallelism must be at least 1")
+    _check(
+        min(s.gpus_per_run, s.cpus_per_run, s.max_requeues, s.mem_gb) >= 0,
+        f"{where} gpus_per_run, cpus_per_run, mem_gb and max_requeues cannot be negative",
     )
-    if local.max_parallel < 1 or local.timeout_min < 1:
-        raise BenchError(f"{path}: launcher.local.max_parallel and timeout_min must be at least 1")
-    slurm = None
-    if "slurm" in d:
-        slurm = update_dataclass(
-            SlurmSettings(), _mapping(d.get("slurm"), "launcher.slurm", path), "launcher.slurm."
-        )
-        if not slurm.partition.strip():
-            raise BenchError(
-                f"{path}: launcher.slurm has no partition; add partition: NAME (sinfo lists them)"
-            )
-        slurm_minutes(slurm.time, "launcher.slurm.time")
-        if slurm.nproc < 1 or slurm.array_parallelism < 1:
-            raise BenchError(
-                f"{path}: launcher.slurm.nproc and array_parallelism must be at least 1"
-            )
-        if min(slurm.gpus_per_run, slurm.cpus_per_run, slurm.max_requeues) < 0 or slurm.mem_gb < 0:
-            raise BenchError(
-                f"{path}: launcher.slurm gpus_per_run, cpus_per_run, mem_gb and max_requeues "
-                "cannot be negative"
-            )
-        if 0 < slurm.gpus_per_run < slurm.nproc:
-            raise BenchError(
-                f"{path}: launcher.slurm.nproc {slurm.nproc} needs a GPU per process; set "
-                f"gpus_per_run to at least {slurm.nproc}"
-            )
-    return default, local, slurm
+    _check(
+        not 0 < s.gpus_per_run < s.nproc,
+        f"{where}.nproc {s.nproc} needs a GPU per process; set gpus_per_run to at least {s.nproc}",
+    )
+    return default, local, s
 
 
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and check a spec file (one line on any problem)."""
     p = Path(path)
-    if not p.is_file():
-        raise BenchError(
-            f"sweep spec {str(path)!r} not found; pass a YAML file (see docs/scale.md)"
-        )
+    _check(p.is_file(), f"sweep spec {str(path)!r} not found; pass a YAML file (see docs/scale.md)")
     text = p.read_text()
     try:
         data = yaml.load(text, Loader=_SpecLoader)
     except yaml.YAMLError as exc:
         raise BenchError(f"{p}: not valid YAML ({str(exc).splitlines()[0]}); fix its syntax")
-    if not isinstance(data, dict):
-        raise BenchError(
-            f"{p}: a sweep spec is a mapping with base:, axes: and launcher: (see docs/scale.md)"
-        )
-    _check_keys(data, SPEC_KEYS, "the spec", p)
+    what = "a mapping with base:, axes: and launcher: (see docs/scale.md)"
+    _check(isinstance(data, dict), f"{p}: a sweep spec is {what}")
+    _mapping(data, "the spec", p, SPEC_KEYS)
     name = str(data.get("name") or p.stem)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
-        raise BenchError(
-            f"{p}: name {name!r} must be letters, digits and . _ + - (it names the sweep's directory)"
-        )
-    base = _base(_mapping(data.get("base"), "base", p), p)
+    _check(
+        re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name),
+        f"{p}: name {name!r} must be letters, digits and . _ + - (it names the sweep's directory)",
+    )
+    base = _base(_mapping(data.get("base"), "base", p, BASE_KEYS), p)
     axes = _axes(_mapping(data.get("axes"), "axes", p), base, p)
     exclude = _exclude(data.get("exclude"), axes, p)
     retries = data.get("retries", 2)
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise BenchError(f"{p}: retries must be a non-negative integer, got {retries!r}")
-    default, local, slurm = _launchers(_mapping(data.get("launcher"), "launcher", p), p)
-    return SweepSpec(
-        path=p,
-        text=text,
-        name=name,
-        base=base,
-        axes=axes,
-        exclude=exclude,
-        retries=retries,
-        default_launcher=default,
-        local=local,
-        slurm=slurm,
-    )
-
-
-def _excluded(values: dict[str, Any], exclude: list[dict[str, Any]]) -> bool:
-    return any(all(set_value(values[k]) == set_value(v) for k, v in e.items()) for e in exclude)
-
-
-def expand(spec: SweepSpec) -> list[Cell]:
-    """The grid: every combination of the axes' values (first axis slowest), less the exclusions."""
-    keys = [k for k, _ in spec.axes]
-    cells: list[Cell] = []
-    b = spec.base
-    for combo in itertools.product(*(v for _, v in spec.axes)):
-        values = dict(zip(keys, combo))
-        if _excluded(values, spec.exclude):
-            continue
-        sets = list(b.sets) + ([f"data.data_dir={b.data_dir}"] if b.data_dir else [])
-        sets += [f"{k}={set_value(v)}" for k, v in values.items() if k not in RUN_AXES]
-        cells.append(
-            Cell(
-                index=len(cells),
-                values=tuple(values.items()),
-                method=values.get("method", b.method),
-                seed=values.get("seed", b.seed),
-                dataset=values.get("dataset", b.dataset),
-                arch=values.get("arch", b.arch),
-                preset=values.get("preset", b.preset or "paper"),
-                overrides=tuple(sets),
-            )
-        )
-    if not cells:
-        raise BenchError(
-            f"{spec.path}: the grid is empty: exclude leaves out every combination of the axes"
-        )
-    return cells
-
-
-def resolve_cells(spec: SweepSpec, cells: list[Cell]) -> list:
-    """Each cell's RunConfig, resolved and checked exactly as `bench run` would (one line naming the cell)."""
-    from bench.run.resolve import resolve_config
-
-    out = []
-    for cell in cells:
-        try:
-            out.append(
-                resolve_config(
-                    cell.method,
-                    preset=cell.preset,
-                    dataset=cell.dataset,
-                    arch=cell.arch,
-                    seed=cell.seed,
-                    device=spec.base.device,
-                    config_file=spec.base.config,
-                    overrides=list(cell.overrides),
-                )
-            )
-        except BenchError as exc:
-            raise BenchError(f"{spec.path}: cell {cell.key}: {exc}") from None
-    return out
+    _check(_index(retries), f"{p}: retries must be a non-negative integer, got {retries!r}")
+    launchers = _launchers(_mapping(data.get("launcher"), "launcher", p), p)
+    return SweepSpec(p, text, name, base, axes, exclude, retries, *launchers)
 
 
 def settings_lines(settings: LocalSettings | SlurmSettings) -> list[str]:
