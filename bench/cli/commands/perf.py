@@ -117,7 +117,8 @@ def perf(
       bench perf --preset paper --arch wrn-28-10 --device cuda --json perf.json
       bench perf --method ce --aa-run <ce run> --aa-run <pgd-at run> --aa-n 200
     """
-    from bench.tools.perf import format_table, run_perf
+    from bench.tools.perf import run_perf
+    from bench.tools.perf_table import format_table
     from methods import METHODS
 
     if steps < 1 or warmup < 0:
