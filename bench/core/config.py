@@ -1,13 +1,14 @@
 """The typed run configuration: the schema (one dataclass per section, defaults, choices) and its
 validation. A leaf, so anything can load a config (a record's, a checkpoint's) without the plugins;
-the generic typing of values is bench/core/settings.py, resolution bench/run/resolve.py. The README
-("Presets") gives the order in which settings are layered.
+typing plain values is bench/core/settings.py's job, layering them bench/run/resolve.py's (the
+README's "Use" gives the order).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,27 +169,43 @@ CHOICES = {
 
 
 IMAGE_SIZES = (0, 32, 64)  # data.image_size: 0 = the dataset's own size
+POSITIVE = (
+    "data.batch_size",
+    "eval.n_examples",
+    "eval.batch_size",
+    "train.log_every",
+    "train.eval_examples",
+    "train.divergence_bound",
+    "optim.lr",
+)
+RANGES = {  # settings that must lie in [low, high), and the rule the error states
+    "train.ema_decay": (0, 1, "must lie in [0, 1) (0 turns EMA off, 0.999 is usual)"),
+    "optim.sam_rho": (0, math.inf, "must be >= 0 (0 = no SAM)"),
+    "model.dropout": (0, 1, "is a probability and must lie in [0, 1)"),
+    "data.noise_std": (0, 1, "is in pixel units and must lie in [0, 1)"),
+}
 
 
 def validate(cfg: RunConfig) -> None:
     d = cfg.to_dict()
-    for path, allowed in CHOICES.items():
+
+    def at(path: str) -> Any:
         node: Any = d
         for part in path.split("."):
             node = node[part]
-        if node not in allowed and not (path == "device" and str(node).startswith("cuda:")):
-            raise BenchError(f"{path}={node!r} is not valid; choose one of: {', '.join(allowed)}")
-    positive = {
-        "data.batch_size": cfg.data.batch_size,
-        "eval.n_examples": cfg.eval.n_examples,
-        "eval.batch_size": cfg.eval.batch_size,
-        "train.log_every": cfg.train.log_every,
-        "train.eval_examples": cfg.train.eval_examples,
-        "train.divergence_bound": cfg.train.divergence_bound,
-    }
-    for path, value in positive.items():
-        if value <= 0:
-            raise BenchError(f"{path} must be positive, got {value}")
+        return node
+
+    for path, allowed in CHOICES.items():
+        if at(path) not in allowed and not (path == "device" and str(at(path)).startswith("cuda:")):
+            raise BenchError(
+                f"{path}={at(path)!r} is not valid; choose one of: {', '.join(allowed)}"
+            )
+    for path in POSITIVE:
+        if at(path) <= 0:
+            raise BenchError(f"{path} must be positive, got {at(path)}")
+    for path, (low, high, rule) in RANGES.items():
+        if not low <= at(path) < high:
+            raise BenchError(f"{path} {rule}, got {at(path)}")
     if cfg.train.epochs <= 0 and cfg.train.max_steps <= 0:
         raise BenchError("train.epochs must be positive (or set train.max_steps)")
     if cfg.eval.checkpoint == "best" and (cfg.data.val_size <= 0 or cfg.train.eval_every <= 0):
@@ -196,14 +213,6 @@ def validate(cfg: RunConfig) -> None:
             "eval.checkpoint=best needs a validation split and periodic validation: "
             "set data.val_size > 0 and train.eval_every > 0"
         )
-    if not 0 <= cfg.train.ema_decay < 1:
-        raise BenchError(
-            f"train.ema_decay must lie in [0, 1) (0 turns EMA off, 0.999 is usual), got {cfg.train.ema_decay}"
-        )
-    if cfg.optim.lr <= 0:
-        raise BenchError(f"optim.lr must be positive, got {cfg.optim.lr}")
-    if cfg.optim.sam_rho < 0:
-        raise BenchError(f"optim.sam_rho must be >= 0 (0 = no SAM), got {cfg.optim.sam_rho}")
     if cfg.optim.awp_gamma < 0 or cfg.optim.awp_warmup_epochs < 0:
         raise BenchError(
             "optim.awp_gamma and optim.awp_warmup_epochs must be >= 0 (awp_gamma 0 = no AWP), got "
@@ -214,21 +223,12 @@ def validate(cfg: RunConfig) -> None:
             "optim.awp_gamma and optim.sam_rho are both set; a run perturbs its weights one way: "
             "set one of them to 0"
         )
-    if not 0 <= cfg.model.dropout < 1:
-        raise BenchError(
-            f"model.dropout is a probability and must lie in [0, 1), got {cfg.model.dropout}"
-        )
-    if not 0 <= cfg.data.noise_std < 1:
-        raise BenchError(
-            f"data.noise_std is in pixel units and must lie in [0, 1), got {cfg.data.noise_std}"
-        )
     if cfg.data.image_size not in IMAGE_SIZES:
         raise BenchError(
             f"data.image_size must be 0 (the dataset's own size), 32 or 64, got {cfg.data.image_size}"
         )
-    check_compile(
-        cfg.train, cfg.device
-    )  # the method's part: bench.run.resolve, once the method is known
+    # the method's part of the check is bench.run.resolve's, once the method is known
+    check_compile(cfg.train, cfg.device)
 
 
 # the train.compile modes whose inductor settings record CUDA graphs (torch._inductor.list_mode_options:

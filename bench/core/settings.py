@@ -1,6 +1,6 @@
 """Typed settings from plain values: dataclasses to and from dicts, coercion to a field's type with
-one-line errors, ``--set`` items and ``--seeds`` parsed, and range checks. A leaf like the schema it
-serves (bench/core/config.py); docs/config.md describes the settings themselves.
+one-line errors, ``--set`` items and ``--seeds`` parsed, and range checks. A leaf, like the schema it
+serves (bench/core/config.py); the README ("Use") says how settings are layered.
 """
 
 from __future__ import annotations
@@ -129,13 +129,9 @@ def parse_set(item: str) -> dict[str, Any]:
 
     ``method.<key>=...`` addresses the method's own config.
     """
-    if "=" not in item:
-        raise BenchError(
-            f"malformed --set {item!r}: use --set section.key=value, e.g. --set optim.lr=0.01"
-        )
     key, _, raw = item.partition("=")
     key = key.strip()
-    if not key or any(not part for part in key.split(".")):
+    if "=" not in item or not key or any(not part for part in key.split(".")):
         raise BenchError(
             f"malformed --set {item!r}: use --set section.key=value, e.g. --set optim.lr=0.01"
         )
@@ -148,12 +144,9 @@ def parse_set(item: str) -> dict[str, Any]:
     parts = key.split(".")
     if parts[0] == "method":
         parts[0] = "method_cfg"
-    out: dict[str, Any] = {}
-    node = out
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
-    return out
+    for part in reversed(parts):
+        value = {part: value}
+    return value
 
 
 def check_settings(

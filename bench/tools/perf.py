@@ -1,35 +1,8 @@
-"""`bench perf`: steady-state training throughput per method, split by phase, with FLOP counts.
-
-For each method the real training step (``Trainer.train_step``, the code `bench run` executes,
-under the precision flags `bench run` sets) is timed after a warm-up, in two variants:
-
-- ``fast``: as `bench run` trains (channels_last, TF32 and cuDNN autotuning; on CUDA bf16 autocast
-  and the fused optimiser; ``train.compile`` when set),
-- ``plain``: the same with ``train.fast=false``: eager full fp32, NCHW, unfused optimiser (the
-  baseline the fast path must beat),
-
-plus, where a method declares one, a ``reference`` variant that mimics the published code's loop
-(``Method.reference_loop_settings``).
-
-How each number is taken, and why:
-
-- **time per step**: the timed loop runs with no timing region active. A region synchronises the
-  device at its edges (:mod:`bench.core.timing`), which on CUDA would stall the queue several times per
-  step and time a slower loop than `bench run` runs.
-- **phases** (sampler, attack, update, ...): a separate profiling pass of a few more steps with the
-  regions active; its split, in proportion, is applied to the timed step (``phases`` sums to
-  ``seconds_per_step``; ``profiled_seconds_per_step`` is that pass's own, synchronised, time).
-- **FLOPs**: torch's FLOP formulas (``torch.utils.flop_counter``) on one step run eagerly
-  (``torch.compiler.set_stance("force_eager")``): a compiled step runs fused kernels, and with CUDA
-  graphs replays that dispatch no op at all, which a dispatch-mode counter cannot see.
-  Forward-equivalents (FE) per labelled image = step FLOPs / (forward FLOPs per image x batch).
-- **MFU** (model-FLOP utilisation) = achieved FLOP/s / the peak of the precision the step runs in:
-  on CUDA a bf16 step (autocast) against the bf16 matmul peak, a TF32 step (the fast path without
-  autocast) against the TF32 one and a full-fp32 step (the plain path) against the fp32 one, each
-  measured with a large matmul when first needed; on the CPU every step against the fp32 matmul
-  peak. ``--peak-tflops`` replaces them all with one given number.
-
-Sampler, FID-feature and AutoAttack throughput come from :mod:`bench.tools.perf_eval`.
+"""`bench perf`: each method's real training step (``Trainer.train_step``, under the flags `bench
+run` sets) timed after a warm-up in the variants fast, plain and reference, split into phases by a
+separate profiling pass, with FLOPs counted on an eager step and MFU against the peak of the step's
+precision. docs/scale.md ("bench perf") says how and why each number is taken; sampler, FID-feature
+and AutoAttack throughput come from bench/tools/perf_eval.py.
 """
 
 from __future__ import annotations
