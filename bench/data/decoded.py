@@ -81,8 +81,8 @@ def decode_all(files: list[Path], size: int, desc: str) -> np.ndarray:
     workers = max(1, min(8, cpus or 1)) if len(files) >= 64 else 1
     pool = ThreadPoolExecutor(workers) if workers > 1 else None
     try:
-        decoded = (pool.map if pool else map)(lambda f: decode(f, size), files)
-        for i, arr in enumerate(decoded):
+        images = (pool.map if pool else map)(lambda f: decode(f, size), files)
+        for i, arr in enumerate(images):
             out[i] = arr
             bar.update(1)
     except BaseException:

@@ -204,7 +204,7 @@ def run_perf(
     peaks = Peaks(dev, peak_tflops)
     results: list[StepTiming] = []
     samplers: list[dict[str, Any]] = []
-    data: dict[str, Any] = {}  # the datasets loaded, one per (dataset, train_subset)
+    datasets: dict[str, Any] = {}  # loaded once per (dataset, train_subset)
     base = {
         "device": _device_name(dev),
         "torch": torch.__version__,
@@ -226,13 +226,19 @@ def run_perf(
     for m in methods:
         cfg = resolve_config(m, preset=preset, arch=arch, device=device, overrides=list(overrides))
         key = cfg.data.dataset + str(cfg.data.train_subset)
-        if key not in data:
-            data[key] = load_run_data(cfg)
+        if key not in datasets:
+            datasets[key] = load_run_data(cfg)
         wanted = list(variants) + (["reference"] if get_method(m).reference_loop_settings else [])
         for v in wanted:
             rows = samplers if v == "fast" else None
             timing = time_method(
-                cfg, v, steps=steps, warmup=warmup, peaks=peaks, data=data[key], sampler_rows=rows
+                cfg,
+                v,
+                steps=steps,
+                warmup=warmup,
+                peaks=peaks,
+                data=datasets[key],
+                sampler_rows=rows,
             )
             results.append(timing)
         if on_progress is not None:

@@ -95,7 +95,7 @@ def _fid_lines(fid: dict[str, Any]) -> list[str]:
     ]
 
 
-def format_table(report: dict[str, Any]) -> str:
+def format_report(report: dict[str, Any]) -> str:
     results = report["results"]
     extra = [n for n in ("sam", "awp") if any(n in r["phases"] for r in results)]
     peaks = ", ".join(

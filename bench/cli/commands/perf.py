@@ -113,7 +113,7 @@ def perf(
       bench perf --method ce --aa-run <ce run> --aa-run <pgd-at run> --aa-n 200
     """
     from bench.tools.perf import run_perf
-    from bench.tools.perf_table import format_table
+    from bench.tools.perf_table import format_report
     from methods import METHODS
 
     if steps < 1 or warmup < 0:
@@ -153,7 +153,7 @@ def perf(
     if json_out == "-":
         click.echo(json.dumps(report, indent=2))
         return
-    click.echo(format_table(report))
+    click.echo(format_report(report))
     if to_file:
         write_json(Path(json_out), report)
         click.echo(f"json: {json_out}")
