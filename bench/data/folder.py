@@ -36,11 +36,13 @@ def _list_images(folder: Path, class_to_idx: dict[str, int]) -> Samples:
     shortest path; in each class sorted by path."""
     from torchvision.datasets import ImageFolder
 
+    start = len(str(folder)) + 1
+
     def is_image(path: str) -> bool:
-        rel = Path(path).relative_to(folder)
+        rel = path[start:]  # below folder: a hidden entry on the way is skipped
         return (
-            rel.suffix.lower() in EXTENSIONS
-            and all(map(_visible, rel.parts))
+            os.path.splitext(rel)[1].lower() in EXTENSIONS
+            and f"{os.sep}." not in os.sep + rel
             and os.path.isfile(path)  # not a broken link or a socket named x.jpg
         )
 
@@ -72,16 +74,17 @@ def _class_split(folder: Path, classes: list[str], rel: str) -> Samples:
     dirs = _class_dirs(folder)
     if not dirs:
         raise _no_class_folders(folder, rel)
-    for d in dirs:
-        if d.name not in classes:
+    index = {c: i for i, c in enumerate(classes)}
+    known = {d.name: index[d.name] for d in dirs if d.name in index}
+    samples = _list_images(folder, known) if known else []
+    labelled = {label for _, label in samples}
+    for d in dirs:  # in order, so the first bad folder is the one named
+        if d.name not in index:
             raise BenchError(
                 f"{d} is not one of the classes (no train/{d.name}/ folder); remove it or add "
                 f"training images in train/{d.name}/"
             )
-    index = {c: i for i, c in enumerate(classes)}
-    samples = _list_images(folder, {d.name: index[d.name] for d in dirs})
-    for d in dirs:
-        if not any(label == index[d.name] for _, label in samples):
+        if index[d.name] not in labelled:
             try:
                 os.listdir(d)  # ImageFolder skips unreadable folders: say why this one is empty
             except OSError as exc:
