@@ -243,22 +243,11 @@ def check_compile(
     cuda_graph_safe: bool = False,
     safe_methods: tuple[str, ...] | list[str] = (),
 ) -> None:
-    """Refuse, in one line naming what works, a CUDA-graph ``train.compile`` mode the run cannot use.
-
-    ``default`` works for every method on every device, and ``train.fast=false`` compiles nothing,
-    so only a CUDA-graph mode on the fast path is checked. It needs the inductor backend (another
-    backend ignores the mode) and a CUDA device (``device``: ``auto`` | ``cpu`` | ``cuda[:N]`` or a
-    torch device type; ``auto`` is CUDA where one is present). With ``method`` given, the method's
-    step must suit CUDA graph trees (``cuda_graph_safe``, declared by the method class): the trees
-    start a new generation, reusing the memory of the previous one, at every compiled call made
-    while no backward is pending (torch.compiler.cudagraph_mark_step_begin's documentation), and a
-    single backward clears "pending" (torch/_inductor/cudagraph_trees.py, "Backward Generation
-    Handling"). A step that runs its loss's forward, then a sampler's or an attack's input-gradient
-    backward, then the model again, therefore loses that first forward's saved activations.
-    Marking the step's start with cudagraph_mark_step_begin would keep one generation per step,
-    but that path is not verified on a GPU here, so such methods are refused. ``safe_methods``:
-    the methods to name as the ones that can use these modes.
-    """
+    """Refuse, in one line naming what works, a CUDA-graph ``train.compile`` mode the run cannot use:
+    one needs the inductor backend, a CUDA device (``device``: auto | cpu | cuda[:N]) and, with
+    ``method`` given, a step that suits CUDA graph trees (``cuda_graph_safe``, declared by the method
+    class; docs/methods.md, "Which compile mode for which method", says why). ``safe_methods``: the
+    methods to name as the ones that can use these modes."""
     mode = train.compile
     if not train.fast or mode not in CUDA_GRAPH_MODES:
         return

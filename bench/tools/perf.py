@@ -80,7 +80,7 @@ def variant_config(cfg: RunConfig, variant: str, method: str) -> RunConfig:
 
 
 def count_flops_eagerly(fn: Callable[..., Any], *args: Any) -> int:
-    """FLOPs of ``fn(*args)`` with every compiled module run eagerly (see the module docstring). Whether
+    """FLOPs of ``fn(*args)`` with every compiled module run eagerly (docs/scale.md says why). Whether
     dynamo runs a compiled graph under a dispatch mode depends on the call (a warm graph may run, a
     recompile falls back to eager), so the stance is forced rather than left to chance."""
     with torch.compiler.set_stance("force_eager"), FlopCount() as fc:
