@@ -1,11 +1,6 @@
-"""``shapes10``: the embedded default dataset, generated procedurally, deterministic and offline.
-
-Ten classes of shapes (disk, ring, square, triangle, cross, star, crescent, bar, pair, corner)
-rendered at random position, scale, rotation and colour over a random two-colour gradient with
-clutter (small rectangles of other colours) and pixel noise, 2x supersampled. Colour, brightness
-and position carry no class information, so a linear classifier on pixels does poorly while a
-small convolutional network learns it. 10,000 training and 2,000 test images of 32x32 RGB,
-generated on first use (a few seconds) and cached as an .npz in ``data_dir``.
+"""``shapes10``, the embedded default dataset (the README's "Datasets" table): ten classes of shapes
+at random pose and colour over cluttered gradients, 2x supersampled with pixel noise, generated
+deterministically on first use and cached as an .npz in ``data_dir``.
 """
 
 from __future__ import annotations
