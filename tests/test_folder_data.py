@@ -184,7 +184,7 @@ def test_resize_is_bicubic_antialiased_on_the_shorter_side(tmp_path):
 def test_large_jpeg_decoded_at_reduced_scale_matches_a_full_decode(tmp_path):
     """ImageNet-sized JPEGs are decoded at 1/4 scale here (libjpeg's draft); the crop stays centred and
     the result is close to resizing the fully decoded image."""
-    from bench.data.folder import decode
+    from bench.data.decoded import decode
 
     yy, xx = np.mgrid[0:480, 0:640]
     a = np.stack([xx * 255 // 639, yy * 255 // 479, (xx + yy) * 255 // 1118], -1).astype(np.uint8)

@@ -171,7 +171,8 @@ def test_flops_are_counted_on_an_eager_pass_of_a_compiled_model():
 
 def test_each_step_is_divided_by_its_own_precisions_peak():
     from bench.core.config import TrainConfig
-    from bench.tools.perf import peak_for, step_precision
+    from bench.tools.flops import peak_for
+    from bench.tools.perf import step_precision
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     fast, plain = TrainConfig(), TrainConfig(fast=False)

@@ -32,10 +32,12 @@ LAYERS = (
     ("presentation", ("bench.leaderboard",)),
     ("interface", ("bench.cli", "bench.tools", "bench.__main__")),
 )
-# modules anything may load: the schema and its helpers import at most the errors module
+# modules anything may load: the schema and its helpers import at most the errors module (and the
+# schema its settings helpers)
 LEAVES = {
     "bench.core.errors": set(),
-    "bench.core.config": {"bench.core.errors"},
+    "bench.core.config": {"bench.core.errors", "bench.core.settings"},
+    "bench.core.settings": {"bench.core.errors"},
     "bench.core.io": {"bench.core.errors"},
     "bench.core.timing": set(),
     "bench.core.device": {"bench.core.errors"},

@@ -1,24 +1,30 @@
-"""The typed run configuration: schema, coercion and validation.
-
-A leaf: it imports nothing of the project but ``bench.core.errors``, so anything can load a config
-(a record's, a checkpoint's) without the plugin packages. Layering method defaults, presets,
-``--config`` files and ``--set`` items into one config is ``bench/run/resolve.py``'s job, above the
-plugins. The resolved config is stored in every run record, so a run can be reproduced from its
-record alone.
+"""The typed run configuration: the schema (one dataclass per section, defaults, choices) and its
+validation. A leaf, so anything can load a config (a record's, a checkpoint's) without the plugins;
+typing plain values is bench/core/settings.py's job, layering them bench/run/resolve.py's (the
+README's "Use" gives the order).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, get_type_hints
-
-import yaml
+from dataclasses import dataclass, field
+from typing import Any
 
 from bench.core.errors import BenchError
+
+# the settings helpers stay importable from here, beside the schema they type
+from bench.core.settings import (  # noqa: F401
+    check_settings,
+    coerce,
+    deep_merge,
+    from_dict,
+    parse_seeds,
+    parse_set,
+    to_dict,
+    update_dataclass,
+)
 
 
 @dataclass
@@ -147,157 +153,6 @@ class RunConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# ----------------------------------------------------------------------------------------
-# generic dataclass <-> dict
-# ----------------------------------------------------------------------------------------
-def to_dict(obj: Any) -> Any:
-    if is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
-
-
-def coerce(value: Any, hint: Any, where: str) -> Any:
-    """``value`` as type ``hint`` (bool, int, float, str, list[...]), or one line naming ``where``."""
-    return _coerce(value, hint, where)
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    origin = getattr(hint, "__origin__", None)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise BenchError(f"{where} expects true/false, got {value!r}")
-    if hint is int:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-            or int(value) != value
-        ):
-            raise BenchError(f"{where} expects an integer, got {value!r}")
-        return int(value)
-    if hint is float:
-        if isinstance(value, str):
-            # YAML 1.1 reads exponents without a dot (1e-4, 5e-4) as strings
-            try:
-                number = float(value)
-            except ValueError:
-                number = math.nan
-            if math.isfinite(number):
-                value = number
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise BenchError(f"{where} expects a number, got {value!r}")
-        if not math.isfinite(value):  # every numeric setting: NaN or infinity is never meant
-            raise BenchError(f"{where} expects a finite number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if isinstance(value, bool):  # YAML 1.1 reads the words off/on (and no/yes) as booleans
-            return "on" if value else "off"
-        if not isinstance(value, (str, int, float)):
-            raise BenchError(f"{where} expects a string, got {value!r}")
-        return str(value)
-    if hint is dict:
-        if not isinstance(value, dict):
-            raise BenchError(f'{where} expects a mapping, e.g. {{"steps": 5}}, got {value!r}')
-        return value
-    if origin in (tuple, list):
-        if (
-            isinstance(value, str)
-            and getattr(hint, "__args__", (None,))[0] is str
-            and origin is list
-        ):
-            value = [value]  # one item of a list of names, e.g. --set autoattack.attacks=apgd-ce
-        if not isinstance(value, (list, tuple)):
-            raise BenchError(f"{where} expects a list, got {value!r}")
-        args = getattr(hint, "__args__", ())
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise BenchError(f"{where} expects {len(args)} values, got {len(value)}")
-            return tuple(_coerce(v, a, where) for v, a in zip(value, args))
-        inner = args[0] if args else Any
-        out = [_coerce(v, inner, where) if inner is not Any else v for v in value]
-        return tuple(out) if origin is tuple else out
-    return value
-
-
-def update_dataclass(obj: Any, values: dict[str, Any], where: str = "") -> Any:
-    """Return a copy of dataclass ``obj`` with ``values`` (nested dicts) applied and type-checked."""
-    hints = get_type_hints(type(obj))
-    names = {f.name for f in fields(obj)}
-    changes = {}
-    for key, value in values.items():
-        path = f"{where}{key}"
-        if key not in names:
-            raise BenchError(
-                f"unknown setting {path!r}; valid keys here: {', '.join(sorted(names))}"
-            )
-        current = getattr(obj, key)
-        if is_dataclass(current):
-            if not isinstance(value, dict):
-                raise BenchError(f"{path} is a section; set its keys, e.g. {path}.<key>=...")
-            changes[key] = update_dataclass(current, value, path + ".")
-        elif key == "method_cfg":
-            if not isinstance(value, dict):
-                raise BenchError(f"{path} must be a mapping")
-            changes[key] = deep_merge(current, value)
-        else:
-            changes[key] = _coerce(value, hints[key], path)
-    return dataclasses.replace(obj, **changes)
-
-
-def from_dict(cls: type, values: dict[str, Any]) -> Any:
-    return update_dataclass(cls(), values)
-
-
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-# ----------------------------------------------------------------------------------------
-# --set parsing
-# ----------------------------------------------------------------------------------------
-def parse_set(item: str) -> dict[str, Any]:
-    """``optim.lr=0.01`` -> ``{"optim": {"lr": 0.01}}`` (values parsed as YAML scalars/lists).
-
-    ``method.<key>=...`` addresses the method's own config.
-    """
-    if "=" not in item:
-        raise BenchError(
-            f"malformed --set {item!r}: use --set section.key=value, e.g. --set optim.lr=0.01"
-        )
-    key, _, raw = item.partition("=")
-    key = key.strip()
-    if not key or any(not part for part in key.split(".")):
-        raise BenchError(
-            f"malformed --set {item!r}: use --set section.key=value, e.g. --set optim.lr=0.01"
-        )
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        raise BenchError(
-            f"malformed value in --set {item!r}: write a number, true/false, a word or [a, b]"
-        )
-    parts = key.split(".")
-    if parts[0] == "method":
-        parts[0] = "method_cfg"
-    out: dict[str, Any] = {}
-    node = out
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
-    return out
-
-
 CHOICES = {
     "optim.name": ("sgd", "adam"),
     "optim.schedule": ("constant", "cosine", "step"),
@@ -314,27 +169,43 @@ CHOICES = {
 
 
 IMAGE_SIZES = (0, 32, 64)  # data.image_size: 0 = the dataset's own size
+POSITIVE = (
+    "data.batch_size",
+    "eval.n_examples",
+    "eval.batch_size",
+    "train.log_every",
+    "train.eval_examples",
+    "train.divergence_bound",
+    "optim.lr",
+)
+RANGES = {  # settings that must lie in [low, high), and the rule the error states
+    "train.ema_decay": (0, 1, "must lie in [0, 1) (0 turns EMA off, 0.999 is usual)"),
+    "optim.sam_rho": (0, math.inf, "must be >= 0 (0 = no SAM)"),
+    "model.dropout": (0, 1, "is a probability and must lie in [0, 1)"),
+    "data.noise_std": (0, 1, "is in pixel units and must lie in [0, 1)"),
+}
 
 
 def validate(cfg: RunConfig) -> None:
     d = cfg.to_dict()
-    for path, allowed in CHOICES.items():
+
+    def at(path: str) -> Any:
         node: Any = d
         for part in path.split("."):
             node = node[part]
-        if node not in allowed and not (path == "device" and str(node).startswith("cuda:")):
-            raise BenchError(f"{path}={node!r} is not valid; choose one of: {', '.join(allowed)}")
-    positive = {
-        "data.batch_size": cfg.data.batch_size,
-        "eval.n_examples": cfg.eval.n_examples,
-        "eval.batch_size": cfg.eval.batch_size,
-        "train.log_every": cfg.train.log_every,
-        "train.eval_examples": cfg.train.eval_examples,
-        "train.divergence_bound": cfg.train.divergence_bound,
-    }
-    for path, value in positive.items():
-        if value <= 0:
-            raise BenchError(f"{path} must be positive, got {value}")
+        return node
+
+    for path, allowed in CHOICES.items():
+        if at(path) not in allowed and not (path == "device" and str(at(path)).startswith("cuda:")):
+            raise BenchError(
+                f"{path}={at(path)!r} is not valid; choose one of: {', '.join(allowed)}"
+            )
+    for path in POSITIVE:
+        if at(path) <= 0:
+            raise BenchError(f"{path} must be positive, got {at(path)}")
+    for path, (low, high, rule) in RANGES.items():
+        if not low <= at(path) < high:
+            raise BenchError(f"{path} {rule}, got {at(path)}")
     if cfg.train.epochs <= 0 and cfg.train.max_steps <= 0:
         raise BenchError("train.epochs must be positive (or set train.max_steps)")
     if cfg.eval.checkpoint == "best" and (cfg.data.val_size <= 0 or cfg.train.eval_every <= 0):
@@ -342,14 +213,6 @@ def validate(cfg: RunConfig) -> None:
             "eval.checkpoint=best needs a validation split and periodic validation: "
             "set data.val_size > 0 and train.eval_every > 0"
         )
-    if not 0 <= cfg.train.ema_decay < 1:
-        raise BenchError(
-            f"train.ema_decay must lie in [0, 1) (0 turns EMA off, 0.999 is usual), got {cfg.train.ema_decay}"
-        )
-    if cfg.optim.lr <= 0:
-        raise BenchError(f"optim.lr must be positive, got {cfg.optim.lr}")
-    if cfg.optim.sam_rho < 0:
-        raise BenchError(f"optim.sam_rho must be >= 0 (0 = no SAM), got {cfg.optim.sam_rho}")
     if cfg.optim.awp_gamma < 0 or cfg.optim.awp_warmup_epochs < 0:
         raise BenchError(
             "optim.awp_gamma and optim.awp_warmup_epochs must be >= 0 (awp_gamma 0 = no AWP), got "
@@ -360,21 +223,12 @@ def validate(cfg: RunConfig) -> None:
             "optim.awp_gamma and optim.sam_rho are both set; a run perturbs its weights one way: "
             "set one of them to 0"
         )
-    if not 0 <= cfg.model.dropout < 1:
-        raise BenchError(
-            f"model.dropout is a probability and must lie in [0, 1), got {cfg.model.dropout}"
-        )
-    if not 0 <= cfg.data.noise_std < 1:
-        raise BenchError(
-            f"data.noise_std is in pixel units and must lie in [0, 1), got {cfg.data.noise_std}"
-        )
     if cfg.data.image_size not in IMAGE_SIZES:
         raise BenchError(
             f"data.image_size must be 0 (the dataset's own size), 32 or 64, got {cfg.data.image_size}"
         )
-    check_compile(
-        cfg.train, cfg.device
-    )  # the method's part: bench.run.resolve, once the method is known
+    # the method's part of the check is bench.run.resolve's, once the method is known
+    check_compile(cfg.train, cfg.device)
 
 
 # the train.compile modes whose inductor settings record CUDA graphs (torch._inductor.list_mode_options:
@@ -389,22 +243,11 @@ def check_compile(
     cuda_graph_safe: bool = False,
     safe_methods: tuple[str, ...] | list[str] = (),
 ) -> None:
-    """Refuse, in one line naming what works, a CUDA-graph ``train.compile`` mode the run cannot use.
-
-    ``default`` works for every method on every device, and ``train.fast=false`` compiles nothing,
-    so only a CUDA-graph mode on the fast path is checked. It needs the inductor backend (another
-    backend ignores the mode) and a CUDA device (``device``: ``auto`` | ``cpu`` | ``cuda[:N]`` or a
-    torch device type; ``auto`` is CUDA where one is present). With ``method`` given, the method's
-    step must suit CUDA graph trees (``cuda_graph_safe``, declared by the method class): the trees
-    start a new generation, reusing the memory of the previous one, at every compiled call made
-    while no backward is pending (torch.compiler.cudagraph_mark_step_begin's documentation), and a
-    single backward clears "pending" (torch/_inductor/cudagraph_trees.py, "Backward Generation
-    Handling"). A step that runs its loss's forward, then a sampler's or an attack's input-gradient
-    backward, then the model again, therefore loses that first forward's saved activations.
-    Marking the step's start with cudagraph_mark_step_begin would keep one generation per step,
-    but that path is not verified on a GPU here, so such methods are refused. ``safe_methods``:
-    the methods to name as the ones that can use these modes.
-    """
+    """Refuse, in one line naming what works, a CUDA-graph ``train.compile`` mode the run cannot use:
+    one needs the inductor backend, a CUDA device (``device``: auto | cpu | cuda[:N]) and, with
+    ``method`` given, a step that suits CUDA graph trees (``cuda_graph_safe``, declared by the method
+    class; docs/methods.md, "Which compile mode for which method", says why). ``safe_methods``: the
+    methods to name as the ones that can use these modes."""
     mode = train.compile
     if not train.fast or mode not in CUDA_GRAPH_MODES:
         return
@@ -432,45 +275,3 @@ def check_compile(
             f"awaits its backward, whose saved activations CUDA graph trees would reuse; use "
             f"train.compile=default (every method) or off{safe}"
         )
-
-
-def check_settings(
-    obj: Any,
-    prefix: str,
-    choices: dict[str, Any] | None = None,
-    minimum: dict[str, float] | None = None,
-) -> None:
-    """Refuse, with one line naming the setting, a value of ``obj`` outside its ``choices`` or below
-    its ``minimum`` (``{"eps": 0}``: eps >= 0). ``prefix`` is the settings' section, e.g. ``"method."``."""
-    for name, allowed in (choices or {}).items():
-        if getattr(obj, name) not in allowed:
-            raise BenchError(
-                f"{prefix}{name}={getattr(obj, name)!r} is not valid; choose one of: "
-                f"{', '.join(map(str, allowed))}"
-            )
-    for name, low in (minimum or {}).items():
-        value = getattr(obj, name)
-        if not value >= low:  # NaN fails too
-            raise BenchError(f"{prefix}{name} must be >= {low:g}, got {value}")
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``"0,1,2"`` -> ``[0, 1, 2]``: distinct non-negative integers, at least one."""
-    items = [t.strip() for t in str(text).split(",")]
-    if not any(items):
-        raise BenchError(
-            "--seeds is empty; give distinct integers separated by commas, e.g. --seeds 0,1,2"
-        )
-    seeds = []
-    for t in items:
-        if not t.isdigit():
-            raise BenchError(
-                f"--seeds {text!r}: {t!r} is not a non-negative integer; e.g. --seeds 0,1,2"
-            )
-        seeds.append(int(t))
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-    if repeated:
-        raise BenchError(
-            f"--seeds {text!r} repeats {', '.join(map(str, repeated))}; each seed once, e.g. --seeds 0,1,2"
-        )
-    return seeds

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from bench.core.errors import BenchError
 from bench.core.registry import Registry
 
 DATASETS: Registry = Registry("dataset", group="trilemma_bench.datasets", packages=("bench.data",))
@@ -65,8 +67,6 @@ def _check_size(data: ImageData, size: int) -> None:
     """``data.image_size`` > 0 asks for size x size images: only folder:PATH datasets resize to it."""
     h, w = data.image_shape[1:]
     if size and (h, w) != (size, size):
-        from bench.core.errors import BenchError
-
         raise BenchError(
             f"data.image_size={size}, but dataset {data.name} has {h}x{w} images and only folder:PATH "
             "datasets are resized; --set data.image_size=0 (the dataset's own size)"
@@ -85,8 +85,6 @@ def load_run_data(cfg) -> ImageData:
 
 def _check(data: ImageData) -> None:
     """Refuse, in one line, a dataset no classifier can be trained and tested on."""
-    from bench.core.errors import BenchError
-
     for split in ("train", "test"):
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
         if not (
@@ -137,8 +135,6 @@ def split_validation(data: ImageData, val_size: int, seed: int, train_subset: in
     """
     n = data.x_train.shape[0]
     if val_size < 0 or val_size >= n:
-        from bench.core.errors import BenchError
-
         raise BenchError(f"data.val_size={val_size} must lie in [0, {n - 1}] for {data.name}")
     g = torch.Generator().manual_seed(10_007 + seed)
     perm = torch.randperm(n, generator=g)
@@ -146,17 +142,13 @@ def split_validation(data: ImageData, val_size: int, seed: int, train_subset: in
     if train_subset > 0:
         train_idx = train_idx[:train_subset]
     train_idx = train_idx.sort().values  # keep the dataset's order; shuffling happens per epoch
-    out = ImageData(
-        name=data.name,
+    val_idx = val_idx.sort().values
+    return dataclasses.replace(
+        data,
         x_train=data.x_train[train_idx],
         y_train=data.y_train[train_idx],
-        x_test=data.x_test,
-        y_test=data.y_test,
-        classes=data.classes,
-        source=data.source,
+        x_val=data.x_train[val_idx] if val_size > 0 else None,
+        y_val=data.y_train[val_idx] if val_size > 0 else None,
         info=dict(data.info),
+        cache_dir="",
     )
-    if val_size > 0:
-        out.x_val = data.x_train[val_idx.sort().values]
-        out.y_val = data.y_train[val_idx.sort().values]
-    return out

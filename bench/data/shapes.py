@@ -1,11 +1,6 @@
-"""``shapes10``: the embedded default dataset, generated procedurally, deterministic and offline.
-
-Ten classes of shapes (disk, ring, square, triangle, cross, star, crescent, bar, pair, corner)
-rendered at random position, scale, rotation and colour over a random two-colour gradient with
-clutter (small rectangles of other colours) and pixel noise, 2x supersampled. Colour, brightness
-and position carry no class information, so a linear classifier on pixels does poorly while a
-small convolutional network learns it. 10,000 training and 2,000 test images of 32x32 RGB,
-generated on first use (a few seconds) and cached as an .npz in ``data_dir``.
+"""``shapes10``, the embedded default dataset (the README's "Datasets" table): ten classes of shapes
+at random pose and colour over cluttered gradients, 2x supersampled with pixel noise, generated
+deterministically on first use and cached as an .npz in ``data_dir``.
 """
 
 from __future__ import annotations
@@ -15,52 +10,32 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.core.errors import DiskFull
+from bench.core.io import _atomic
 from bench.data.base import ImageData, register_dataset
 
-CLASSES = [
-    "disk",
-    "ring",
-    "square",
-    "triangle",
-    "cross",
-    "star",
-    "crescent",
-    "bar",
-    "pair",
-    "corner",
-]
+# each class's inside-test in local shape coordinates (unit scale); r = sqrt(u² + v²)
+SHAPES = {
+    "disk": lambda u, v, r: r < 0.75,
+    "ring": lambda u, v, r: (r > 0.5) & (r < 0.88),
+    "square": lambda u, v, r: np.maximum(np.abs(u), np.abs(v)) < 0.65,
+    "triangle": lambda u, v, r: (v > -0.5) & (v < 1.0 - np.sqrt(3.0) * np.abs(u)),  # pointing up
+    "cross": lambda u, v, r: (
+        ((np.abs(u) < 0.24) & (np.abs(v) < 0.88)) | ((np.abs(v) < 0.24) & (np.abs(u) < 0.88))
+    ),
+    "star": lambda u, v, r: r < 0.5 + 0.38 * np.cos(5 * np.arctan2(v, u)),  # five-pointed
+    "crescent": lambda u, v, r: (r < 0.8) & ((u - 0.38) ** 2 + v**2 > 0.62**2),
+    "bar": lambda u, v, r: (np.abs(u) < 0.92) & (np.abs(v) < 0.2),
+    "pair": lambda u, v, r: ((u - 0.48) ** 2 + v**2 < 0.34**2) | ((u + 0.48) ** 2 + v**2 < 0.34**2),
+    "corner": lambda u, v, r: (
+        ((u > -0.7) & (u < -0.28) & (v > -0.7) & (v < 0.8))  # an L
+        | ((u > -0.7) & (u < 0.75) & (v > -0.7) & (v < -0.28))
+    ),
+}
+CLASSES = list(SHAPES)
 VERSION = 1
 SIZE = 32
 SUPERSAMPLE = 2
-
-
-def _mask(label: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Inside-test of class ``label`` in local shape coordinates (unit scale)."""
-    r = np.sqrt(u * u + v * v)
-    if label == 0:  # disk
-        return r < 0.75
-    if label == 1:  # ring
-        return (r > 0.5) & (r < 0.88)
-    if label == 2:  # square
-        return np.maximum(np.abs(u), np.abs(v)) < 0.65
-    if label == 3:  # triangle (pointing up in local coordinates)
-        return (v > -0.5) & (v < 1.0 - np.sqrt(3.0) * np.abs(u))
-    if label == 4:  # cross
-        return ((np.abs(u) < 0.24) & (np.abs(v) < 0.88)) | ((np.abs(v) < 0.24) & (np.abs(u) < 0.88))
-    if label == 5:  # five-pointed star
-        phi = np.arctan2(v, u)
-        return r < 0.5 + 0.38 * np.cos(5 * phi)
-    if label == 6:  # crescent
-        return (r < 0.8) & ((u - 0.38) ** 2 + v**2 > 0.62**2)
-    if label == 7:  # bar
-        return (np.abs(u) < 0.92) & (np.abs(v) < 0.2)
-    if label == 8:  # pair of dots
-        return ((u - 0.48) ** 2 + v**2 < 0.34**2) | ((u + 0.48) ** 2 + v**2 < 0.34**2)
-    if label == 9:  # corner (L)
-        return ((u > -0.7) & (u < -0.28) & (v > -0.7) & (v < 0.8)) | (
-            (u > -0.7) & (u < 0.75) & (v > -0.7) & (v < -0.28)
-        )
-    raise ValueError(label)
 
 
 def _colour(rng: np.random.Generator, n: int, brightness: np.ndarray) -> np.ndarray:
@@ -120,7 +95,8 @@ def generate(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         for k in range(len(CLASSES)):
             sel = lab == k
             if sel.any():
-                mask[sel] = _mask(k, u[sel], v[sel])
+                us, vs = u[sel], v[sel]
+                mask[sel] = SHAPES[CLASSES[k]](us, vs, np.sqrt(us * us + vs * vs))
         img = np.where(mask[..., None], fg[:, None, None, :], img)
         img = img + np.float32(0.04) * rng.standard_normal(size=img.shape, dtype=np.float32)
         img = img.reshape(m, SIZE, SUPERSAMPLE, SIZE, SUPERSAMPLE, 3).mean(axis=(2, 4))
@@ -148,13 +124,10 @@ def load_arrays(
     x_train, y_train = generate(n_train, seed=20_260_001)
     x_test, y_test = generate(n_test, seed=20_260_002)
     arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{np.random.randint(1 << 30)}.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(path)
-    except OSError:
-        pass  # an unwritable data_dir only costs regenerating next time
+    try:  # an unwritable data_dir only costs regenerating next time
+        _atomic(path, lambda fh: np.savez(fh, **arrays))
+    except (OSError, DiskFull):
+        pass
     return arrays
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from bench.core.errors import BenchError
+
 
 def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 images -> float32 in [0, 1]."""
@@ -53,8 +55,6 @@ def augment_batch(
 def check_batch_fits(batch_size: int, world: int, n: int, setting: str = "data.batch_size") -> None:
     """One clear error when ``world`` processes' batches of ``batch_size`` exceed ``n`` images."""
     if batch_size * world > n:
-        from bench.core.errors import BenchError
-
         raise BenchError(
             f"{setting}={batch_size} x {world} process(es) exceeds the {n} training images; "
             f"lower it with --set {setting}=N"
@@ -68,8 +68,6 @@ def check_augment_fits(image_shape: tuple[int, ...], augment: bool, pad_mode: st
     """Reflect padding needs images larger than the padding: one clear error instead of F.pad's."""
     h, w = image_shape[-2:]
     if augment and pad_mode == "reflect" and min(h, w) <= CROP_PAD:
-        from bench.core.errors import BenchError
-
         raise BenchError(
             f"data.augment pads images by {CROP_PAD} pixels with pad_mode=reflect, which needs images "
             f"larger than {CROP_PAD} pixels; these are {h}x{w}: --set data.pad_mode=zeros or "

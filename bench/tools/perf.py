@@ -1,35 +1,8 @@
-"""`bench perf`: steady-state training throughput per method, split by phase, with FLOP counts.
-
-For each method the real training step (``Trainer.train_step``, the code `bench run` executes,
-under the precision flags `bench run` sets) is timed after a warm-up, in two variants:
-
-- ``fast``: as `bench run` trains (channels_last, TF32 and cuDNN autotuning; on CUDA bf16 autocast
-  and the fused optimiser; ``train.compile`` when set),
-- ``plain``: the same with ``train.fast=false``: eager full fp32, NCHW, unfused optimiser (the
-  baseline the fast path must beat),
-
-plus, where a method declares one, a ``reference`` variant that mimics the published code's loop
-(``Method.reference_loop_settings``).
-
-How each number is taken, and why:
-
-- **time per step**: the timed loop runs with no timing region active. A region synchronises the
-  device at its edges (:mod:`bench.core.timing`), which on CUDA would stall the queue several times per
-  step and time a slower loop than `bench run` runs.
-- **phases** (sampler, attack, update, ...): a separate profiling pass of a few more steps with the
-  regions active; its split, in proportion, is applied to the timed step (``phases`` sums to
-  ``seconds_per_step``; ``profiled_seconds_per_step`` is that pass's own, synchronised, time).
-- **FLOPs**: torch's FLOP formulas (``torch.utils.flop_counter``) on one step run eagerly
-  (``torch.compiler.set_stance("force_eager")``): a compiled step runs fused kernels, and with CUDA
-  graphs replays that dispatch no op at all, which a dispatch-mode counter cannot see.
-  Forward-equivalents (FE) per labelled image = step FLOPs / (forward FLOPs per image x batch).
-- **MFU** (model-FLOP utilisation) = achieved FLOP/s / the peak of the precision the step runs in:
-  on CUDA a bf16 step (autocast) against the bf16 matmul peak, a TF32 step (the fast path without
-  autocast) against the TF32 one and a full-fp32 step (the plain path) against the fp32 one, each
-  measured with a large matmul when first needed; on the CPU every step against the fp32 matmul
-  peak. ``--peak-tflops`` replaces them all with one given number.
-
-Sampler, FID-feature and AutoAttack throughput come from :mod:`bench.tools.perf_eval`.
+"""`bench perf`: each method's real training step (``Trainer.train_step``, under the flags `bench
+run` sets) timed after a warm-up in the variants fast, plain and reference, split into phases by a
+separate profiling pass, with FLOPs counted on an eager step and MFU against the peak of the step's
+precision. docs/scale.md ("bench perf") says how and why each number is taken; sampler, FID-feature
+and AutoAttack throughput come from bench/tools/perf_eval.py.
 """
 
 from __future__ import annotations
@@ -44,12 +17,12 @@ from typing import Any
 import torch
 
 from bench.core.config import RunConfig, deep_merge, parse_set, to_dict, update_dataclass
-from bench.core.device import Precision, precision, resolve_device, training_precision
+from bench.core.device import precision, resolve_device, training_precision
 from bench.core.timing import measure_regions
 from bench.data import load_run_data
 from bench.models import build_model
 from bench.run.resolve import resolve_config
-from bench.tools.flops import FlopCount, forward_flops_per_image, sync
+from bench.tools.flops import FlopCount, Peaks, forward_flops_per_image, sync
 from bench.train.trainer import Trainer
 from methods import get_method
 
@@ -66,9 +39,8 @@ class StepTiming:
     steps: int
     seconds_per_step: float  # the timed loop (no region active)
     images_per_s: float
-    phases: dict[str, float] = field(
-        default_factory=dict
-    )  # seconds per step by region (sums to seconds_per_step)
+    # seconds per step by region (sums to seconds_per_step)
+    phases: dict[str, float] = field(default_factory=dict)
     # the profiling pass's own time per step (synchronised per region)
     profiled_seconds_per_step: float = 0.0
     step_gflop: float = 0.0
@@ -90,62 +62,6 @@ def step_precision(use_amp: bool, train, device: torch.device) -> str:
     return "fp32"
 
 
-def peak_for(step_prec: str, device: torch.device) -> str:
-    """Which measured peak a step of ``step_prec`` is divided by: its own on CUDA (bf16, TF32 and
-    fp32 tensor-core rates differ several-fold); on the CPU the fp32 one (CPU autocast runs many
-    ops in fp32 and has no separate bf16 peak worth quoting)."""
-    return step_prec if device.type == "cuda" else "fp32"
-
-
-def matmul_peak(device: torch.device, prec: str, seconds: float = 1.0) -> tuple[float, str]:
-    """Dense matmul FLOP/s in ``prec`` (bf16, tf32 or fp32): 8192^3 on CUDA, 1024^3 on CPU."""
-    n = 8192 if device.type == "cuda" else 1024
-    dtype = torch.bfloat16 if prec == "bf16" else torch.float32
-    with precision(Precision(tf32=prec == "tf32")):
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
-        for _ in range(3):
-            a @ b
-        sync(device)
-        reps, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            a @ b
-            reps += 1
-        sync(device)
-        dt = time.perf_counter() - t0
-    how = f"{'bf16' if prec == 'bf16' else 'fp32'} matmul {n}x{n}" + (
-        " (TF32)" if prec == "tf32" else ""
-    )
-    return 2 * n**3 * reps / dt, how
-
-
-class Peaks:
-    """The device's peak FLOP/s per precision: each measured once, when a step first needs it
-    (:func:`peak_for`), or one given number for all."""
-
-    def __init__(
-        self, device: torch.device, given_tflops: float | None = None, seconds: float = 1.0
-    ):
-        self.device, self.given, self.seconds = device, given_tflops, seconds
-        self.measured: dict[str, tuple[float, str]] = {}
-
-    def get(self, step_prec: str) -> tuple[str, float]:
-        """The peak's name and its FLOP/s for a step of ``step_prec``."""
-        if self.given:
-            return "given", self.given * 1e12
-        name = peak_for(step_prec, self.device)
-        if name not in self.measured:
-            self.measured[name] = matmul_peak(self.device, name, self.seconds)
-        return name, self.measured[name][0]
-
-    def as_dict(self) -> dict[str, dict[str, Any]]:
-        if self.given:
-            return {"given": {"tflops": self.given, "measured_by": "given (--peak-tflops)"}}
-        return {
-            k: {"tflops": v / 1e12, "measured_by": how} for k, (v, how) in self.measured.items()
-        }
-
-
 def variant_config(cfg: RunConfig, variant: str, method: str) -> RunConfig:
     if variant == "fast":
         return cfg
@@ -164,7 +80,7 @@ def variant_config(cfg: RunConfig, variant: str, method: str) -> RunConfig:
 
 
 def count_flops_eagerly(fn: Callable[..., Any], *args: Any) -> int:
-    """FLOPs of ``fn(*args)`` with every compiled module run eagerly (see the module docstring). Whether
+    """FLOPs of ``fn(*args)`` with every compiled module run eagerly (docs/scale.md says why). Whether
     dynamo runs a compiled graph under a dispatch mode depends on the call (a warm graph may run, a
     recompile falls back to eager), so the stance is forced rather than left to chance."""
     with torch.compiler.set_stance("force_eager"), FlopCount() as fc:
@@ -203,9 +119,7 @@ def time_method(
         first = warmup + 1
         sync(device)
         t0 = time.perf_counter()
-        for s in range(
-            first, first + steps
-        ):  # no region active: nothing waits for the device inside
+        for s in range(first, first + steps):  # no region active: nothing waits for the device
             trainer.train_step(s)
         sync(device)
         dt = time.perf_counter() - t0
@@ -223,9 +137,8 @@ def time_method(
             if row is not None:
                 sampler_rows.append({"method": cfg.method, "variant": variant, **row})
         step_prec = step_precision(trainer.use_amp, vcfg.train, device)
-    with torch.compiler.set_stance(
-        "force_eager"
-    ):  # counted eagerly, and no recompile for its shape
+    # counted eagerly, and no recompile for its shape
+    with torch.compiler.set_stance("force_eager"):
         fwd = forward_flops_per_image(model, tuple(data.image_shape), device)
     b = vcfg.data.batch_size
     per_step = dt / steps
@@ -291,7 +204,7 @@ def run_perf(
     peaks = Peaks(dev, peak_tflops)
     results: list[StepTiming] = []
     samplers: list[dict[str, Any]] = []
-    data_cache: dict[str, Any] = {}
+    datasets: dict[str, Any] = {}  # loaded once per (dataset, train_subset)
     base = {
         "device": _device_name(dev),
         "torch": torch.__version__,
@@ -313,21 +226,21 @@ def run_perf(
     for m in methods:
         cfg = resolve_config(m, preset=preset, arch=arch, device=device, overrides=list(overrides))
         key = cfg.data.dataset + str(cfg.data.train_subset)
-        if key not in data_cache:
-            data_cache[key] = load_run_data(cfg)
+        if key not in datasets:
+            datasets[key] = load_run_data(cfg)
         wanted = list(variants) + (["reference"] if get_method(m).reference_loop_settings else [])
         for v in wanted:
-            results.append(
-                time_method(
-                    cfg,
-                    v,
-                    steps=steps,
-                    warmup=warmup,
-                    peaks=peaks,
-                    data=data_cache[key],
-                    sampler_rows=samplers if v == "fast" else None,
-                )
+            rows = samplers if v == "fast" else None
+            timing = time_method(
+                cfg,
+                v,
+                steps=steps,
+                warmup=warmup,
+                peaks=peaks,
+                data=datasets[key],
+                sampler_rows=rows,
             )
+            results.append(timing)
         if on_progress is not None:
             on_progress(report(complete=False))
     fid = (
@@ -343,17 +256,13 @@ def run_perf(
 
 
 def _ratios(results: list[StepTiming]) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
-    by = {(r.method, r.variant): r for r in results}
-    for (m, v), r in by.items():
-        if v != "fast":
-            continue
-        entry = {}
-        for other in ("plain", "reference"):
-            if (m, other) in by:
-                entry[f"fast_vs_{other}"] = by[(m, other)].seconds_per_step / r.seconds_per_step
-        out[m] = entry
-    return out
+    """Each method's fast step against its plain and reference ones (how many times faster)."""
+    by = {(r.method, r.variant): r.seconds_per_step for r in results}
+    return {
+        m: {f"fast_vs_{o}": by[(m, o)] / t for o in ("plain", "reference") if (m, o) in by}
+        for (m, v), t in by.items()
+        if v == "fast"
+    }
 
 
 def _device_name(dev: torch.device) -> str:
@@ -362,130 +271,3 @@ def _device_name(dev: torch.device) -> str:
     import platform
 
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def format_table(report: dict[str, Any]) -> str:
-    import pandas as pd
-
-    rows = []
-    for r in report["results"]:
-        ph = r["phases"]
-        rows.append(
-            {
-                "method": r["method"],
-                "variant": r["variant"],
-                "arch": r["arch"],
-                "batch": r["batch_size"],
-                "img/s": round(r["images_per_s"], 1),
-                "ms/step": round(1e3 * r["seconds_per_step"], 1),
-                "sampler ms": round(1e3 * ph.get("sampler", 0.0), 1),
-                "attack ms": round(1e3 * ph.get("attack", 0.0), 1),
-                "update ms": round(1e3 * ph.get("update", 0.0), 1),
-                **{
-                    f"{name.upper()} ms": round(1e3 * ph.get(name, 0.0), 1)
-                    for name in ("sam", "awp")
-                    if any(name in q["phases"] for q in report["results"])
-                },
-                "other ms": round(1e3 * ph.get("other", 0.0), 1),
-                "FE/img": round(r["fe_per_image"], 1),
-                "GFLOP/step": round(r["step_gflop"], 2),
-                "precision": r["precision"],
-                "MFU %": round(100 * r["mfu"], 1) if r["mfu"] is not None else None,
-                "of peak": r["peak"],
-            }
-        )
-    table = pd.DataFrame(rows).to_markdown(index=False, floatfmt="g")
-    peaks = ", ".join(
-        f"{name} {p['tflops']:.3g} TFLOP/s ({p['measured_by']})"
-        for name, p in report["peaks"].items()
-    )
-    lines = [
-        f"device: {report['device']}, torch {report['torch']}, preset {report['preset']}, {report['date']}",
-        f"peaks: {peaks or 'none measured'}; each row's MFU is against the peak named in 'of peak'",
-        "ms/step: the timed loop, no phase synchronised; phase columns: that time split as a separate "
-        "profiling pass measured it",
-        "",
-        table,
-        "",
-    ]
-    for m, ratios in report["ratios"].items():
-        parts = [f"{k.replace('fast_vs_', 'fast/')} {v:.2f}x" for k, v in ratios.items()]
-        if parts:
-            lines.append(f"{m}: " + ", ".join(parts))
-    if report.get("samplers"):
-        rows = [
-            {
-                "method": r["method"],
-                "sampler": r["kind"],
-                "steps": r["steps"],
-                "batch": r["batch_size"],
-                "img/s": round(r["images_per_s"], 1),
-                "ms/draw": round(r["ms_per_draw"], 1),
-                "FE/img": round(r["fe_per_image"], 1),
-            }
-            for r in report["samplers"]
-        ]
-        lines += [
-            "",
-            "samplers (one draw of the training step's negative samples):",
-            "",
-            pd.DataFrame(rows).to_markdown(index=False, floatfmt="g"),
-        ]
-    fid = report.get("fid_features") or {}
-    lines.append("")
-    if "skipped" in fid:
-        lines.append(f"FID features: skipped: {fid['skipped']}")
-    elif fid:
-        lines.append(
-            f"FID features ({fid['extractor']}, {fid['precision']}, batch {fid['batch_size']}, "
-            f"{fid['n_images']} images): {fid['images_per_s']:.1f} images/s"
-        )
-    if report.get("autoattack"):
-        rows = [
-            {
-                "run": r["run"],
-                "method": r["method"],
-                "arch": r["arch"],
-                "version": r["version"],
-                "n": r["n_examples"],
-                "clean %": _pct(r["clean_accuracy"]),
-                "robust %": _pct(r["robust_accuracy"]),
-                "img/s": round(r["images_per_s"], 2),
-                "s": round(r["seconds"], 1),
-            }
-            for r in report["autoattack"]
-        ]
-        lines += [
-            "",
-            "AutoAttack (the `autoattack` metric on trained runs' test images):",
-            "",
-            pd.DataFrame(rows).to_markdown(index=False, floatfmt="g"),
-        ]
-    else:
-        lines.append(
-            "AutoAttack: not timed; pass --aa-run RUN (a robust and a non-robust run) to time it"
-        )
-    if report.get("guardrails"):
-        rows = [
-            {
-                "run": r["run"],
-                "method": r["method"],
-                "n": r["n_examples"],
-                "attack": f"PGD-{r['steps']}",
-                "s without checks": round(r["seconds_bare"], 2),
-                "s with checks": round(r["seconds_checked"], 2),
-                "overhead %": round(100 * r["overhead"], 1),
-            }
-            for r in report["guardrails"]
-        ]
-        lines += [
-            "",
-            "guardrail checks (the `pgd` metric vs the same attack loop without its checks):",
-            "",
-            pd.DataFrame(rows).to_markdown(index=False, floatfmt="g"),
-        ]
-    return "\n".join(lines)
-
-
-def _pct(v: float | None) -> float | None:
-    return None if v is None else round(100 * v, 2)

@@ -93,20 +93,15 @@ from bench.core.errors import BenchError
 )
 def perf(
     methods,
-    preset,
-    arch,
-    device,
     steps,
     warmup,
     peak_tflops,
     no_plain,
-    overrides,
     fid_images,
     aa_runs,
     aa_examples,
-    aa_version,
-    out,
     json_out,
+    **opts,
 ):
     """Time the real training step of each method and compare it with the plain fp32 loop.
 
@@ -117,7 +112,8 @@ def perf(
       bench perf --preset paper --arch wrn-28-10 --device cuda --json perf.json
       bench perf --method ce --aa-run <ce run> --aa-run <pgd-at run> --aa-n 200
     """
-    from bench.tools.perf import format_table, run_perf
+    from bench.tools.perf import run_perf
+    from bench.tools.perf_table import format_report
     from methods import METHODS
 
     if steps < 1 or warmup < 0:
@@ -127,17 +123,16 @@ def perf(
     if fid_images is None:
         from bench.core.device import resolve_device
 
-        fid_images = 4096 if resolve_device(device).type == "cuda" else 64
+        fid_images = 4096 if resolve_device(opts["device"]).type == "cuda" else 64
     if fid_images < 0 or aa_examples < 1:
         raise BenchError("--fid-images must be >= 0 and --aa-n >= 1")
     from bench.core.records import resolve_run
 
     for r in aa_runs:
-        resolve_run(r, out)  # a wrong run id fails before any timing
+        resolve_run(r, opts["out"])  # a wrong run id fails before any timing
     names = list(methods) or METHODS.names()
     for m in names:
         METHODS.get(m)  # unknown names fail here with the list of valid ones
-    variants = ("fast",) if no_plain else ("fast", "plain")
     from bench.core.io import write_json
 
     # a JSON file is rewritten after each method ("complete": false until the end), so a run stopped
@@ -145,25 +140,20 @@ def perf(
     to_file = json_out not in (None, "-")
     report = run_perf(
         names,
-        preset,
-        arch=arch,
-        device=device,
         steps=steps,
         warmup=warmup,
         peak_tflops=peak_tflops,
-        variants=variants,
-        overrides=tuple(overrides),
+        variants=("fast",) if no_plain else ("fast", "plain"),
         fid_images=fid_images,
-        aa_runs=tuple(aa_runs),
+        aa_runs=aa_runs,
         aa_examples=aa_examples,
-        aa_version=aa_version,
-        out=out,
         on_progress=(lambda partial: write_json(Path(json_out), partial)) if to_file else None,
+        **opts,
     )
     if json_out == "-":
         click.echo(json.dumps(report, indent=2))
         return
-    click.echo(format_table(report))
+    click.echo(format_report(report))
     if to_file:
         write_json(Path(json_out), report)
         click.echo(f"json: {json_out}")
