@@ -24,14 +24,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bench.sampling.sampler import SamplerConfig, reference_sampler
+from bench.sampling.sampler import SamplerConfig
 from methods._energy import JEMFamily, JEMFamilyConfig
+from methods._settings import sampler_of, settings
 from methods.base import register_method
 
 
 @dataclass
 class JEMConfig(JEMFamilyConfig):
-    sampler: SamplerConfig = field(default_factory=lambda: reference_sampler("jem"))
+    sampler: SamplerConfig = field(default_factory=lambda: sampler_of("jem"))
 
 
 @register_method("jem")
@@ -40,18 +41,4 @@ class JEM(JEMFamily):
     reference = (
         "Grathwohl et al. 2020, JEM: CE + p(x) by SGLD (20 steps) from a uniform replay buffer"
     )
-    run_defaults = {
-        "optim": {
-            "name": "adam",
-            "lr": 1e-4,
-            "betas": [0.9, 0.999],
-            "weight_decay": 0.0,
-            "warmup_steps": 1000,
-            "schedule": "step",
-            "milestones": [160, 180],
-            "gamma": 0.3,
-        },
-        "data": {"batch_size": 64, "noise_std": 0.015, "augment": True, "pad_mode": "reflect"},
-        "model": {"norm": "none", "activation": "leaky_relu"},
-        "train": {"epochs": 150, "divergence_bound": 1e5},
-    }
+    run_defaults, presets = settings("jem")["run"], settings("jem")["presets"]

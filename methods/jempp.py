@@ -18,32 +18,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bench.sampling.sampler import SamplerConfig, reference_sampler
+from bench.sampling.sampler import SamplerConfig
 from methods._energy import JEMFamily, JEMFamilyConfig
+from methods._settings import sampler_of, settings
 from methods.base import register_method
 
 
 @dataclass
 class JEMPPConfig(JEMFamilyConfig):
-    sampler: SamplerConfig = field(default_factory=lambda: reference_sampler("jem++"))
+    sampler: SamplerConfig = field(default_factory=lambda: sampler_of("jem++"))
 
 
 @register_method("jem++")
 class JEMPP(JEMFamily):
     Config = JEMPPConfig
     reference = "Yang & Ji 2021, JEM++: CE + p(x) by PYLD (10x5) from an informative replay buffer"
-    run_defaults = {
-        "optim": {
-            "name": "sgd",
-            "lr": 0.1,
-            "momentum": 0.9,
-            "weight_decay": 4e-4,
-            "warmup_steps": 1000,
-            "schedule": "step",
-            "milestones": [50, 100, 125],
-            "gamma": 0.2,
-        },
-        "data": {"batch_size": 64, "noise_std": 0.015, "augment": True, "pad_mode": "reflect"},
-        "model": {"norm": "batch", "bn_momentum": 0.9, "activation": "leaky_relu"},
-        "train": {"epochs": 150, "divergence_bound": 1e5},
-    }
+    run_defaults, presets = settings("jem++")["run"], settings("jem++")["presets"]

@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from bench.attacks.pgd import pgd_linf
-from methods.base import Method, awp_variant, check_pgd_settings, register_method
+from methods._adversarial import awp_variant, check_pgd_settings
+from methods._settings import settings
+from methods.base import Method, register_method
 
 
 @dataclass
@@ -41,19 +43,7 @@ class PGDAT(Method):
     reference = "Madry et al. 2018, 'Towards Deep Learning Models Resistant to Adversarial Attacks'"
     # the attack's forward/backward pairs, then the loss's forward and backward
     cuda_graph_safe = True
-    run_defaults = {
-        "optim": {
-            "name": "sgd",
-            "lr": 0.1,
-            "momentum": 0.9,
-            "weight_decay": 5e-4,
-            "schedule": "step",
-            "milestones": [0.5, 0.75],
-            "gamma": 0.1,
-        },
-        "data": {"batch_size": 128},
-        "train": {"epochs": 200},
-    }
+    run_defaults, presets = settings("pgd-at")["run"], settings("pgd-at")["presets"]
 
     def eps_scale(self, ctx) -> float:
         """1 after the warm-up (or without one); the fraction of it done during it."""

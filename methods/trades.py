@@ -24,7 +24,9 @@ import torch.nn.functional as F
 
 from bench.attacks.trades import kl_sum, trades_attack
 from bench.core.errors import BenchError
-from methods.base import Method, awp_variant, register_method
+from methods._adversarial import awp_variant
+from methods._settings import settings
+from methods.base import Method, register_method
 
 
 @dataclass
@@ -58,23 +60,7 @@ class TRADES(Method):
     )
     # the attack's forward/backward pairs, then the loss's three forwards and backward
     cuda_graph_safe = True
-    run_defaults = {
-        "optim": {
-            "name": "sgd",
-            "lr": 0.1,
-            "momentum": 0.9,
-            "weight_decay": 2e-4,
-            "schedule": "step",
-            "milestones": [74, 89, 99],
-            "gamma": 0.1,
-        },  # 0-based: the script's epochs 75/90/100
-        "data": {"batch_size": 128, "pad_mode": "zeros", "noise_std": 0.0},
-        "model": {
-            "mean": [0.0, 0.0, 0.0],
-            "std": [1.0, 1.0, 1.0],
-        },  # the reference feeds [0, 1] unnormalised
-        "train": {"epochs": 76},
-    }
+    run_defaults, presets = settings("trades")["run"], settings("trades")["presets"]
 
     def training_step(self, model, x, y, ctx):
         c = self.cfg

@@ -140,25 +140,23 @@ def reference_frame() -> pd.DataFrame:
     return df.rename(columns={"row": "run_id"})
 
 
-def preset_changes(record: dict[str, Any]) -> str:
-    """Where the run departs from what every method gets under its preset, as ``key=value`` items:
-    its method's own variant of the preset (``preset_variant``, e.g. pgd-at's PGD-3 on ``demo``) and
-    its --set / --config choices (``changes``; they win on the same key). Both are stored in the
-    record when the run starts; for older records they are worked out again from today's method and
-    preset ("?" when they no longer resolve)."""
+def changes_text(record: dict[str, Any]) -> str:
+    """The ``changes`` column: where the run departs from what every method gets under its preset,
+    as ``key=value`` items: its method's own variant of the preset (``preset_variant``, e.g.
+    pgd-at's PGD-3 on ``demo``) and its --set / --config choices (``changes``; they win on the same
+    key), as its record stores them; for records from before they were stored, worked out again
+    from today's method and preset ("?" when they no longer resolve)."""
     import json
 
-    from bench.run.resolve import preset_changes as from_config
-    from bench.run.resolve import variant_changes
-
     changes, variant = record.get("changes"), record.get("preset_variant")
-    try:
-        if changes is None:  # records from before schema 2 only
-            changes = from_config(record.get("config") or {})
-        if variant is None:  # records from before the field existed
-            variant = variant_changes(str(record.get("method")), str(record.get("preset")))
-    except Exception:  # an unknown method/preset, or a record from another version
-        return "?"
+    if changes is None or variant is None:
+        from bench.run.resolve import departures
+
+        again = departures(record.get("config") or {})
+        changes = again[0] if changes is None else changes
+        variant = again[1] if variant is None else variant
+        if changes is None or variant is None:  # an unknown method/preset, another version's record
+            return "?"
     merged = {**variant, **changes}
     return " ".join(
         f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(merged.items())
@@ -176,7 +174,7 @@ def run_table(records: list[dict[str, Any]]) -> pd.DataFrame:
                 "dataset": r.get("dataset"),
                 "arch": r.get("arch"),
                 "preset": r.get("preset"),
-                "changes": preset_changes(r),
+                "changes": changes_text(r),
                 "seed": r.get("seed"),
                 "status": r.get("status"),
                 "epochs": tr.get("epochs_done"),

@@ -1,4 +1,4 @@
-"""`bench run --dry-run`: the fully resolved config, where each value came from, and the plan.
+"""`bench run --dry-run`: the resolved run (each value and where it came from) and the plan.
 
 Nothing is written and nothing is trained. The data is loaded when it can be (it is needed for
 the number of steps); a dataset that is missing is reported in one line instead of the steps.
@@ -11,7 +11,8 @@ from typing import Any
 
 from bench.core.config import RunConfig
 from bench.core.errors import BenchError
-from bench.run.resolve import config_sources, flatten
+from bench.run.layers import flatten
+from bench.run.resolve import Resolved
 
 
 def plan(cfg: RunConfig) -> dict[str, Any]:
@@ -38,13 +39,9 @@ def plan(cfg: RunConfig) -> dict[str, Any]:
     }
 
 
-def describe(cfg: RunConfig, config_file: str | None, cli_keys: list[str]) -> list[str]:
-    """The lines `bench run --dry-run` prints."""
-    src = {
-        **config_sources(cfg.method, cfg.preset, config_file, cli_keys),
-        "method": "--method",
-        "preset": "--preset",
-    }
+def describe(run: Resolved) -> list[str]:
+    """The lines `bench run --dry-run` prints: the run as :func:`bench.run.resolve.resolve` gave it."""
+    cfg, src = run.config, run.sources
     lines = [
         f"dry run: {cfg.method} on {cfg.data.dataset} ({cfg.model.arch}, preset {cfg.preset}, seed {cfg.seed}); "
         "nothing is written",

@@ -75,13 +75,13 @@ def _archs() -> list[str]:
 
 
 def _preset_names() -> list[str]:
-    from bench.run.resolve import preset_names
+    from bench.run.layers import preset_names
 
     return preset_names()
 
 
 def _preset_description(name: str) -> str:
-    from bench.run.resolve import load_preset
+    from bench.run.layers import load_preset
 
     return load_preset(name).get("description", "")
 

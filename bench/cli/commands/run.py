@@ -191,7 +191,7 @@ def run(
             )
         if checkpoint_path:
             raise BenchError("--checkpoint only goes with --resume RUN")
-        from bench.run.resolve import resolve_config
+        from bench.run.resolve import resolve
 
         explicit_preset, preset = preset, preset or "paper"
 
@@ -205,9 +205,9 @@ def run(
         from bench.core.config import parse_seeds
 
         seed_list = parse_seeds(seeds) if seeds is not None else [seed]
-        # every config is resolved (and checked) before the first run starts
-        cfgs = [
-            resolve_config(
+        # every run is resolved (and checked) before the first one starts
+        runs = [
+            resolve(
                 method,
                 preset=preset,
                 dataset=dataset,
@@ -219,24 +219,11 @@ def run(
             )
             for s in seed_list
         ]
-        cfg = cfgs[0]
+        cfg = runs[0].config
         if dry_run:
-            from bench.core.config import parse_set
             from bench.run.dry_run import describe
-            from bench.run.resolve import flatten
 
-            keys = [k for item in extra for k in flatten(parse_set(item))]
-            keys += [
-                k
-                for k, v in (
-                    ("data.dataset", dataset),
-                    ("model.arch", arch),
-                    ("seed", seed),
-                    ("device", device),
-                )
-                if v is not None
-            ]
-            for line in describe(cfg, config_file, keys):
+            for line in describe(runs[0]):
                 click.echo(line)
             return
         if preset == "paper" and (device or "auto") != "cuda":
@@ -254,9 +241,9 @@ def run(
                     "on a CPU use --preset cpu or --preset smoke",
                     err=True,
                 )
-        for cfg in cfgs[:-1]:
-            _report(start_run(cfg, out=out, show_progress=not quiet, announce=_announce))
-        result = start_run(cfgs[-1], out=out, show_progress=not quiet, announce=_announce)
+        for one in runs[:-1]:
+            _report(start_run(one, out=out, show_progress=not quiet, announce=_announce))
+        result = start_run(runs[-1], out=out, show_progress=not quiet, announce=_announce)
     _report(result)
 
 
@@ -290,7 +277,7 @@ def _launch_device(device, overrides, config_file, resume, out) -> str:
         if "device" in parse_set(item):
             return str(parse_set(item)["device"])
     if config_file:
-        from bench.run.resolve import load_config_file
+        from bench.run.layers import load_config_file
 
         return str(load_config_file(config_file).get("device", "auto"))
     return "auto"

@@ -1,0 +1,34 @@
+"""The run-record fields a run writes that :class:`~bench.core.records.RunRecord` has no method for
+yet (docs/records.md): each is one named change, so the runner never writes ``record.data``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.core.records import RunRecord
+from bench.run.resolve import Resolved
+
+
+def set_resolution(record: RunRecord, resolved: Resolved) -> None:
+    """The run's resolved settings: its config, changes, preset variant and the sources of its
+    values (the plugins go with the environment: ``RunRecord.add_plugins``)."""
+    record.data.update(
+        config=resolved.config.to_dict(),
+        changes=resolved.changes,
+        preset_variant=resolved.preset_variant,
+        sources=dict(resolved.sources),
+    )
+
+
+def set_distributed(record: RunRecord, **info: Any) -> None:
+    """Data-parallel facts: world size, backend, batches; ``ranks_in_sync`` after training."""
+    record.data.setdefault("distributed", {}).update(info)
+
+
+def set_evaluated_checkpoint(record: RunRecord, **info: Any) -> None:
+    """Which weights the end-of-run evaluation took: checkpoint, step, EMA, a note."""
+    record.data["evaluated_checkpoint"] = info
+
+
+def set_throughput(record: RunRecord, images_per_second: float) -> None:
+    record.data["timings"]["images_per_second"] = images_per_second
