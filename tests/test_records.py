@@ -75,8 +75,8 @@ def test_new_records_store_their_changes_and_compare_reads_them(
     def no_resolving(*a, **k):
         raise AssertionError("compare re-resolved a record that stores its changes")
 
-    monkeypatch.setattr(bench.run.resolve, "departures", no_resolving)
-    monkeypatch.setattr(bench.run.resolve, "resolved_from_config", no_resolving)
+    monkeypatch.setattr(bench.run.resolve, "changes_of", no_resolving)
+    monkeypatch.setattr(bench.run.resolve, "variant_of", no_resolving)
     table = bench_cli("compare", "--out", str(out), "--format", "csv")
     assert table.exit_code == 0 and "optim.lr=0.03" in table.stdout
 

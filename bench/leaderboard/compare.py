@@ -149,14 +149,15 @@ def changes_text(record: dict[str, Any]) -> str:
     import json
 
     changes, variant = record.get("changes"), record.get("preset_variant")
-    if changes is None or variant is None:
-        from bench.run.resolve import departures
+    try:
+        from bench.run.resolve import changes_of, variant_of
 
-        again = departures(record.get("config") or {})
-        changes = again[0] if changes is None else changes
-        variant = again[1] if variant is None else variant
-        if changes is None or variant is None:  # an unknown method/preset, another version's record
-            return "?"
+        if changes is None:  # records from before schema 2 only
+            changes = changes_of(record.get("config") or {})
+        if variant is None:  # records from before the field existed
+            variant = variant_of(str(record.get("method")), str(record.get("preset")))
+    except Exception:  # an unknown method/preset, or a record from another version
+        return "?"
     merged = {**variant, **changes}
     return " ".join(
         f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(merged.items())

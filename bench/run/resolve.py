@@ -122,7 +122,7 @@ def resolve(
         sources.update(dict.fromkeys(flatten(values), name))
     sources.update(dict.fromkeys(flatten(cli), CHOSEN))
     cfg = finish(cfg)
-    return Resolved(cfg, sources, *departures(cfg.to_dict()), run_plugins(cfg))
+    return Resolved(cfg, sources, *departures(cfg), run_plugins(cfg))
 
 
 def resolve_config(method: str, preset: str = "cpu", **options: Any) -> RunConfig:
@@ -136,40 +136,48 @@ def resolved_from_config(cfg: RunConfig) -> Resolved:
     sources = {"method": "--method", "preset": "--preset"}
     for name, values in method_layers(cfg.method, cfg.preset):
         sources.update(dict.fromkeys(flatten(values), name))
-    changes, variant = departures(cfg.to_dict())
+    changes, variant = departures(cfg)
     sources.update(dict.fromkeys(changes or {}, CHANGED))
     return Resolved(cfg, sources, changes, variant, run_plugins(cfg))
 
 
-def departures(config: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """A config's ``changes`` and its method's ``preset_variant`` (see :class:`Resolved`), from
-    today's method and preset; both None when they no longer describe ``config`` (a record's)."""
+def _flat(config: dict[str, Any]) -> dict[str, Any]:
+    return flatten(json.loads(json.dumps(config)))
 
-    def flat(cfg: Any) -> dict[str, Any]:
-        return flatten(json.loads(json.dumps(cfg)))
 
+def _preset_config(method: str, preset: str, variant: bool = True) -> RunConfig:
+    """What ``method`` is under ``preset`` (layers 1-4; 1-3 without its ``variant``)."""
+    layers = method_layers(method, preset)
+    return _apply(RunConfig(method=method, preset=preset), layers if variant else layers[:2])
+
+
+def variant_of(method: str, preset: str) -> dict[str, Any]:
+    """The ``preset_variant`` of :class:`Resolved`: where the method's own variant of the preset
+    departs from the preset every method shares (``{"method.steps": 3}``)."""
+    shared = _flat(finish(_preset_config(method, preset, variant=False)).to_dict())
+    own = _flat(finish(_preset_config(method, preset)).to_dict())
+    skip = NOT_CHANGES | BOOKKEEPING
+    return {k: v for k, v in sorted(own.items()) if k not in skip and shared.get(k) != v}
+
+
+def changes_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The ``changes`` of :class:`Resolved`: where a resolved config (as a record stores it)
+    departs from what its method and preset give it (``{"optim.lr": 0.01}``)."""
+    picked = {"data": {"dataset": config["data"]["dataset"]}}
+    picked["model"] = {"arch": config["model"]["arch"]}
+    ref = update_dataclass(_preset_config(config["method"], config["preset"]), picked)
+    ref = _flat(finish(ref).to_dict())
+    ran = _flat(config).items()
+    return {k: v for k, v in sorted(ran) if k not in NOT_CHANGES and k in ref and ref[k] != v}
+
+
+def departures(cfg: RunConfig) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """``cfg``'s changes and preset variant; both None when its method and preset no longer
+    describe it (compare then shows "?")."""
     try:
-        method, preset = config["method"], config["preset"]
-        layers = method_layers(method, preset)
-        base = RunConfig(method=method, preset=preset)
-        shared = flat(finish(_apply(base, layers[:2])).to_dict())
-        own = _apply(base, layers)
-        variant = {
-            k: v
-            for k, v in sorted(flat(finish(own).to_dict()).items())
-            if k not in NOT_CHANGES | BOOKKEEPING and shared.get(k) != v
-        }
-        picked = {"data": {"dataset": config["data"]["dataset"]}}
-        picked["model"] = {"arch": config["model"]["arch"]}
-        ref = flat(finish(update_dataclass(own, picked)).to_dict())
-        changes = {
-            k: v
-            for k, v in sorted(flat(config).items())
-            if k not in NOT_CHANGES and k in ref and ref[k] != v
-        }
-    except Exception:  # a config its method and preset no longer describe: compare shows "?"
+        return changes_of(cfg.to_dict()), variant_of(cfg.method, cfg.preset)
+    except Exception:
         return None, None
-    return changes, variant
 
 
 def _switched_sampler_steps(cfg: RunConfig, chosen: dict[str, Any]) -> dict[str, Any]:
