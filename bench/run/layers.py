@@ -1,5 +1,6 @@
 """The layers a run's config is resolved from (bench/run/resolve.py): the method's settings, the
-preset shared by every method, the method's variant of it, a ``--config`` file; docs/config.md."""
+preset every method shares, the method's variant of it, a ``--config`` file; README.md (Use)
+gives their order."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Resolve a run once: its config from the method, the preset, a ``--config`` file and ``--set``
-items, where each value came from, and how the run departs from its preset. docs/config.md gives
-the order of the layers and what a record stores of it."""
+items (in README.md's order, Use), where each value came from, and how the run departs from its
+preset; docs/records.md says what a record stores of it."""
 
 from __future__ import annotations
 

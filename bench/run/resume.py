@@ -1,4 +1,4 @@
-"""What a resume may change and where it continues from (`bench run --resume`; docs/config.md)."""
+"""What a resume may change and where it continues from (`bench run --resume`; README.md)."""
 
 from __future__ import annotations
 
