@@ -129,6 +129,19 @@ def test_real_presets_and_method_preset_files():
     assert cfg.method_cfg["eps"] == pytest.approx(8 / 255)
 
 
+def test_a_run_is_resolved_once_from_preset_files_read_once():
+    from bench.run.resolve import resolve
+
+    layers_mod._read_yaml.cache_clear()
+    runs = [resolve("pgd-at", preset="demo", overrides=["optim.lr=0.02"]) for _ in range(3)]
+    assert layers_mod._read_yaml.cache_info().misses == 1  # demo.yaml, once
+    run = runs[0]
+    assert run.changes == {"optim.lr": 0.02} and run.preset_variant["method.steps"] == 3
+    assert run.sources["optim.lr"] == "--set/flags" and run.sources["method.steps"] == (
+        "preset demo of pgd-at"
+    )
+
+
 def test_named_options_override_everything():
     cfg = resolve_config(
         "ce",

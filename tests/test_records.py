@@ -69,6 +69,9 @@ def test_new_records_store_their_changes_and_compare_reads_them(
     )
     assert not any(k in rec["changes"] for k in ("seed", "device", "data.data_dir"))
     assert rec["preset_variant"] == {}  # ce has no variant of the presets of its own
+    # where each value came from, as --dry-run prints it; defaults are not listed
+    assert rec["sources"]["optim.lr"] == "--set/flags" and rec["sources"]["method"] == "--method"
+    assert rec["sources"]["optim.schedule"] == "method" and "model.dropout" not in rec["sources"]
 
     import bench.run.resolve
 

@@ -152,19 +152,9 @@ def run(
             "--dry-run shows a new run's plan; drop it with --resume (bench show RUN shows a run)"
         )
     if resume:
-        given = [
-            n
-            for n, v in (
-                ("--method", method),
-                ("--dataset", dataset),
-                ("--arch", arch),
-                ("--preset", preset),
-                ("--config", config_file),
-                ("--seed", seed),
-                ("--seeds", seeds),
-            )
-            if v is not None and v != ()
-        ]
+        flags = {"--method": method, "--dataset": dataset, "--arch": arch, "--preset": preset}
+        flags.update({"--config": config_file, "--seed": seed, "--seeds": seeds})
+        given = [name for name, value in flags.items() if value is not None]
         if given:
             raise BenchError(
                 f"--resume continues a run with its saved config; drop {', '.join(given)} (on resume "
@@ -287,33 +277,14 @@ def _relaunch_with_torchrun(nproc: int) -> int:
     """Run this same command under torchrun with ``nproc`` processes; returns its exit code."""
     import subprocess
 
-    args, skip = [], False
-    for a in sys.argv[1:]:
-        if skip:
-            skip = False
-            continue
-        if a == "--nproc":
-            skip = True
-            continue
-        if a.startswith("--nproc="):
-            continue
-        args.append(a)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        "-m",
-        "bench",
-        *args,
+    argv = sys.argv[1:]
+    nproc_at = {i for i, a in enumerate(argv) if a == "--nproc"}  # and its value after it
+    args = [
+        a for i, a in enumerate(argv) if not ({i, i - 1} & nproc_at or a.startswith("--nproc="))
     ]
-    click.echo(
-        f"launching {nproc} processes: torchrun --standalone --nproc-per-node={nproc} -m bench "
-        + " ".join(args),
-        err=True,
-    )
-    return subprocess.call(cmd)
+    torchrun = ["--standalone", f"--nproc-per-node={nproc}", "-m", "bench"]
+    click.echo(f"launching {nproc} processes: torchrun {' '.join(torchrun + args)}", err=True)
+    return subprocess.call([sys.executable, "-m", "torch.distributed.run", *torchrun, *args])
 
 
 COMMANDS = (run,)
