@@ -1,14 +1,6 @@
-"""``pgd-at``: adversarial training with PGD (Madry et al., ICLR 2018).
-
-Minimises CE(f(x_adv), y) with x_adv from l-inf PGD on the cross-entropy: random start
-U(-eps, eps), ``steps`` signed steps of ``alpha``, projection onto the eps-ball and [0, 1].
-Reference: eps 8/255, alpha 2/255, 10 steps (pixel units); SGD 0.1, wd 5e-4, batch 128,
-x0.1 at 50% and 75% of training.
-
-Departure (off by default, recorded in the config): ``eps_warmup_epochs`` > 0 ramps eps and
-alpha linearly from 0 to their values over that many epochs, which lets small models on short
-schedules (the CPU presets) leave the initial plateau where PGD-AT otherwise stays at chance.
-"""
+"""``pgd-at``: adversarial training with PGD (Madry et al., ICLR 2018): CE on l-inf PGD examples.
+Its settings are in ``methods/pgd_at.yaml``; docs/methods.md gives the reference, each setting
+and the switches (``eps_warmup_epochs``, not the reference, used by the CPU presets)."""
 
 from __future__ import annotations
 

@@ -63,9 +63,8 @@ def sort_table(df: pd.DataFrame, column: str | None, ascending: bool) -> pd.Data
         return df
     if column not in df.columns:
         raise BenchError(f"cannot sort by {column!r}; choose one of: {', '.join(df.columns)}")
-    if (
-        "kind" in df.columns
-    ):  # measured (and external) rows first, reported after; sorted within each group
+    # measured (and external) rows first, reported after; sorted within each group
+    if "kind" in df.columns:
         parts = [
             g.sort_values(column, ascending=ascending, na_position="last", kind="stable")
             for _, g in df.groupby(df["kind"] == "reported", sort=True)

@@ -54,9 +54,8 @@ def tidy(records: list[dict[str, Any]]) -> pd.DataFrame:
                 if not isinstance(res, dict):
                     continue
                 reliable = res.get("reliable") if isinstance(res.get("reliable"), bool) else None
-                small_n = bool(
-                    res.get("small_n")
-                )  # e.g. a FID on < 10k samples: comparable only at equal n
+                # e.g. a FID on < 10k samples: comparable only at equal n
+                small_n = bool(res.get("small_n"))
                 for key, value in res.items():
                     if (
                         isinstance(value, (int, float))
@@ -99,9 +98,8 @@ def headline(t: pd.DataFrame) -> pd.DataFrame:
         stored.setdefault(row.metric, {})[row.key] = row.value
         values[(row.run_id, row.protocol, row.metric, row.key)] = row.value
     for row in t.itertuples(index=False):
-        base = (
-            getattr(row, "base", None) or row.metric
-        )  # "pgd" for a result stored as "pgd[steps=50]"
+        # "pgd" for a result stored as "pgd[steps=50]"
+        base = getattr(row, "base", None) or row.metric
         variant = row.metric[len(base) :] if row.metric.startswith(base) else ""
         shown = presentation(base)
         for i, h in enumerate(shown.headlines_for(base, stored[row.metric])):

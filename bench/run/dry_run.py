@@ -26,9 +26,8 @@ def plan(cfg: RunConfig) -> dict[str, Any]:
     spec = get_method(cfg.method).from_dict(cfg.method_cfg).batch_specs()[0]
     batch = spec.batch_size or cfg.data.batch_size
     check_batch_fits(batch, 1, data.x_train.shape[0], spec.batch_size_setting)
-    per_epoch = (
-        data.x_train.shape[0] // batch
-    )  # full batches only, as the trainer's stream draws them
+    # full batches only, as the trainer's stream draws them
+    per_epoch = data.x_train.shape[0] // batch
     total = total_steps(cfg.train, per_epoch)
     return {
         "train_images": int(data.x_train.shape[0]),

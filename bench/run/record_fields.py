@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.core.config import RunConfig
 from bench.core.records import RunRecord
-from bench.run.resolve import Resolved
+from bench.run.resolve import CHOSEN, Resolved, changes_of
 
 
 def set_resolution(record: RunRecord, resolved: Resolved) -> None:
@@ -18,6 +19,18 @@ def set_resolution(record: RunRecord, resolved: Resolved) -> None:
         preset_variant=resolved.preset_variant,
         sources=dict(resolved.sources),
     )
+
+
+def set_resumed_config(record: RunRecord, cfg: RunConfig, overrides: dict[str, Any]) -> None:
+    """A resume's ``--set`` changes: the config and its changes from the preset as they are now
+    (None when the preset no longer describes it); the preset variant stays the one the run began with."""
+    try:
+        changes = changes_of(cfg.to_dict())
+    except Exception:  # `bench compare` then shows "?"
+        changes = None
+    record.data.update(config=cfg.to_dict(), changes=changes)
+    if isinstance(record.get("sources"), dict):
+        record.data["sources"].update(dict.fromkeys(overrides, CHOSEN))
 
 
 def set_distributed(record: RunRecord, **info: Any) -> None:

@@ -78,12 +78,10 @@ def start_run(
     cfg = run.config if isinstance(run, Resolved) else run
     dist, device_name = D.init(cfg.device)
     device = resolve_device(device_name)
-    prepare_determinism(
-        cfg.train.deterministic
-    )  # before the first matmul on the device (the probe's)
-    data = _prepare_data_ranked(
-        cfg, dist
-    )  # fails before anything is written if the data is missing
+    # before the first matmul on the device (the probe's)
+    prepare_determinism(cfg.train.deterministic)
+    # fails before anything is written if the data is missing
+    data = _prepare_data_ranked(cfg, dist)
     built = _build(cfg, data, device)  # so do a bad architecture (e.g. wrn depth) and method setup
     _probe(built[0], data, cfg, device)
     for spec in built[1].batch_specs():  # every batch of a step must fit the training set

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,9 @@ from bench.run.evaluation import evaluate_into, evaluation_model
 from bench.run.record_fields import (
     set_distributed,
     set_evaluated_checkpoint,
-    set_resolution,
+    set_resumed_config,
     set_throughput,
 )
-from bench.run.resolve import CHOSEN, resolved_from_config
 from bench.run.resume import Resume
 from bench.run.saved_runs import saved_buffer
 from bench.train import distributed as D
@@ -126,9 +125,7 @@ def _locked(cfg, data, device, record, show_progress, resume, build, dist, annou
             announce(f"run {record['run_id']} has {note}")
         record.add_resume(0, resume.overrides, note=note)
     if resume is not None and resume.overrides:  # under the lock: nobody else trains this run now
-        resolved = resolved_from_config(cfg)
-        chosen = dict.fromkeys(resume.overrides, CHOSEN)
-        set_resolution(record, replace(resolved, sources={**resolved.sources, **chosen}))
+        set_resumed_config(record, cfg, resume.overrides)
     record.set_status("running", save=False)
     if dist.enabled:
         set_distributed(
@@ -220,9 +217,8 @@ def _fit_and_evaluate(
         )
     if cfg.eval.enabled:
         try:
-            with (
-                terminate_as_interrupt()
-            ):  # SIGTERM too: a scheduler's stop must not leave `running`
+            # SIGTERM too: a scheduler's stop must not leave `running`
+            with terminate_as_interrupt():
                 # the model `bench eval` evaluates too: eager, fp32, NCHW, eval mode, no parameter gradients
                 evaluate_into(
                     record,
@@ -233,9 +229,8 @@ def _fit_and_evaluate(
                     show_progress,
                     buffer=saved_buffer(trainer.method.state_dict()),
                 )
-        except (
-            KeyboardInterrupt
-        ):  # Ctrl-C during a (long) evaluation: the trained weights are checkpointed
+        # Ctrl-C during a (long) evaluation: the trained weights are checkpointed
+        except KeyboardInterrupt:
             record.set_status(
                 "interrupted",
                 "interrupted during the evaluation; finish it with: "

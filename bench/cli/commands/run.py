@@ -241,9 +241,8 @@ def _report(result) -> None:
     from bench.leaderboard.summary import run_summary_lines
 
     if os.environ.get("RANK", "0") == "0":
-        for line in run_summary_lines(
-            result.record
-        ):  # the headline accuracies; `bench show` prints everything
+        # the headline accuracies; `bench show` prints everything
+        for line in run_summary_lines(result.record):
             click.echo(line)
         click.echo(f"record: {result.run_dir / 'record.json'}")
 
