@@ -27,19 +27,9 @@ from bench.leaderboard.headlines import column_meta, headline, protocol_rank, ti
 __all__ = ["apply_filters", "changes_text", "leaderboard", "leaderboard_and_meta", "load_records"]
 __all__ += ["protocol_rank"]
 
-RUN_COLUMNS = [
-    "run_id",
-    "method",
-    "dataset",
-    "arch",
-    "preset",
-    "changes",
-    "seed",
-    "status",
-    "epochs",
-    "train_min",
-    "eval_min",
-]
+RUN_COLUMNS = (
+    "run_id method dataset arch preset changes seed status epochs train_min eval_min".split()
+)
 REF_COLUMNS = ["source", "note"]
 REFERENCE_NOTE = (
     "reported rows are published numbers, not measured here. 'paper' rows: the EB-JDAT paper as given by "

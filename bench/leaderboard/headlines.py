@@ -13,19 +13,12 @@ from metrics import presentation
 PROTOCOL_ORDER = ["quick", "standard", "paper"]
 
 
-TIDY_COLUMNS = [
-    "run_id",
-    "protocol",
-    "metric",
-    "base",
-    "key",
-    "value",
-    "n_examples",
-    "reliable",
-    "ci_lo",
-    "ci_hi",
-    "small_n",
-]
+TIDY_COLUMNS = (
+    "run_id protocol metric base key value n_examples reliable ci_lo ci_hi small_n".split()
+)
+HEAD_COLUMNS = (
+    "run_id column value protocol metric label checked brief n_examples reliable ci_lo ci_hi spread order"
+).split()
 
 
 def _interval(res: dict[str, Any], key: str) -> tuple[float | None, float | None]:
@@ -146,25 +139,7 @@ def headline(t: pd.DataFrame) -> pd.DataFrame:
                         "order": (protocol_rank(row.protocol), shown.order, row.metric, i, column),
                     }
                 )
-    return pd.DataFrame(
-        keep,
-        columns=[
-            "run_id",
-            "column",
-            "value",
-            "protocol",
-            "metric",
-            "label",
-            "checked",
-            "brief",
-            "n_examples",
-            "reliable",
-            "ci_lo",
-            "ci_hi",
-            "spread",
-            "order",
-        ],
-    )
+    return pd.DataFrame(keep, columns=HEAD_COLUMNS)
 
 
 def column_meta(head: pd.DataFrame) -> dict[str, dict[str, Any]]:

@@ -38,7 +38,7 @@ def set_distributed(record: RunRecord, **info: Any) -> None:
     record.data.setdefault("distributed", {}).update(info)
 
 
-def set_evaluated_checkpoint(record: RunRecord, **info: Any) -> None:
+def set_evaluated_checkpoint(record: RunRecord, info: dict[str, Any]) -> None:
     """Which weights the end-of-run evaluation took: checkpoint, step, EMA, a note."""
     record.data["evaluated_checkpoint"] = info
 

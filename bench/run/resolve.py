@@ -27,16 +27,7 @@ from metrics import get_protocol
 
 # settings chosen by their own flags or shown in their own columns, never listed as changes
 NOT_CHANGES = frozenset(
-    {
-        "method",
-        "preset",
-        "seed",
-        "device",
-        "data.dataset",
-        "data.data_dir",
-        "model.arch",
-        "train.loggers",
-    }
+    "method preset seed device data.dataset data.data_dir model.arch train.loggers".split()
 )
 # settings that change how a run reports itself, not what it trains: never part of a preset variant
 BOOKKEEPING = frozenset(

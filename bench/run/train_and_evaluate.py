@@ -138,9 +138,8 @@ def _locked(cfg, data, device, record, show_progress, resume, build, dist, annou
     save()
     try:
         if main:  # after the resume: an appending logger drops what it holds beyond this step
-            names = [
-                n for n in cfg.train.loggers if show_progress or n != "console"
-            ]  # -q: nothing on the terminal
+            # -q: nothing on the terminal
+            names = [n for n in cfg.train.loggers if show_progress or n != "console"]
             trainer.use_loggers(
                 RunLoggers.create(names, run_dir, cfg, start_step=trainer.state.step), show_progress
             )
@@ -192,43 +191,15 @@ def _fit_and_evaluate(
     D.shutdown(dist)
     if not main:
         return RunResult(record["run_id"], run_dir, record.data)
-    # the final weights (the averaged ones with EMA: the model such a run reports), unless best.pt below
-    weights = trainer.ema.state_dict() if trainer.ema is not None else model.state_dict()
-    source: Path | str = "checkpoints/last.pt"
-    if cfg.eval.enabled and cfg.eval.checkpoint == "best":
-        best = run_dir / "checkpoints" / "best.pt"
-        if best.is_file():
-            from bench.train import checkpoint as ckpt_io
-
-            weights, source = ckpt_io.load(best, expect_digest=trainer.config_digest)["model"], best
-            set_evaluated_checkpoint(record, **trainer.state.best, checkpoint="checkpoints/best.pt")
-        else:  # training ended before the first validation
-            set_evaluated_checkpoint(
-                record,
-                checkpoint="checkpoints/last.pt",
-                step=trainer.state.step,
-                note="no validation ran, so the final weights were evaluated",
-            )
-    elif cfg.eval.enabled:
-        # the averaged weights are the model a run with EMA reports
-        ema = {"weights": f"ema (decay {cfg.train.ema_decay:g})"} if trainer.ema is not None else {}
-        set_evaluated_checkpoint(
-            record, checkpoint="checkpoints/last.pt", step=trainer.state.step, **ema
-        )
     if cfg.eval.enabled:
+        weights, source = _evaluated_weights(cfg, trainer, record)
         try:
             # SIGTERM too: a scheduler's stop must not leave `running`
             with terminate_as_interrupt():
                 # the model `bench eval` evaluates too: eager, fp32, NCHW, eval mode, no parameter gradients
-                evaluate_into(
-                    record,
-                    evaluation_model(cfg, data.num_classes, weights, device, source),
-                    data,
-                    cfg,
-                    device,
-                    show_progress,
-                    buffer=saved_buffer(trainer.method.state_dict()),
-                )
+                evaluated = evaluation_model(cfg, data.num_classes, weights, device, source)
+                buffer = saved_buffer(trainer.method.state_dict())
+                evaluate_into(record, evaluated, data, cfg, device, show_progress, buffer=buffer)
         # Ctrl-C during a (long) evaluation: the trained weights are checkpointed
         except KeyboardInterrupt:
             record.set_status(
@@ -237,7 +208,6 @@ def _fit_and_evaluate(
                 f"bench run --resume {run_dir.name}",
             )
             raise InterruptedRun(record["message"])
-    if cfg.eval.enabled:
         trainer.loggers.final(_hparams(cfg), final_metrics(record.get("evaluations") or {}))
     record.set_status("complete", save=False)
     images = record["training"]["total_steps"] * cfg.data.batch_size * dist.world
@@ -245,6 +215,26 @@ def _fit_and_evaluate(
     set_throughput(record, round(images / max(seconds, 1e-9), 1))
     record.save()  # no barrier after it: the other ranks have left (see above)
     return RunResult(record["run_id"], run_dir, record.data)
+
+
+def _evaluated_weights(cfg: RunConfig, trainer: Trainer, record: RunRecord):
+    """The weights the end-of-run evaluation takes and their source, recorded in the record: the
+    final ones (the averaged ones with EMA: the model such a run reports), or best.pt."""
+    weights = trainer.ema.state_dict() if trainer.ema is not None else trainer.model.state_dict()
+    source: Path | str = "checkpoints/last.pt"
+    evaluated = {"checkpoint": "checkpoints/last.pt", "step": trainer.state.step}
+    best = record.run_dir / "checkpoints" / "best.pt"
+    if cfg.eval.checkpoint == "best" and best.is_file():
+        from bench.train import checkpoint as ckpt_io
+
+        weights, source = ckpt_io.load(best, expect_digest=trainer.config_digest)["model"], best
+        evaluated = {**trainer.state.best, "checkpoint": "checkpoints/best.pt"}
+    elif cfg.eval.checkpoint == "best":  # training ended before the first validation
+        evaluated["note"] = "no validation ran, so the final weights were evaluated"
+    elif trainer.ema is not None:
+        evaluated["weights"] = f"ema (decay {cfg.train.ema_decay:g})"
+    set_evaluated_checkpoint(record, evaluated)
+    return weights, source
 
 
 def _hparams(cfg: RunConfig) -> dict[str, Any]:
