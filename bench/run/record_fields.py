@@ -44,4 +44,5 @@ def set_evaluated_checkpoint(record: RunRecord, info: dict[str, Any]) -> None:
 
 
 def set_throughput(record: RunRecord, images_per_second: float) -> None:
+    """All ranks' training images per second, as the history's ``images_per_s``."""
     record.data["timings"]["images_per_second"] = images_per_second

@@ -23,8 +23,6 @@ from bench.run.train_and_evaluate import RunResult, train_and_evaluate
 from bench.train import distributed as D
 from methods import get_method
 
-__all__ = ["RunResult", "resume_run", "start_run"]
-
 
 def _build(cfg: RunConfig, data, device: torch.device):
     method = get_method(cfg.method).from_dict(cfg.method_cfg)
