@@ -1,28 +1,7 @@
-"""What the energy-model family shares: the contrastive p(x) term, the sampler-owning base, the JEM objective.
-
-Used by ``jem``, ``jem++`` and the EB-JDAT methods (a shared module, not a method: no method
-imports another method). The samplers themselves (SGLD, PYLD, replay buffers, class Gaussians)
-live in ``bench/sampling/``.
-
-The JEM objective (Grathwohl et al. 2020; Yang & Ji 2021), per step, with ``x_u`` an independent
-training batch for the generative term (the references draw it from a second loader) and
-``(x, y)`` the labelled batch:
-
-    px   = mean E(x_u) - mean E(x_hat)        x_hat from the method's sampler and replay buffer
-    ce   = CE(f(x), y)
-    loss = px_weight * px + ce_weight * ce [+ energy_l2 * mean(E(x_u)^2 + E(x_hat)^2)]
-
-Order of network passes (it matters for batch-norm running statistics): E(x_u) -> the sampler's
-forwards -> E(x_hat) -> f(x), every one in train mode on its own batch except the sampler's,
-which run in ``sampler.mode``.
-
-Besides the loss terms a step returns, for the log and for the trainer's divergence guard:
-``e_data`` (mean E(x_u)), ``e_sample`` (mean E(x_hat)), ``e_gap`` (= e_sample - e_data),
-``e_start`` (mean energy of the chains' starting points) and ``acc``. A JEM run that diverges
-shows it first in these energies, so the guard sees them every logging window. The energy
-penalty is the one the JEM author suggests against divergence (wgrathwohl/JEM issues 4 and 8,
-strength about 0.1); off by default and recorded in the config.
-"""
+"""What the energy-model family (``jem``, ``jem++``, ``sada-jem``, the EB-JDAT methods) shares: the
+contrastive p(x) term, the sampler-owning base class and the JEM objective; a shared module, not a
+method. docs/methods.md (``jem``) gives the objective, the order of the network passes and the
+logged energies; the samplers live in ``bench/sampling/``."""
 
 from __future__ import annotations
 
@@ -155,9 +134,8 @@ class JEMFamilyConfig:
             raise BenchError("method.px_weight, method.ce_weight and method.energy_l2 must be >= 0")
         if self.grid_size < 0:
             raise BenchError(f"method.grid_size must be >= 0, got {self.grid_size}")
-        if isinstance(
-            self.sampler, dict
-        ):  # tolerate a plain mapping from callers that skip from_dict
+        # tolerate a plain mapping from callers that skip from_dict
+        if isinstance(self.sampler, dict):
             self.sampler = SamplerConfig(**self.sampler)
 
 
@@ -204,9 +182,8 @@ class JEMFamily(SamplerOwner):
             **{k: terms[k] for k in ("e_data", "e_sample", "e_gap")},
             "acc": (logits.argmax(1) == y).float().mean().detach(),
         }
-        if (
-            self.cfg.energy_l2 > 0
-        ):  # only when used: squared energies would tighten the guard's bound on E
+        # only when used: squared energies would tighten the guard's bound on E
+        if self.cfg.energy_l2 > 0:
             out["energy_sq"] = terms["energy_sq"]
         if "e_start" in terms:
             out["e_start"] = terms["e_start"]

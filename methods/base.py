@@ -11,20 +11,12 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 
-from bench.core.config import deep_merge, from_dict, to_dict
+from bench.core.config import from_dict, to_dict
 from bench.core.errors import BenchError
 from bench.core.registry import Registry
 from bench.core.step import BatchSpec, StepContext
 
-__all__ = [
-    "METHODS",
-    "BatchSpec",
-    "Method",
-    "StepContext",
-    "awp_variant",
-    "get_method",
-    "register_method",
-]
+__all__ = ["METHODS", "BatchSpec", "Method", "StepContext", "get_method", "register_method"]
 
 
 METHODS: Registry = Registry("method", group="trilemma_bench.methods", packages=("methods",))
@@ -39,43 +31,6 @@ def register_method(name: str):
         return cls
 
     return add
-
-
-def check_pgd_settings(cfg: Any) -> None:
-    """The checks every PGD-trained method's config shares (``attack_mode``, ``steps``, ``eps``,
-    ``alpha``, ``eps_warmup_epochs``): one line naming the setting."""
-    if cfg.attack_mode not in ("train", "eval"):
-        raise BenchError(
-            f"method.attack_mode={cfg.attack_mode!r} is not valid; choose train or eval"
-        )
-    if cfg.steps < 1 or cfg.eps <= 0 or cfg.alpha <= 0 or cfg.eps_warmup_epochs < 0:
-        raise BenchError(
-            "method.steps must be >= 1, method.eps and method.alpha positive, "
-            "method.eps_warmup_epochs >= 0"
-        )
-
-
-def awp_variant(base: type[Method], name: str, label: str) -> type[Method]:
-    """Register ``name``: method ``base`` unchanged (loss, attack, settings, preset variants) with the
-    trainer's adversarial weight perturbation on at the paper's budget (Wu et al. 2020; ``bench/train/awp.py``).
-    ``label`` is the paper's name for it (``"TRADES-AWP"``). Any method takes the same option with
-    ``--set optim.awp_gamma=5e-3``; a variant gives the combination its own row and name."""
-    from bench.train import awp
-
-    cls = type(
-        f"{base.__name__}AWP",
-        (base,),
-        {
-            "__module__": base.__module__,
-            "__doc__": f"{label}: {base.name} with adversarial weight perturbation (gamma {awp.PAPER_GAMMA:g}).",
-            "reference": f"Wu et al. 2020, Adversarial Weight Perturbation (gamma {awp.PAPER_GAMMA:g}) "
-            f"around {base.name} ({label})",
-            "run_defaults": deep_merge(
-                base.run_defaults, {"optim": {"awp_gamma": awp.PAPER_GAMMA}}
-            ),
-        },
-    )
-    return register_method(name)(cls)
 
 
 def get_method(name: str) -> type[Method]:
@@ -95,8 +50,8 @@ class Method:
     name: ClassVar[str] = ""
     Config: ClassVar[type] = None  # type: ignore[assignment]
     run_defaults: ClassVar[dict[str, Any]] = {}
-    # a plugin's own variants of the presets, as the built-ins keep in bench/run/presets/methods/<name>.yaml:
-    # {"smoke": {"method": {"steps": 2}}, "demo": {...}, "cpu": {...}} (sections as in a --config file)
+    # its variants of the presets (the built-ins': methods/<module>.yaml), sections as in a --config
+    # file: {"smoke": {"method": {"steps": 2}}, "demo": {...}}; a subclass inherits them
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     extra_batches: ClassVar[int] = 0  # independent training batches per step besides the main one
     reference: ClassVar[str] = ""  # the paper / code it follows

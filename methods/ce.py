@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
+from methods._settings import settings
 from methods.base import Method, register_method
 
 
@@ -11,17 +12,7 @@ from methods.base import Method, register_method
 class CrossEntropy(Method):
     reference = "standard supervised training (SGD 0.1, momentum 0.9, wd 5e-4, batch 128)"
     cuda_graph_safe = True  # one forward, one backward
-    run_defaults = {
-        "optim": {
-            "name": "sgd",
-            "lr": 0.1,
-            "momentum": 0.9,
-            "weight_decay": 5e-4,
-            "schedule": "cosine",
-        },
-        "data": {"batch_size": 128},
-        "train": {"epochs": 200},
-    }
+    run_defaults = settings("ce")["run"]
 
     def training_step(self, model, x, y, ctx):
         with ctx.autocast():

@@ -2,113 +2,26 @@
 the authors' released code (``jkcjkc/EB-JDAT``) computes it: the shared p(x) term, ``ce`` on the
 labelled batch, then the EB-JDAT attack's ``align`` and ``adv`` terms, with every forward in the
 reference's order and mode (batch-norm statistics depend on it). Its bases are data
-(``methods/ebjdat_bases.yaml``), each registered as its own method because it brings run
-settings: ``ebjdat`` (JEM++ base), ``ebjdat-jem``, ``ebjdat-sada-jem``. docs/methods.md has the
-formulas, every setting and switch.
+(``methods/ebjdat.yaml``; the config: ``methods/_ebjdat.py``), each registered as its own method
+because it brings run settings: ``ebjdat`` (JEM++ base), ``ebjdat-jem``, ``ebjdat-sada-jem``.
+docs/methods.md has the formulas, every setting and switch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch.nn.functional as F
-import yaml
 
-from bench.attacks.ebjdat import ATTACK_IMPLS, EPS_UNITS, ebjdat_attack
-from bench.core.config import check_settings, update_dataclass
+from bench.attacks.ebjdat import ebjdat_attack
+from bench.core.config import update_dataclass
 from bench.core.errors import BenchError
 from bench.models.base import energy_from_logits
-from bench.sampling.sampler import ContrastiveSampler, SamplerConfig, reference_sampler
-from methods._energy import PxBatchConfig, SamplerOwner, px_term
+from bench.sampling.sampler import ContrastiveSampler
+from methods._ebjdat import DEFAULT_BASE, METHOD_OF, EBJDATConfig, base_defaults, check_base
+from methods._energy import SamplerOwner, px_term
+from methods._settings import settings
 from methods.base import BatchSpec, register_method
-
-BASES: dict[str, dict[str, Any]] = yaml.safe_load(
-    Path(__file__).with_name("ebjdat_bases.yaml").read_text()
-)
-DEFAULT_BASE = "jem++"
-
-
-def method_name(base: str) -> str:
-    return "ebjdat" if base == DEFAULT_BASE else f"ebjdat-{base}"
-
-
-def check_base(name: str) -> None:
-    if name not in BASES:
-        raise BenchError(f"unknown EB-JDAT base {name!r}; choose one of: {', '.join(BASES)}")
-
-
-@dataclass
-class EBJDATConfig(PxBatchConfig):
-    """Defaults here are the JEM++ base's; ``make_config`` starts from the chosen base's entry."""
-
-    base: str = DEFAULT_BASE
-    px_weight: float = 1.0  # weight of the p(x) contrastive term
-    ce_weight: float = 1.0  # weight of CE(f(x), y)
-    align_weight: float = 0.1  # weight of the "alignment" term
-    adv_weight: float = 1.0  # weight of CE(f(x_adv), y)
-    eps: float = 8 / 255  # in eps_units
-    alpha: float = 2 / 255  # in eps_units
-    eps_units: str = "sym"  # sym: the reference's [-1, 1] scale (= eps/2 in pixels) | pixel
-    attack_steps: int = 0  # 0: tied to sampler.in_steps, as the reference (5)
-    project: bool = False  # project onto the eps-ball (the reference: range clamp only)
-    attack_mode: str = "eval"  # model mode during the attack (the reference: eval)
-    # +1: the code (ascend the class logit); -1: the JEM-convention reading
-    adv_energy_sign: float = 1.0
-    # other: x_u as the alignment's clean side (the reference) | source: x
-    align_pair: str = "other"
-    # >0: + energy_l2 * (mean E(x_u)^2 + mean E(x_hat)^2); the reference: off
-    energy_l2: float = 0.0
-    grid_size: int = 64  # replay-buffer entries in the PNG written with each checkpoint (0: none)
-    # batched | reference (the published 2-image loop; same result, for bench perf)
-    attack_impl: str = "batched"
-    sampler: SamplerConfig = field(default_factory=lambda: reference_sampler("jem++"))
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_base(self.base)
-        check_settings(
-            self,
-            "method.",
-            choices={
-                "eps_units": EPS_UNITS,
-                "attack_mode": ("eval", "train"),
-                "adv_energy_sign": (1.0, -1.0),
-                "align_pair": ("other", "source"),
-                "attack_impl": ATTACK_IMPLS,
-            },
-            minimum=dict.fromkeys(
-                (
-                    "attack_steps",
-                    "eps",
-                    "alpha",
-                    "grid_size",
-                    "px_weight",
-                    "ce_weight",
-                    "align_weight",
-                    "adv_weight",
-                    "energy_l2",
-                ),
-                0,
-            ),
-        )
-
-    @property
-    def steps(self) -> int:
-        """The attack's step count: ``attack_steps``, or the sampler's ``in_steps`` when 0."""
-        return self.attack_steps or self.sampler.in_steps
-
-
-def base_defaults(base: str) -> EBJDATConfig:
-    """EB-JDAT's config on ``base``: the base's loss weights, p(x) batch and sampler."""
-    check_base(base)
-    sampler = dict(BASES[base]["sampler"])
-    return EBJDATConfig(
-        base=base,
-        sampler=reference_sampler(sampler.pop("reference"), **sampler),
-        **BASES[base]["method"],
-    )
 
 
 class EBJDAT(SamplerOwner):
@@ -124,7 +37,7 @@ class EBJDAT(SamplerOwner):
             check_base(base)
             raise BenchError(
                 f"method.base={base} brings that base's optimiser, schedule and network as well: "
-                f"run --method {method_name(base)} instead of --method {cls.name}"
+                f"run --method {METHOD_OF[base]} instead of --method {cls.name}"
             )
         return update_dataclass(base_defaults(cls.base_name), values)
 
@@ -192,17 +105,19 @@ class EBJDAT(SamplerOwner):
         return out
 
 
-for _base, _b in BASES.items():  # one registered method per base
-    register_method(method_name(_base))(
+for _base, _name in METHOD_OF.items():  # one registered method per base
+    _s = settings(_name)
+    register_method(_name)(
         type(
             f"EBJDAT_{_base.replace('+', 'p').replace('-', '_')}",
             (EBJDAT,),
             {
                 "base_name": _base,
-                "run_defaults": _b["run"],
+                "run_defaults": _s["run"],
+                "presets": _s["presets"],
                 "__module__": __name__,
-                "reference": f"Jiang et al. 2026, EB-JDAT ({_base} base): CE + p(x) + attack terms; {_b['summary']}",
-                "__doc__": f"EB-JDAT on the {_base} base (methods/ebjdat_bases.yaml).",
+                "reference": f"Jiang et al. 2026, EB-JDAT ({_base} base): CE + p(x) + attack terms; {_s['summary']}",
+                "__doc__": f"EB-JDAT on the {_base} base (methods/ebjdat.yaml).",
             },
         )
     )

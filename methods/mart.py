@@ -1,24 +1,6 @@
-"""``mart``: MART (Wang et al., ICLR 2020, "Improving Adversarial Robustness Requires Revisiting
-Misclassified Examples"; ``YisenWang/MART`` mart.py and train_wideresnet.py).
-
-Loss per batch, with p = softmax f(x), q = softmax f(x_adv), both forwards in train mode (clean first):
-
-    BCE  = CE(f(x_adv), y) - mean_i log(1.0001 - max_{k != y_i} q_ik + 1e-12)     (logged: ce_adv, boost)
-    KL_w = (1/n) sum_i KL(p_i || q_i) * (1.0000001 - p_i,y_i),  KL with log(q + 1e-12)   (logged: kl)
-    loss = BCE + beta * KL_w
-
-The constants are the reference code's. As there, neither p in the KL nor the weight 1 - p_y(x)
-is detached: the gradient reaches the clean forward through both. x_adv is PGD on the
-cross-entropy (``bench.attacks.pgd.pgd_linf``) with the model in eval mode, from
-x + 0.001 N(0, I) (not clamped), ``steps`` signed steps of ``alpha``, each projected onto the
-eps-ball and [0, 1]. Defaults: beta 6, eps 8/255, alpha 2/255 (the script: 0.031, 0.007), 10 steps;
-train_wideresnet.py's run: WRN-34-10 on [0, 1] inputs without normalisation, crop (zero pad 4) +
-flip, SGD 0.1, momentum 0.9, wd 7e-4, batch 128, 90 epochs, lr x0.1 from the script's (1-based)
-epochs 75, 90, 100 (0-based 74, 89, 99 here). train_resnet.py's ResNet-18 run differs (beta 5,
-SGD 0.01, wd 3.5e-3, 120 epochs): docs/methods.md gives its --set line.
-Departure (off by default, recorded): ``eps_warmup_epochs`` ramps eps and alpha from 0, as pgd-at's
-does, for the CPU presets, where a small model otherwise stays at chance.
-"""
+"""``mart``: MART (Wang et al., ICLR 2020): boosted CE on PGD examples plus beta times a KL weighted
+by 1 - p_y(x), with the reference code's constants. Its settings are in ``methods/mart.yaml``;
+docs/methods.md gives the formulas, the reference, each setting and the switches."""
 
 from __future__ import annotations
 
@@ -29,7 +11,9 @@ import torch.nn.functional as F
 
 from bench.attacks.pgd import pgd_linf
 from bench.core.errors import BenchError
-from methods.base import Method, awp_variant, check_pgd_settings, register_method
+from methods._adversarial import awp_variant, check_pgd_settings
+from methods._settings import settings
+from methods.base import Method, register_method
 
 
 @dataclass
@@ -75,29 +59,12 @@ class MART(Method):
     )
     # the attack's forward/backward pairs, then the loss's two forwards and backward
     cuda_graph_safe = True
-    run_defaults = {
-        "optim": {
-            "name": "sgd",
-            "lr": 0.1,
-            "momentum": 0.9,
-            "weight_decay": 7e-4,
-            "schedule": "step",
-            "milestones": [74, 89, 99],
-            "gamma": 0.1,
-        },  # 0-based: the script's 75/90/100
-        "data": {"batch_size": 128, "pad_mode": "zeros", "noise_std": 0.0},
-        "model": {
-            "mean": [0.0, 0.0, 0.0],
-            "std": [1.0, 1.0, 1.0],
-        },  # the reference feeds [0, 1] unnormalised
-        "train": {"epochs": 90},
-    }
+    run_defaults, presets = settings("mart")["run"], settings("mart")["presets"]
 
     def training_step(self, model, x, y, ctx):
         c = self.cfg
-        w = (
-            c.eps_warmup_epochs
-        )  # the fraction of the warm-up done by the end of this step (1 without one)
+        # the fraction of the warm-up done by the end of this step (1 without one)
+        w = c.eps_warmup_epochs
         scale = (
             1.0
             if w <= 0

@@ -1,14 +1,6 @@
-"""``pgd-at``: adversarial training with PGD (Madry et al., ICLR 2018).
-
-Minimises CE(f(x_adv), y) with x_adv from l-inf PGD on the cross-entropy: random start
-U(-eps, eps), ``steps`` signed steps of ``alpha``, projection onto the eps-ball and [0, 1].
-Reference: eps 8/255, alpha 2/255, 10 steps (pixel units); SGD 0.1, wd 5e-4, batch 128,
-x0.1 at 50% and 75% of training.
-
-Departure (off by default, recorded in the config): ``eps_warmup_epochs`` > 0 ramps eps and
-alpha linearly from 0 to their values over that many epochs, which lets small models on short
-schedules (the CPU presets) leave the initial plateau where PGD-AT otherwise stays at chance.
-"""
+"""``pgd-at``: adversarial training with PGD (Madry et al., ICLR 2018): CE on l-inf PGD examples.
+Its settings are in ``methods/pgd_at.yaml``; docs/methods.md gives the reference, each setting
+and the switches (``eps_warmup_epochs``, not the reference, used by the CPU presets)."""
 
 from __future__ import annotations
 
@@ -18,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from bench.attacks.pgd import pgd_linf
-from methods.base import Method, awp_variant, check_pgd_settings, register_method
+from methods._adversarial import awp_variant, check_pgd_settings
+from methods._settings import settings
+from methods.base import Method, register_method
 
 
 @dataclass
@@ -41,19 +35,7 @@ class PGDAT(Method):
     reference = "Madry et al. 2018, 'Towards Deep Learning Models Resistant to Adversarial Attacks'"
     # the attack's forward/backward pairs, then the loss's forward and backward
     cuda_graph_safe = True
-    run_defaults = {
-        "optim": {
-            "name": "sgd",
-            "lr": 0.1,
-            "momentum": 0.9,
-            "weight_decay": 5e-4,
-            "schedule": "step",
-            "milestones": [0.5, 0.75],
-            "gamma": 0.1,
-        },
-        "data": {"batch_size": 128},
-        "train": {"epochs": 200},
-    }
+    run_defaults, presets = settings("pgd-at")["run"], settings("pgd-at")["presets"]
 
     def eps_scale(self, ctx) -> float:
         """1 after the warm-up (or without one); the fraction of it done during it."""

@@ -1,20 +1,6 @@
-"""``trades``: TRADES (Zhang et al., ICML 2019, ``yaodongyu/TRADES`` train_trades_cifar10.py).
-
-Loss per batch: CE(f(x), y) + beta * KL(softmax f(x) || softmax f(x_adv)) / batch, with x_adv
-from the KL inner maximisation (bench.attacks.trades: start x + 0.001 N(0, I), PGD-10 sign
-steps on the summed KL against fixed eval-mode clean probabilities, projection onto the
-eps-ball and [0, 1], model in eval mode). As in the reference, the KL target softmax f(x) is
-not detached, and the clean batch goes through the network twice in train mode (once for the
-CE, once for the KL target: order clean, adversarial, clean), which matters only for batch-norm
-running statistics; ``single_clean_forward`` reuses the first forward (same gradients).
-
-Reference settings: beta 6, eps 8/255, alpha 2/255 (the specification's values; the script
-itself uses eps 0.031 ~ 7.9/255 and step 0.007 ~ 1.8/255: --set method.eps=0.031
-method.alpha=0.007 reproduces it), 10 steps, SGD 0.1 momentum 0.9 wd 2e-4, batch 128, 76 epochs with lr x0.1 from the
-script's (1-based) epoch 75, i.e. our 0-based epoch 74 (and 90, 100 for longer runs: 89, 99
-here), random crop with zero padding + flip, inputs in [0, 1] without normalisation, WRN-34-10
-(the paper preset's network, wrn-34-10; --arch wrn-28-10 for the JEM family's).
-"""
+"""``trades``: TRADES (Zhang et al., ICML 2019): CE on the clean batch plus beta times the KL to
+the adversarial one (the attack: ``bench.attacks.trades``). Its settings are in
+``methods/trades.yaml``; docs/methods.md gives the reference, each setting and the switches."""
 
 from __future__ import annotations
 
@@ -24,7 +10,9 @@ import torch.nn.functional as F
 
 from bench.attacks.trades import kl_sum, trades_attack
 from bench.core.errors import BenchError
-from methods.base import Method, awp_variant, register_method
+from methods._adversarial import awp_variant
+from methods._settings import settings
+from methods.base import Method, register_method
 
 
 @dataclass
@@ -58,23 +46,7 @@ class TRADES(Method):
     )
     # the attack's forward/backward pairs, then the loss's three forwards and backward
     cuda_graph_safe = True
-    run_defaults = {
-        "optim": {
-            "name": "sgd",
-            "lr": 0.1,
-            "momentum": 0.9,
-            "weight_decay": 2e-4,
-            "schedule": "step",
-            "milestones": [74, 89, 99],
-            "gamma": 0.1,
-        },  # 0-based: the script's epochs 75/90/100
-        "data": {"batch_size": 128, "pad_mode": "zeros", "noise_std": 0.0},
-        "model": {
-            "mean": [0.0, 0.0, 0.0],
-            "std": [1.0, 1.0, 1.0],
-        },  # the reference feeds [0, 1] unnormalised
-        "train": {"epochs": 76},
-    }
+    run_defaults, presets = settings("trades")["run"], settings("trades")["presets"]
 
     def training_step(self, model, x, y, ctx):
         c = self.cfg

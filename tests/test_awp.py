@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from conftest import only_run, smoke_trainer, step_batch
 
 from bench.core.config import BenchError
-from bench.run.resolve import method_preset, resolve_config
+from bench.run.layers import method_preset
+from bench.run.resolve import resolve_config
 from bench.train import awp
 from methods import METHODS
 

@@ -40,7 +40,7 @@ def test_bench_run_smoke(method, bench_cli, results_root, tiny_args, shapes_data
     if method == "pgd-at":
         assert (
             rec["config"]["method_cfg"]["steps"] == 3
-        )  # presets/methods/pgd-at.yaml, smoke section
+        )  # methods/pgd_at.yaml, pgd-at's smoke preset
         assert "ce_adv" in rec["training"]["history"][-1]
         assert rec["config"]["optim"]["schedule"] == "step"
     else:

@@ -201,29 +201,29 @@ def test_changes_column_lists_the_settings_a_run_changed_from_its_preset(
 def test_changes_column_shows_the_methods_own_preset_budget_and_a_switch(tmp_path):
     """A preset run of a method without a variant of its own shows nothing; one with a variant
     (pgd-at's PGD-5 on cpu) shows it as a --set would be shown, so rows compare at a glance."""
-    from bench.leaderboard.compare import preset_changes
+    from bench.leaderboard.compare import changes_text
     from bench.run.resolve import resolve_config
 
     ce = {"method": "ce", "preset": "cpu", "config": resolve_config("ce", preset="cpu").to_dict()}
-    assert preset_changes(ce) == ""
+    assert changes_text(ce) == ""
     rec = {
         "method": "pgd-at",
         "preset": "cpu",
         "config": resolve_config("pgd-at", preset="cpu").to_dict(),
     }
-    assert preset_changes(rec) == (
+    assert changes_text(rec) == (
         "method.alpha=0.0078431 method.eps_warmup_epochs=3.0 method.steps=5 train.epochs=8.0"
     )
     switched = resolve_config(
         "pgd-at", preset="cpu", overrides=["method.steps=7", "optim.lr=0.02"]
     ).to_dict()
-    assert preset_changes({**rec, "config": switched}) == (
+    assert changes_text({**rec, "config": switched}) == (
         "method.alpha=0.0078431 method.eps_warmup_epochs=3.0 "
         "method.steps=7 optim.lr=0.02 train.epochs=8.0"
     )
     # what the record stores wins over today's preset files
     stored = {**rec, "changes": {}, "preset_variant": {"method.steps": 4}}
-    assert preset_changes(stored) == "method.steps=4"
+    assert changes_text(stored) == "method.steps=4"
 
 
 def _checked(rec, reliable, reasons=()):

@@ -10,8 +10,10 @@ import yaml
 
 from bench.core.config import RunConfig, from_dict, parse_set
 from bench.core.errors import BenchError
-from bench.run import resolve as resolve_mod
+from bench.run import layers as layers_mod
 from bench.run.resolve import resolve_config
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
 # -- resolution order ------------------------------------------------------------------------
@@ -38,9 +40,15 @@ def layered(tmp_path, monkeypatch):
             "data": {"noise_std": 0.2},
             "method": {"knob": 2},
         }
+        presets = {
+            "lay": {
+                "optim": {"gamma": 0.4, "momentum": 0.4, "weight_decay": 0.4},
+                "method": {"knob": 4},
+            }
+        }
 
     presets = tmp_path / "presets"
-    (presets / "methods").mkdir(parents=True)
+    presets.mkdir()
     (presets / "lay.yaml").write_text(
         yaml.safe_dump(
             {
@@ -53,22 +61,11 @@ def layered(tmp_path, monkeypatch):
             }
         )
     )
-    (presets / "methods" / "test-layers.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "lay": {
-                    "optim": {"gamma": 0.4, "momentum": 0.4, "weight_decay": 0.4},
-                    "method": {"knob": 4},
-                },
-                "other-preset": {"optim": {"gamma": 0.98}},
-            }
-        )
-    )
     cfg_file = tmp_path / "run.yaml"
     cfg_file.write_text(
         yaml.safe_dump({"optim": {"gamma": 0.5, "momentum": 0.5}, "method": {"knob": 5}})
     )
-    monkeypatch.setattr(resolve_mod, "PRESET_DIR", presets)
+    monkeypatch.setattr(layers_mod, "PRESET_DIR", presets)
     yield cfg_file
     METHODS.unregister("test-layers")
 
@@ -82,7 +79,7 @@ def test_resolution_order(layered):
     )
     assert cfg.optim.gamma == 0.6  # --set
     assert cfg.optim.momentum == 0.5  # --config file
-    assert cfg.optim.weight_decay == 0.4  # presets/methods/<method>.yaml, section <preset>
+    assert cfg.optim.weight_decay == 0.4  # the method's presets, section <preset>
     assert cfg.optim.grad_clip == 0.3 and cfg.train.rollback_lr_factor == 0.3  # preset's config:
     assert cfg.data.noise_std == 0.2  # method run_defaults
     assert cfg.model.dropout == 0.0 and cfg.optim.lr == 0.1  # dataclass defaults
@@ -91,14 +88,14 @@ def test_resolution_order(layered):
 
 
 def test_a_preset_with_an_unknown_section_is_refused(layered):
-    """The per-preset ``methods:`` layer is gone: per-method settings live in presets/methods/<method>.yaml."""
-    path = resolve_mod.PRESET_DIR / "lay.yaml"
+    """The per-preset ``methods:`` layer is gone: per-method settings live in the method's presets."""
+    path = layers_mod.PRESET_DIR / "lay.yaml"
     data = yaml.safe_load(path.read_text())
     path.write_text(
         yaml.safe_dump({**data, "methods": {"test-layers": {"optim": {"gamma": 0.35}}}})
     )
     with pytest.raises(
-        BenchError, match=r"lay.yaml.*methods.*presets/methods/test-layers.yaml"
+        BenchError, match=r"lay.yaml.*methods.*presets of method test-layers"
     ) as exc:
         resolve_config("test-layers", preset="lay")
     assert "\n" not in str(exc.value)
@@ -114,12 +111,12 @@ def test_each_layer_wins_over_the_one_below(layered):
 
 
 def test_real_presets_and_method_preset_files():
-    smoke = yaml.safe_load((resolve_mod.PRESET_DIR / "smoke.yaml").read_text())["config"]
+    smoke = yaml.safe_load((layers_mod.PRESET_DIR / "smoke.yaml").read_text())["config"]
     cfg = resolve_config("ce", preset="smoke")
     assert cfg.data.train_subset == smoke["data"]["train_subset"]
     assert cfg.train.epochs == smoke["train"]["epochs"]
     assert cfg.optim.schedule == "cosine"  # ce's run_defaults survive the preset
-    pgd_smoke = yaml.safe_load((resolve_mod.PRESET_DIR / "methods" / "pgd-at.yaml").read_text())[
+    pgd_smoke = yaml.safe_load((ROOT / "methods" / "pgd_at.yaml").read_text())["pgd-at"]["presets"][
         "smoke"
     ]
     cfg = resolve_config("pgd-at", preset="smoke")
@@ -130,6 +127,19 @@ def test_real_presets_and_method_preset_files():
     )
     assert cfg.method_cfg["steps"] == 7 and cfg.method_cfg["alpha"] == 0.01
     assert cfg.method_cfg["eps"] == pytest.approx(8 / 255)
+
+
+def test_a_run_is_resolved_once_from_preset_files_read_once():
+    from bench.run.resolve import resolve
+
+    layers_mod._read_yaml.cache_clear()
+    runs = [resolve("pgd-at", preset="demo", overrides=["optim.lr=0.02"]) for _ in range(3)]
+    assert layers_mod._read_yaml.cache_info().misses == 1  # demo.yaml, once
+    run = runs[0]
+    assert run.changes == {"optim.lr": 0.02} and run.preset_variant["method.steps"] == 3
+    assert run.sources["optim.lr"] == "--set/flags" and run.sources["method.steps"] == (
+        "preset demo of pgd-at"
+    )
 
 
 def test_named_options_override_everything():
@@ -324,11 +334,10 @@ def test_every_built_in_method_with_costly_steps_has_a_variant_for_every_cpu_pre
     built_in = [m for m in METHODS.names() if get_method(m).__module__.startswith("methods.")]
     assert {"pgd-at", "trades", "mart", "jem", "jem++", "sada-jem", "ebjdat"} <= set(built_in)
     for method in built_in:
-        path = resolve_mod.method_preset_file(method)  # an -awp variant: its base method's file
+        sections = get_method(method).presets  # an -awp variant: its base method's
         if method == "ce":
-            assert path is None
+            assert sections == {}
             continue
-        sections = yaml.safe_load(path.read_text())
         assert {"smoke", "demo", "cpu"} <= set(sections), f"{method}: {sorted(sections)}"
         for preset in ("smoke", "demo", "cpu"):
             cfg = resolve_config(method, preset=preset)

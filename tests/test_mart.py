@@ -252,7 +252,7 @@ def test_bench_run_mart_smoke(bench_cli, results_root, tiny_args, shapes_data_di
     last = rec["training"]["history"][-1]
     assert {"ce_adv", "boost", "kl", "acc", "acc_adv", "eps"} <= set(last)
     assert last["loss"] == pytest.approx(last["ce_adv"] + last["boost"] + 6 * last["kl"], rel=1e-4)
-    assert rec["config"]["method_cfg"]["steps"] == 3  # presets/methods/mart.yaml, smoke section
+    assert rec["config"]["method_cfg"]["steps"] == 3  # methods/mart.yaml, mart's smoke preset
     quick = rec["evaluations"]["quick"]
     assert quick["clean"]["n_examples"] == 32 and quick["pgd"]["n_examples"] == 32
     assert (run_dir / "checkpoints" / "last.pt").is_file()

@@ -69,14 +69,17 @@ def test_new_records_store_their_changes_and_compare_reads_them(
     )
     assert not any(k in rec["changes"] for k in ("seed", "device", "data.data_dir"))
     assert rec["preset_variant"] == {}  # ce has no variant of the presets of its own
+    # where each value came from, as --dry-run prints it; defaults are not listed
+    assert rec["sources"]["optim.lr"] == "--set/flags" and rec["sources"]["method"] == "--method"
+    assert rec["sources"]["optim.schedule"] == "method" and "model.dropout" not in rec["sources"]
 
     import bench.run.resolve
 
     def no_resolving(*a, **k):
         raise AssertionError("compare re-resolved a record that stores its changes")
 
-    monkeypatch.setattr(bench.run.resolve, "preset_changes", no_resolving)
-    monkeypatch.setattr(bench.run.resolve, "variant_changes", no_resolving)
+    monkeypatch.setattr(bench.run.resolve, "changes_of", no_resolving)
+    monkeypatch.setattr(bench.run.resolve, "variant_of", no_resolving)
     table = bench_cli("compare", "--out", str(out), "--format", "csv")
     assert table.exit_code == 0 and "optim.lr=0.03" in table.stdout
 

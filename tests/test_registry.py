@@ -261,7 +261,7 @@ def test_a_sampler_entry_point_naming_a_bare_function_is_a_load_error(monkeypatc
 def test_a_plugin_method_ships_its_own_preset_variants():
     from dataclasses import dataclass
 
-    from bench.run.resolve import preset_changes, resolve_config
+    from bench.run.resolve import resolve, resolve_config
     from methods import METHODS, Method, register_method
 
     @dataclass
@@ -286,9 +286,9 @@ def test_a_plugin_method_ships_its_own_preset_variants():
         assert (
             resolve_config("test-with-presets", preset="cpu").method_cfg["steps"] == 10
         )  # no variant: the default
-        assert preset_changes(smoke.to_dict()) == {}  # the preset's own value is no change
-        tuned = resolve_config("test-with-presets", preset="smoke", overrides=["method.steps=5"])
-        assert preset_changes(tuned.to_dict()) == {"method.steps": 5}
+        assert resolve("test-with-presets", preset="smoke").changes == {}  # the preset's own value
+        tuned = resolve("test-with-presets", preset="smoke", overrides=["method.steps=5"])
+        assert tuned.changes == {"method.steps": 5}
         WithPresets.presets = {"tiny": {"method": {"steps": 1}}}
         with pytest.raises(BenchError, match="unknown presets tiny"):
             resolve_config("test-with-presets", preset="smoke")

@@ -1,20 +1,7 @@
-"""Leaderboards: run records -> one tidy DataFrame -> a pivoted table (Markdown/CSV/LaTeX/JSON).
-
-The tidy frame has a row per (run, protocol, metric, key) with the value and the sample count
-that produced it. The leaderboard has a row per run and, grouped per protocol (``quick``,
-``standard``, ``paper``, then any other), a column per headline number (``<protocol>/clean``,
-``<protocol>/autoattack``, ``<protocol>/fid``, ``<protocol>/energy.gap_adv``, ...), each followed
-by its sample count (``... n``). Which numbers are headlines, their scale (accuracies and ECE in
-percent) and the order of the columns come from each metric's :class:`metrics.Presentation`, so a
-plugin's metric gets its columns with no change here. A run's ``changes`` (its settings that
-depart from its method's preset) are stored in its record when it starts.
-
-Reference rows (published numbers; ``bench/leaderboard/reference/reported.csv``: the EB-JDAT paper's rows
-from a secondary source and RobustBench leaderboard entries) are added with ``reference=True``.
-They carry ``kind = reported``, a source and a note, sit in the column of the protocol whose
-settings they were produced under, and always come after the measured rows (sorting and
-filtering apply within each group); they are never merged into a measured row.
-"""
+"""Leaderboards: a row per run (its ``changes`` as its record stores them) beside a column per
+headline number of each protocol (bench/leaderboard/headlines.py), then reference rows of published
+numbers (``reference/reported.csv``), always after the measured rows and never merged into one;
+README.md (Evaluation) shows the table and its options."""
 
 from __future__ import annotations
 
@@ -27,24 +14,23 @@ import pandas as pd
 
 from bench.core.errors import BenchError
 from bench.core.records import list_runs, live_status, load_record
-from bench.leaderboard.compare_view import HELPERS, number_columns
-from metrics import presentation
+from bench.leaderboard.filters import (
+    apply_filters,
+    drop_empty,
+    pair_reported,
+    select_columns,
+    sort_table,
+)
+from bench.leaderboard.headlines import column_meta, headline, protocol_rank, tidy, wide_numbers
 
-RUN_COLUMNS = [
-    "run_id",
-    "method",
-    "dataset",
-    "arch",
-    "preset",
-    "changes",
-    "seed",
-    "status",
-    "epochs",
-    "train_min",
-    "eval_min",
-]
+# what the report and the tests take from here besides the leaderboard itself
+__all__ = ["apply_filters", "changes_text", "leaderboard", "leaderboard_and_meta", "load_records"]
+__all__ += ["protocol_rank"]
+
+RUN_COLUMNS = (
+    "run_id method dataset arch preset changes seed status epochs train_min eval_min".split()
+)
 REF_COLUMNS = ["source", "note"]
-PROTOCOL_ORDER = ["quick", "standard", "paper"]
 REFERENCE_NOTE = (
     "reported rows are published numbers, not measured here. 'paper' rows: the EB-JDAT paper as given by "
     "secondary notes (en.papernotes.org), not yet checked against the PDF, under the authors' protocol "
@@ -52,75 +38,6 @@ REFERENCE_NOTE = (
     "with a uint8 wrap-around), comparable only with our 'paper' protocol and only roughly. 'standard' rows: "
     "RobustBench leaderboard (10k test images, standard AutoAttack)."
 )
-
-
-TIDY_COLUMNS = [
-    "run_id",
-    "protocol",
-    "metric",
-    "base",
-    "key",
-    "value",
-    "n_examples",
-    "reliable",
-    "ci_lo",
-    "ci_hi",
-    "small_n",
-]
-
-
-def _interval(res: dict[str, Any], key: str) -> tuple[float | None, float | None]:
-    """The stored 95 % interval of an accuracy (worked out from n for results stored before intervals)."""
-    if key != "accuracy":
-        return None, None
-    ci = res.get("accuracy_ci95")
-    if isinstance(ci, (list, tuple)) and len(ci) == 2:
-        return float(ci[0]), float(ci[1])
-    n = res.get("n_examples")
-    if isinstance(n, int) and n > 0:
-        from metrics.intervals import accuracy_interval
-
-        lo, hi = accuracy_interval(float(res["accuracy"]), n)
-        return lo, hi
-    return None, None
-
-
-def tidy(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """A row per stored number, with its sample count, its result's reliability (None: unchecked)
-    and, for accuracies, the 95 % interval."""
-    rows = []
-    for r in records:
-        for protocol, metrics in (r.get("evaluations") or {}).items():
-            for metric, res in metrics.items():
-                if not isinstance(res, dict):
-                    continue
-                reliable = res.get("reliable") if isinstance(res.get("reliable"), bool) else None
-                small_n = bool(
-                    res.get("small_n")
-                )  # e.g. a FID on < 10k samples: comparable only at equal n
-                for key, value in res.items():
-                    if (
-                        isinstance(value, (int, float))
-                        and not isinstance(value, bool)
-                        and key not in ("n_examples", "seconds")
-                    ):
-                        lo, hi = _interval(res, key)
-                        rows.append(
-                            {
-                                "run_id": r["run_id"],
-                                "protocol": protocol,
-                                "metric": metric,
-                                "key": key,
-                                "base": res.get("metric") or metric.split("[")[0],
-                                "value": float(value),
-                                "n_examples": res.get("n_examples"),
-                                "reliable": reliable,
-                                "ci_lo": lo,
-                                "ci_hi": hi,
-                                "small_n": small_n,
-                            }
-                        )
-    return pd.DataFrame(rows, columns=TIDY_COLUMNS)
 
 
 def reference_frame() -> pd.DataFrame:
@@ -140,23 +57,22 @@ def reference_frame() -> pd.DataFrame:
     return df.rename(columns={"row": "run_id"})
 
 
-def preset_changes(record: dict[str, Any]) -> str:
-    """Where the run departs from what every method gets under its preset, as ``key=value`` items:
-    its method's own variant of the preset (``preset_variant``, e.g. pgd-at's PGD-3 on ``demo``) and
-    its --set / --config choices (``changes``; they win on the same key). Both are stored in the
-    record when the run starts; for older records they are worked out again from today's method and
-    preset ("?" when they no longer resolve)."""
+def changes_text(record: dict[str, Any]) -> str:
+    """The ``changes`` column: where the run departs from what every method gets under its preset,
+    as ``key=value`` items: its method's own variant of the preset (``preset_variant``, e.g.
+    pgd-at's PGD-3 on ``demo``) and its --set / --config choices (``changes``; they win on the same
+    key), as its record stores them; for records from before they were stored, worked out again
+    from today's method and preset ("?" when they no longer resolve)."""
     import json
-
-    from bench.run.resolve import preset_changes as from_config
-    from bench.run.resolve import variant_changes
 
     changes, variant = record.get("changes"), record.get("preset_variant")
     try:
+        from bench.run.resolve import changes_of, variant_of
+
         if changes is None:  # records from before schema 2 only
-            changes = from_config(record.get("config") or {})
+            changes = changes_of(record.get("config") or {})
         if variant is None:  # records from before the field existed
-            variant = variant_changes(str(record.get("method")), str(record.get("preset")))
+            variant = variant_of(str(record.get("method")), str(record.get("preset")))
     except Exception:  # an unknown method/preset, or a record from another version
         return "?"
     merged = {**variant, **changes}
@@ -176,7 +92,7 @@ def run_table(records: list[dict[str, Any]]) -> pd.DataFrame:
                 "dataset": r.get("dataset"),
                 "arch": r.get("arch"),
                 "preset": r.get("preset"),
-                "changes": preset_changes(r),
+                "changes": changes_text(r),
                 "seed": r.get("seed"),
                 "status": r.get("status"),
                 "epochs": tr.get("epochs_done"),
@@ -187,140 +103,6 @@ def run_table(records: list[dict[str, Any]]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
-
-
-def protocol_rank(p: str) -> tuple[int, str]:
-    """Sort key of protocols: quick, standard, paper, then the others by name."""
-    return (PROTOCOL_ORDER.index(p), p) if p in PROTOCOL_ORDER else (len(PROTOCOL_ORDER), p)
-
-
-def headline(t: pd.DataFrame) -> pd.DataFrame:
-    """The tidy rows that are headline numbers, with ``column``, shown ``value`` and an order.
-
-    A metric that declares no headlines shows its accuracy, or else every number it stored (the
-    keys it stored in any run)."""
-    keep = []
-    stored: dict[str, dict[str, float]] = {}  # metric -> the keys it stored, in any run
-    values: dict[tuple, float] = {}  # (run, protocol, metric, key) -> value, for spreads
-    for row in t.itertuples(index=False):
-        stored.setdefault(row.metric, {})[row.key] = row.value
-        values[(row.run_id, row.protocol, row.metric, row.key)] = row.value
-    for row in t.itertuples(index=False):
-        base = (
-            getattr(row, "base", None) or row.metric
-        )  # "pgd" for a result stored as "pgd[steps=50]"
-        variant = row.metric[len(base) :] if row.metric.startswith(base) else ""
-        shown = presentation(base)
-        for i, h in enumerate(shown.headlines_for(base, stored[row.metric])):
-            if h.key == row.key:
-                spread = (
-                    values.get((row.run_id, row.protocol, row.metric, h.spread))
-                    if h.spread
-                    else None
-                )
-                # a number its metric marks as biased at this n sits in a column of its own n
-                column = f"{row.protocol}/{h.label}{variant}" + (
-                    f"@{int(row.n_examples)}"
-                    if getattr(row, "small_n", False) and pd.notna(row.n_examples)
-                    else ""
-                )
-                ci = [
-                    None if pd.isna(v) else h.shown(v)
-                    for v in (getattr(row, "ci_lo", None), getattr(row, "ci_hi", None))
-                ]
-                # a checked metric's result without checks (stored before they existed) is "unchecked"
-                reliable = getattr(row, "reliable", None)
-                reliable = (
-                    "no"
-                    if reliable is False
-                    else "yes"
-                    if reliable is True
-                    else ("unchecked" if shown.checked else None)
-                )
-                keep.append(
-                    {
-                        "run_id": row.run_id,
-                        "column": column,
-                        "value": h.shown(row.value),
-                        "protocol": row.protocol,
-                        "metric": row.metric,
-                        "label": column.split("/", 1)[1],
-                        "checked": shown.checked,
-                        "brief": shown.brief,
-                        "n_examples": row.n_examples,
-                        "reliable": reliable,
-                        "ci_lo": ci[0],
-                        "ci_hi": ci[1],
-                        "spread": None if spread is None else h.shown(spread),
-                        "order": (protocol_rank(row.protocol), shown.order, row.metric, i, column),
-                    }
-                )
-    return pd.DataFrame(
-        keep,
-        columns=[
-            "run_id",
-            "column",
-            "value",
-            "protocol",
-            "metric",
-            "label",
-            "checked",
-            "brief",
-            "n_examples",
-            "reliable",
-            "ci_lo",
-            "ci_hi",
-            "spread",
-            "order",
-        ],
-    )
-
-
-def column_meta(head: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """column -> its protocol, metric, label (without the protocol), whether it is an attack
-    (``checked``), whether it is in the brief view, and its presentation order."""
-    meta = {}
-    for row in head.drop_duplicates("column").itertuples(index=False):
-        meta[row.column] = {
-            "protocol": row.protocol,
-            "metric": row.metric,
-            "label": row.label,
-            "checked": bool(row.checked),
-            "brief": bool(row.brief),
-            "order": row.order[1],
-        }
-    return meta
-
-
-def _wide(head: pd.DataFrame, ci: bool = False) -> tuple[pd.DataFrame, list[str]]:
-    """Runs x columns: each headline number followed by its ``n``, its ``reliable`` mark (robustness
-    numbers) and, with ``ci``, its 95 % interval bounds (accuracies)."""
-    order = head.drop_duplicates("column").sort_values("order", kind="stable")["column"].tolist()
-
-    def pivot(values: str, suffix: str) -> pd.DataFrame:
-        p = head.pivot_table(
-            index="run_id", columns="column", values=values, aggfunc="first", dropna=False
-        )
-        p = p.reindex(columns=order)
-        p.columns = [f"{c}{suffix}" for c in p.columns]
-        return p
-
-    parts = {
-        "": pivot("value", ""),
-        " ±": pivot("spread", " ±"),
-        " n": pivot("n_examples", " n"),
-        " reliable": pivot("reliable", " reliable"),
-    }
-    if ci:
-        parts[" ci_lo"], parts[" ci_hi"] = pivot("ci_lo", " ci_lo"), pivot("ci_hi", " ci_hi")
-    wide = pd.concat(parts.values(), axis=1)
-    cols = []
-    for c in order:
-        for suffix in parts:
-            name = f"{c}{suffix}"
-            if suffix == "" or suffix == " n" or wide[name].notna().any():
-                cols.append(name)
-    return wide[cols].reset_index(), cols
 
 
 def leaderboard(
@@ -353,7 +135,7 @@ def leaderboard_and_meta(
         df = runs
         cols: list[str] = []
     else:
-        wide, cols = _wide(head, ci=ci)
+        wide, cols = wide_numbers(head, ci=ci)
         df = runs.merge(wide, on="run_id", how="left")
     external = {
         r["run_id"] for r in records if r.get("kind") == "external"
@@ -371,113 +153,6 @@ def leaderboard_and_meta(
         rep = rep.merge(wide, on="run_id", how="left")
     df = pd.concat([df, rep], ignore_index=True)
     return df[["kind", *RUN_COLUMNS, *cols, *REF_COLUMNS]], meta
-
-
-FILTER_OPS = (">=", "<=", "!=", ">", "<", "=")  # two-character operators first
-
-
-def apply_filters(df: pd.DataFrame, filters: tuple[str, ...] | list[str]) -> pd.DataFrame:
-    """Keep the rows matching every filter: ``COL=VALUE``, ``COL!=VALUE``, or a number compared
-    with ``>``, ``>=``, ``<``, ``<=`` (e.g. ``standard/autoattack>40``; empty cells never match)."""
-    for f in filters:
-        op = next((o for o in FILTER_OPS if o in f), None)
-        if op is None:
-            raise BenchError(
-                f"--filter {f!r} names no value; write COLUMN=VALUE, COLUMN!=VALUE or COLUMN>NUMBER, "
-                "e.g. method=ce"
-            )
-        key, _, value = f.partition(op)
-        key, value = key.strip(), value.strip()
-        if not key or key not in df.columns:
-            raise BenchError(
-                f"cannot filter on {key!r}; filter as COLUMN=VALUE with one of: {', '.join(df.columns)}"
-            )
-        if op in ("=", "!="):
-            col = df[key].astype(str)
-            df = df[col != value] if op == "!=" else df[col == value]
-            continue
-        try:
-            bound = float(value)
-        except ValueError:
-            raise BenchError(f"--filter {f!r}: {op} compares numbers; {value!r} is not one")
-        col = pd.to_numeric(df[key], errors="coerce")
-        keep = {">": col > bound, ">=": col >= bound, "<": col < bound, "<=": col <= bound}[op]
-        df = df[keep.fillna(False)]
-    return df
-
-
-def select_columns(df: pd.DataFrame, columns: str | None) -> pd.DataFrame:
-    """``--columns a,b,c``: the run id, these columns and their n / reliability / interval columns."""
-    if not columns:
-        return df
-    wanted = [c.strip() for c in columns.split(",") if c.strip()]
-    unknown = [c for c in wanted if c not in df.columns]
-    if not wanted or unknown:
-        raise BenchError(
-            f"--columns: unknown {', '.join(unknown) or 'nothing given'}; choose from: "
-            f"{', '.join(c for c in df.columns if not c.endswith(HELPERS))}"
-        )
-    keep = [c for c in ("kind", "run_id") if c in df.columns and c not in wanted]
-    for c in wanted:
-        keep += [c] + [f"{c}{s}" for s in HELPERS if f"{c}{s}" in df.columns]
-    return df[keep]
-
-
-def sort_table(df: pd.DataFrame, column: str | None, ascending: bool) -> pd.DataFrame:
-    if not column:
-        return df
-    if column not in df.columns:
-        raise BenchError(f"cannot sort by {column!r}; choose one of: {', '.join(df.columns)}")
-    if (
-        "kind" in df.columns
-    ):  # measured (and external) rows first, reported after; sorted within each group
-        parts = [
-            g.sort_values(column, ascending=ascending, na_position="last", kind="stable")
-            for _, g in df.groupby(df["kind"] == "reported", sort=True)
-        ]
-        return pd.concat(parts) if parts else df
-    return df.sort_values(column, ascending=ascending, na_position="last", kind="stable")
-
-
-def pair_reported(df: pd.DataFrame) -> pd.DataFrame:
-    """Move each reported RobustBench row (``NAME (RobustBench)``) to just after the external rows that
-    measured the same zoo entry (method ``robustbench:NAME``); other reported rows stay at the end."""
-    if "kind" not in df.columns or not (df["kind"] == "external").any():
-        return df
-    reported = {
-        str(rid)[: -len(" (RobustBench)")]: i
-        for i, rid in zip(df.index, df["run_id"])
-        if df.at[i, "kind"] == "reported" and str(rid).endswith(" (RobustBench)")
-    }
-    order, placed = [], set()
-    ext = [(i, str(m)) for i, m, k in zip(df.index, df["method"], df["kind"]) if k == "external"]
-    last = {m: i for i, m in ext}  # each entry's last external row
-    for i in df.index:
-        if i in placed:
-            continue
-        order.append(i)
-        method = str(df.at[i, "method"])
-        if (
-            df.at[i, "kind"] == "external"
-            and last.get(method) == i
-            and method.startswith("robustbench:")
-        ):
-            j = reported.get(method[len("robustbench:") :])
-            if j is not None and j not in placed:
-                order.append(j)
-                placed.add(j)
-        placed.add(i)
-    return df.loc[[i for i in order if i in placed]]
-
-
-def drop_empty(df: pd.DataFrame) -> pd.DataFrame:
-    """Drop number columns empty in every row (after filtering), with their helper columns; with
-    reference rows also empty run columns."""
-    empty = {c for c in number_columns(df) if df[c].isna().all()}
-    gone = empty | {f"{c}{s}" for c in empty for s in HELPERS}
-    if "kind" in df.columns:
-        gone |= {c for c in df.columns if c not in ("kind", "run_id") and df[c].isna().all()}
-    return df[[c for c in df.columns if c not in gone]]
 
 
 def load_records(out: str | Path) -> list[dict[str, Any]]:

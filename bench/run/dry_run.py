@@ -1,4 +1,4 @@
-"""`bench run --dry-run`: the fully resolved config, where each value came from, and the plan.
+"""`bench run --dry-run`: the resolved run (each value and where it came from) and the plan.
 
 Nothing is written and nothing is trained. The data is loaded when it can be (it is needed for
 the number of steps); a dataset that is missing is reported in one line instead of the steps.
@@ -11,7 +11,8 @@ from typing import Any
 
 from bench.core.config import RunConfig
 from bench.core.errors import BenchError
-from bench.run.resolve import config_sources, flatten
+from bench.run.layers import flatten
+from bench.run.resolve import Resolved
 
 
 def plan(cfg: RunConfig) -> dict[str, Any]:
@@ -25,9 +26,8 @@ def plan(cfg: RunConfig) -> dict[str, Any]:
     spec = get_method(cfg.method).from_dict(cfg.method_cfg).batch_specs()[0]
     batch = spec.batch_size or cfg.data.batch_size
     check_batch_fits(batch, 1, data.x_train.shape[0], spec.batch_size_setting)
-    per_epoch = (
-        data.x_train.shape[0] // batch
-    )  # full batches only, as the trainer's stream draws them
+    # full batches only, as the trainer's stream draws them
+    per_epoch = data.x_train.shape[0] // batch
     total = total_steps(cfg.train, per_epoch)
     return {
         "train_images": int(data.x_train.shape[0]),
@@ -38,13 +38,9 @@ def plan(cfg: RunConfig) -> dict[str, Any]:
     }
 
 
-def describe(cfg: RunConfig, config_file: str | None, cli_keys: list[str]) -> list[str]:
-    """The lines `bench run --dry-run` prints."""
-    src = {
-        **config_sources(cfg.method, cfg.preset, config_file, cli_keys),
-        "method": "--method",
-        "preset": "--preset",
-    }
+def describe(run: Resolved) -> list[str]:
+    """The lines `bench run --dry-run` prints: the run as :func:`bench.run.resolve.resolve` gave it."""
+    cfg, src = run.config, run.sources
     lines = [
         f"dry run: {cfg.method} on {cfg.data.dataset} ({cfg.model.arch}, preset {cfg.preset}, seed {cfg.seed}); "
         "nothing is written",

@@ -1,29 +1,13 @@
-"""Resolve a run's config: method defaults, presets, a ``--config`` file and ``--set`` items.
-
-Order (later wins):
-
-1. the dataclass defaults of ``bench/core/config.py`` (the specification's);
-2. the method's reference settings (``Method.run_defaults``);
-3. the preset's common part (``presets/<preset>.yaml``, section ``config:``);
-4. the method's own variant of the preset (``presets/methods/<method>.yaml``, section ``<preset>:``);
-5. a config file (``--config``);
-6. ``--set key=value`` items and the flags ``--dataset``, ``--arch``, ``--seed``, ``--device``.
-
-Layers 1-4 are what a method "is" under a preset; :func:`preset_changes` lists every setting in
-which a run departs from them (its ``--config`` and ``--set`` choices), and :func:`variant_changes`
-those in which layer 4 departs from layers 1-3 (the method's own budget under the preset); the
-runner stores both in the record when the run starts. This module sits above the plugin packages (it looks up
-the method and the protocol); ``bench/core/config.py`` below them holds the schema alone.
-"""
+"""Resolve a run once: its config from the method, the preset, a ``--config`` file and ``--set``
+items (in README.md's order, Use), where each value came from, and how the run departs from its
+preset; docs/records.md says what a record stores of it."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
-
-import yaml
 
 from bench.core.config import (
     CUDA_GRAPH_MODES,
@@ -36,156 +20,61 @@ from bench.core.config import (
     validate,
 )
 from bench.core.errors import BenchError
+from bench.run.layers import flatten, load_config_file, method_layers, sections
 from bench.train.loggers import check_logger_names
 from methods import METHODS, get_method
 from metrics import get_protocol
 
-PRESET_DIR = Path(__file__).parent / "presets"
-PRESET_KEYS = frozenset({"description", "config"})
 # settings chosen by their own flags or shown in their own columns, never listed as changes
 NOT_CHANGES = frozenset(
-    {
-        "method",
-        "preset",
-        "seed",
-        "device",
-        "data.dataset",
-        "data.data_dir",
-        "model.arch",
-        "train.loggers",
-    }
+    "method preset seed device data.dataset data.data_dir model.arch train.loggers".split()
 )
-
-# settings that change how a run reports itself, not what it trains: left out of variant_changes
+# settings that change how a run reports itself, not what it trains: never part of a preset variant
 BOOKKEEPING = frozenset(
     {"train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "method.grid_size"}
 )
+CHOSEN = "--set/flags"  # the source of a value set by --set or a flag
+# the source of a value a config given without its resolution (a sweep's, an old record's) departs in
+CHANGED = "--config or --set"
 
 
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+@dataclass
+class Resolved:
+    """A run's settings, resolved once: stored in its record (``config``, ``changes``,
+    ``preset_variant``, ``sources``, the plugins) and shown by ``bench run --dry-run``."""
+
+    config: RunConfig
+    # setting -> the layer that set it last; a setting missing here keeps the specification's default
+    sources: dict[str, str]
+    # the settings in which the run departs from its method under its preset (--config, --set)
+    changes: dict[str, Any] | None
+    # the settings in which the method's own variant of the preset departs from the shared preset
+    preset_variant: dict[str, Any] | None
+    plugins: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    with open(path) as fh:
-        return yaml.safe_load(fh) or {}
+def _apply(cfg: RunConfig, layers: list[tuple[str, dict[str, Any]]]) -> RunConfig:
+    for _, values in layers:
+        cfg = update_dataclass(cfg, values)
+    return cfg
 
 
-def load_preset(name: str, method: str = "<method>") -> dict[str, Any]:
-    path = PRESET_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise BenchError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
-    data = _read_yaml(path)
-    unknown = sorted(set(data) - PRESET_KEYS)
-    if unknown:
-        raise BenchError(
-            f"preset file {path} has unknown sections {', '.join(unknown)}: a preset holds "
-            f"{' and '.join(sorted(PRESET_KEYS))}; per-method settings go in "
-            f"presets/methods/{method}.yaml under {name}:"
-        )
-    return data
-
-
-def method_preset_file(method: str) -> Path | None:
-    """The built-in file of a method's preset variants, ``presets/methods/<method>.yaml``. A method
-    registered as a subclass of another (``trades-awp`` of ``trades``) without a file of its own
-    takes its nearest registered ancestor's: it has the same settings to size. A class on the way
-    that ships its own ``presets`` mapping (a plugin subclassing a built-in method) stops the search."""
-    cls = get_method(method)
-    for klass in getattr(cls, "__mro__", (cls,)):
-        own_name = method if klass is cls else vars(klass).get("name")
-        if own_name and (PRESET_DIR / "methods" / f"{own_name}.yaml").is_file():
-            return PRESET_DIR / "methods" / f"{own_name}.yaml"
-        if vars(klass).get("presets"):
-            return None
-    return None
-
-
-def method_preset(method: str, preset: str) -> dict[str, Any]:
-    """A method's own variant of a preset: section ``<preset>:`` of its built-in file
-    (:func:`method_preset_file`), else of the method class's ``presets`` mapping (how a plugin
-    package ships its variants: ``presets = {"demo": {"method": {"steps": 3}}, ...}``)."""
-    path = method_preset_file(method)
-    if path is not None:
-        return _read_yaml(path).get(preset) or {}
-    cls = get_method(method)
-    own = getattr(cls, "presets", None) or {}
-    if not isinstance(own, dict) or not all(isinstance(v, dict) for v in own.values()):
-        raise BenchError(
-            f"method {method!r}: its class attribute presets must map preset names to sections, "
-            "e.g. {'demo': {'method': {'steps': 3}}}"
-        )
-    unknown = sorted(set(own) - set(preset_names()))
-    if unknown:
-        raise BenchError(
-            f"method {method!r} ships variants of unknown presets {', '.join(unknown)}; "
-            f"the presets are: {', '.join(preset_names())}"
-        )
-    return own.get(preset) or {}
-
-
-def sections(d: dict[str, Any]) -> dict[str, Any]:
-    """A mapping of config sections as written in files (``method:``) -> RunConfig's names (``method_cfg``)."""
-    d = dict(d)
-    if "method" in d and isinstance(d["method"], dict):
-        d["method_cfg"] = deep_merge(d.get("method_cfg", {}), d.pop("method"))
-    return d
-
-
-def load_config_file(path: str) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise BenchError(
-            f"config file {path!r} not found; pass an existing YAML or JSON file to --config"
-        )
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise BenchError(
-            f"config file {path!r} is not valid YAML/JSON ({str(exc).splitlines()[0]}); fix its syntax"
-        )
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise BenchError(
-            f"config file {path!r} must hold a mapping of sections (data:, optim:, ...)"
-        )
-    return sections(data)
-
-
-def _preset_layers(method: str, preset: str, variant: bool = True) -> RunConfig:
-    """Layers 1-4: what ``method`` is under ``preset``, before any file or ``--set`` (1-3 without
-    ``variant``: the method's reference settings under the preset every method shares)."""
-    method_cls = get_method(method)
-    cfg = RunConfig(method=method, preset=preset)
-    cfg = update_dataclass(cfg, sections(getattr(method_cls, "run_defaults", {}) or {}))
-    cfg = update_dataclass(cfg, sections(load_preset(preset, method).get("config", {}) or {}))
-    return update_dataclass(cfg, sections(method_preset(method, preset))) if variant else cfg
-
-
-def _finish(cfg: RunConfig) -> RunConfig:
+def finish(cfg: RunConfig) -> RunConfig:
     """The method's own config typed, validated and filled in; the whole config validated."""
     method_cfg = get_method(cfg.method).make_config(cfg.method_cfg)
     cfg = dataclasses.replace(cfg, method_cfg=to_dict(method_cfg))
     validate(cfg)
-    if (
-        cfg.train.compile in CUDA_GRAPH_MODES
-    ):  # the method's part of the check: before anything is written
+    if cfg.train.compile in CUDA_GRAPH_MODES:  # the method's part of the check, before any write
         safe = [n for n in METHODS.names() if getattr(METHODS.get(n), "cuda_graph_safe", False)]
-        check_compile(
-            cfg.train,
-            cfg.device,
-            cfg.method,
-            getattr(get_method(cfg.method), "cuda_graph_safe", False),
-            safe,
-        )
+        is_safe = getattr(get_method(cfg.method), "cuda_graph_safe", False)
+        check_compile(cfg.train, cfg.device, cfg.method, is_safe, safe)
     check_logger_names(cfg.train.loggers)
     if cfg.eval.enabled:  # an unknown protocol would only fail after training
         get_protocol(cfg.eval.protocol)
     return cfg
 
 
-def resolve_config(
+def resolve(
     method: str,
     preset: str = "cpu",
     dataset: str | None = None,
@@ -194,34 +83,92 @@ def resolve_config(
     device: str | None = None,
     config_file: str | None = None,
     overrides: list[str] | tuple[str, ...] = (),
-) -> RunConfig:
-    """Build and validate the run config (see the module docstring for the order)."""
-    cfg = _preset_layers(method, preset)
+) -> Resolved:
+    """Resolve a run: the config (validated) and what :class:`Resolved` says about it."""
+    layers = method_layers(method, preset)
+    cfg = _apply(RunConfig(method=method, preset=preset), layers)
     from_file = load_config_file(config_file) if config_file else {}
+    if config_file:
+        layers.append(("--config", from_file))
     cli: dict[str, Any] = {}
     for item in overrides:
         cli = deep_merge(cli, parse_set(item))
     cfg = update_dataclass(cfg, _switched_sampler_steps(cfg, deep_merge(from_file, sections(cli))))
     if from_file:
         cfg = update_dataclass(cfg, from_file)
-    for key, value in (("seed", seed), ("device", device)):
+    flags = {"seed": seed, "device": device, "data.dataset": dataset, "model.arch": arch}
+    for key, value in flags.items():
         if value is not None:
-            cli[key] = value
-    if dataset is not None:
-        cli = deep_merge(cli, {"data": {"dataset": dataset}})
-    if arch is not None:
-        cli = deep_merge(cli, {"model": {"arch": arch}})
+            cli = deep_merge(cli, unflatten(key, value))
     cfg = update_dataclass(cfg, cli)
     for key, chosen in (("method", method), ("preset", preset)):
         got = getattr(cfg, key)
-        if (
-            got != chosen
-        ):  # e.g. `method: pgd-at` in a --config file: it would not switch the method's code
+        if got != chosen:  # e.g. `method: pgd-at` in a --config file: the code would stay ce's
             raise BenchError(
                 f"{key} {got!r} set in a config file or --set differs from --{key} {chosen}; "
                 f"choose it with --{key} {got} instead"
             )
-    return _finish(cfg)
+    sources = {"method": "--method", "preset": "--preset"}
+    for name, values in layers:
+        sources.update(dict.fromkeys(flatten(values), name))
+    sources.update(dict.fromkeys(flatten(cli), CHOSEN))
+    cfg = finish(cfg)
+    return Resolved(cfg, sources, *departures(cfg), run_plugins(cfg))
+
+
+def resolve_config(method: str, preset: str = "cpu", **options: Any) -> RunConfig:
+    """The validated config of :func:`resolve` alone."""
+    return resolve(method, preset, **options).config
+
+
+def resolved_from_config(cfg: RunConfig) -> Resolved:
+    """What :func:`resolve` says of a config given without its resolution (a sweep's cell, a
+    resumed run's): the values in which it departs from its preset are marked as chosen."""
+    sources = {"method": "--method", "preset": "--preset"}
+    for name, values in method_layers(cfg.method, cfg.preset):
+        sources.update(dict.fromkeys(flatten(values), name))
+    changes, variant = departures(cfg)
+    sources.update(dict.fromkeys(changes or {}, CHANGED))
+    return Resolved(cfg, sources, changes, variant, run_plugins(cfg))
+
+
+def _flat(config: dict[str, Any]) -> dict[str, Any]:
+    return flatten(json.loads(json.dumps(config)))
+
+
+def _preset_config(method: str, preset: str, variant: bool = True) -> RunConfig:
+    """What ``method`` is under ``preset`` (layers 1-4; 1-3 without its ``variant``)."""
+    layers = method_layers(method, preset)
+    return _apply(RunConfig(method=method, preset=preset), layers if variant else layers[:2])
+
+
+def variant_of(method: str, preset: str) -> dict[str, Any]:
+    """The ``preset_variant`` of :class:`Resolved`: where the method's own variant of the preset
+    departs from the preset every method shares (``{"method.steps": 3}``)."""
+    shared = _flat(finish(_preset_config(method, preset, variant=False)).to_dict())
+    own = _flat(finish(_preset_config(method, preset)).to_dict())
+    skip = NOT_CHANGES | BOOKKEEPING
+    return {k: v for k, v in sorted(own.items()) if k not in skip and shared.get(k) != v}
+
+
+def changes_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The ``changes`` of :class:`Resolved`: where a resolved config (as a record stores it)
+    departs from what its method and preset give it (``{"optim.lr": 0.01}``)."""
+    picked = {"data": {"dataset": config["data"]["dataset"]}}
+    picked["model"] = {"arch": config["model"]["arch"]}
+    ref = update_dataclass(_preset_config(config["method"], config["preset"]), picked)
+    ref = _flat(finish(ref).to_dict())
+    ran = _flat(config).items()
+    return {k: v for k, v in sorted(ran) if k not in NOT_CHANGES and k in ref and ref[k] != v}
+
+
+def departures(cfg: RunConfig) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """``cfg``'s changes and preset variant; both None when its method and preset no longer
+    describe it (compare then shows "?")."""
+    try:
+        return changes_of(cfg.to_dict()), variant_of(cfg.method, cfg.preset)
+    except Exception:
+        return None, None
 
 
 def _switched_sampler_steps(cfg: RunConfig, chosen: dict[str, Any]) -> dict[str, Any]:
@@ -269,128 +216,14 @@ def run_plugins(cfg: RunConfig) -> list[dict[str, Any]]:
         parts.append(("sampler", kind, SAMPLERS.get(kind).run))
     out = []
     for what, name, obj in parts:
-        prov = provider(
-            getattr(obj, "factory", obj)
-        )  # a pattern family (npz:PATH): the factory behind it
+        prov = provider(getattr(obj, "factory", obj))  # a pattern family (npz:PATH): its factory
         if prov:
             out.append({"kind": what, "name": name, **prov})
     return out
 
 
-def config_sources(
-    method: str,
-    preset: str,
-    config_file: str | None = None,
-    cli_keys: list[str] | tuple[str, ...] = (),
-) -> dict[str, str]:
-    """Which layer set each setting last (see the module docstring): ``method`` (its reference
-    settings), ``preset <p>``, ``preset <p> of <method>``, ``--config`` or ``--set/flags``;
-    a setting in none of them keeps the specification's default."""
-    method_cls = get_method(method)
-    layers = [
-        ("method", sections(getattr(method_cls, "run_defaults", {}) or {})),
-        (f"preset {preset}", sections(load_preset(preset, method).get("config", {}) or {})),
-        (f"preset {preset} of {method}", sections(method_preset(method, preset))),
-    ]
-    if config_file:
-        layers.append(("--config", load_config_file(config_file)))
-    src: dict[str, str] = {}
-    for name, layer in layers:
-        for key in flatten(layer):
-            src[key] = name
-    for key in cli_keys:
-        src[key] = "--set/flags"
-    return src
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested sections -> ``{"optim.lr": 0.1, "method.sampler.steps": 5, ...}`` (``method_cfg`` read as ``method``)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{'method' if k == 'method_cfg' and not prefix else k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def preset_changes(config: dict[str, Any]) -> dict[str, Any]:
-    """The settings of a resolved config (as stored in a record) that differ from what its method
-    and preset give (its ``--config`` / ``--set`` choices), as ``{"optim.lr": 0.01, ...}``."""
-    ref = _finish(
-        update_dataclass(
-            _preset_layers(config["method"], config["preset"]),
-            {
-                "data": {"dataset": config["data"]["dataset"]},
-                "model": {"arch": config["model"]["arch"]},
-            },
-        )
-    )
-    ran, now = (
-        flatten(json.loads(json.dumps(config))),
-        flatten(json.loads(json.dumps(ref.to_dict()))),
-    )
-    return {
-        k: v for k, v in sorted(ran.items()) if k not in NOT_CHANGES and k in now and now[k] != v
-    }
-
-
-def variant_changes(method: str, preset: str) -> dict[str, Any]:
-    """The settings in which ``method``'s own variant of ``preset`` (layer 4: ``presets/methods/<method>.yaml``
-    or a plugin's ``presets``) departs from the preset every method shares (layers 1-3), as
-    ``{"method.steps": 3, ...}``: the budget the method gets beyond the common one, which a fair
-    comparison must see beside the ``--set`` changes."""
-    shared = flatten(_finish(_preset_layers(method, preset, variant=False)).to_dict())
-    own = flatten(_finish(_preset_layers(method, preset)).to_dict())
-    return {
-        k: v
-        for k, v in sorted(own.items())
-        if k not in NOT_CHANGES | BOOKKEEPING and shared.get(k) != v
-    }
-
-
-# What `bench run --resume RUN --set ...` may change: how training continues after a divergence
-# (learning rate, divergence policy), how often it checkpoints, where its data files are, and how it
-# is evaluated. Everything else defines what the weights so far were trained on and stays as recorded.
-RESUME_OVERRIDABLE = (
-    "optim.lr",
-    "train.on_divergence",
-    "train.max_rollbacks",
-    "train.rollback_lr_factor",
-    "train.divergence_bound",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.loggers",
-    "data.data_dir",
-    "eval.",
-)
-
-
-def _overridable(key: str) -> bool:
-    return any(key == s or (s.endswith(".") and key.startswith(s)) for s in RESUME_OVERRIDABLE)
-
-
-def resume_overrides(
-    cfg: RunConfig, overrides: list[str] | tuple[str, ...]
-) -> tuple[RunConfig, dict[str, Any]]:
-    """``cfg`` with the ``--set`` items of a resume applied, and what they changed
-    (``{"optim.lr": {"from": 0.1, "to": 0.01}}``). Only :data:`RESUME_OVERRIDABLE` settings may change."""
-    cli: dict[str, Any] = {}
-    for item in overrides:
-        cli = deep_merge(cli, parse_set(item))
-    keys = list(flatten(cli))
-    refused = [k for k in keys if not _overridable(k)]
-    if refused:
-        allowed = ", ".join(s + "*" if s.endswith(".") else s for s in RESUME_OVERRIDABLE)
-        raise BenchError(
-            f"--resume cannot change {', '.join(refused)} (the weights so far were trained with the "
-            f"recorded value); on resume only {allowed} may change; start a new run for the rest"
-        )
-    new = _finish(update_dataclass(cfg, cli))
-    before, after = flatten(cfg.to_dict()), flatten(new.to_dict())
-    return new, {
-        k: {"from": before.get(k), "to": after.get(k)}
-        for k in keys
-        if before.get(k) != after.get(k)
-    }
+def unflatten(key: str, value: Any) -> dict[str, Any]:
+    """``("data.dataset", "cifar10")`` -> ``{"data": {"dataset": "cifar10"}}``."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value

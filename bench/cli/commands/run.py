@@ -152,19 +152,9 @@ def run(
             "--dry-run shows a new run's plan; drop it with --resume (bench show RUN shows a run)"
         )
     if resume:
-        given = [
-            n
-            for n, v in (
-                ("--method", method),
-                ("--dataset", dataset),
-                ("--arch", arch),
-                ("--preset", preset),
-                ("--config", config_file),
-                ("--seed", seed),
-                ("--seeds", seeds),
-            )
-            if v is not None and v != ()
-        ]
+        flags = {"--method": method, "--dataset": dataset, "--arch": arch, "--preset": preset}
+        flags.update({"--config": config_file, "--seed": seed, "--seeds": seeds})
+        given = [name for name, value in flags.items() if value is not None]
         if given:
             raise BenchError(
                 f"--resume continues a run with its saved config; drop {', '.join(given)} (on resume "
@@ -191,7 +181,7 @@ def run(
             )
         if checkpoint_path:
             raise BenchError("--checkpoint only goes with --resume RUN")
-        from bench.run.resolve import resolve_config
+        from bench.run.resolve import resolve
 
         explicit_preset, preset = preset, preset or "paper"
 
@@ -205,9 +195,9 @@ def run(
         from bench.core.config import parse_seeds
 
         seed_list = parse_seeds(seeds) if seeds is not None else [seed]
-        # every config is resolved (and checked) before the first run starts
-        cfgs = [
-            resolve_config(
+        # every run is resolved (and checked) before the first one starts
+        runs = [
+            resolve(
                 method,
                 preset=preset,
                 dataset=dataset,
@@ -219,24 +209,11 @@ def run(
             )
             for s in seed_list
         ]
-        cfg = cfgs[0]
+        cfg = runs[0].config
         if dry_run:
-            from bench.core.config import parse_set
             from bench.run.dry_run import describe
-            from bench.run.resolve import flatten
 
-            keys = [k for item in extra for k in flatten(parse_set(item))]
-            keys += [
-                k
-                for k, v in (
-                    ("data.dataset", dataset),
-                    ("model.arch", arch),
-                    ("seed", seed),
-                    ("device", device),
-                )
-                if v is not None
-            ]
-            for line in describe(cfg, config_file, keys):
+            for line in describe(runs[0]):
                 click.echo(line)
             return
         if preset == "paper" and (device or "auto") != "cuda":
@@ -254,9 +231,9 @@ def run(
                     "on a CPU use --preset cpu or --preset smoke",
                     err=True,
                 )
-        for cfg in cfgs[:-1]:
-            _report(start_run(cfg, out=out, show_progress=not quiet, announce=_announce))
-        result = start_run(cfgs[-1], out=out, show_progress=not quiet, announce=_announce)
+        for one in runs[:-1]:
+            _report(start_run(one, out=out, show_progress=not quiet, announce=_announce))
+        result = start_run(runs[-1], out=out, show_progress=not quiet, announce=_announce)
     _report(result)
 
 
@@ -264,9 +241,8 @@ def _report(result) -> None:
     from bench.leaderboard.summary import run_summary_lines
 
     if os.environ.get("RANK", "0") == "0":
-        for line in run_summary_lines(
-            result.record
-        ):  # the headline accuracies; `bench show` prints everything
+        # the headline accuracies; `bench show` prints everything
+        for line in run_summary_lines(result.record):
             click.echo(line)
         click.echo(f"record: {result.run_dir / 'record.json'}")
 
@@ -290,7 +266,7 @@ def _launch_device(device, overrides, config_file, resume, out) -> str:
         if "device" in parse_set(item):
             return str(parse_set(item)["device"])
     if config_file:
-        from bench.run.resolve import load_config_file
+        from bench.run.layers import load_config_file
 
         return str(load_config_file(config_file).get("device", "auto"))
     return "auto"
@@ -300,33 +276,14 @@ def _relaunch_with_torchrun(nproc: int) -> int:
     """Run this same command under torchrun with ``nproc`` processes; returns its exit code."""
     import subprocess
 
-    args, skip = [], False
-    for a in sys.argv[1:]:
-        if skip:
-            skip = False
-            continue
-        if a == "--nproc":
-            skip = True
-            continue
-        if a.startswith("--nproc="):
-            continue
-        args.append(a)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        "-m",
-        "bench",
-        *args,
+    argv = sys.argv[1:]
+    nproc_at = {i for i, a in enumerate(argv) if a == "--nproc"}  # and its value after it
+    args = [
+        a for i, a in enumerate(argv) if not ({i, i - 1} & nproc_at or a.startswith("--nproc="))
     ]
-    click.echo(
-        f"launching {nproc} processes: torchrun --standalone --nproc-per-node={nproc} -m bench "
-        + " ".join(args),
-        err=True,
-    )
-    return subprocess.call(cmd)
+    torchrun = ["--standalone", f"--nproc-per-node={nproc}", "-m", "bench"]
+    click.echo(f"launching {nproc} processes: torchrun {' '.join(torchrun + args)}", err=True)
+    return subprocess.call([sys.executable, "-m", "torch.distributed.run", *torchrun, *args])
 
 
 COMMANDS = (run,)
