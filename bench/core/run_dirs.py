@@ -1,0 +1,148 @@
+"""Run directories (``<out>/runs/<run-id>/``): a fresh one for each run, finding and listing them,
+and their two locks, OS locks that the OS releases when their process dies: :class:`RunLock` (one
+trainer per run, on ``<run>/.lock``, which names its owner) and :func:`record_lock` (one writer of
+``record.json`` at a time). See docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from bench.core.errors import BenchError
+
+
+def runs_root(out: str | Path) -> Path:
+    return Path(out) / "runs"
+
+
+def new_run_dir(out: str | Path, method: str, dataset: str) -> tuple[str, Path]:
+    """Create a fresh, unique run directory; never reuses or overwrites an existing one."""
+    root = runs_root(out)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{secrets.token_hex(4)}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise BenchError(
+            f"cannot write to the results directory {Path(out)!s} ({exc.strerror}); pass a writable --out DIR"
+        )
+    safe_ds = "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(dataset).stem)[:24]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for _ in range(100):
+        run_id = f"{stamp}-{method}-{safe_ds}-{secrets.token_hex(3)}"
+        path = root / run_id
+        try:
+            path.mkdir()
+            return run_id, path
+        except FileExistsError:
+            continue
+    raise BenchError(f"could not create a unique run directory under {root}")
+
+
+def resolve_run(ref: str, out: str | Path) -> Path:
+    """A run given by id (under ``out``/runs), by its directory, or by its record.json path."""
+    p = Path(ref)
+    candidates = [p, p.parent if p.name == "record.json" else None, runs_root(out) / ref]
+    for c in candidates:
+        if c is not None and (c / "record.json").is_file():
+            return c
+    known = list_runs(out)[-5:]
+    hint = f"; recent runs: {', '.join(r.name for r in known)}" if known else ""
+    raise BenchError(
+        f"run {ref!r} not found under {runs_root(out)}/ (pass a run id or a run directory){hint}"
+    )
+
+
+def list_runs(out: str | Path) -> list[Path]:
+    root = runs_root(out)
+    if not root.is_dir():
+        return []
+    return sorted(d for d in root.iterdir() if (d / "record.json").is_file())
+
+
+@contextlib.contextmanager
+def record_lock(run_dir: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on the directory itself (filelock needs a file): no file is left behind."""
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+class RunLock:
+    """Exclusive ownership of a run directory while a process trains it, held for the process's life.
+    A dead owner's lock (kill -9, a crash) is simply taken. The file holds "host pid" of the owner,
+    for messages and :func:`live_status`, and is removed on release."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self._lock = FileLock(self.path, timeout=0, on_acquired=self._name_owner)
+
+    @property
+    def held(self) -> bool:
+        return self._lock.is_locked
+
+    @staticmethod
+    def _name_owner(fd: int) -> None:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{socket.gethostname()} {os.getpid()}".encode())
+
+    def __enter__(self) -> RunLock:
+        for _ in range(20):
+            try:
+                self._lock.acquire()
+                return self
+            except Timeout:
+                try:
+                    owner = self.path.read_text(errors="replace").strip()
+                except FileNotFoundError:
+                    continue  # its owner removed it while we opened it: the run is free again
+                raise BenchError(
+                    f"run {self.path.parent.name} is being trained by process "
+                    f"{owner.rpartition(' ')[2] or '?'}; wait for it to finish or stop it before resuming"
+                )
+        raise BenchError(f"could not lock {self.path}; remove it if no process trains this run")
+
+    def __exit__(self, *exc) -> None:
+        if self.held:
+            self.path.unlink(
+                missing_ok=True
+            )  # while still holding it: a taker that opened it retries
+            self._lock.release()
+
+
+def live_status(run_dir: Path, rec: dict[str, Any]) -> str | None:
+    """The record's status, except that a run recorded as ``running`` whose training process is gone
+    (killed before it could write ``interrupted``) reads as ``interrupted``. Only a process on this
+    host can be checked: the owner named in ``.lock`` (or no ``.lock`` at all) must still exist."""
+    status = rec.get("status")
+    if status != "running":
+        return status
+    try:
+        host, _, pid = (Path(run_dir) / ".lock").read_text().strip().rpartition(" ")
+    except FileNotFoundError:
+        return "interrupted"  # the lock goes only with its process, so nobody trains this run
+    except OSError:
+        return status
+    if host != socket.gethostname() or not pid.isdigit():
+        return status  # trained elsewhere: cannot tell from here
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return "interrupted"
+    except PermissionError:
+        pass
+    return status
