@@ -29,20 +29,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from bench.attacks.pgd import as_iterate, input_grad, model_mode
+from bench.attacks.pgd import as_iterate, input_grad, project_linf
 from bench.core.errors import BenchError
 from bench.core.timing import region
-
-
-def to_sym(x01: torch.Tensor) -> torch.Tensor:
-    """[0, 1] pixels -> the [-1, 1] scale (as ``bench.sampling.to_sym``)."""
-    return x01 * 2.0 - 1.0
-
-
-def from_sym(xs: torch.Tensor) -> torch.Tensor:
-    """The [-1, 1] scale -> [0, 1] pixels."""
-    return (xs + 1.0) / 2.0
-
+from bench.models.base import from_sym, model_mode, to_sym
 
 EPS_UNITS = {"sym": 1.0, "pixel": 2.0}  # factor from the stated unit to the [-1, 1] scale
 
@@ -118,51 +108,35 @@ def ebjdat_attack(
         )
 
 
-def _attack_batched(
-    model, x, y, *, eps_s, alpha_s, steps, project, energy_sign, mode
-) -> torch.Tensor:
-    xs = to_sym(
-        as_iterate(x)
-    )  # fp32 iterates; only the model's forwards run under the caller's autocast
+def _ascend(model, xs, y, clean_logits, *, eps_s, alpha_s, steps, project, energy_sign):
+    """From symmetric-scale ``xs``: the random start, then the signed steps; ``clean_logits()``
+    gives ``z`` at each step."""
+    start = torch.empty_like(xs, memory_format=torch.contiguous_format).uniform_(-eps_s, eps_s)
+    xa = (xs + start).clamp_(-1.0, 1.0)  # the start drawn as on NCHW
+    for _ in range(steps):
+        xa.requires_grad_(True)
+        z_clean = clean_logits()
+        g = input_grad(ebjdat_objective(model(from_sym(xa)), y, z_clean, energy_sign), xa)
+        xa = xa.detach() + alpha_s * g.sign()
+        xa = project_linf(xa, xs, eps_s, -1.0, 1.0) if project else xa.clamp_(-1.0, 1.0)
+    return xa.detach()
+
+
+def _attack_batched(model, x, y, *, mode, **kw) -> torch.Tensor:
+    # fp32 iterates; only the model's forwards run under the caller's autocast
+    xs = to_sym(as_iterate(x))
     with model_mode(model, mode), torch.enable_grad():
         with torch.no_grad():
             z_clean = model(from_sym(xs)).float()
-        start = torch.empty_like(xs, memory_format=torch.contiguous_format).uniform_(
-            -eps_s, eps_s
-        )  # as on NCHW
-        xa = (xs + start).clamp_(-1.0, 1.0)
-        for _ in range(steps):
-            xa.requires_grad_(True)
-            g = input_grad(ebjdat_objective(model(from_sym(xa)), y, z_clean, energy_sign), xa)
-            xa = xa.detach() + alpha_s * g.sign()
-            if project:
-                xa = torch.min(torch.max(xa, xs - eps_s), xs + eps_s)
-            xa = xa.clamp_(-1.0, 1.0)
-    return from_sym(xa.detach())
+        return from_sym(_ascend(model, xs, y, lambda: z_clean, **kw))
 
 
-def _attack_reference_loop(
-    model, x, y, *, eps_s, alpha_s, steps, project, energy_sign, mode, chunk: int = 2
-) -> torch.Tensor:
+def _attack_reference_loop(model, x, y, *, mode, chunk: int = 2, **kw) -> torch.Tensor:
     """The published schedule: 2-image chunks in sequence, clean logits recomputed each step."""
     out = []
     with model_mode(model, mode), torch.enable_grad():
         for xc, yc in zip(to_sym(as_iterate(x)).split(chunk), y.split(chunk)):
-            start = torch.empty_like(xc, memory_format=torch.contiguous_format).uniform_(
-                -eps_s, eps_s
-            )
-            xa = (xc + start).clamp_(-1.0, 1.0)
-            for _ in range(steps):
-                xa.requires_grad_(True)
-                z_clean = model(
-                    from_sym(xc)
-                ).float()  # recomputed every step, as the reference does
-                g = input_grad(ebjdat_objective(model(from_sym(xa)), yc, z_clean, energy_sign), xa)
-                xa = xa.detach() + alpha_s * g.sign()
-                if project:
-                    xa = torch.min(torch.max(xa, xc - eps_s), xc + eps_s)
-                xa = xa.clamp_(-1.0, 1.0)
-            out.append(xa.detach())
+            out.append(_ascend(model, xc, yc, lambda: model(from_sym(xc)).float(), **kw))
     return from_sym(torch.cat(out))
 
 

@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.attacks.pgd import as_iterate, full_precision, model_mode, pgd_linf
+from bench.attacks.pgd import as_iterate, full_precision, pgd_linf
+from bench.models.base import model_mode
 
 
 def kl_sum(logits_adv: torch.Tensor, p_clean: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from bench.sampling.buffer import fresh_starts
 from bench.sampling.gaussians import ClassGaussians
 from bench.sampling.kinds import SAMPLERS
 from bench.sampling.langevin import from_sym, model_mode
-from bench.sampling.sampler import SamplerConfig, run_sampler, with_kind
+from bench.sampling.sampler import SamplerConfig, fit_gaussians, run_sampler, with_kind
 
 FRESH_STEPS = 100  # JEM's eval_wrn_ebm.py --n_sample_steps default for samples from scratch
 
@@ -255,13 +255,7 @@ def make_sample_fn(
     ):  # fresh starts need the image shape (and maybe the Gaussian fit)
         data = load_run_data(cfg)
     if buffer is None and scfg.init == "informative":
-        gaussians = ClassGaussians.fit_or_load(
-            data,
-            augment=scfg.fit_augment,
-            noise_std=scfg.fit_noise_std,
-            cache_dir=scfg.cache_dir,
-            device=device,
-        )
+        gaussians = fit_gaussians(scfg, data, device)
     num_classes = getattr(model, "num_classes", None) or (
         data.num_classes if data is not None else None
     )
