@@ -1,27 +1,11 @@
-"""The EB-JDAT training-time attack (Jiang et al., CVPR 2026; ``sampleXadv`` in the authors' code).
-
-Random start ``clamp(x + U(-eps, eps))``, then ``steps`` signed-gradient steps
-
-    x_adv <- clamp(x_adv + alpha * sign(grad g(x_adv)))
-    g(x') = s * sum_i f(x')_i[y_i] + sum_i || z_i / (||z_i|| + 1e-10) - z'_i / (||z'_i|| + 1e-10) ||^2
-
-with ``z = f(x)``, ``z' = f(x')`` the logit vectors (the reference's "perception loss", which it
-calls on the classifier output: a distance between the directions of the clean and perturbed
-logits) and ``s = energy_sign``. ``s = +1`` (the released code) *ascends* the true-class logit,
-i.e. descends E(x', y) = -f(x')[y]; ``s = -1`` reads the paper's "energy ascent" with the JEM
-convention and descends the logit (a conventional attack direction).
-
-Faithful defaults: ``eps = 8/255`` and ``alpha = 2/255`` on the reference's [-1, 1] scale
-(``eps_units="sym"``, i.e. 4/255 and 1/255 in pixels), the range clamp only and **no projection
-onto the eps-ball** (after k steps ||x_adv - x||_inf can reach eps + k * alpha), model in eval mode
-for the attack and restored after. ``project=True`` adds the eps-ball projection,
-``eps_units="pixel"`` reads eps/alpha in [0, 1] pixel units.
-
-The whole batch is attacked at once. With the model in eval mode every sample's forward and its
-sign step depend on that sample alone, so this equals the reference's loop over chunks of 2
-images; the clean logits ``z`` do not depend on x_adv and are computed once.
-The attack takes and returns [0, 1] pixels (the model normalises inside) and iterates on the
-[-1, 1] scale, like the reference; a step of ``alpha`` there is ``alpha / 2`` in pixels.
+"""The EB-JDAT training-time attack (Jiang et al., CVPR 2026; ``sampleXadv`` in the authors' code): a
+random start ``clamp(x + U(-eps, eps))``, then ``steps`` signed steps ascending
+``s * sum_i f(x')_i[y_i] + sum_i ||z_i / (||z_i|| + 1e-10) - z'_i / (||z'_i|| + 1e-10)||^2`` (``z``, ``z'``
+the clean and perturbed logits, ``s = energy_sign``), with the range clamp only (the eps-ball
+projection only with ``project``), model in eval mode. The iterates live on the reference's [-1, 1]
+scale, where eps and alpha are stated by default (``eps_units="sym"``); the model takes [0, 1] pixels.
+With eval-mode batch norm, attacking the whole batch at once equals the reference's loop over
+2-image chunks. The objective, switches and defaults: docs/methods.md (EB-JDAT).
 """
 
 from __future__ import annotations

@@ -41,21 +41,17 @@ def new_run_dir(out: str | Path, method: str, dataset: str) -> tuple[str, Path]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for _ in range(100):
         run_id = f"{stamp}-{method}-{safe_ds}-{secrets.token_hex(3)}"
-        path = root / run_id
-        try:
-            path.mkdir()
-            return run_id, path
-        except FileExistsError:
-            continue
+        with contextlib.suppress(FileExistsError):
+            (root / run_id).mkdir()
+            return run_id, root / run_id
     raise BenchError(f"could not create a unique run directory under {root}")
 
 
 def resolve_run(ref: str, out: str | Path) -> Path:
     """A run given by id (under ``out``/runs), by its directory, or by its record.json path."""
     p = Path(ref)
-    candidates = [p, p.parent if p.name == "record.json" else None, runs_root(out) / ref]
-    for c in candidates:
-        if c is not None and (c / "record.json").is_file():
+    for c in (p, p.parent if p.name == "record.json" else p, runs_root(out) / ref):
+        if (c / "record.json").is_file():
             return c
     known = list_runs(out)[-5:]
     hint = f"; recent runs: {', '.join(r.name for r in known)}" if known else ""
@@ -66,9 +62,9 @@ def resolve_run(ref: str, out: str | Path) -> Path:
 
 def list_runs(out: str | Path) -> list[Path]:
     root = runs_root(out)
-    if not root.is_dir():
-        return []
-    return sorted(d for d in root.iterdir() if (d / "record.json").is_file())
+    return (
+        sorted(d for d in root.iterdir() if (d / "record.json").is_file()) if root.is_dir() else []
+    )
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ import torch
 
 from bench.core.io import torch_save
 from bench.data.stream import augment_batch, to_float
+from bench.models.base import to_sym
 
 VERSION = 1
 DIAG = 1e-4  # added to every covariance (the reference's 1e-4 * I)
@@ -59,24 +61,20 @@ def sync_free_default(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+@dataclass(eq=False)
 class ClassGaussians:
     """Per-class Gaussians on the symmetric scale; see the module docstring."""
 
-    def __init__(
-        self,
-        means: torch.Tensor,
-        factors: list[torch.Tensor],
-        jitters: torch.Tensor,
-        counts: torch.Tensor,
-        image_shape: tuple[int, ...],
-        meta: dict[str, Any] | None = None,
-    ):
-        self.means = means  # (K, D) float32
-        self.factors = factors  # K tensors (D, r_k) float32
-        self.jitters = jitters  # (K,) float32
-        self.counts = counts  # (K,) int64: images per class in the fit
-        self.image_shape = tuple(int(s) for s in image_shape)
-        self.meta = dict(meta or {})
+    means: torch.Tensor  # (K, D) float32
+    factors: list[torch.Tensor]  # K tensors (D, r_k) float32
+    jitters: torch.Tensor  # (K,) float32
+    counts: torch.Tensor  # (K,) int64: images per class in the fit
+    image_shape: tuple[int, ...]
+    meta: dict[str, Any] | None = None
+
+    def __post_init__(self):
+        self.image_shape = tuple(int(s) for s in self.image_shape)
+        self.meta = dict(self.meta or {})
 
     @property
     def num_classes(self) -> int:
@@ -87,13 +85,9 @@ class ClassGaussians:
         return self.means.device
 
     def to(self, device) -> ClassGaussians:
-        return ClassGaussians(
-            self.means.to(device),
-            [f.to(device) for f in self.factors],
-            self.jitters.to(device),
-            self.counts,
-            self.image_shape,
-            self.meta,
+        factors = [f.to(device) for f in self.factors]
+        return replace(
+            self, means=self.means.to(device), factors=factors, jitters=self.jitters.to(device)
         )
 
     # -- fitting ---------------------------------------------------------------------------
@@ -142,7 +136,7 @@ class ClassGaussians:
                         noise_std=noise_std / 2.0,
                         generator=gen,
                     )  # pixel units = sym / 2
-                rows.append((xb * 2.0 - 1.0).reshape(xb.shape[0], d).double())
+                rows.append(to_sym(xb).reshape(xb.shape[0], d).double())
             xs = torch.cat(rows)
             mu = xs.mean(0)
             xc = xs - mu
