@@ -1,14 +1,8 @@
-"""Gradient samplers on the energy of a classifier: SGLD (JEM) and PYLD (JEM++).
-
-Everything here works on the references' symmetric scale: images in [-1, 1] (``to_sym`` /
-``from_sym`` convert from / to the [0, 1] pixels every model takes). The model is always called
-on ``from_sym(xs)``; since the models normalise with ``(x - 0.5) / 0.5``, the gradient with
-respect to ``xs`` is exactly the gradient the references took on their [-1, 1] inputs, so step
-sizes, clamps and ``eps`` below are the references' numbers.
-
-The samplers ascend ``-E`` (``E(x) = -logsumexp f(x)``, or ``E(x, y) = -f(x)[y]`` when ``y``
-is given), whole batches at a time, with input-only gradients (``torch.autograd.grad``): no
-weight gradients are computed and nothing accumulates in ``.grad``.
+"""Gradient samplers on the energy of a classifier: SGLD (JEM) and PYLD (JEM++). They work on the
+symmetric [-1, 1] scale and call the model on ``from_sym(xs)``; as the models normalise with
+``(x - 0.5) / 0.5``, the gradient with respect to ``xs`` is the one the references took on their
+[-1, 1] inputs. They ascend ``-E`` (``E(x)``, or ``E(x, y)`` given ``y``) on whole batches, with
+input-only gradients (``torch.autograd.grad``): nothing accumulates in ``.grad``.
 """
 
 from __future__ import annotations

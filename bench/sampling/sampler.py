@@ -127,17 +127,6 @@ def with_kind(cfg: SamplerConfig, kind: str) -> SamplerConfig:
     return dataclasses.replace(cfg, kind=kind, **kind_step_settings(kind))
 
 
-def fit_gaussians(cfg: SamplerConfig, data, device) -> ClassGaussians:
-    """The class Gaussians of ``data`` (an ImageData) as ``cfg`` fits them (cached)."""
-    return ClassGaussians.fit_or_load(
-        data,
-        augment=cfg.fit_augment,
-        noise_std=cfg.fit_noise_std,
-        cache_dir=cfg.cache_dir,
-        device=device,
-    )
-
-
 def _match_memory_format(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     w = getattr(getattr(model, "first_layer", None), "weight", None)
     if (
@@ -228,3 +217,14 @@ class ContrastiveSampler:
                 "the saved sampler state and this sampler disagree on having a replay buffer; "
                 "keep the run's method.sampler.buffer_size"
             )
+
+
+def fit_gaussians(cfg: SamplerConfig, data, device) -> ClassGaussians:
+    """The class Gaussians of ``data`` (an ImageData) as ``cfg`` fits them (cached)."""
+    return ClassGaussians.fit_or_load(
+        data,
+        augment=cfg.fit_augment,
+        noise_std=cfg.fit_noise_std,
+        cache_dir=cfg.cache_dir,
+        device=device,
+    )
