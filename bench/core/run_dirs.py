@@ -1,5 +1,5 @@
 """Run directories (``<out>/runs/<run-id>/``): a fresh one for each run, finding and listing them,
-and their two locks, OS locks that the OS releases when their process dies: :class:`RunLock` (one
+and their two OS locks, which the OS releases when their process dies: :class:`RunLock` (one
 trainer per run, on ``<run>/.lock``, which names its owner) and :func:`record_lock` (one writer of
 ``record.json`` at a time). See docs/reliability.md.
 """
@@ -15,8 +15,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-from filelock import FileLock, Timeout
 
 from bench.core.errors import BenchError
 
@@ -69,55 +67,60 @@ def list_runs(out: str | Path) -> list[Path]:
 
 @contextlib.contextmanager
 def record_lock(run_dir: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on the directory itself (filelock needs a file): no file is left behind."""
+    """An exclusive ``flock`` on the directory itself: no lock file is left in the run directory."""
     fd = os.open(run_dir, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)  # releases the lock
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 class RunLock:
-    """Exclusive ownership of a run directory while a process trains it, held for the process's life.
-    A dead owner's lock (kill -9, a crash) is simply taken. The file holds "host pid" of the owner,
-    for messages and :func:`live_status`, and is removed on release."""
+    """Exclusive ownership of a run directory while a process trains it: a ``flock`` on ``.lock``,
+    held for the process's life and released by the OS when it dies (kill -9, a crash), so a dead
+    owner's lock is simply taken. The file names the owner ("host pid"), for messages and
+    :func:`live_status`, and goes on release."""
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / ".lock"
-        self._lock = FileLock(self.path, timeout=0, on_acquired=self._name_owner)
+        self.fd: int | None = None
 
     @property
     def held(self) -> bool:
-        return self._lock.is_locked
-
-    @staticmethod
-    def _name_owner(fd: int) -> None:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{socket.gethostname()} {os.getpid()}".encode())
+        return self.fd is not None
 
     def __enter__(self) -> RunLock:
         for _ in range(20):
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
             try:
-                self._lock.acquire()
-                return self
-            except Timeout:
-                try:
-                    owner = self.path.read_text(errors="replace").strip()
-                except FileNotFoundError:
-                    continue  # its owner removed it while we opened it: the run is free again
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = os.read(fd, 256).decode(errors="replace").strip().rpartition(" ")[2]
+                os.close(fd)
                 raise BenchError(
-                    f"run {self.path.parent.name} is being trained by process "
-                    f"{owner.rpartition(' ')[2] or '?'}; wait for it to finish or stop it before resuming"
+                    f"run {self.path.parent.name} is being trained by process {pid or '?'}; "
+                    "wait for it to finish or stop it before resuming"
                 )
+            # the lock is ours unless its owner removed the file while we opened it: then retry
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    os.ftruncate(fd, 0)
+                    os.write(fd, f"{socket.gethostname()} {os.getpid()}".encode())
+                    self.fd = fd
+                    return self
+            os.close(fd)
         raise BenchError(f"could not lock {self.path}; remove it if no process trains this run")
 
     def __exit__(self, *exc) -> None:
-        if self.held:
+        if self.fd is not None:
             self.path.unlink(
                 missing_ok=True
             )  # while still holding it: a taker that opened it retries
-            self._lock.release()
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
 
 
 def live_status(run_dir: Path, rec: dict[str, Any]) -> str | None:

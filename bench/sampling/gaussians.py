@@ -169,8 +169,8 @@ class ClassGaussians:
     def fit_or_load(
         cls, data, *, cache_dir: str | Path | None = None, device="cpu", **given: Any
     ) -> ClassGaussians:
-        """Fit on ``data.x_train`` (an ImageData) with :meth:`fit`'s ``settings`` (augment, noise_std,
-        pad_mode, flip, seed), or load the cached fit of the same images and settings.
+        """Fit on ``data.x_train`` (an ImageData) with ``given`` of :meth:`fit`'s settings (augment,
+        noise_std, pad_mode, flip, seed), or load the cached fit of the same images and settings.
 
         ``cache_dir``: where to cache; ``None`` or ``""`` = ``<data.cache_dir>/gaussians`` (a run's
         data directory, see ``load_run_data``), or :func:`default_cache_dir` for data that names
