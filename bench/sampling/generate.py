@@ -233,17 +233,12 @@ def make_sample_fn(
         scfg = with_kind(scfg, sampler)
     if steps is not None and steps < 0:
         raise BenchError(f"steps must be >= 0, got {steps}")
-    buffer, conditional = None, False
-    if buffer_state is not None:
-        buffer = buffer_state["x"]
-        conditional = bool(buffer_state.get("conditional", False))
-        n_steps = 0 if steps is None else steps
-    else:
-        n_steps = FRESH_STEPS if steps is None else steps
+    buffer = None if buffer_state is None else buffer_state["x"]
+    conditional = bool((buffer_state or {}).get("conditional", False))
+    if steps is None:
+        steps = FRESH_STEPS if buffer is None else 0
     gaussians = None
-    if (
-        buffer is None and data is None
-    ):  # fresh starts need the image shape (and maybe the Gaussian fit)
+    if buffer is None and data is None:  # fresh starts need the image shape (maybe the Gaussians)
         data = load_run_data(cfg)
     if buffer is None and scfg.init == "informative":
         gaussians = fit_gaussians(scfg, data, device)
@@ -257,7 +252,7 @@ def make_sample_fn(
         model,
         scfg,
         device,
-        steps=n_steps,
+        steps=steps,
         num_classes=num_classes,
         image_shape=image_shape,
         gaussians=gaussians,
