@@ -1,27 +1,11 @@
-"""The EB-JDAT training-time attack (Jiang et al., CVPR 2026; ``sampleXadv`` in the authors' code).
-
-Random start ``clamp(x + U(-eps, eps))``, then ``steps`` signed-gradient steps
-
-    x_adv <- clamp(x_adv + alpha * sign(grad g(x_adv)))
-    g(x') = s * sum_i f(x')_i[y_i] + sum_i || z_i / (||z_i|| + 1e-10) - z'_i / (||z'_i|| + 1e-10) ||^2
-
-with ``z = f(x)``, ``z' = f(x')`` the logit vectors (the reference's "perception loss", which it
-calls on the classifier output: a distance between the directions of the clean and perturbed
-logits) and ``s = energy_sign``. ``s = +1`` (the released code) *ascends* the true-class logit,
-i.e. descends E(x', y) = -f(x')[y]; ``s = -1`` reads the paper's "energy ascent" with the JEM
-convention and descends the logit (a conventional attack direction).
-
-Faithful defaults: ``eps = 8/255`` and ``alpha = 2/255`` on the reference's [-1, 1] scale
-(``eps_units="sym"``, i.e. 4/255 and 1/255 in pixels), the range clamp only and **no projection
-onto the eps-ball** (after k steps ||x_adv - x||_inf can reach eps + k * alpha), model in eval mode
-for the attack and restored after. ``project=True`` adds the eps-ball projection,
-``eps_units="pixel"`` reads eps/alpha in [0, 1] pixel units.
-
-The whole batch is attacked at once. With the model in eval mode every sample's forward and its
-sign step depend on that sample alone, so this equals the reference's loop over chunks of 2
-images; the clean logits ``z`` do not depend on x_adv and are computed once.
-The attack takes and returns [0, 1] pixels (the model normalises inside) and iterates on the
-[-1, 1] scale, like the reference; a step of ``alpha`` there is ``alpha / 2`` in pixels.
+"""The EB-JDAT training-time attack (Jiang et al., CVPR 2026; ``sampleXadv`` in the authors' code): a
+random start ``clamp(x + U(-eps, eps))``, then ``steps`` signed steps ascending
+``s * sum_i f(x')_i[y_i] + sum_i ||z_i / (||z_i|| + 1e-10) - z'_i / (||z'_i|| + 1e-10)||^2`` (``z``, ``z'``
+the clean and perturbed logits, ``s = energy_sign``), with the range clamp only (the eps-ball
+projection only with ``project``), model in eval mode. The iterates live on the reference's [-1, 1]
+scale, where eps and alpha are stated by default (``eps_units="sym"``); the model takes [0, 1] pixels.
+With eval-mode batch norm, attacking the whole batch at once equals the reference's loop over
+2-image chunks. The objective, switches and defaults: docs/methods.md (EB-JDAT).
 """
 
 from __future__ import annotations
@@ -29,20 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from bench.attacks.pgd import as_iterate, input_grad, model_mode
+from bench.attacks.pgd import as_iterate, input_grad, project_linf
 from bench.core.errors import BenchError
 from bench.core.timing import region
-
-
-def to_sym(x01: torch.Tensor) -> torch.Tensor:
-    """[0, 1] pixels -> the [-1, 1] scale (as ``bench.sampling.to_sym``)."""
-    return x01 * 2.0 - 1.0
-
-
-def from_sym(xs: torch.Tensor) -> torch.Tensor:
-    """The [-1, 1] scale -> [0, 1] pixels."""
-    return (xs + 1.0) / 2.0
-
+from bench.models.base import from_sym, model_mode, to_sym
 
 EPS_UNITS = {"sym": 1.0, "pixel": 2.0}  # factor from the stated unit to the [-1, 1] scale
 
@@ -118,51 +92,35 @@ def ebjdat_attack(
         )
 
 
-def _attack_batched(
-    model, x, y, *, eps_s, alpha_s, steps, project, energy_sign, mode
-) -> torch.Tensor:
-    xs = to_sym(
-        as_iterate(x)
-    )  # fp32 iterates; only the model's forwards run under the caller's autocast
+def _ascend(model, xs, y, clean_logits, *, eps_s, alpha_s, steps, project, energy_sign):
+    """From symmetric-scale ``xs``: the random start, then the signed steps; ``clean_logits()``
+    gives ``z`` at each step."""
+    start = torch.empty_like(xs, memory_format=torch.contiguous_format).uniform_(-eps_s, eps_s)
+    xa = (xs + start).clamp_(-1.0, 1.0)  # the start drawn as on NCHW
+    for _ in range(steps):
+        xa.requires_grad_(True)
+        z_clean = clean_logits()
+        g = input_grad(ebjdat_objective(model(from_sym(xa)), y, z_clean, energy_sign), xa)
+        xa = xa.detach() + alpha_s * g.sign()
+        xa = project_linf(xa, xs, eps_s, -1.0, 1.0) if project else xa.clamp_(-1.0, 1.0)
+    return xa.detach()
+
+
+def _attack_batched(model, x, y, *, mode, **kw) -> torch.Tensor:
+    # fp32 iterates; only the model's forwards run under the caller's autocast
+    xs = to_sym(as_iterate(x))
     with model_mode(model, mode), torch.enable_grad():
         with torch.no_grad():
             z_clean = model(from_sym(xs)).float()
-        start = torch.empty_like(xs, memory_format=torch.contiguous_format).uniform_(
-            -eps_s, eps_s
-        )  # as on NCHW
-        xa = (xs + start).clamp_(-1.0, 1.0)
-        for _ in range(steps):
-            xa.requires_grad_(True)
-            g = input_grad(ebjdat_objective(model(from_sym(xa)), y, z_clean, energy_sign), xa)
-            xa = xa.detach() + alpha_s * g.sign()
-            if project:
-                xa = torch.min(torch.max(xa, xs - eps_s), xs + eps_s)
-            xa = xa.clamp_(-1.0, 1.0)
-    return from_sym(xa.detach())
+        return from_sym(_ascend(model, xs, y, lambda: z_clean, **kw))
 
 
-def _attack_reference_loop(
-    model, x, y, *, eps_s, alpha_s, steps, project, energy_sign, mode, chunk: int = 2
-) -> torch.Tensor:
+def _attack_reference_loop(model, x, y, *, mode, chunk: int = 2, **kw) -> torch.Tensor:
     """The published schedule: 2-image chunks in sequence, clean logits recomputed each step."""
     out = []
     with model_mode(model, mode), torch.enable_grad():
         for xc, yc in zip(to_sym(as_iterate(x)).split(chunk), y.split(chunk)):
-            start = torch.empty_like(xc, memory_format=torch.contiguous_format).uniform_(
-                -eps_s, eps_s
-            )
-            xa = (xc + start).clamp_(-1.0, 1.0)
-            for _ in range(steps):
-                xa.requires_grad_(True)
-                z_clean = model(
-                    from_sym(xc)
-                ).float()  # recomputed every step, as the reference does
-                g = input_grad(ebjdat_objective(model(from_sym(xa)), yc, z_clean, energy_sign), xa)
-                xa = xa.detach() + alpha_s * g.sign()
-                if project:
-                    xa = torch.min(torch.max(xa, xc - eps_s), xc + eps_s)
-                xa = xa.clamp_(-1.0, 1.0)
-            out.append(xa.detach())
+            out.append(_ascend(model, xc, yc, lambda: model(from_sym(xc)).float(), **kw))
     return from_sym(torch.cat(out))
 
 

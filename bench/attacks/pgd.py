@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.core.timing import region
+from bench.models.base import model_mode
 
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, y) -> scalar to ascend
 
@@ -54,18 +54,6 @@ def project_linf(
 ) -> torch.Tensor:
     """Project onto the eps-ball around ``x`` and the valid range [lo, hi]."""
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(lo, hi)
-
-
-@contextmanager
-def model_mode(model: nn.Module, mode: str | None):
-    """Temporarily put ``model`` in ``"eval"`` or ``"train"`` mode (None: leave as is)."""
-    was_training = model.training
-    if mode is not None:
-        model.train(mode == "train")
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def pgd_linf(

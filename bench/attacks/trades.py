@@ -1,21 +1,9 @@
-"""The TRADES inner maximisation (Zhang et al., ICML 2019), on the shared l-inf PGD loop.
-
-x_adv maximises KL(softmax f(x) || softmax f(x_adv)) over the eps-ball around x: the clean
-probabilities are computed once, in the attack's model mode, and held fixed; the start is
-``x + start_std * N(0, I)`` (not clamped; the projection onto the eps-ball and [0, 1] applies
-after every signed step). As ``yaodongyu/TRADES`` (trades.py): model in eval mode, start std
-0.001, summed KL, sign steps. ``eps`` and ``alpha`` are in pixel units ([0, 1] images).
-
-Under bf16 autocast (the fast path) the clean probabilities and the first step run in fp32. At
-the start the KL's gradient with respect to the adversarial logits is p(x + d) - p_clean, of the
-order of the 0.001 * N(0, I) perturbation d: far below the rounding of a bf16 forward (about 2^-8
-relative in every activation), so a bf16 first step follows rounding noise, not the curvature the
-start is there to probe. Measured on CPU (an untrained resnet8, batch norm warmed): the bf16
-first step's signs agree with the fp32 step's on 50 % of the pixels (chance), and on 56 % after
-10 steps; with the first step and the clean pass in fp32, on 100 % and 95 %. From the second
-iterate on, x_adv - x is a whole signed step (alpha = 2/255), the KL's gradient is well above the
-rounding, and the forwards run under autocast again. Cost: one clean forward and one
-forward/backward in fp32 instead of bf16; outside autocast nothing changes.
+"""The TRADES inner maximisation (Zhang et al., ICML 2019; ``yaodongyu/TRADES``) on the shared l-inf
+PGD loop: x_adv maximises the summed KL(softmax f(x) || softmax f(x_adv)) over the eps-ball around x
+(pixel units) from ``x + 0.001 * N(0, I)`` (not clamped), model in eval mode, the clean
+probabilities held fixed. Under bf16 autocast the clean pass and the first step run in fp32: at the
+start the KL's gradient is below a bf16 forward's rounding (docs/methods.md, "Attacks and samplers
+under bf16").
 """
 
 from __future__ import annotations
@@ -24,7 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.attacks.pgd import as_iterate, full_precision, model_mode, pgd_linf
+from bench.attacks.pgd import as_iterate, full_precision, pgd_linf
+from bench.models.base import model_mode
 
 
 def kl_sum(logits_adv: torch.Tensor, p_clean: torch.Tensor) -> torch.Tensor:

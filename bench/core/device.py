@@ -89,22 +89,18 @@ def precision(flags: Precision) -> Iterator[dict[str, Any]]:
     """Run the block under ``flags`` (TF32 and cuDNN autotuning; deterministic algorithms are
     :func:`bench.train.trainer.deterministic_algorithms`' job) and yield them as torch holds them; the
     previous flags are put back afterwards."""
-    saved = (
-        torch.backends.cuda.matmul.allow_tf32,
-        torch.backends.cudnn.allow_tf32,
-        torch.backends.cudnn.benchmark,
-    )
-    torch.backends.cuda.matmul.allow_tf32 = flags.tf32
-    torch.backends.cudnn.allow_tf32 = flags.tf32
-    torch.backends.cudnn.benchmark = flags.cudnn_benchmark
+    saved = current_precision()
+    _set_flags(flags.tf32, flags.tf32, flags.cudnn_benchmark)
     try:
         yield current_precision()
     finally:
-        (
-            torch.backends.cuda.matmul.allow_tf32,
-            torch.backends.cudnn.allow_tf32,
-            torch.backends.cudnn.benchmark,
-        ) = saved
+        _set_flags(saved["tf32_matmul"], saved["tf32_cudnn"], saved["cudnn_benchmark"])
+
+
+def _set_flags(tf32_matmul: bool, tf32_cudnn: bool, cudnn_benchmark: bool) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = tf32_matmul
+    torch.backends.cudnn.allow_tf32 = tf32_cudnn
+    torch.backends.cudnn.benchmark = cudnn_benchmark
 
 
 def prepare_determinism(enabled: bool) -> None:

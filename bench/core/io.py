@@ -19,10 +19,9 @@ import torch
 from bench.core.errors import DiskFull
 
 FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left / quota exceeded
+# read once: files get the permissions open() would give them (mkstemp makes them 0600)
 _UMASK = os.umask(0o022)
-os.umask(
-    _UMASK
-)  # read once: files get the permissions open() would give them (mkstemp makes them 0600)
+os.umask(_UMASK)
 
 
 def _atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
@@ -85,8 +84,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n"
-    _atomic(path, lambda fh: fh.write(text), mode="w")
+    write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
 
 
 def save_npz(path: Path, **arrays: Any) -> None:
@@ -98,6 +96,10 @@ def save_npz(path: Path, **arrays: Any) -> None:
 
 def write_text(path: Path, text: str) -> None:
     _atomic(path, lambda fh: fh.write(text), mode="w")
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    _atomic(Path(path), lambda fh: fh.write(data))
 
 
 def read_json(path: Path) -> Any:

@@ -1,20 +1,6 @@
-"""Name -> object registries, filled by decorators and by entry points of installed packages.
-
-One mechanism for every plug-in kind: methods, metrics, protocols, datasets, architectures and
-samplers each have one :class:`Registry`. On first lookup a registry imports every public module
-(name not starting with ``_``) of its built-in packages, whose decorators register the built-in
-entries, then reads its entry-point group (e.g. ``trilemma_bench.methods``): each entry point
-names the object to register, or a module whose import registers it.
-
-| kind | registry | group |
-| --- | --- | --- |
-| method | ``methods.METHODS`` | ``trilemma_bench.methods`` |
-| metric | ``metrics.METRICS`` | ``trilemma_bench.metrics`` |
-| protocol | ``metrics.PROTOCOLS`` | ``trilemma_bench.protocols`` |
-| dataset | ``bench.data.DATASETS`` | ``trilemma_bench.datasets`` |
-| architecture | ``bench.models.ARCHS`` | ``trilemma_bench.archs`` |
-| sampler | ``bench.sampling.SAMPLERS`` | ``trilemma_bench.samplers`` |
-"""
+"""Name -> object registries, filled by decorators and by entry points of installed packages: one
+mechanism for every plug-in kind (methods, metrics, protocols, datasets, architectures, samplers; the
+kinds and their entry-point groups: docs/architecture.md, "One plug-in mechanism")."""
 
 from __future__ import annotations
 
@@ -49,9 +35,7 @@ class Registry(Generic[T]):
         self._patterns: list[tuple[re.Pattern[str], str, Callable[..., T]]] = []
         self._loaded = False
         self.load_errors: dict[str, str] = {}
-        self.origins: dict[
-            str, str
-        ] = {}  # name -> the module of the entry point that supplied the object
+        self.origins: dict[str, str] = {}  # name -> the module of the entry point that supplied it
 
     # -- registration -------------------------------------------------------------------
     def register(self, name: str, obj: T | None = None, *, replace: bool = False):
@@ -182,9 +166,7 @@ def _is_module(obj: Any) -> bool:
     return type(obj).__name__ == "module"
 
 
-BUILTIN_PACKAGES = frozenset(
-    {"bench", "methods", "metrics"}
-)  # trilemma-bench's own top-level packages
+BUILTIN_PACKAGES = frozenset({"bench", "methods", "metrics"})  # trilemma-bench's own packages
 
 
 def provider(obj: Any) -> dict[str, Any] | None:

@@ -7,6 +7,9 @@ samplers such as PYLD can take gradients at the first layer's output.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn as nn
 
@@ -65,6 +68,33 @@ def energy_from_logits(logits: torch.Tensor, y: torch.Tensor | None = None) -> t
     return -logits.gather(1, y.view(-1, 1)).squeeze(1)
 
 
+def to_sym(x01: torch.Tensor) -> torch.Tensor:
+    """[0, 1] pixels -> the symmetric [-1, 1] scale the JEM-family references work on: ``2x - 1``."""
+    return x01 * 2.0 - 1.0
+
+
+def from_sym(xs: torch.Tensor) -> torch.Tensor:
+    """The symmetric [-1, 1] scale -> [0, 1] pixels: ``(x + 1) / 2`` (not clamped)."""
+    return (xs + 1.0) / 2.0
+
+
+MODES = ("eval", "train", "keep")
+
+
+@contextlib.contextmanager
+def model_mode(model: nn.Module, mode: str | None) -> Iterator[None]:
+    """Put ``model`` in ``mode`` for the block (eval | train; keep or None: as it is), then restore it."""
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"model mode {mode!r} is not one of {MODES}")
+    was = model.training
+    if mode in ("eval", "train"):
+        model.train(mode == "train")
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
 def make_norm(kind: str, channels: int, momentum: float) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(channels, momentum=momentum)
@@ -91,21 +121,35 @@ def build_model(model_cfg, num_classes: int) -> EnergyClassifier:
     )
 
 
-def preact_trunk_features(
-    stages,
-    norm: nn.Module,
-    act: nn.Module,
-    head: nn.Module,
-    h: torch.Tensor,
-    dropout: nn.Module | None = None,
-) -> dict[str, torch.Tensor]:
-    """The feature maps of a pre-activation network (WRN, PreAct ResNet): each stage's output, then
-    the final norm and activation, global average pooling (``penultimate``) and the linear head."""
-    maps = {}
-    for i, stage in enumerate(stages):
-        h = stage(h)
-        maps[f"stage{i + 1}"] = h
-    pooled = torch.nn.functional.adaptive_avg_pool2d(act(norm(h)), 1).flatten(1)
-    maps["penultimate"] = pooled
-    maps["logits"] = head(dropout(pooled) if dropout is not None else pooled)
-    return maps
+def residual_stages(block, cin: int, widths, counts, strides, *args) -> tuple[nn.ModuleList, int]:
+    """Stage ``i``: ``counts[i]`` blocks ``block(cin, cout, stride, *args)`` of ``widths[i]`` channels
+    in an ``nn.Sequential``, the first with stride ``strides[i]``; and the channels that come out."""
+    stages = []
+    for cout, n, stride in zip(widths, counts, strides):
+        blocks = []
+        for j in range(n):
+            blocks.append(block(cin, cout, stride if j == 0 else 1, *args))
+            cin = cout
+        stages.append(nn.Sequential(*blocks))
+    return nn.ModuleList(stages), cin
+
+
+class PreActNet(EnergyClassifier):
+    """A pre-activation network (WRN, PreAct ResNet): ``stages``, then the final norm and activation,
+    global average pooling (``penultimate``), dropout and the linear head."""
+
+    def add_head(self, cin: int, norm: str, momentum: float, act: str, dropout: float = 0.0):
+        self.bn = make_norm(norm, cin, momentum)
+        self.act = make_act(act)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.head = nn.Linear(cin, self.num_classes)
+        self.feature_dim = cin
+
+    def trunk_features(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        maps = {}
+        for i, stage in enumerate(self.stages):
+            h = stage(h)
+            maps[f"stage{i + 1}"] = h
+        maps["penultimate"] = nn.functional.adaptive_avg_pool2d(self.act(self.bn(h)), 1).flatten(1)
+        maps["logits"] = self.head(self.dropout(maps["penultimate"]))
+        return maps

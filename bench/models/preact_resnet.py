@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from bench.models.base import ARCHS, EnergyClassifier, make_act, make_norm, preact_trunk_features
+from bench.models.base import ARCHS, PreActNet, make_act, make_norm, residual_stages
 
 
 class PreActBlock(nn.Module):
@@ -28,20 +28,17 @@ class PreActBlock(nn.Module):
         self.bn2 = make_norm(norm, cout, momentum)
         self.act2 = make_act(act)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=bias)
-        self.shortcut = (
-            nn.Conv2d(cin, cout, 1, stride=stride, bias=bias)
-            if stride != 1 or cin != cout
-            else None
-        )
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Conv2d(cin, cout, 1, stride=stride, bias=bias)
 
     def forward(self, x):
         out = self.act1(self.bn1(x))
         skip = x if self.shortcut is None else self.shortcut(out)
-        out = self.conv2(self.act2(self.bn2(self.conv1(out))))
-        return out + skip
+        return self.conv2(self.act2(self.bn2(self.conv1(out)))) + skip
 
 
-class PreActResNet(EnergyClassifier):
+class PreActResNet(PreActNet):
     def __init__(
         self,
         blocks=(2, 2, 2, 2),
@@ -57,26 +54,10 @@ class PreActResNet(EnergyClassifier):
         super().__init__(num_classes, mean, std)
         # the first layer is an affine convolution (PYLD relies on it); the first block's norm follows it
         self.first_layer = nn.Conv2d(3, widths[0], 3, padding=1, bias=norm == "none")
-        stages, cin = [], widths[0]
-        for i, (n, cout) in enumerate(zip(blocks, widths)):
-            layers = []
-            for j in range(n):
-                layers.append(
-                    PreActBlock(
-                        cin, cout, 2 if i > 0 and j == 0 else 1, norm, bn_momentum, activation
-                    )
-                )
-                cin = cout
-            stages.append(nn.Sequential(*layers))
-        self.stages = nn.ModuleList(stages)
-        self.bn = make_norm(norm, cin, bn_momentum)
-        self.act = make_act(activation)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.head = nn.Linear(cin, num_classes)
-        self.feature_dim = cin
-
-    def trunk_features(self, h):
-        return preact_trunk_features(self.stages, self.bn, self.act, self.head, h, self.dropout)
+        strides = (1,) + (2,) * (len(widths) - 1)
+        args = (norm, bn_momentum, activation)
+        self.stages, cin = residual_stages(PreActBlock, widths[0], widths, blocks, strides, *args)
+        self.add_head(cin, norm, bn_momentum, activation, dropout)
 
 
 @ARCHS.register("preact-resnet18")

@@ -20,13 +20,11 @@ class BasicBlock(nn.Module):
         self.act1, self.act2 = make_act(act), make_act(act)
         self.shortcut = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride=stride, bias=bias), make_norm(norm, cout, momentum)
-            )
+            conv = nn.Conv2d(cin, cout, 1, stride=stride, bias=bias)
+            self.shortcut = nn.Sequential(conv, make_norm(norm, cout, momentum))
 
     def forward(self, x):
-        out = self.act1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        out = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
         return self.act2(out + self.shortcut(x))
 
 
@@ -48,11 +46,12 @@ class SmallResNet(EnergyClassifier):
         self.first_layer = nn.Conv2d(3, widths[0], 3, padding=1, bias=True)
         self.bn0 = make_norm(norm, widths[0], bn_momentum)
         self.act0 = make_act(activation)
-        blocks, cin = [], widths[0]
-        for i, w in enumerate(widths):
-            blocks.append(BasicBlock(cin, w, 1 if i == 0 else 2, norm, bn_momentum, activation))
-            cin = w
-        self.stages = nn.ModuleList(blocks)
+        cins, strides = (widths[0], *widths[:-1]), (1,) + (2,) * (len(widths) - 1)
+        self.stages = nn.ModuleList(
+            BasicBlock(cin, w, s, norm, bn_momentum, activation)
+            for cin, w, s in zip(cins, widths, strides)
+        )
+        cin = widths[-1]
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.head = nn.Linear(cin, num_classes)
         self.feature_dim = cin
@@ -63,9 +62,8 @@ class SmallResNet(EnergyClassifier):
         for i, stage in enumerate(self.stages):
             h = stage(h)
             maps[f"stage{i + 1}"] = h
-        pooled = F.adaptive_avg_pool2d(h, 1).flatten(1)
-        maps["penultimate"] = pooled
-        maps["logits"] = self.head(self.dropout(pooled))
+        maps["penultimate"] = F.adaptive_avg_pool2d(h, 1).flatten(1)
+        maps["logits"] = self.head(self.dropout(maps["penultimate"]))
         return maps
 
 

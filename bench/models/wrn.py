@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from bench.core.errors import BenchError
-from bench.models.base import ARCHS, EnergyClassifier, make_act, make_norm, preact_trunk_features
+from bench.models.base import ARCHS, PreActNet, make_act, make_norm, residual_stages
 
 
 class WideBasic(nn.Module):
@@ -21,19 +21,16 @@ class WideBasic(nn.Module):
         self.conv2 = nn.Conv2d(cout, cout, 3, stride=stride, padding=1, bias=True)
         self.act1, self.act2 = make_act(act), make_act(act)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.shortcut = (
-            nn.Conv2d(cin, cout, 1, stride=stride, bias=True)
-            if stride != 1 or cin != cout
-            else nn.Identity()
-        )
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Conv2d(cin, cout, 1, stride=stride, bias=True)
 
     def forward(self, x):
         out = self.dropout(self.conv1(self.act1(self.bn1(x))))
-        out = self.conv2(self.act2(self.bn2(out)))
-        return out + self.shortcut(x)
+        return self.conv2(self.act2(self.bn2(out))) + self.shortcut(x)
 
 
-class WideResNet(EnergyClassifier):
+class WideResNet(PreActNet):
     def __init__(
         self,
         depth=28,
@@ -49,28 +46,11 @@ class WideResNet(EnergyClassifier):
         super().__init__(num_classes, mean, std)
         if (depth - 4) % 6 != 0 or depth < 10:
             raise BenchError(f"wrn-{depth}-{width}: depth must be 6n+4 (e.g. 16, 22, 28, 34, 40)")
-        n = (depth - 4) // 6
-        widths = [16, 16 * width, 32 * width, 64 * width]
-        self.first_layer = nn.Conv2d(3, widths[0], 3, padding=1, bias=True)
-        stages, cin = [], widths[0]
-        for _i, (cout, stride) in enumerate(zip(widths[1:], (1, 2, 2))):
-            blocks = []
-            for j in range(n):
-                blocks.append(
-                    WideBasic(
-                        cin, cout, stride if j == 0 else 1, norm, bn_momentum, activation, dropout
-                    )
-                )
-                cin = cout
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.ModuleList(stages)
-        self.bn = make_norm(norm, cin, bn_momentum)
-        self.act = make_act(activation)
-        self.head = nn.Linear(cin, num_classes)
-        self.feature_dim = cin
-
-    def trunk_features(self, h):
-        return preact_trunk_features(self.stages, self.bn, self.act, self.head, h)
+        self.first_layer = nn.Conv2d(3, 16, 3, padding=1, bias=True)
+        widths, counts = (16 * width, 32 * width, 64 * width), ((depth - 4) // 6,) * 3
+        args = (norm, bn_momentum, activation, dropout)
+        self.stages, cin = residual_stages(WideBasic, 16, widths, counts, (1, 2, 2), *args)
+        self.add_head(cin, norm, bn_momentum, activation)  # dropout lives in the blocks
 
 
 @ARCHS.register_pattern(r"wrn-(?P<depth>\d+)-(?P<width>\d+)", "wrn-D-W")

@@ -1,16 +1,8 @@
-"""Samplers for the JEM family (JEM, JEM++, EB-JDAT) and for generating from any run.
-
-Scale: samplers, replay buffers and class Gaussians work on the references' symmetric [-1, 1]
-scale (``to_sym`` / ``from_sym``); models are always called on [0, 1] images. Step sizes,
-clamps and ``eps`` are therefore the references' numbers.
-
-- :func:`sgld`, :func:`pyld`: the samplers (whole batches, input-only gradients).
-- :class:`ClassGaussians`: per-class mean + covariance of the training images (informative init).
-- :class:`ReplayBuffer`: persistent chains with re-initialisation, optionally class-conditional.
-- :class:`SamplerConfig`, :class:`ContrastiveSampler`: what a method nests in its config / owns;
-  :func:`reference_sampler`: a reference's settings (``references.yaml``, each written once).
-- ``SAMPLERS``: the registry of sampler kinds (``method.sampler.kind``), plugins included.
-- :func:`make_sample_fn`: samples from any trained run (for FID, `bench sample`).
+"""Samplers for the JEM family (JEM, JEM++, EB-JDAT) and for generating from any run: SGLD and PYLD
+(``langevin``), the registered kinds (``kinds``), replay buffers, class Gaussians, a method's
+:class:`ContrastiveSampler` and reference settings (``sampler``), and sampling from a trained run
+(``generate``). They work on the references' symmetric [-1, 1] scale (``to_sym`` / ``from_sym``),
+so step sizes, clamps and ``eps`` are the references' numbers; models are called on [0, 1] images.
 """
 
 from bench.sampling.buffer import ReplayBuffer, fresh_starts

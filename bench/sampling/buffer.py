@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from bench.core.errors import BenchError
+from bench.models.base import to_sym
 from bench.sampling import gaussians as gaussians_mod
 
 INITS = ("uniform", "informative")
@@ -36,7 +37,7 @@ def fresh_starts(
     """``n`` fresh chain starts on the symmetric scale: U(-1, 1), or class-Gaussian draws for
     classes ``y`` (uniformly random classes when ``y`` is None)."""
     if init == "uniform":
-        return torch.rand(n, *image_shape, device=device) * 2.0 - 1.0
+        return to_sym(torch.rand(n, *image_shape, device=device))
     if y is None:
         y = torch.randint(0, num_classes, (n,), device=device)
     return gaussians.sample(y)

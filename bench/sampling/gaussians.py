@@ -25,12 +25,15 @@ import hashlib
 import json
 import math
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bench.core.io import torch_save
 from bench.data.stream import augment_batch, to_float
+from bench.models.base import to_sym
 
 VERSION = 1
 DIAG = 1e-4  # added to every covariance (the reference's 1e-4 * I)
@@ -58,24 +61,20 @@ def sync_free_default(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+@dataclass(eq=False)
 class ClassGaussians:
     """Per-class Gaussians on the symmetric scale; see the module docstring."""
 
-    def __init__(
-        self,
-        means: torch.Tensor,
-        factors: list[torch.Tensor],
-        jitters: torch.Tensor,
-        counts: torch.Tensor,
-        image_shape: tuple[int, ...],
-        meta: dict[str, Any] | None = None,
-    ):
-        self.means = means  # (K, D) float32
-        self.factors = factors  # K tensors (D, r_k) float32
-        self.jitters = jitters  # (K,) float32
-        self.counts = counts  # (K,) int64: images per class in the fit
-        self.image_shape = tuple(int(s) for s in image_shape)
-        self.meta = dict(meta or {})
+    means: torch.Tensor  # (K, D) float32
+    factors: list[torch.Tensor]  # K tensors (D, r_k) float32
+    jitters: torch.Tensor  # (K,) float32
+    counts: torch.Tensor  # (K,) int64: images per class in the fit
+    image_shape: tuple[int, ...]
+    meta: dict[str, Any] | None = None
+
+    def __post_init__(self):
+        self.image_shape = tuple(int(s) for s in self.image_shape)
+        self.meta = dict(self.meta or {})
 
     @property
     def num_classes(self) -> int:
@@ -86,13 +85,9 @@ class ClassGaussians:
         return self.means.device
 
     def to(self, device) -> ClassGaussians:
-        return ClassGaussians(
-            self.means.to(device),
-            [f.to(device) for f in self.factors],
-            self.jitters.to(device),
-            self.counts,
-            self.image_shape,
-            self.meta,
+        factors = [f.to(device) for f in self.factors]
+        return replace(
+            self, means=self.means.to(device), factors=factors, jitters=self.jitters.to(device)
         )
 
     # -- fitting ---------------------------------------------------------------------------
@@ -141,7 +136,7 @@ class ClassGaussians:
                         noise_std=noise_std / 2.0,
                         generator=gen,
                     )  # pixel units = sym / 2
-                rows.append((xb * 2.0 - 1.0).reshape(xb.shape[0], d).double())
+                rows.append(to_sym(xb).reshape(xb.shape[0], d).double())
             xs = torch.cat(rows)
             mu = xs.mean(0)
             xc = xs - mu
@@ -159,14 +154,8 @@ class ClassGaussians:
             jitters.append(jit)
             counts.append(n)
             del xs, xc
-        meta = {
-            "version": VERSION,
-            "augment": augment,
-            "noise_std": noise_std,
-            "pad_mode": pad_mode,
-            "flip": flip,
-            "seed": seed,
-        }
+        meta = {"version": VERSION, "augment": augment, "noise_std": noise_std}
+        meta.update(pad_mode=pad_mode, flip=flip, seed=seed)
         return cls(
             torch.stack(means),
             factors,
@@ -178,73 +167,41 @@ class ClassGaussians:
 
     @classmethod
     def fit_or_load(
-        cls,
-        data,
-        *,
-        augment: bool = True,
-        noise_std: float = 0.03,
-        pad_mode: str = "reflect",
-        flip: bool = True,
-        seed: int = 0,
-        cache_dir: str | Path | None = None,
-        device: torch.device | str = "cpu",
+        cls, data, *, cache_dir: str | Path | None = None, device="cpu", **given: Any
     ) -> ClassGaussians:
-        """Fit on ``data.x_train`` (an ImageData), or load the cached fit of the same images and settings.
+        """Fit on ``data.x_train`` (an ImageData) with ``given`` of :meth:`fit`'s settings (augment,
+        noise_std, pad_mode, flip, seed), or load the cached fit of the same images and settings.
 
         ``cache_dir``: where to cache; ``None`` or ``""`` = ``<data.cache_dir>/gaussians`` (a run's
         data directory, see ``load_run_data``), or :func:`default_cache_dir` for data that names
         none; ``"off"`` = never cache.
         """
         settings = {
-            "version": VERSION,
-            "augment": augment,
-            "noise_std": noise_std,
-            "pad_mode": pad_mode,
-            "flip": flip,
-            "seed": seed,
-            "num_classes": data.num_classes,
+            "augment": True,
+            "noise_std": 0.03,
+            "pad_mode": "reflect",
+            "flip": True,
+            "seed": 0,
         }
-        use_cache = str(cache_dir).lower() not in ("off", "none", "false")
+        settings.update(given)
         path = None
-        if use_cache:
+        if str(cache_dir).lower() not in ("off", "none", "false"):
             own = getattr(data, "cache_dir", "")
-            root = (
-                Path(cache_dir)
-                if cache_dir
-                else Path(own) / "gaussians"
-                if own
-                else default_cache_dir()
-            )
-            key = hashlib.blake2b(
-                (
-                    content_hash(data.x_train, data.y_train) + json.dumps(settings, sort_keys=True)
-                ).encode(),
-                digest_size=10,
-            ).hexdigest()
+            root = Path(cache_dir) if cache_dir else Path(own) / "gaussians" if own else None
+            keyed = {"version": VERSION, **settings, "num_classes": data.num_classes}
+            key = content_hash(data.x_train, data.y_train) + json.dumps(keyed, sort_keys=True)
+            key = hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
             safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in str(data.name))[:32]
-            path = root / f"{safe}-{key}.pt"
+            path = (root or default_cache_dir()) / f"{safe}-{key}.pt"
             if path.is_file():
                 try:
-                    return cls.from_state_dict(
-                        torch.load(path, map_location="cpu", weights_only=True)
-                    ).to(device)
+                    state = torch.load(path, map_location="cpu", weights_only=True)
+                    return cls.from_state_dict(state).to(device)
                 except Exception:
                     pass  # a corrupt cache file is refitted and rewritten
-        g = cls.fit(
-            data.x_train,
-            data.y_train,
-            data.num_classes,
-            augment=augment,
-            noise_std=noise_std,
-            pad_mode=pad_mode,
-            flip=flip,
-            seed=seed,
-            device=device,
-        )
+        g = cls.fit(data.x_train, data.y_train, data.num_classes, device=device, **settings)
         g.meta["dataset"] = str(data.name)
         if path is not None:
-            from bench.core.io import torch_save
-
             try:
                 torch_save(g.to("cpu").state_dict(), path)
                 g.meta["cache"] = str(path)

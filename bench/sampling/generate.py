@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ from bench.sampling.buffer import fresh_starts
 from bench.sampling.gaussians import ClassGaussians
 from bench.sampling.kinds import SAMPLERS
 from bench.sampling.langevin import from_sym, model_mode
-from bench.sampling.sampler import SamplerConfig, run_sampler, with_kind
+from bench.sampling.sampler import SamplerConfig, fit_gaussians, run_sampler, with_kind
 
 FRESH_STEPS = 100  # JEM's eval_wrn_ebm.py --n_sample_steps default for samples from scratch
 
@@ -64,6 +65,7 @@ def preserved_buffers(model: torch.nn.Module) -> Iterator[None]:
                 b.copy_(v)
 
 
+@dataclass(eq=False)
 class SampleFn:
     """``fn(n, y=None)``: ``n`` samples in [0, 1]; ``y`` an int class or (n,) labels for ``x | y``.
 
@@ -71,29 +73,25 @@ class SampleFn:
     the results (in the sampler's model mode; ``E(x, y)`` for a conditional call).
     """
 
-    def __init__(
-        self,
-        model,
-        sampler: SamplerConfig,
-        device,
-        *,
-        steps: int,
-        num_classes: int,
-        image_shape: tuple[int, ...],
-        gaussians: ClassGaussians | None,
-        buffer: torch.Tensor | None,
-        buffer_conditional: bool,
-        batch_size: int,
-        track_energy: bool,
-        show_progress: bool = False,
-    ):
-        self.model, self.sampler, self.device = model, sampler, torch.device(device)
-        self.show_progress = show_progress  # a progress bar over the sampler's steps (stderr)
-        self.steps, self.num_classes, self.image_shape = steps, num_classes, tuple(image_shape)
-        self.gaussians, self.buffer, self.buffer_conditional = gaussians, buffer, buffer_conditional
-        self.batch_size, self.track_energy = batch_size, track_energy
-        self.stats: dict[str, Any] = {}
-        self._pred: torch.Tensor | None = None  # predicted classes of the saved buffer (for x|y)
+    model: torch.nn.Module
+    sampler: SamplerConfig
+    device: torch.device
+    _: KW_ONLY
+    steps: int
+    num_classes: int
+    image_shape: tuple[int, ...]
+    gaussians: ClassGaussians | None
+    buffer: torch.Tensor | None
+    buffer_conditional: bool
+    batch_size: int
+    track_energy: bool
+    show_progress: bool = False  # a progress bar over the sampler's steps (stderr)
+    stats: dict[str, Any] = field(default_factory=dict, init=False)
+    # predicted classes of the saved buffer (for x|y)
+    _pred: torch.Tensor | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        self.device, self.image_shape = torch.device(self.device), tuple(self.image_shape)
 
     # -- starts ------------------------------------------------------------------------------
     def _labels(self, n: int, y) -> torch.Tensor | None:
@@ -130,15 +128,8 @@ class SampleFn:
 
     def starts(self, n: int, y: torch.Tensor | None) -> torch.Tensor:
         if self.buffer is None:
-            return fresh_starts(
-                n,
-                self.image_shape,
-                self.num_classes,
-                self.sampler.init,
-                self.gaussians,
-                y,
-                self.device,
-            )
+            shape, k, init = self.image_shape, self.num_classes, self.sampler.init
+            return fresh_starts(n, shape, k, init, self.gaussians, y, self.device)
         size = self.buffer.shape[0]
         if y is None:
             idx = self._choose(torch.arange(size), n, self.device)
@@ -242,26 +233,15 @@ def make_sample_fn(
         scfg = with_kind(scfg, sampler)
     if steps is not None and steps < 0:
         raise BenchError(f"steps must be >= 0, got {steps}")
-    buffer, conditional = None, False
-    if buffer_state is not None:
-        buffer = buffer_state["x"]
-        conditional = bool(buffer_state.get("conditional", False))
-        n_steps = 0 if steps is None else steps
-    else:
-        n_steps = FRESH_STEPS if steps is None else steps
+    buffer = None if buffer_state is None else buffer_state["x"]
+    conditional = bool((buffer_state or {}).get("conditional", False))
+    if steps is None:
+        steps = FRESH_STEPS if buffer is None else 0
     gaussians = None
-    if (
-        buffer is None and data is None
-    ):  # fresh starts need the image shape (and maybe the Gaussian fit)
+    if buffer is None and data is None:  # fresh starts need the image shape (maybe the Gaussians)
         data = load_run_data(cfg)
     if buffer is None and scfg.init == "informative":
-        gaussians = ClassGaussians.fit_or_load(
-            data,
-            augment=scfg.fit_augment,
-            noise_std=scfg.fit_noise_std,
-            cache_dir=scfg.cache_dir,
-            device=device,
-        )
+        gaussians = fit_gaussians(scfg, data, device)
     num_classes = getattr(model, "num_classes", None) or (
         data.num_classes if data is not None else None
     )
@@ -272,7 +252,7 @@ def make_sample_fn(
         model,
         scfg,
         device,
-        steps=n_steps,
+        steps=steps,
         num_classes=num_classes,
         image_shape=image_shape,
         gaussians=gaussians,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.core.io import _atomic
+from bench.core.io import write_bytes
 
 
 def to_uint8_nhwc(x01: torch.Tensor) -> np.ndarray:
@@ -27,10 +27,8 @@ def grid_array(x01: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.n
     out = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
     for i in range(n):
         r, col = divmod(i, nrow)
-        out[
-            pad + r * (h + pad) : pad + r * (h + pad) + h,
-            pad + col * (w + pad) : pad + col * (w + pad) + w,
-        ] = imgs[i]
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        out[top : top + h, left : left + w] = imgs[i]
     return out
 
 
@@ -46,7 +44,7 @@ def save_grid(x01: torch.Tensor, path: str | Path, nrow: int | None = None, scal
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    _atomic(Path(path), lambda fh: fh.write(buf.getvalue()))
+    write_bytes(path, buf.getvalue())
     return Path(path)
 
 
@@ -59,5 +57,5 @@ def save_npz(path: str | Path, x01: torch.Tensor, y: torch.Tensor | None = None,
         arrays[k] = np.asarray(v)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    _atomic(Path(path), lambda fh: fh.write(buf.getvalue()))
+    write_bytes(path, buf.getvalue())
     return Path(path)

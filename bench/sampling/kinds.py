@@ -1,11 +1,5 @@
-"""The sampler registry: ``method.sampler.kind`` names an entry of ``SAMPLERS``.
-
-A sampler kind is a function ``run(cfg, model, xs, y, steps, mode, trace) -> xs`` on the
-symmetric [-1, 1] scale (``cfg`` a :class:`~bench.sampling.sampler.SamplerConfig`; ``steps`` and
-``mode`` already resolved), registered with ``@register_sampler(name, reference=..., step_fields=...)``
-or, from another package, through the entry-point group ``trilemma_bench.samplers``.
-``reference`` names the entry of ``references.yaml`` whose step settings (``step_fields``) the
-kind takes when a run's sampler is swapped for it (``bench sample --sampler``).
+"""The sampler registry: ``method.sampler.kind`` names an entry of ``SAMPLERS``, a built-in kind
+below or a plugin's (README, "A sampler kind").
 """
 
 from __future__ import annotations

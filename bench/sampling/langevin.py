@@ -1,51 +1,23 @@
-"""Gradient samplers on the energy of a classifier: SGLD (JEM) and PYLD (JEM++).
-
-Everything here works on the references' symmetric scale: images in [-1, 1] (``to_sym`` /
-``from_sym`` convert from / to the [0, 1] pixels every model takes). The model is always called
-on ``from_sym(xs)``; since the models normalise with ``(x - 0.5) / 0.5``, the gradient with
-respect to ``xs`` is exactly the gradient the references took on their [-1, 1] inputs, so step
-sizes, clamps and ``eps`` below are the references' numbers.
-
-The samplers ascend ``-E`` (``E(x) = -logsumexp f(x)``, or ``E(x, y) = -f(x)[y]`` when ``y``
-is given), whole batches at a time, with input-only gradients (``torch.autograd.grad``): no
-weight gradients are computed and nothing accumulates in ``.grad``.
+"""Gradient samplers on the energy of a classifier: SGLD (JEM) and PYLD (JEM++). They work on the
+symmetric [-1, 1] scale and call the model on ``from_sym(xs)``; as the models normalise with
+``(x - 0.5) / 0.5``, the gradient with respect to ``xs`` is the one the references took on their
+[-1, 1] inputs. They ascend ``-E`` (``E(x)``, or ``E(x, y)`` given ``y``) on whole batches, with
+input-only gradients (``torch.autograd.grad``): nothing accumulates in ``.grad``.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 import torch.nn as nn
 
-from bench.models.base import EnergyClassifier, energy_from_logits
-
-MODES = ("eval", "train", "keep")
-
-
-def to_sym(x01: torch.Tensor) -> torch.Tensor:
-    """[0, 1] pixels -> the symmetric [-1, 1] scale: ``2x - 1``."""
-    return x01 * 2.0 - 1.0
-
-
-def from_sym(xs: torch.Tensor) -> torch.Tensor:
-    """The symmetric [-1, 1] scale -> [0, 1] pixels: ``(x + 1) / 2`` (not clamped)."""
-    return (xs + 1.0) / 2.0
-
-
-@contextlib.contextmanager
-def model_mode(model: nn.Module, mode: str) -> Iterator[None]:
-    """Put ``model`` in ``mode`` (eval | train | keep) for the block, then restore its mode."""
-    if mode not in MODES:
-        raise ValueError(f"sampler mode {mode!r} is not one of {MODES}")
-    was = model.training
-    if mode != "keep":
-        model.train(mode == "train")
-    try:
-        yield
-    finally:
-        model.train(was)
+from bench.models.base import (  # noqa: F401 (MODES, to_sym: re-exported)
+    MODES,
+    EnergyClassifier,
+    energy_from_logits,
+    from_sym,
+    model_mode,
+    to_sym,
+)
 
 
 def neg_energy_sum(
@@ -56,20 +28,10 @@ def neg_energy_sum(
     return -e.sum(), e.detach()
 
 
-def _record_start(trace: dict | None, e: torch.Tensor) -> None:
-    if trace is not None:
-        trace["energy_start"] = e.mean()
-
-
-def _tick(trace: dict | None) -> None:
+def _tick(trace: dict) -> None:
     """One sampler step done: calls ``trace["on_step"]`` when given (progress; reads nothing off the device)."""
-    if trace is not None and trace.get("on_step") is not None:
+    if trace.get("on_step") is not None:
         trace["on_step"]()
-
-
-def _record_end(trace: dict | None, steps: int) -> None:
-    if trace is not None:
-        trace["steps"] = steps
 
 
 def sgld(
@@ -93,13 +55,13 @@ def sgld(
     sampling (JEM: eval). ``trace``, when given, receives ``energy_start`` (the batch mean of E
     at the start). Returns the final batch, detached.
     """
-    x = x.detach().clone()
+    trace, x = {} if trace is None else trace, x.detach().clone()
     with model_mode(model, mode):
         for k in range(steps):
             x.requires_grad_(True)
             f, e = neg_energy_sum(model, x, y)
             if k == 0:
-                _record_start(trace, e)
+                trace["energy_start"] = e.mean()
             (g,) = torch.autograd.grad(f, x)
             with torch.no_grad():
                 if grad_clamp > 0:
@@ -110,7 +72,7 @@ def sgld(
                 if clamp:
                     x = x.clamp_(-1.0, 1.0)
             _tick(trace)
-    _record_end(trace, steps)
+    trace["steps"] = steps
     return x.detach()
 
 
@@ -170,7 +132,7 @@ def pyld(
         )
     if not fast and not (hasattr(model, "stem") and hasattr(model, "trunk")):
         raise ValueError("pyld needs a model with stem(x) and trunk(h) (an EnergyClassifier)")
-    x = x.detach().clone()
+    trace, x = {} if trace is None else trace, x.detach().clone()
     with model_mode(model, mode):
         for k in range(n_steps):
             x.requires_grad_(True)
@@ -189,16 +151,11 @@ def pyld(
                 h = model.stem(from_sym(x))
                 e_full = energy_from_logits(model.trunk(h), y)
                 e = e_full.detach()
+                grads = torch.autograd.grad(-e_full.sum(), [x, h] if sgld_lr > 0 else [h])
+                p, x = grads[-1].detach(), x.detach()
                 if sgld_lr > 0:
-                    g, p = torch.autograd.grad(-e_full.sum(), [x, h])
-                else:
-                    (p,) = torch.autograd.grad(-e_full.sum(), h)
-                    g = None
-                p = p.detach()
-                x = x.detach()
-                if g is not None:
                     with torch.no_grad():
-                        x = (x + sgld_lr * g.clamp(-eps, eps)).clamp_(-1.0, 1.0)
+                        x = (x + sgld_lr * grads[0].clamp(-eps, eps)).clamp_(-1.0, 1.0)
                 for _ in range(in_steps):
                     x.requires_grad_(True)
                     hh = model.stem(from_sym(x))
@@ -206,10 +163,10 @@ def pyld(
                     with torch.no_grad():
                         x = (x.detach() + lr * gi.clamp(-eps, eps)).clamp_(-1.0, 1.0)
             if k == 0:
-                _record_start(trace, e)
+                trace["energy_start"] = e.mean()
             if sgld_std > 0:
                 with torch.no_grad():
                     x = x + sgld_std * torch.randn_like(x, memory_format=torch.contiguous_format)
             _tick(trace)
-    _record_end(trace, n_steps)
+    trace["steps"] = n_steps
     return x.detach()

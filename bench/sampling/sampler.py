@@ -156,35 +156,21 @@ class ContrastiveSampler:
         self.num_classes = data.num_classes
         self.gaussians = gaussians
         if cfg.init == "informative" and self.gaussians is None:
-            self.gaussians = ClassGaussians.fit_or_load(
-                data,
-                augment=cfg.fit_augment,
-                noise_std=cfg.fit_noise_std,
-                cache_dir=cfg.cache_dir,
+            self.gaussians = fit_gaussians(cfg, data, self.device)
+        self.buffer = None
+        if cfg.buffer_size > 0:
+            self.buffer = ReplayBuffer(
+                cfg.buffer_size,
+                self.image_shape,
+                self.num_classes,
+                init=cfg.init,
+                reinit_freq=cfg.reinit_freq,
+                conditional=cfg.conditional,
+                gaussians=self.gaussians,
                 device=self.device,
             )
-        self.buffer = self.new_buffer(cfg.buffer_size) if cfg.buffer_size > 0 else None
         self.last: dict[str, torch.Tensor] = {}  # statistics of the latest draw (device tensors)
         self.last_batch_size = 0  # images in the latest draw
-
-    def new_buffer(self, size: int, reinit_freq: float | None = None) -> ReplayBuffer:
-        c = self.cfg
-        return ReplayBuffer(
-            size,
-            self.image_shape,
-            self.num_classes,
-            init=c.init,
-            reinit_freq=c.reinit_freq if reinit_freq is None else reinit_freq,
-            conditional=c.conditional,
-            gaussians=self.gaussians,
-            device=self.device,
-        )
-
-    def fresh(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Fresh starts on the symmetric scale (uniform or from the class Gaussians)."""
-        return fresh_starts(
-            n, self.image_shape, self.num_classes, self.cfg.init, self.gaussians, y, self.device
-        )
 
     def draw(
         self,
@@ -205,7 +191,9 @@ class ContrastiveSampler:
         if self.buffer is not None:
             x0, idx = self.buffer.sample(batch_size, y)
         else:
-            x0, idx = self.fresh(batch_size, y), None
+            shape, k = self.image_shape, self.num_classes
+            x0 = fresh_starts(batch_size, shape, k, self.cfg.init, self.gaussians, y, self.device)
+            idx = None
         trace: dict = {}
         with region("sampler"):
             xs = run_sampler(
@@ -229,3 +217,14 @@ class ContrastiveSampler:
                 "the saved sampler state and this sampler disagree on having a replay buffer; "
                 "keep the run's method.sampler.buffer_size"
             )
+
+
+def fit_gaussians(cfg: SamplerConfig, data, device) -> ClassGaussians:
+    """The class Gaussians of ``data`` (an ImageData) as ``cfg`` fits them (cached)."""
+    return ClassGaussians.fit_or_load(
+        data,
+        augment=cfg.fit_augment,
+        noise_std=cfg.fit_noise_std,
+        cache_dir=cfg.cache_dir,
+        device=device,
+    )
