@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bench.core.io import _atomic
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px auto; max-width: 1500px;
@@ -69,6 +72,9 @@ class Section:
     def paragraph(self, text: str, cls: str = "note") -> None:
         self.parts.append(f'<p class="{cls}">{esc(text)}</p>')
 
+    def heading(self, text: str) -> None:
+        self.parts.append(f"<h3>{esc(text)}</h3>")
+
     def raw(self, fragment: str) -> None:
         self.parts.append(fragment)
 
@@ -114,3 +120,28 @@ def read_png(path: Path) -> bytes | None:
     except OSError:
         return None
     return data if data.startswith(b"\x89PNG") else None
+
+
+class Figures:
+    """Writes each figure as PNG and SVG into ``folder`` (made here) and keeps the paths."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.paths = folder, []
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def save(self, fig, name: str) -> bytes:
+        """Write ``fig`` as ``name``.png and .svg (atomically), close it and return the PNG."""
+        blobs = {}
+        try:
+            for suffix, dpi in ((".png", 110), (".svg", "figure")):
+                buf = io.BytesIO()
+                fig.savefig(buf, format=suffix[1:], dpi=dpi)
+                blobs[suffix] = buf.getvalue()
+        finally:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+        for suffix, data in blobs.items():
+            self.paths.append(self.folder / f"{name}{suffix}")
+            _atomic(self.paths[-1], lambda fh, d=data: fh.write(d))
+        return blobs[".png"]
