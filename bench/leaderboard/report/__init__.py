@@ -19,7 +19,7 @@ from bench.leaderboard.compare import (
     load_records,
     protocol_rank,
 )
-from bench.leaderboard.compare_view import pick_protocol
+from bench.leaderboard.compare_view import pick_protocol, protocol_counts
 from bench.leaderboard.report.page import Figures, render_page
 from bench.leaderboard.report.sections import SECTIONS, Runs
 from bench.leaderboard.report.tables import MEASURED_KINDS
@@ -59,15 +59,15 @@ def _select_runs(
         )
     if protocol is not None:  # one line naming the protocols the runs have, when it has none
         pick_protocol(measured, meta, protocol)
-    present = {
-        m["protocol"] for c, m in meta.items() if c in measured and measured[c].notna().any()
-    }
+    protocols = (
+        [protocol] if protocol else sorted(protocol_counts(measured, meta), key=protocol_rank)
+    )
     keep = set(measured["run_id"])
     return Runs(
         records=[r for r in records if r["run_id"] in keep],
         df=df,
         meta=meta,
-        protocols=[protocol] if protocol else sorted(present, key=protocol_rank),
+        protocols=protocols,
         dirs={d.name: d for d in list_runs(out)},
     )
 
