@@ -24,6 +24,8 @@ def number_columns(df: pd.DataFrame) -> list[str]:
 
 
 CAPTION_COLUMNS = ["dataset", "arch", "preset", "status"]
+# the brief table's columns that name a run rather than hold a number
+BRIEF_RUN_COLUMNS = ("kind", "run", "method", *CAPTION_COLUMNS, "changes", "seed", "seeds")
 CHANGES_WIDTH = 24
 WIDTH = 120  # the notes below a Markdown table are wrapped to this width
 _RUN_ID = re.compile(r"\d{8}-\d{6}-.+-([0-9a-f]{6})")

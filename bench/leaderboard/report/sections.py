@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from bench.core.errors import BenchError
-from bench.leaderboard.compare_view import MARK_NOTE, brief, short_id
+from bench.leaderboard.compare_view import BRIEF_RUN_COLUMNS, MARK_NOTE, brief, short_id
 from bench.leaderboard.grouping import group_seeds
 from bench.leaderboard.report.figures import EnergyPanel, energy_panels, tradeoff, training_curves
 from bench.leaderboard.report.page import Figures, Section, grid_html, read_png, table_html
@@ -19,8 +19,6 @@ from bench.leaderboard.report.tables import planes
 
 MAX_CURVE_RUNS = 10  # training curves of at most this many runs (the newest), to stay legible
 MAX_GRIDS_PER_RUN = 3
-# the brief table's columns that are not numbers: a row with none of its numbers is left out
-NOT_NUMBERS = set("kind run method changes seed seeds dataset arch preset status".split())
 TRADEOFF_CAPTION = (
     "Each panel is one protocol on one dataset (never mixed; reported rows only beside runs of "
     "their dataset). x: clean accuracy; y: robust accuracy under the strongest attack stored for "
@@ -96,7 +94,7 @@ def leaderboard_section(runs: Runs, figures: Figures, notes: list[str]) -> Secti
             table, caption = brief(runs.df, runs.meta, proto)
         except BenchError:  # the protocol has numbers only in rows the filter dropped
             continue
-        numbers = [c for c in table.columns if c not in NOT_NUMBERS]
+        numbers = [c for c in table.columns if c not in BRIEF_RUN_COLUMNS]
         table = table[table[numbers].notna().any(axis=1)] if numbers else table.iloc[0:0]
         rows = [
             [_cell(c, v) for c, v in zip(table.columns, row)]
