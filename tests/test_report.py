@@ -440,3 +440,24 @@ def test_a_run_squeezed_by_the_shared_energy_axis_gets_a_zoomed_inset():
     fig = energy_panels([narrow, narrow], "demo")  # runs on one scale: no inset
     assert not any(c.get_gid() == "energy-zoom" for ax in fig.axes for c in ax.child_axes)
     plt.close(fig)
+
+
+def test_every_value_from_a_record_is_escaped_in_the_page(tmp_path):
+    """Method names, protocols, settings and run ids reach the page only as escaped text."""
+    from bench.core.io import write_json
+    from bench.leaderboard.report import build_report
+
+    evil = "<script>alert(1)</script>"
+    out = tmp_path / "results"
+    recs = [
+        _record("r1-evil", evil, clean=0.9, pgd=0.3, protocol="<b>"),
+        _record("r2-evil", evil, seed=1, clean=0.8, pgd=0.4, protocol="<b>"),
+        {**_record("r3-x", "ce", dataset=evil, clean=0.7, pgd=0.1), "message": evil},
+    ]
+    for rec in recs:
+        write_json(out / "runs" / rec["run_id"] / "record.json", rec)
+    rep = build_report(out, html=tmp_path / "page" / "index.html", reference=False)
+    page = rep.html.read_text()
+    assert "<script>alert" not in page and "<b>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "protocol &lt;b&gt;" in page
+    assert page.count("<script>") == 1  # the page's own check

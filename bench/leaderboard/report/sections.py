@@ -14,7 +14,7 @@ from bench.core.errors import BenchError
 from bench.leaderboard.compare_view import BRIEF_RUN_COLUMNS, MARK_NOTE, brief, short_id
 from bench.leaderboard.grouping import group_seeds
 from bench.leaderboard.report.figures import EnergyPanel, energy_panels, tradeoff, training_curves
-from bench.leaderboard.report.page import Figures, Section, grid_html, read_png, table_html
+from bench.leaderboard.report.page import Figures, Section, read_png
 from bench.leaderboard.report.tables import planes
 
 MAX_CURVE_RUNS = 10  # training curves of at most this many runs (the newest), to stay legible
@@ -103,7 +103,7 @@ def leaderboard_section(runs: Runs, figures: Figures, notes: list[str]) -> Secti
         kinds = list(table["kind"]) if "kind" in table.columns else [""] * len(table)
         classes = ["reported" if k == "reported" else "" for k in kinds]
         sec.heading(f"protocol {proto}")
-        sec.raw(f'<div class="scroll">{table_html(list(table.columns), rows, classes)}</div>')
+        sec.table(list(table.columns), rows, classes)
         for line in caption[1:]:
             sec.paragraph(line, "caption")
     sec.paragraph(
@@ -162,7 +162,7 @@ def energy_section(runs: Runs, figures: Figures, notes: list[str]) -> Section:
             png = figures.save(energy_panels(panels, proto), f"energy-{proto}")
             sec.figure(png, f"protocol {proto}: {ENERGY_CAPTION}", f"energy panels {proto}")
         if pngs:
-            sec.raw(grid_html(pngs))
+            sec.grid(pngs)
     if not sec.parts:
         sec.paragraph(
             "No energy evaluation stored; bench eval RUN --protocol standard --metrics energy adds "
@@ -194,7 +194,7 @@ def samples_section(runs: Runs, figures: Figures, notes: list[str]) -> Section:
         if (png := read_png(path)) is not None
     ]
     if items:
-        sec.raw(grid_html(items))
+        sec.grid(items)
     else:
         sec.paragraph(
             "No sample grid among these runs (energy methods write one at each checkpoint; "
