@@ -67,10 +67,9 @@ def tradeoff_section(runs: Runs, figures: Figures, notes: list[str]) -> Section:
         )
         return sec
     sec.figure(figures.save(tradeoff(shown), "tradeoff"), TRADEOFF_CAPTION, "trade-off plane")
-    points = [pt for p in shown for pt in p.points if pt.kind == "measured"]
-    for label, changes in sorted(
-        {(pt.label, pt.changes) for pt in points if pt.label.endswith(")")}
-    ):
+    measured = {(pt.label, pt.changes) for p in shown for pt in p.points if pt.kind == "measured"}
+    # a method measured under several settings is lettered, pgd-at (a): name each letter's settings
+    for label, changes in sorted(v for v in measured if v[0].endswith(")")):
         sec.paragraph(f"{label}: {changes or 'the preset as it is'}", "caption")
     for p in shown:
         if p.generation_column is None:
@@ -94,7 +93,7 @@ def leaderboard_section(runs: Runs, figures: Figures, notes: list[str]) -> Secti
             table, caption = brief(runs.df, runs.meta, proto)
         except BenchError:  # the protocol has numbers only in rows the filter dropped
             continue
-        numbers = [c for c in table.columns if c not in BRIEF_RUN_COLUMNS]
+        numbers = [c for c in table.columns if c not in BRIEF_RUN_COLUMNS]  # rows with none go
         table = table[table[numbers].notna().any(axis=1)] if numbers else table.iloc[0:0]
         rows = [
             [_cell(c, v) for c, v in zip(table.columns, row)]
