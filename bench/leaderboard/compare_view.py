@@ -110,6 +110,13 @@ def _strongest(df: pd.DataFrame, cols: list[str], meta: dict[str, dict]) -> list
     return keep
 
 
+def _seed(s: Any) -> int | str | None:
+    """A seed as an integer; a group's seeds (``0,1``, `bench compare --group seeds`) as they are."""
+    if pd.isna(s):
+        return None
+    return s if isinstance(s, str) and not s.isdigit() else int(s)
+
+
 def _run_columns(df: pd.DataFrame, out: pd.DataFrame) -> list[str]:
     """Fill ``out`` with the columns that tell the runs apart; return the settings all share."""
     if "kind" in df.columns:
@@ -130,7 +137,7 @@ def _run_columns(df: pd.DataFrame, out: pd.DataFrame) -> list[str]:
         short = [re.sub(r"(^| )method\.", r"\1", c) for c in changes]  # the method's own
         out["changes"] = [_cut(c, CHANGES_WIDTH) for c in short]
     if "seed" in df.columns and df["seed"].dropna().nunique() > 1:
-        out["seed"] = [None if pd.isna(s) else int(s) for s in df["seed"]]
+        out["seed"] = [_seed(s) for s in df["seed"]]
     if "seeds" in df.columns:
         out["seeds"] = list(df["seeds"])
     return shared
