@@ -42,18 +42,20 @@ def _num(v: Any) -> str:
 
 def cell(df: pd.DataFrame, c: str, i: int, with_n: bool = False) -> str | None:
     """One number as text: value, ``± spread``, ``[lo, hi]``, ``(n=..)`` and its reliability mark."""
-    v = df[c].iloc[i]
-    if pd.isna(v):
+
+    def helper(suffix: str) -> Any:  # the qualifying column's value, None without the column
+        return df[f"{c}{suffix}"].iloc[i] if f"{c}{suffix}" in df.columns else None
+
+    if pd.isna(df[c].iloc[i]):
         return None
-    text = _num(v)
-    if f"{c} ±" in df.columns and pd.notna(df[f"{c} ±"].iloc[i]):
-        text += f" ± {_num(df[f'{c} ±'].iloc[i])}"
-    if f"{c} ci_lo" in df.columns and pd.notna(df[f"{c} ci_lo"].iloc[i]):
-        text += f" [{_num(df[f'{c} ci_lo'].iloc[i])}, {_num(df[f'{c} ci_hi'].iloc[i])}]"
-    if f"{c} reliable" in df.columns:
-        text += MARKS.get(df[f"{c} reliable"].iloc[i], "")
-    if with_n and f"{c} n" in df.columns and pd.notna(df[f"{c} n"].iloc[i]):
-        text += f" (n={int(df[f'{c} n'].iloc[i])})"
+    text = _num(df[c].iloc[i])
+    if pd.notna(helper(" ±")):
+        text += f" ± {_num(helper(' ±'))}"
+    if pd.notna(helper(" ci_lo")):
+        text += f" [{_num(helper(' ci_lo'))}, {_num(helper(' ci_hi'))}]"
+    text += MARKS.get(helper(" reliable"), "")
+    if with_n and pd.notna(helper(" n")):
+        text += f" (n={int(helper(' n'))})"
     return text
 
 

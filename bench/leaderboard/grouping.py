@@ -56,6 +56,7 @@ def group_seeds(df: pd.DataFrame) -> pd.DataFrame:
     for c in df.columns:
         if not c.endswith((" ci_lo", " ci_hi")):  # one run's interval says nothing of a mean
             order += [c, *([f"{c} ±"] if c in columns else []), *(["seeds"] if c == "seed" else [])]
+    order = list(dict.fromkeys(order))  # a KID's own ± (its std) becomes the spread over seeds
     grouped = pd.DataFrame([_group_row(g, columns) for _, g in groups]).reindex(columns=order)
     others = df[~measured].reindex(columns=order)
     return pd.concat([grouped, others], ignore_index=True) if len(others) else grouped

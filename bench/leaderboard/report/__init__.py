@@ -27,10 +27,10 @@ from bench.leaderboard.report.tables import MEASURED_KINDS
 
 @dataclass
 class Report:
-    html: Path
-    figures: list[Path] = field(default_factory=list)
+    html: Path  # the page
+    figures: list[Path] = field(default_factory=list)  # the PNG and SVG files beside it
     runs: int = 0
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the page could not show, for the CLI
 
 
 def _unwritable(where: Path, exc: OSError) -> BenchError:
