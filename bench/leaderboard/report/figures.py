@@ -75,7 +75,7 @@ def tradeoff(planes: list[Plane]):
             bar = fig.colorbar(scale, ax=ax, fraction=0.046, pad=0.03)
             n = describe_counts(plane.n_examples.get(plane.generation_column, []))
             bar.set_label(f"{_metric(plane.generation_column)} ({n}, lower is better)")
-        _legend(ax, plane)
+        _annotate_axes(ax, plane)
         _pad_limits(ax, plane)
     fig.tight_layout()
     return fig
@@ -118,7 +118,7 @@ def _fronts(ax, plane: Plane) -> None:
         ax.scatter([], [], color=FRONT, label="Pareto front on clean and robust: one run")
 
 
-def _legend(ax, plane: Plane) -> None:
+def _annotate_axes(ax, plane: Plane) -> None:
     """Legend entries for the kinds of point drawn (markers on no data), axis labels, title."""
     for which, label, style in POINT_KINDS:
         if any(map(which, plane.points)):
