@@ -440,3 +440,47 @@ def test_a_run_squeezed_by_the_shared_energy_axis_gets_a_zoomed_inset():
     fig = energy_panels([narrow, narrow], "demo")  # runs on one scale: no inset
     assert not any(c.get_gid() == "energy-zoom" for ax in fig.axes for c in ax.child_axes)
     plt.close(fig)
+
+
+def test_every_value_from_a_record_is_escaped_in_the_page(tmp_path):
+    """Method names, protocols, settings and run ids reach the page only as escaped text."""
+    from bench.core.io import write_json
+    from bench.leaderboard.report import build_report
+
+    evil = "<script>alert(1)</script>"
+    out = tmp_path / "results"
+    recs = [
+        _record("r1-evil", evil, clean=0.9, pgd=0.3, protocol="<b>"),
+        _record("r2-evil", evil, seed=1, clean=0.8, pgd=0.4, protocol="<b>"),
+        {**_record("r3-x", "ce", dataset=evil, clean=0.7, pgd=0.1), "message": evil},
+    ]
+    for rec in recs:
+        write_json(out / "runs" / rec["run_id"] / "record.json", rec)
+    rep = build_report(out, html=tmp_path / "page" / "index.html", reference=False)
+    page = rep.html.read_text()
+    assert "<script>alert" not in page and "<b>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "protocol &lt;b&gt;" in page
+    assert page.count("<script>") == 1  # the page's own check
+
+
+def test_the_brief_view_shows_groups_of_seeds_beside_single_runs(tmp_path):
+    """`bench compare --group seeds` folds two pgd-at seeds into one row ("0,1") beside a ce run of
+    one seed; the brief view used to fail on the group's seeds and on a KID's own ± column."""
+    from bench.core.io import write_json
+    from bench.leaderboard.compare import compare
+
+    out = tmp_path / "results"
+    recs = [
+        _record("r1-ce", "ce", clean=0.9, pgd=0.0),
+        _record("r2-pgd", "pgd-at", seed=0, clean=0.8, pgd=0.4),
+        _record("r3-pgd", "pgd-at", seed=1, clean=0.82, pgd=0.44),
+    ]
+    for i, rec in enumerate(recs):  # a KID stores its own std: its ± column before grouping
+        kid = {"kid_mean": 0.08 + i / 100, "kid_std": 0.003, "n_examples": 500}
+        rec["evaluations"]["standard"]["kid"] = kid
+        write_json(out / "runs" / rec["run_id"] / "record.json", rec)
+    lines = compare(out, group="seeds").splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert {"run", "method", "seed", "seeds"} <= set(header)
+    (pgd,) = [line for line in lines if "pgd-at" in line]
+    assert "| 2 runs " in pgd and "| 0,1 " in pgd and "81 ± " in pgd and "0.095 ± " in pgd

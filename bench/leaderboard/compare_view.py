@@ -1,18 +1,6 @@
-"""How `bench compare` shows the leaderboard: the brief default view, marks and the output formats.
-
-The leaderboard (:mod:`bench.leaderboard.compare`) has every headline number of every protocol, each with its
-sample count, reliability and (``--ci``) interval columns. Read as text it is too wide, so
-Markdown and LaTeX show a brief view by default:
-- one protocol: ``--protocol``, else the one with the most numbers. It is named in the caption,
-  and protocols are never mixed;
-- the metrics that present themselves as brief (no calibration, no IS), ordered accuracy →
-  robustness → generation → energies;
-- of several attacks, the strongest a run has: a weaker attack's column goes when every run that
-  has it also has a stronger one;
-- run ids shortened to their random suffix; columns that hold one value for every row (dataset,
-  arch, preset, status, and n when it is the same for every run) moved into the caption.
-``--wide`` (and CSV/JSON, always) gives every column.
-"""
+"""How `bench compare` shows the leaderboard (``bench.leaderboard.compare``): the brief Markdown and
+LaTeX view (one protocol, its headline numbers with the strongest attack only, settings every run
+shares moved below the table; README "Evaluation"), the wide view, reliability marks, CSV and JSON."""
 
 from __future__ import annotations
 
@@ -36,6 +24,8 @@ def number_columns(df: pd.DataFrame) -> list[str]:
 
 
 CAPTION_COLUMNS = ["dataset", "arch", "preset", "status"]
+# the brief table's columns that name a run rather than hold a number
+BRIEF_RUN_COLUMNS = ("kind", "run", "method", *CAPTION_COLUMNS, "changes", "seed", "seeds")
 CHANGES_WIDTH = 24
 WIDTH = 120  # the notes below a Markdown table are wrapped to this width
 _RUN_ID = re.compile(r"\d{8}-\d{6}-.+-([0-9a-f]{6})")
@@ -52,18 +42,20 @@ def _num(v: Any) -> str:
 
 def cell(df: pd.DataFrame, c: str, i: int, with_n: bool = False) -> str | None:
     """One number as text: value, ``± spread``, ``[lo, hi]``, ``(n=..)`` and its reliability mark."""
-    v = df[c].iloc[i]
-    if pd.isna(v):
+
+    def helper(suffix: str) -> Any:  # the qualifying column's value, None without the column
+        return df[f"{c}{suffix}"].iloc[i] if f"{c}{suffix}" in df.columns else None
+
+    if pd.isna(df[c].iloc[i]):
         return None
-    text = _num(v)
-    if f"{c} ±" in df.columns and pd.notna(df[f"{c} ±"].iloc[i]):
-        text += f" ± {_num(df[f'{c} ±'].iloc[i])}"
-    if f"{c} ci_lo" in df.columns and pd.notna(df[f"{c} ci_lo"].iloc[i]):
-        text += f" [{_num(df[f'{c} ci_lo'].iloc[i])}, {_num(df[f'{c} ci_hi'].iloc[i])}]"
-    if f"{c} reliable" in df.columns:
-        text += MARKS.get(df[f"{c} reliable"].iloc[i], "")
-    if with_n and f"{c} n" in df.columns and pd.notna(df[f"{c} n"].iloc[i]):
-        text += f" (n={int(df[f'{c} n'].iloc[i])})"
+    text = _num(df[c].iloc[i])
+    if pd.notna(helper(" ±")):
+        text += f" ± {_num(helper(' ±'))}"
+    if pd.notna(helper(" ci_lo")):
+        text += f" [{_num(helper(' ci_lo'))}, {_num(helper(' ci_hi'))}]"
+    text += MARKS.get(helper(" reliable"), "")
+    if with_n and pd.notna(helper(" n")):
+        text += f" (n={int(helper(' n'))})"
     return text
 
 
@@ -83,20 +75,27 @@ def _short_label(label: str) -> str:
     return head.split(".")[-1] + bracket + rest
 
 
-def pick_protocol(df: pd.DataFrame, meta: dict[str, dict], protocol: str | None) -> str | None:
-    present = {}
+def protocol_counts(df: pd.DataFrame, meta: dict[str, dict]) -> dict[str, int]:
+    """How many numbers ``df`` holds of each protocol that has any, in column order."""
+    counts: dict[str, int] = {}
     for c, m in meta.items():
         if c in df.columns:
-            present[m["protocol"]] = present.get(m["protocol"], 0) + int(df[c].notna().sum())
-    if protocol is not None:
-        if not present.get(protocol):
-            raise BenchError(
-                f"no numbers of protocol {protocol!r} in this table; it has: "
-                f"{', '.join(sorted(p for p, k in present.items() if k)) or 'none'}"
-            )
+            counts[m["protocol"]] = counts.get(m["protocol"], 0) + int(df[c].notna().sum())
+    return {p: k for p, k in counts.items() if k}
+
+
+def pick_protocol(df: pd.DataFrame, meta: dict[str, dict], protocol: str | None) -> str | None:
+    """``protocol`` if ``df`` has numbers of it (else one line naming those it has); without one,
+    the protocol with the most numbers."""
+    have = protocol_counts(df, meta)
+    if protocol is not None and protocol not in have:
+        raise BenchError(
+            f"no numbers of protocol {protocol!r} in this table; it has: "
+            f"{', '.join(sorted(have)) or 'none'}"
+        )
+    if protocol is not None or not have:
         return protocol
-    have = {p: k for p, k in present.items() if k}
-    return max(have, key=lambda p: (have[p], p == "standard")) if have else None
+    return max(have, key=lambda p: (have[p], p == "standard"))
 
 
 def _strongest(df: pd.DataFrame, cols: list[str], meta: dict[str, dict]) -> list[str]:
@@ -113,6 +112,55 @@ def _strongest(df: pd.DataFrame, cols: list[str], meta: dict[str, dict]) -> list
     return keep
 
 
+def _seed(s: Any) -> int | str | None:
+    """A seed as an integer; a group's seeds (``0,1``, `bench compare --group seeds`) as they are."""
+    if pd.isna(s):
+        return None
+    return s if isinstance(s, str) and not s.isdigit() else int(s)
+
+
+def _run_columns(df: pd.DataFrame, out: pd.DataFrame) -> list[str]:
+    """Fill ``out`` with the columns that tell the runs apart; return the settings all share."""
+    if "kind" in df.columns:
+        out["kind"] = list(df["kind"])
+    out["run"] = [short_id(r) for r in df["run_id"]]
+    out["method"] = list(df["method"])
+    shared = []
+    for col in (c for c in CAPTION_COLUMNS if c in df.columns):
+        values = df[col].dropna().astype(str).unique()
+        if len(values) > 1:
+            out[col] = list(df[col])
+        elif len(values) == 1:
+            shared.append(f"{col} {values[0]}")
+    changes = df["changes"].fillna("").astype(str) if "changes" in df.columns else pd.Series()
+    if changes.nunique() == 1 and changes.iloc[0]:
+        shared.append(f"changes {changes.iloc[0]}")
+    elif changes.nunique() > 1:
+        short = [re.sub(r"(^| )method\.", r"\1", c) for c in changes]  # the method's own
+        out["changes"] = [_cut(c, CHANGES_WIDTH) for c in short]
+    if "seed" in df.columns and df["seed"].dropna().nunique() > 1:
+        out["seed"] = [_seed(s) for s in df["seed"]]
+    if "seeds" in df.columns:
+        out["seeds"] = list(df["seeds"])
+    return shared
+
+
+def _number_columns(df, meta, cols, out: pd.DataFrame) -> dict[str, str]:
+    """Fill ``out`` with the numbers of ``cols``, short labels where unique; return the n shared by
+    every run of a column (``*`` for a sample-size dependent metric) by label."""
+    ns = {}
+    # energy.gap_adv -> gap_adv, fid@500 -> fid (its n is below the table), when still unique
+    short = [_short_label(meta[c]["label"]) for c in cols]
+    for c, label in zip(cols, short):
+        if short.count(label) > 1 or label in out.columns:
+            label = meta[c]["label"]
+        counts = df[f"{c} n"].dropna().unique() if f"{c} n" in df.columns else []
+        if len(counts) == 1:
+            ns[label] = f"{int(counts[0])}" + ("*" if "@" in meta[c]["label"] else "")
+        out[label] = [cell(df, c, i, with_n=len(counts) != 1) for i in range(len(df))]
+    return ns
+
+
 def brief(
     df: pd.DataFrame, meta: dict[str, dict], protocol: str | None = None
 ) -> tuple[pd.DataFrame, list[str]]:
@@ -121,75 +169,24 @@ def brief(
     cols = [c for c, m in meta.items() if c in df.columns and m["protocol"] == proto and m["brief"]]
     cols = _strongest(df, [c for c in cols if df[c].notna().any()], meta)
     out = pd.DataFrame(index=range(len(df)))
+    shared = _run_columns(df, out)
+    ns = _number_columns(df, meta, cols, out)
     caption = []
-    if "kind" in df.columns:
-        out["kind"] = list(df["kind"])
-    out["run"] = [short_id(r) for r in df["run_id"]]
-    out["method"] = list(df["method"])
-    fixed = []
-    for col in CAPTION_COLUMNS:
-        if col not in df.columns:
-            continue
-        values = df[col].dropna().astype(str).unique()
-        if len(values) <= 1:
-            if len(values) == 1:
-                fixed.append(f"{col} {values[0]}")
-        else:
-            out[col] = list(df[col])
-    changes = df["changes"].fillna("").astype(str).unique() if "changes" in df.columns else []
-    if len(changes) == 1 and changes[0]:
-        fixed.append(f"changes {changes[0]}")
-    elif len(changes) > 1:
-        short = [
-            re.sub(r"(^| )method\.", r"\1", str(c)) for c in df["changes"].fillna("")
-        ]  # the method's own
-        out["changes"] = [
-            c if len(c) <= CHANGES_WIDTH else c[: CHANGES_WIDTH - 1] + "…" for c in short
-        ]
-    if "seed" in df.columns and df["seed"].dropna().nunique() > 1:
-        out["seed"] = [None if pd.isna(s) else int(s) for s in df["seed"]]
-    if "seeds" in df.columns:
-        out["seeds"] = list(df["seeds"])
-    ns = {}
-    # energy.gap_adv -> gap_adv, fid@500 -> fid (its n is below the table), when still unique
-    short = [_short_label(meta[c]["label"]) for c in cols]
-    for c, brief_label in zip(cols, short):
-        label = (
-            brief_label
-            if short.count(brief_label) == 1 and brief_label not in out.columns
-            else meta[c]["label"]
-        )
-        counts = df[f"{c} n"].dropna().unique() if f"{c} n" in df.columns else []
-        uniform = len(counts) == 1
-        if uniform:
-            ns[label] = f"{int(counts[0])}" + ("*" if "@" in meta[c]["label"] else "")
-        out[label] = [cell(df, c, i, with_n=not uniform) for i in range(len(df))]
     if proto is not None:
-        others = sorted(
-            {m["protocol"] for c, m in meta.items() if c in df.columns and df[c].notna().any()}
-            - {proto}
-        )
-        caption.append(
-            f"protocol {proto}"
-            + (
-                f" (also stored: {', '.join(others)}; --protocol P shows one, --wide all)"
-                if others
-                else ""
-            )
-        )
+        others = ", ".join(sorted(set(protocol_counts(df, meta)) - {proto}))
+        also = f" (also stored: {others}; --protocol P shows one, --wide all)" if others else ""
+        caption.append(f"protocol {proto}{also}")
     if ns:
-        caption.append(
-            "n: "
-            + ", ".join(f"{k} {v}" for k, v in ns.items())
-            + (
-                "  (* under 10,000 samples: biased, compare only at equal n)"
-                if any(v.endswith("*") for v in ns.values())
-                else ""
-            )
-        )
-    if fixed:
-        caption.append(", ".join(fixed))
+        biased = any(v.endswith("*") for v in ns.values())
+        note = "  (* under 10,000 samples: biased, compare only at equal n)" if biased else ""
+        caption.append("n: " + ", ".join(f"{k} {v}" for k, v in ns.items()) + note)
+    if shared:
+        caption.append(", ".join(shared))
     return out, caption
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _fit_changes(table: pd.DataFrame, text: str) -> str:
@@ -200,11 +197,7 @@ def _fit_changes(table: pd.DataFrame, text: str) -> str:
     if excess <= 0 or longest <= 12:
         return text
     width = max(12, longest - excess)
-    cut = table.assign(
-        changes=[
-            c if len(c) <= width else c[: width - 1] + "…" for c in table["changes"].astype(str)
-        ]
-    )
+    cut = table.assign(changes=[_cut(c, width) for c in table["changes"].astype(str)])
     return cut.to_markdown(index=False, floatfmt="g", missingval="")
 
 

@@ -49,9 +49,8 @@ def report(out, html, filters, protocol, no_reference, quiet):
         reference=not no_reference,
         announce=None if quiet else (lambda line: click.echo(line, err=True)),
     )
-    for note in rep.notes:
-        if not quiet:
-            click.echo(f"note: {note}", err=True)
+    for note in () if quiet else rep.notes:
+        click.echo(f"note: {note}", err=True)
     click.echo(str(rep.html))
 
 

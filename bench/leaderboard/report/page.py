@@ -1,16 +1,17 @@
-"""One self-contained HTML page: figures embedded as data URIs, inline CSS, no network.
-
-A small inline script checks on load that every image decoded and counts script errors; it
-writes both onto ``<body>`` (``data-images``, ``data-broken-images``, ``data-errors``) and shows
-a banner when something is wrong, so a broken page says so to its reader (and to the test that
-opens it in a browser)."""
+"""The report's self-contained HTML page (figures as data URIs, inline CSS, no network) and the
+writer of its figure files. An inline script records on ``<body>`` whether every image decoded
+and how many script errors happened, and shows a banner when something is wrong, so a broken page
+says so to its reader and to the browser test (docs/report.md)."""
 
 from __future__ import annotations
 
 import base64
 import html
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bench.core.io import _atomic
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px auto; max-width: 1500px;
@@ -55,43 +56,45 @@ def esc(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
+def _cell(v: object) -> str:
+    return "" if v is None else esc(v)
+
+
+def _figure(png: bytes, caption: str, alt: str) -> str:
+    img = f'<img src="{data_uri(png)}" alt="{esc(alt)}">'
+    return f"<figure>{img}<figcaption>{esc(caption)}</figcaption></figure>"
+
+
 @dataclass
 class Section:
+    """One section of the page; every text it is given is escaped here."""
+
     title: str
     parts: list[str] = field(default_factory=list)  # HTML fragments
 
     def figure(self, png: bytes, caption: str, alt: str) -> None:
-        self.parts.append(
-            f'<figure><img src="{data_uri(png)}" alt="{esc(alt)}">'
-            f"<figcaption>{esc(caption)}</figcaption></figure>"
-        )
+        self.parts.append(_figure(png, caption, alt))
+
+    def grid(self, items: list[tuple[bytes, str]]) -> None:
+        """Images side by side, each with its caption."""
+        figures = "".join(_figure(png, caption, caption) for png, caption in items)
+        self.parts.append(f'<div class="grids">{figures}</div>')
 
     def paragraph(self, text: str, cls: str = "note") -> None:
         self.parts.append(f'<p class="{cls}">{esc(text)}</p>')
 
-    def raw(self, fragment: str) -> None:
-        self.parts.append(fragment)
+    def heading(self, text: str) -> None:
+        self.parts.append(f"<h3>{esc(text)}</h3>")
 
-
-def table_html(
-    columns: list[str], rows: list[list[object]], row_classes: list[str] | None = None
-) -> str:
-    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
-    body = []
-    for i, row in enumerate(rows):
-        cls = f' class="{esc(row_classes[i])}"' if row_classes and row_classes[i] else ""
-        body.append(
-            f"<tr{cls}>" + "".join(f"<td>{'' if v is None else esc(v)}</td>" for v in row) + "</tr>"
-        )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def grid_html(items: list[tuple[bytes, str]]) -> str:
-    figs = "".join(
-        f'<figure><img src="{data_uri(png)}" alt="{esc(cap)}"><figcaption>{esc(cap)}</figcaption></figure>'
-        for png, cap in items
-    )
-    return f'<div class="grids">{figs}</div>'
+    def table(self, columns: list[str], rows: list[list[object]], row_classes: list[str]) -> None:
+        """A table that scrolls sideways; ``None`` cells stay empty."""
+        head = "".join(f"<th>{esc(c)}</th>" for c in columns)
+        body = []
+        for row, cls in zip(rows, row_classes):
+            attr = f' class="{esc(cls)}"' if cls else ""
+            body.append(f"<tr{attr}>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>")
+        table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        self.parts.append(f'<div class="scroll">{table}</div>')
 
 
 def render_page(title: str, meta_lines: list[str], sections: list[Section]) -> str:
@@ -114,3 +117,28 @@ def read_png(path: Path) -> bytes | None:
     except OSError:
         return None
     return data if data.startswith(b"\x89PNG") else None
+
+
+class Figures:
+    """Writes each figure as PNG and SVG into ``folder`` (made here) and keeps the paths."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.paths = folder, []
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def save(self, fig, name: str) -> bytes:
+        """Write ``fig`` as ``name``.png and .svg (atomically), close it and return the PNG."""
+        blobs = {}
+        try:
+            for suffix, dpi in ((".png", 110), (".svg", "figure")):
+                buf = io.BytesIO()
+                fig.savefig(buf, format=suffix[1:], dpi=dpi)
+                blobs[suffix] = buf.getvalue()
+        finally:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+        for suffix, data in blobs.items():
+            self.paths.append(self.folder / f"{name}{suffix}")
+            _atomic(self.paths[-1], lambda fh, d=data: fh.write(d))
+        return blobs[".png"]

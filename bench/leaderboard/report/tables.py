@@ -1,10 +1,6 @@
-"""What `bench report` draws, as tables: the leaderboard it shows and the points of each protocol's
-trade-off plane (clean accuracy, the strongest attack's robust accuracy, a generation score).
-
-Both come from the numbers `bench compare` shows (``bench.leaderboard.compare``), so the report and the
-leaderboard never disagree. Runs that differ only in their seed are folded into one point with
-the half-width of the 95 % t-interval as error bars (``bench.leaderboard.grouping``).
-"""
+"""The points of each protocol's trade-off plane (clean accuracy, the strongest attack's robust
+accuracy, a generation score), from the leaderboard `bench compare` shows, seeds folded into one
+point; docs/report.md describes the plane."""
 
 from __future__ import annotations
 
@@ -19,7 +15,7 @@ from bench.leaderboard.compare import protocol_rank
 GENERATION_METRICS = (
     "fid",
     "kid",
-)  # the plane's colour: the first one a protocol has (lower is better)
+)  # the plane's colour: the first one a protocol has (lower: better)
 # rows measured here: runs trained here, and external models (a RobustBench zoo entry) evaluated here
 MEASURED_KINDS = ("measured", "external")
 
@@ -48,9 +44,7 @@ class Plane:
     attacks: list[str]  # the robust columns used, strongest first
     generation_column: str | None
     points: list[PlanePoint] = field(default_factory=list)
-    n_examples: dict[str, list[int]] = field(
-        default_factory=dict
-    )  # column -> the sample counts behind it
+    n_examples: dict[str, list[int]] = field(default_factory=dict)  # column -> its sample counts
 
     @property
     def measured(self) -> list[PlanePoint]:
@@ -59,36 +53,24 @@ class Plane:
 
     def pareto(self) -> list[PlanePoint]:
         """Measured points no other measured point beats on both accuracies, by clean accuracy."""
-        pts = self.measured
-        front = [
-            p
-            for p in pts
-            if not any(
-                q is not p
-                and q.clean >= p.clean
-                and q.robust >= p.robust
-                and (q.clean > p.clean or q.robust > p.robust)
-                for q in pts
-            )
-        ]
-        return sorted(front, key=lambda p: p.clean)
+        return _front(self.measured, lambda p: (p.clean, p.robust))
 
     def pareto3(self) -> list[PlanePoint]:
-        """The trilemma's front: measured points with a generation score that no other such point beats on
-        all three axes at once (clean and robust accuracy higher, FID/KID lower; at least as good on each
-        and better on one), by clean accuracy. Points without a generation score take no part."""
+        """The trilemma's front: measured points with a generation score that no other such point
+        beats on all three axes at once (clean and robust accuracy higher, FID/KID lower), by clean
+        accuracy. Points without a generation score take no part."""
         pts = [p for p in self.measured if p.generation is not None]
+        return _front(pts, lambda p: (p.clean, p.robust, -p.generation))
 
-        def beats(q: PlanePoint, p: PlanePoint) -> bool:
-            at_least = q.clean >= p.clean and q.robust >= p.robust and q.generation <= p.generation
-            return at_least and (
-                q.clean > p.clean or q.robust > p.robust or q.generation < p.generation
-            )
 
-        return sorted(
-            (p for p in pts if not any(q is not p and beats(q, p) for q in pts)),
-            key=lambda p: p.clean,
-        )
+def _front(points: list[PlanePoint], axes) -> list[PlanePoint]:
+    """The points no other point beats (at least as good on every axis, better on one)."""
+
+    def beats(q: PlanePoint, p: PlanePoint) -> bool:
+        return all(a >= b for a, b in zip(axes(q), axes(p))) and axes(q) != axes(p)
+
+    front = [p for p in points if not any(beats(q, p) for q in points)]
+    return sorted(front, key=lambda p: p.clean)
 
 
 def _num(v: Any) -> float | None:
@@ -103,17 +85,10 @@ def _base(meta: dict[str, Any]) -> str:
     return str(meta["metric"]).split("[")[0]
 
 
-def _label(row: pd.Series) -> str:
-    return str(row["run_id"]) if row.get("kind") == "reported" else str(row["method"])
-
-
 def _changes(row: pd.Series) -> str:
     changes = row.get("changes")
-    return (
-        ""
-        if changes is None or (isinstance(changes, float) and math.isnan(changes))
-        else str(changes)
-    )
+    missing = changes is None or (isinstance(changes, float) and math.isnan(changes))
+    return "" if missing or row.get("kind") == "reported" else str(changes)
 
 
 def _tell_apart(points: list[PlanePoint]) -> None:
@@ -131,9 +106,7 @@ def _tell_apart(points: list[PlanePoint]) -> None:
 
 def _counts(df: pd.DataFrame, column: str) -> list[int]:
     name = f"{column} n"
-    if name not in df.columns:
-        return []
-    return sorted({int(v) for v in df[name].dropna()})
+    return sorted({int(v) for v in df[name].dropna()}) if name in df.columns else []
 
 
 def planes(df: pd.DataFrame, meta: dict[str, dict[str, Any]]) -> list[Plane]:
@@ -142,20 +115,15 @@ def planes(df: pd.DataFrame, meta: dict[str, dict[str, Any]]) -> list[Plane]:
 
     ``df`` is the leaderboard (measured rows grouped over seeds, reported rows as published) and
     ``meta`` its column metadata (``bench.leaderboard.compare``)."""
-    out = []
     kind = df["kind"] if "kind" in df.columns else pd.Series("measured", index=df.index)
-    datasets = list(
-        dict.fromkeys(df.loc[kind.isin(MEASURED_KINDS), "dataset"].dropna().astype(str))
+    measured = df.loc[kind.isin(MEASURED_KINDS), "dataset"].dropna().astype(str)
+    protocols = sorted({m["protocol"] for m in meta.values()}, key=protocol_rank)
+    found = (
+        _plane(df[df["dataset"].astype(str) == dataset], meta, proto, dataset)
+        for proto in protocols
+        for dataset in dict.fromkeys(measured)
     )
-    for proto, dataset in (
-        (p, d)
-        for p in sorted({m["protocol"] for m in meta.values()}, key=protocol_rank)
-        for d in datasets
-    ):
-        plane = _plane(df[df["dataset"].astype(str) == dataset], meta, proto, dataset)
-        if plane is not None and plane.measured:
-            out.append(plane)
-    return out
+    return [plane for plane in found if plane is not None and plane.measured]
 
 
 def _plane(
@@ -179,9 +147,10 @@ def _plane(
         if c is None or attack is None:
             continue
         used.add(attack)
+        reliable = row.get(f"{attack} reliable")
         plane.points.append(
             PlanePoint(
-                label=_label(row),
+                label=str(row["run_id"] if row.get("kind") == "reported" else row["method"]),
                 kind=str(row.get("kind") or "measured"),
                 run_id=str(row["run_id"]),
                 clean=c,
@@ -190,18 +159,15 @@ def _plane(
                 robust_err=_num(row.get(f"{attack} ±")),
                 generation=_num(row[gen]) if gen else None,
                 seeds=int(_num(row.get("seeds")) or 1),
-                reliable=row.get(f"{attack} reliable")
-                if isinstance(row.get(f"{attack} reliable"), str)
-                else None,
+                reliable=reliable if isinstance(reliable, str) else None,
                 attack=cols[attack]["label"],
-                changes=_changes(row) if row.get("kind") != "reported" else "",
+                changes=_changes(row),
             )
         )
     _tell_apart(plane.points)
     plane.attacks = [a for a in attacks if a in used]
-    plane.n_examples = {
-        c: _counts(df, c) for c in [clean[0], *plane.attacks] + ([gen] if gen else [])
-    }
+    counted = [clean[0], *plane.attacks] + ([gen] if gen else [])
+    plane.n_examples = {c: _counts(df, c) for c in counted}
     return plane
 
 
