@@ -29,6 +29,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from bench.core.timing import region
+from bench.train.hooks import Hook
+
 _EPS = 1e-20  # the reference's guard against a zero gradient
 PAPER_GAMMA = 5e-3  # the paper's weight-perturbation budget (AT-AWP, TRADES-AWP, MART-AWP)
 
@@ -64,3 +67,26 @@ def restore(moves: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
 def active(gamma: float, warmup_epochs: float, epoch_progress: float) -> bool:
     """AWP applies at this step: on (``gamma`` > 0) and past its warm-up."""
     return gamma > 0 and epoch_progress >= warmup_epochs
+
+
+class AWPPass(Hook):
+    """``optim.awp_gamma`` > 0: the gradient at ``w + v``; the optimiser steps there, then ``v`` is
+    removed (before any later hook sees the weights, e.g. the EMA)."""
+
+    def __init__(self, model: nn.Module, gamma: float, warmup_epochs: float):
+        self.params, self.gamma, self.warmup_epochs = (
+            perturbed_parameters(model),
+            gamma,
+            warmup_epochs,
+        )
+        self.moves: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def before_update(self, tr, x: torch.Tensor, y: torch.Tensor, ctx) -> None:
+        if active(self.gamma, self.warmup_epochs, ctx.epoch_progress):
+            with region("awp"):
+                self.moves = perturb(self.params, self.gamma)
+                tr.second_pass(x, y, ctx)
+
+    def after_update(self, tr) -> None:
+        restore(self.moves)
+        self.moves = []

@@ -17,9 +17,10 @@ from collections.abc import Iterator
 import torch
 
 from bench.core.errors import BenchError
+from bench.train.hooks import Hook
 
 
-class ModelEMA:
+class ModelEMA(Hook):
     def __init__(self, model: torch.nn.Module, decay: float):
         if not 0.0 < decay < 1.0:
             raise BenchError(f"train.ema_decay must lie in (0, 1) (0 turns EMA off), got {decay}")
@@ -40,6 +41,20 @@ class ModelEMA:
         torch._foreach_lerp_(self._avg[0], self._avg[1], 1.0 - self.decay)
         for avg, now in self._copy:
             avg.copy_(now)
+
+    def after_update(self, tr) -> None:
+        self.update(tr.model)  # after AWP's restore: the average of the weights the step left
+
+    def save_into(self, payload: dict) -> None:
+        payload["ema_model"] = self.state_dict()
+
+    def load_from(self, tr, ckpt: dict, path) -> None:
+        if "ema_model" not in ckpt:
+            raise BenchError(
+                f"checkpoint {path} holds no EMA weights but this run keeps them (train.ema_decay="
+                f"{self.decay}); use a checkpoint written by this run"
+            )
+        self.load_state_dict(ckpt["ema_model"])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.shadow

@@ -23,6 +23,22 @@ from collections.abc import Iterator
 import torch
 import torch.nn as nn
 
+from bench.core.timing import region
+from bench.train.hooks import Hook
+
+
+class SAMPass(Hook):
+    """``optim.sam_rho`` > 0: the gradient again at ``w + e``; the optimiser then steps from ``w``."""
+
+    def __init__(self, rho: float, adaptive: bool):
+        self.rho, self.adaptive = rho, adaptive
+
+    def before_update(self, tr, x: torch.Tensor, y: torch.Tensor, ctx) -> None:
+        with region("sam"):
+            moves = perturb(tr.params, self.rho, self.adaptive)
+            tr.second_pass(x, y, ctx)
+            restore(tr.params, moves)
+
 
 @torch.no_grad()
 def perturb(params: list[torch.Tensor], rho: float, adaptive: bool) -> list[torch.Tensor | None]:

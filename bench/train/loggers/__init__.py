@@ -1,7 +1,7 @@
 """Training-curve loggers (``train.loggers``): console, tensorboard, csv, and plugins.
 
 :class:`RunLoggers` fans each call out to the loggers a run names and is what the trainer and
-the runner hold."""
+the runner hold (docs/report.md, "Training curves: train.loggers")."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.core.errors import BenchError
+from bench.train.hooks import Hook
 from bench.train.loggers.base import LOGGERS, RunLogger, register_logger
 
 __all__ = ["LOGGERS", "RunLogger", "RunLoggers", "register_logger", "final_metrics"]
 
 
-class RunLoggers:
-    """The loggers of one run, called together; a failing logger never stops training."""
+class RunLoggers(Hook):
+    """The loggers of one run, called together as one of the trainer's hooks; a failing logger
+    never stops training."""
 
     def __init__(self, loggers: list[RunLogger]):
         self.loggers = loggers
@@ -44,17 +46,19 @@ class RunLoggers:
                     file=sys.stderr,
                 )
 
-    def scalars(self, step: int, values: dict[str, float]) -> None:
-        self._each("scalars", step, values)
+    def on_log(self, tr, entry: dict[str, Any], means: dict[str, float]) -> None:
+        self._each("scalars", tr.state.step, entry)
 
-    def validation(self, step: int, result: dict[str, Any]) -> None:
-        self._each("validation", step, result)
+    def on_validation(self, tr, result: dict[str, Any]) -> None:
+        self._each("validation", tr.state.step, result)
 
-    def images(self, step: int, files: dict[str, Path]) -> None:
-        self._each("images", step, files)
+    def on_checkpoint(self, tr, periodic: bool) -> None:
+        arts = tr.method.artifacts().items()
+        files = {n: tr.run_dir / rel for n, rel in arts if str(rel).endswith(".png")}
+        self._each("images", tr.state.step, files)
 
-    def rollback(self, from_step: int, to_step: int) -> None:
-        self._each("rollback", from_step, to_step)
+    def on_rollback(self, tr, from_step: int) -> None:
+        self._each("rollback", from_step, tr.state.step)
 
     def final(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
         self._each("final", hparams, metrics)
