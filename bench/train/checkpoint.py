@@ -1,12 +1,6 @@
-"""Checkpoints: everything a run needs to continue exactly where it stopped.
-
-``checkpoints/last.pt`` is always the newest *good* checkpoint (written atomically, only after
-the divergence guard has passed); periodic copies ``step-XXXXXXXX.pt`` are kept as well.
-
-A checkpoint holds tensors and plain values only (the RNG states too), and every load is
-``torch.load(weights_only=True)``: a file that needs any other Python object to unpickle is
-refused as "not a trilemma-bench checkpoint", and nothing in it runs. The one exception allowed
-is numpy's array reconstruction, for the numpy RNG state of checkpoints written before format 2.
+"""Checkpoints: everything a run needs to continue exactly where it stopped, read with
+``torch.load(weights_only=True)`` so nothing in a file runs (docs/reliability.md). ``last.pt`` is
+always the newest *good* checkpoint (written atomically, after the divergence guard passed).
 """
 
 from __future__ import annotations
@@ -28,15 +22,8 @@ from bench.train.hooks import Hook, call
 FORMAT = 2  # 2: the numpy RNG state stored as a tensor and plain values (1: as a numpy array)
 READABLE = (1, 2)
 # what format-1 checkpoints need besides tensors and plain values: numpy's array reconstruction
-_NUMPY_MULTIARRAY = (
-    np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
-)  # numpy 2 / 1
-_NUMPY_RNG_GLOBALS = [
-    _NUMPY_MULTIARRAY._reconstruct,
-    np.ndarray,
-    np.dtype,
-    type(np.dtype(np.uint32)),
-]
+_MULTIARRAY = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray  # numpy 2 / 1
+_NUMPY_RNG_GLOBALS = [_MULTIARRAY._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def rng_state() -> dict[str, Any]:
@@ -62,7 +49,7 @@ def set_rng_state(st: dict[str, Any]) -> str | None:
 
     The CUDA states are one per GPU the writing process saw: a host that sees fewer GPUs (or none)
     gets the first ones and a note about the rest. Nothing the run computes depends on them: every
-    training step seeds all generators again (``bench.train.trainer.step_seed``)."""
+    training step seeds all generators again (``bench.train.runtime.step_seed``)."""
     torch.set_rng_state(st["torch"])
     nps = st["numpy"]
     if isinstance(nps, dict):

@@ -41,26 +41,21 @@ class LogWindow:
             self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
             self.peaks[k] = torch.maximum(self.peaks[k], v.abs()) if k in self.peaks else v.abs()
 
-    def read(self, dist: D.DistInfo) -> tuple[dict[str, float], dict[str, float]]:
-        """Every term's mean and peak over the window (and over the ranks)."""
+    def read(
+        self, dist: D.DistInfo, bound: float, step: int
+    ) -> tuple[dict[str, float], str | None]:
+        """Every term's mean over the window (and the ranks), and why the window counts as
+        diverged (a term non-finite, or beyond ``bound`` in magnitude), or None."""
         sums, peaks = D.reduce_logged(self.sums, self.peaks, self.count, dist)
-        return (
-            {k: float(v) / self.count for k, v in sums.items()},
-            {k: float(v) for k, v in peaks.items()},
-        )
-
-
-def divergence(means: dict[str, float], peaks: dict[str, float], bound: float, step: int):
-    """Why a window's terms count as diverged, or None."""
-    for k in means:
-        if not math.isfinite(means[k]) or not math.isfinite(peaks[k]):
-            return f"non-finite {k} near step {step}"
-        if peaks[k] > bound:
-            return (
-                f"{k} exploded to {peaks[k]:.3g} (> train.divergence_bound={bound:g}) "
-                f"near step {step}"
-            )
-    return None
+        means = {k: float(v) / self.count for k, v in sums.items()}
+        peaks = {k: float(v) for k, v in peaks.items()}
+        for k in means:
+            if not math.isfinite(means[k]) or not math.isfinite(peaks[k]):
+                return means, f"non-finite {k} near step {step}"
+            if peaks[k] > bound:
+                why = f"{k} exploded to {peaks[k]:.3g} (> train.divergence_bound={bound:g})"
+                return means, f"{why} near step {step}"
+        return means, None
 
 
 class DivergenceGuard(Hook):

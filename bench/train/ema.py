@@ -1,12 +1,5 @@
-"""Model EMA (``train.ema_decay``): an exponential moving average of the weights, the model that
-modern adversarial-training recipes evaluate (e.g. Gowal et al. 2020, Rebuffi et al. 2021).
-
-After every optimiser step each parameter's average moves towards the new value,
-``avg <- decay * avg + (1 - decay) * w``, as one fused ``_foreach_lerp_`` on the device (no host
-synchronisation). Buffers (batch-norm running statistics) are copied, not averaged. The average
-is a full ``state_dict`` of the model, so it loads wherever the model's weights load: it is
-checkpointed as ``ema_model`` beside ``model``, validation and the end-of-run evaluation use it,
-and ``bench eval`` / ``bench sample`` load it.
+"""Model EMA (``train.ema_decay``), an exponential moving average of the weights, as the trainer's
+hook; what it averages, where it is saved and which steps use it: docs/methods.md, "Model EMA".
 """
 
 from __future__ import annotations

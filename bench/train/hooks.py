@@ -11,46 +11,33 @@ import torch
 
 
 class Hook:
-    """One part of training. Every method is optional; ``tr`` is the calling
-    ``bench.train.trainer.Trainer``. Hooks run in the trainer's order, which is part of the
-    arithmetic: SAM's second pass before AWP's, AWP's restore before the EMA update."""
+    """One part of training; every method is optional, ``tr`` is the calling trainer. Hooks run
+    in the trainer's order, which is part of the arithmetic: SAM's second pass before AWP's, AWP's
+    restore before the EMA update.
 
-    def on_fit_start(self, tr) -> None:
-        """Before the first step of ``fit``."""
+    on_fit_start / on_fit_end   around ``fit`` (the end also by an exception)
+    before_update               after the step's backward pass, before the optimiser step
+    after_update                after the optimiser step and the broadcast of rank 0's buffers
+    on_step_end                 after ``tr.state.step`` moved on (nothing read from the device)
+    on_log                      a log window read back and finite: its history line, unrounded means
+    on_validation               a periodic validation (main rank)
+    on_checkpoint               time to write ``last.pt`` (and a ``step-*.pt`` copy if periodic)
+    on_divergence / on_rollback a window beyond the guard's bound; training went back to tr.state.step
+    save_into / load_from       this hook's part of a checkpoint
+    """
 
-    def before_update(self, tr, x: torch.Tensor, y: torch.Tensor, ctx) -> None:
-        """After the step's backward pass, before the optimiser step."""
-
-    def after_update(self, tr) -> None:
-        """After the optimiser step (and the broadcast of rank 0's buffers)."""
-
-    def on_step_end(self, tr) -> None:
-        """After ``tr.state.step`` moved on, reading nothing back from the device."""
-
-    def on_log(self, tr, entry: dict[str, Any], means: dict[str, float]) -> None:
-        """A log window read back and found finite: ``entry`` is its line of the history,
-        ``means`` the terms' unrounded means."""
-
-    def on_validation(self, tr, result: dict[str, Any]) -> None:
-        """A periodic validation (main rank only)."""
-
-    def on_checkpoint(self, tr, periodic: bool) -> None:
-        """Time to write ``checkpoints/last.pt`` (and, if ``periodic``, a ``step-*.pt`` copy)."""
-
-    def on_divergence(self, tr, reason: str) -> None:
-        """A log window was non-finite or beyond ``train.divergence_bound``."""
-
-    def on_rollback(self, tr, from_step: int) -> None:
-        """Training went back from ``from_step`` to ``tr.state.step``."""
-
-    def on_fit_end(self, tr) -> None:
-        """``fit`` ends, by finishing or by an exception."""
-
-    def save_into(self, payload: dict[str, Any]) -> None:
-        """Add this hook's state to a checkpoint's ``payload``."""
-
-    def load_from(self, tr, ckpt: dict[str, Any], path) -> None:
-        """Take this hook's state back from a loaded checkpoint."""
+    def on_fit_start(self, tr) -> None: ...
+    def before_update(self, tr, x: torch.Tensor, y: torch.Tensor, ctx) -> None: ...
+    def after_update(self, tr) -> None: ...
+    def on_step_end(self, tr) -> None: ...
+    def on_log(self, tr, entry: dict[str, Any], means: dict[str, float]) -> None: ...
+    def on_validation(self, tr, result: dict[str, Any]) -> None: ...
+    def on_checkpoint(self, tr, periodic: bool) -> None: ...
+    def on_divergence(self, tr, reason: str) -> None: ...
+    def on_rollback(self, tr, from_step: int) -> None: ...
+    def on_fit_end(self, tr) -> None: ...
+    def save_into(self, payload: dict[str, Any]) -> None: ...
+    def load_from(self, tr, ckpt: dict[str, Any], path) -> None: ...
 
 
 def call(hooks: list[Hook], event: str, *args) -> None:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from typing import Any
+import types
+from collections.abc import Iterator
 
 import torch
 
@@ -50,32 +51,26 @@ def step_seed(seed: int, step: int, salt: int = 0) -> int:
     return (seed * 1_000_003 + step * 7_919 + salt * 104_729 + 12_345) % (2**63 - 1)
 
 
-class Interrupt:
-    """SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) sets a flag the loop checks between
-    steps: the run checkpoints and stops resumable. A second signal aborts at once."""
+@contextlib.contextmanager
+def interrupt_requests() -> Iterator[types.SimpleNamespace]:
+    """SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) inside the block sets ``.requested``,
+    which the loop checks between steps: the run checkpoints and stops resumable. A second signal
+    aborts at once."""
+    flag = types.SimpleNamespace(requested=False)
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    def handler(signum, frame):
+        if flag.requested:
+            raise KeyboardInterrupt
+        flag.requested = True
 
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self):
-        def handler(signum, frame):
-            if self.requested:
-                raise KeyboardInterrupt
-            self.requested = True
-
-        for sig in self.SIGNALS:
-            try:
-                self._old[sig] = signal.signal(sig, handler)
-            except ValueError:  # not in the main thread
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            if old is None:  # installed from C: fall back to Python's default
-                old = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
-            signal.signal(sig, old)
-        self._old = {}
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not in the main thread
+            old[sig] = signal.signal(sig, handler)
+    try:
+        yield flag
+    finally:
+        for sig, previous in old.items():
+            if previous is None:  # installed from C: fall back to Python's default
+                previous = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+            signal.signal(sig, previous)

@@ -25,12 +25,17 @@ from bench.train import distributed as D
 from bench.train.awp import AWPPass
 from bench.train.batches import StepBatches
 from bench.train.checkpoint import Checkpoints
-from bench.train.divergence import DivergenceGuard, LogWindow, divergence
+from bench.train.divergence import DivergenceGuard, LogWindow
 from bench.train.ema import ModelEMA
 from bench.train.hooks import Hook, ProgressBar, call
 from bench.train.loggers import RunLoggers
-from bench.train.runtime import Interrupt, compile_model, deterministic_algorithms, step_seed
-from bench.train.sam import SAMPass, frozen_batchnorm_stats, is_adaptive
+from bench.train.runtime import (
+    compile_model,
+    deterministic_algorithms,
+    interrupt_requests,
+    step_seed,
+)
+from bench.train.sam import SAMPass, frozen_batchnorm_stats
 from bench.train.schedule import build_optimizer, lr_factor, total_steps
 from bench.train.validation import Validation
 
@@ -97,10 +102,9 @@ class Trainer:
         self.validation = Validation(every)
         # in this order: SAM's pass before AWP's, AWP's restore before the EMA update, the best
         # checkpoint before the loggers see a validation, the bar closed before a rollback's note
-        adaptive = is_adaptive(opt.sam_adaptive, opt.sam_rho)
         optional = (
-            SAMPass(opt.sam_rho, adaptive) if opt.sam_rho > 0 else None,
-            AWPPass(model, opt.awp_gamma, opt.awp_warmup_epochs) if opt.awp_gamma > 0 else None,
+            SAMPass(opt) if opt.sam_rho > 0 else None,
+            AWPPass(model, opt) if opt.awp_gamma > 0 else None,
             self.ema,
         )
         self.hooks: list[Hook] = [
@@ -224,7 +228,7 @@ class Trainer:
         with (
             precision(training_precision(t)),
             deterministic_algorithms(t.deterministic),
-            Interrupt() as interrupt,
+            interrupt_requests() as interrupt,
             contextlib.ExitStack() as ending,
         ):
             ending.callback(call, self.hooks, "on_fit_end", self)
@@ -258,8 +262,7 @@ class Trainer:
     def _log_window(self, window: LogWindow, lr: float) -> bool:
         """Read the window back: a line of the history if it is finite (the hooks log it and
         validate), else the divergence hooks (which raise or roll back; False)."""
-        means, peaks = window.read(self.dist)
-        reason = divergence(means, peaks, self.cfg.train.divergence_bound, self.state.step)
+        means, reason = window.read(self.dist, self.cfg.train.divergence_bound, self.state.step)
         if reason is not None:
             call(self.hooks, "on_divergence", self, reason)
             window.clear()

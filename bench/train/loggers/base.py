@@ -1,10 +1,6 @@
-"""Where training curves go besides ``record.json``: the logger interface and its registry.
-
-A logger receives what the trainer has already read back to the host (the averaged terms of
-each log window, validations, the files a checkpoint wrote) and the final evaluation, so no
-logger adds a device synchronisation inside a training step. ``train.loggers`` names the
-loggers of a run; third parties register more under the entry-point group
-``trilemma_bench.loggers`` (a ``RunLogger`` subclass) or with ``@register_logger``.
+"""The logger interface and its registry (``train.loggers``; plugins under the entry-point group
+``trilemma_bench.loggers``). A logger receives only what the trainer has already read back to
+the host, so none adds a device synchronisation inside a step (docs/report.md, "Training curves").
 """
 
 from __future__ import annotations
