@@ -49,7 +49,7 @@ def set_rng_state(st: dict[str, Any]) -> str | None:
 
     The CUDA states are one per GPU the writing process saw: a host that sees fewer GPUs (or none)
     gets the first ones and a note about the rest. Nothing the run computes depends on them: every
-    training step seeds all generators again (``bench.train.runtime.step_seed``)."""
+    training step seeds all generators again (``bench.train.settings.step_seed``)."""
     torch.set_rng_state(st["torch"])
     nps = st["numpy"]
     if isinstance(nps, dict):
@@ -215,15 +215,9 @@ class Checkpoints(Hook):
         }
         # the weights that were validated: the average, with EMA on
         weights = tr.ema.state_dict() if tr.ema is not None else tr.model.state_dict()
-        save(
-            tr.ckpt_dir / "best.pt",
-            {
-                "step": tr.state.step,
-                "config_digest": tr.config_digest,
-                "model": weights,
-                "best": tr.state.best,
-            },
-        )
+        step, digest = tr.state.step, tr.config_digest
+        payload = {"step": step, "config_digest": digest, "model": weights, "best": tr.state.best}
+        save(tr.ckpt_dir / "best.pt", payload)
 
     def load(self, tr, path: Path) -> None:
         ckpt = load(path, expect_digest=tr.config_digest)

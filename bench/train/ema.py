@@ -18,9 +18,7 @@ class ModelEMA(Hook):
         if not 0.0 < decay < 1.0:
             raise BenchError(f"train.ema_decay must lie in (0, 1) (0 turns EMA off), got {decay}")
         self.decay = float(decay)
-        live = (
-            model.state_dict()
-        )  # views of the model's own tensors, which training updates in place
+        live = model.state_dict()  # views of the model's own tensors, updated in place
         self.shadow = {k: v.detach().clone() for k, v in live.items()}
         names = {n for n, p in model.named_parameters() if p.requires_grad}
         avg = [k for k in self.shadow if k in names and self.shadow[k].is_floating_point()]

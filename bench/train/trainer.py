@@ -29,14 +29,16 @@ from bench.train.divergence import DivergenceGuard, LogWindow
 from bench.train.ema import ModelEMA
 from bench.train.hooks import Hook, ProgressBar, call
 from bench.train.loggers import RunLoggers
-from bench.train.runtime import (
+from bench.train.sam import SAMPass, frozen_batchnorm_stats
+from bench.train.settings import (
+    build_optimizer,
     compile_model,
     deterministic_algorithms,
     interrupt_requests,
+    lr_factor,
     step_seed,
+    total_steps,
 )
-from bench.train.sam import SAMPass, frozen_batchnorm_stats
-from bench.train.schedule import build_optimizer, lr_factor, total_steps
 from bench.train.validation import Validation
 
 
@@ -66,10 +68,9 @@ class Trainer:
         dist: D.DistInfo = D.SINGLE,
         config_digest: str | None = None,
     ):
-        """``config_digest``: the run's digest as recorded when it started (checkpoints carry it);
-        default ``cfg.digest()``. A run resumed under a newer version, whose config has gained
-        fields since, keeps its recorded digest. It logs nowhere besides the record until
-        :meth:`use_loggers`."""
+        """``config_digest``: the run's digest as recorded when it started (checkpoints carry it;
+        a run resumed under a newer version keeps it), default ``cfg.digest()``. It logs nowhere
+        besides the record until :meth:`use_loggers`."""
         self.cfg, self.model, self.method, self.data = cfg, model, method, data
         self.config_digest = config_digest or cfg.digest()
         self.device, self.run_dir = device, Path(run_dir)
@@ -154,11 +155,8 @@ class Trainer:
         self.checkpoints.load(self, path)
 
     def train_step(self, step: int) -> dict[str, torch.Tensor]:
-        """One optimiser step at global step ``step`` (the learning rate is set by the caller).
-
-        Returns the loss and every term the method returned, detached, still on the device
-        (no host synchronisation).
-        """
+        """One optimiser step at global step ``step`` (the caller sets the learning rate); the loss
+        and every term the method returned, detached, on the device (no host synchronisation)."""
         seed = step_seed(self.cfg.seed, step, self.state.rollbacks) + 1_000_003 * self.dist.rank
         torch.manual_seed(seed)
         x, y, extra = self.batches.draw(step)
@@ -199,9 +197,8 @@ class Trainer:
         D.average_gradients(self.params, self.dist)
 
     def _logged(self, value: torch.Tensor | float) -> torch.Tensor:
-        """A returned term as a float32 tensor on the training device: the flush stacks the terms
-        into one tensor for the ranks' all-reduce, which needs one device. A Python number becomes
-        a tensor there; a tensor a plugin made elsewhere (e.g. on the CPU) is moved."""
+        """A returned term as a float32 tensor on the training device, where the ranks' all-reduce
+        stacks the terms: a Python number becomes one, a tensor made elsewhere is moved."""
         if isinstance(value, torch.Tensor):
             return value.detach().float().to(self.device)
         return torch.tensor(float(value), device=self.device)

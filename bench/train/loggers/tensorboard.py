@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.train.loggers.base import RunLogger, register_logger
+from bench.train.loggers import RunLogger, register_logger
 
 GROUPS = {"lr": "optim/lr", "images_per_s": "speed/images_per_s"}
 

@@ -1,10 +1,12 @@
-"""What the training loop sets up around itself: ``torch.compile``, deterministic algorithms,
-the per-step seeds that make a resumed run replay the uninterrupted one, and Ctrl-C / SIGTERM
-as a request to checkpoint and stop (docs/reliability.md)."""
+"""The trainer's settings put to work: the optimiser and its learning rate, a pure function of
+the step (so resume needs no scheduler state); the per-step seeds that make a resumed run replay
+the uninterrupted one; ``torch.compile``; deterministic algorithms; and Ctrl-C / SIGTERM as a
+request to checkpoint and stop (docs/reliability.md)."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import types
@@ -12,15 +14,52 @@ from collections.abc import Iterator
 
 import torch
 
+from bench.core.errors import BenchError
+
+
+def build_optimizer(cfg, params, device: torch.device, fast: bool = True) -> torch.optim.Optimizer:
+    """SGD or Adam; on CUDA the fused implementation unless ``fast`` is off."""
+    fused = {"fused": True} if fast and device.type == "cuda" else {}
+    if cfg.name == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+            **fused,
+        )
+    if cfg.name == "adam":
+        return torch.optim.Adam(
+            params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **fused
+        )
+    raise BenchError(f"unknown optimiser {cfg.name!r}; choose sgd or adam")
+
+
+def lr_factor(cfg, step: int, total_steps: int, steps_per_epoch: int, epochs: float) -> float:
+    """Warm-up times decay, a pure function of the step (so resume needs no scheduler state)."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    if cfg.schedule == "constant":
+        decay = 1.0
+    elif cfg.schedule == "cosine":
+        decay = 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
+    elif cfg.schedule == "step":
+        epoch = step / steps_per_epoch
+        marks = [m * epochs if m <= 1 else m for m in cfg.milestones]
+        decay = cfg.gamma ** sum(epoch >= m for m in marks)
+    else:  # validated earlier
+        raise BenchError(f"unknown schedule {cfg.schedule!r}")
+    return warm * decay
+
+
+def total_steps(t, steps_per_epoch: int) -> int:
+    """A run's optimiser steps (``t`` a TrainConfig): ``max_steps`` when set, else its epochs' worth."""
+    return t.max_steps if t.max_steps > 0 else max(1, math.ceil(t.epochs * steps_per_epoch))
+
 
 def compile_model(model: torch.nn.Module, mode: str, backend: str = "inductor") -> None:
-    """``torch.compile`` the model's forward in place (its state-dict keys stay as they are).
-
-    Calls through ``model(x)`` (training, attacks, the samplers' energies) run the compiled
-    graph; ``reduce-overhead`` and ``max-autotune`` add CUDA graphs, which only some methods'
-    steps suit (:func:`bench.core.config.check_compile`, checked before a run starts and again in
-    the trainer with the actual device).
-    """
+    """``torch.compile`` the model's forward in place (state-dict keys unchanged), so every call
+    through ``model(x)`` runs the compiled graph (docs/methods.md, "The fast path")."""
     options = {"backend": backend}
     if backend == "inductor" and mode != "default":
         options["mode"] = mode
