@@ -93,5 +93,5 @@ class DivergenceGuard(Hook):
                 "reseeded",
                 file=sys.stderr,
             )
-        call(tr.hooks, "on_rollback", bad_step)  # the loggers drop the steps after it
+        call(tr.hooks, "on_rollback", tr, bad_step)  # the loggers drop the steps after it
         tr.on_update(tr.state, "rollback")
