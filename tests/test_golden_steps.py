@@ -32,10 +32,12 @@ REGEN = os.environ.get("BENCH_REGEN_GOLDEN") == "1"
 SIZE, STEPS, SAMPLES = 16, 2, 16
 RTOL, ATOL = 1e-5, 1e-7
 
-# trainer features no method's defaults switch on: EMA and gradient clipping, plain SAM
+# trainer features no method's defaults switch on: EMA and gradient clipping, plain SAM, and the
+# order of the hooks after the optimiser step (AWP's restore before the EMA update)
 VARIANTS = {
     "ce+ema+clip": ("ce", ["train.ema_decay=0.5", "optim.grad_clip=0.5"]),
     "pgd-at+sam": ("pgd-at", ["optim.sam_rho=0.05", "optim.sam_adaptive=off"]),
+    "trades-awp+ema": ("trades-awp", ["train.ema_decay=0.5"]),
 }
 
 
