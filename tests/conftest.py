@@ -233,8 +233,8 @@ def step_batch(tr, step: int) -> tuple[torch.Tensor, torch.Tensor]:
 
     epoch, index = divmod(step, tr.steps_per_epoch)
     torch.manual_seed(step_seed(tr.cfg.seed, step, 0))
-    x_u8, y = tr.streams[0].batch(epoch, index)
-    return tr.prepare(x_u8), y
+    x_u8, y = tr.batches.streams[0].batch(epoch, index)
+    return tr.batches.prepare(x_u8), y
 
 
 def smoke_trainer(method: str, overrides, tmp):

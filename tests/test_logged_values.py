@@ -37,11 +37,11 @@ def _context(tr: Trainer, step: int) -> tuple[torch.Tensor, torch.Tensor, StepCo
     """The batch and context the trainer's own step ``step`` would hand the method."""
     epoch, index = divmod(step, tr.steps_per_epoch)
     torch.manual_seed(step_seed(tr.cfg.seed, step))
-    x_u8, y = tr.streams[0].batch(epoch, index)
+    x_u8, y = tr.batches.streams[0].batch(epoch, index)
     extra = [
-        (tr.prepare(xe, spec), ye)
+        (tr.batches.prepare(xe, spec), ye)
         for (xe, ye), spec in zip(
-            (s.batch(*divmod(step, len(s))) for s in tr.streams[1:]), tr.batch_specs[1:]
+            (s.batch(*divmod(step, len(s))) for s in tr.batches.streams[1:]), tr.batches.specs[1:]
         )
     ]
     ctx = StepContext(
@@ -54,7 +54,7 @@ def _context(tr: Trainer, step: int) -> tuple[torch.Tensor, torch.Tensor, StepCo
         data=tr.data,
         steps_per_epoch=tr.steps_per_epoch,
     )
-    return tr.prepare(x_u8, tr.batch_specs[0]), y, ctx
+    return tr.batches.prepare(x_u8, tr.batches.specs[0]), y, ctx
 
 
 def test_every_builtin_method_is_checked():

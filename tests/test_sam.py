@@ -210,10 +210,12 @@ def test_an_unaugmented_noise_free_batch_is_the_images_themselves():
         tr = smoke_trainer("ebjdat-sada-jem", ["data.noise_std=0.02"], tmp)
         x_u8 = tr.data.x_train[:8]
         torch.testing.assert_close(
-            tr.prepare(x_u8, BatchSpec(augment=False, noise_std=0.0)), to_float(x_u8)
+            tr.batches.prepare(x_u8, BatchSpec(augment=False, noise_std=0.0)), to_float(x_u8)
         )
-        assert not torch.allclose(tr.prepare(x_u8), to_float(x_u8))  # data.* adds crop/flip/noise
-        assert tr.streams[1].batch_size == 16 and tr.streams[0].batch_size == 16
+        # data.* adds crop/flip/noise
+        assert not torch.allclose(tr.batches.prepare(x_u8), to_float(x_u8))
+        streams = tr.batches.streams
+        assert streams[1].batch_size == 16 and streams[0].batch_size == 16
 
 
 def test_the_px_batch_follows_its_own_spec_and_cycles_its_own_epochs(monkeypatch):
@@ -240,7 +242,8 @@ def test_the_px_batch_follows_its_own_spec_and_cycles_its_own_epochs(monkeypatch
     ]
     with tempfile.TemporaryDirectory() as tmp:
         tr = smoke_trainer("ebjdat-sada-jem", sets, tmp)
-        assert (len(tr.streams[0]), len(tr.streams[1])) == (3, 4)  # 96 // 32, 96 // 20
+        streams = tr.batches.streams
+        assert (len(streams[0]), len(streams[1])) == (3, 4)  # 96 // 32, 96 // 20
         tr.model.train()
         for step in range(6):  # crosses the p(x) stream's epoch boundary at step 4
             tr.train_step(step)
@@ -250,7 +253,7 @@ def test_the_px_batch_follows_its_own_spec_and_cycles_its_own_epochs(monkeypatch
         for step, (n_lab, x_u) in enumerate(seen):
             assert n_lab == 32 and x_u.shape[0] == 20
             epoch, index = divmod(step, 4)
-            expected = to_float(tr.streams[1].batch(epoch, index)[0])
+            expected = to_float(streams[1].batch(epoch, index)[0])
             torch.testing.assert_close(x_u, expected)
         # step 4 starts the p(x) stream's second epoch: a new permutation, not step 0's batch again
         assert not torch.equal(seen[4][1], seen[0][1])

@@ -113,7 +113,7 @@ def test_loss_terms_are_weighted_summed_and_logged(weighted_method, shapes_data_
     # the reference: the same first step by hand
     ref, _ = _build(cfg, data, device)
     trainer = Trainer(cfg, model, method, data, device, tmp_path / "run", show_progress=False)
-    x_u8, y = trainer.streams[0].batch(0, 0)
+    x_u8, y = trainer.batches.streams[0].batch(0, 0)
     logits = ref(to_float(x_u8))
     loss = F.cross_entropy(logits, y) + 0.25 * logits.pow(2).mean()
     grads = torch.autograd.grad(loss, list(ref.parameters()))

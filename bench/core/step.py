@@ -40,14 +40,14 @@ class StepContext:
     )  # independent batches
     data: Any = None  # the ImageData (train split) for methods that need dataset statistics
     steps_per_epoch: int = 0
-    sam_pass: bool = False  # True while SAM or AWP recomputes the loss at the perturbed weights
+    second_pass: bool = False  # True while SAM or AWP recomputes the loss at the perturbed weights
     memo: dict[str, Any] = field(default_factory=dict)
 
     def reuse(self, name: str, make: Callable[[], Any]) -> Any:
         """``make()`` once per step: sampled or adversarial inputs are computed on the first pass
         and returned as they are when the loss is recomputed (SAM's or AWP's second pass), as the
         references do. Give each input its own name: on the first pass a repeated name is an error."""
-        if self.sam_pass:
+        if self.second_pass:
             if name not in self.memo:
                 raise KeyError(
                     f"ctx.reuse({name!r}): nothing was made under this name on the first pass"

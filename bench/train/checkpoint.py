@@ -1,18 +1,13 @@
-"""Checkpoints: everything a run needs to continue exactly where it stopped.
-
-``checkpoints/last.pt`` is always the newest *good* checkpoint (written atomically, only after
-the divergence guard has passed); periodic copies ``step-XXXXXXXX.pt`` are kept as well.
-
-A checkpoint holds tensors and plain values only (the RNG states too), and every load is
-``torch.load(weights_only=True)``: a file that needs any other Python object to unpickle is
-refused as "not a trilemma-bench checkpoint", and nothing in it runs. The one exception allowed
-is numpy's array reconstruction, for the numpy RNG state of checkpoints written before format 2.
+"""Checkpoints: everything a run needs to continue exactly where it stopped, read with
+``torch.load(weights_only=True)`` so nothing in a file runs (docs/reliability.md). ``last.pt`` is
+always the newest *good* checkpoint (written atomically, after the divergence guard passed).
 """
 
 from __future__ import annotations
 
 import pickle
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +16,14 @@ import torch
 
 from bench.core.errors import BenchError
 from bench.core.io import torch_save
+from bench.train import distributed as D
+from bench.train.hooks import Hook, call
 
 FORMAT = 2  # 2: the numpy RNG state stored as a tensor and plain values (1: as a numpy array)
 READABLE = (1, 2)
 # what format-1 checkpoints need besides tensors and plain values: numpy's array reconstruction
-_NUMPY_MULTIARRAY = (
-    np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
-)  # numpy 2 / 1
-_NUMPY_RNG_GLOBALS = [
-    _NUMPY_MULTIARRAY._reconstruct,
-    np.ndarray,
-    np.dtype,
-    type(np.dtype(np.uint32)),
-]
+_MULTIARRAY = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray  # numpy 2 / 1
+_NUMPY_RNG_GLOBALS = [_MULTIARRAY._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def rng_state() -> dict[str, Any]:
@@ -59,7 +49,7 @@ def set_rng_state(st: dict[str, Any]) -> str | None:
 
     The CUDA states are one per GPU the writing process saw: a host that sees fewer GPUs (or none)
     gets the first ones and a note about the rest. Nothing the run computes depends on them: every
-    training step seeds all generators again (``bench.train.trainer.step_seed``)."""
+    training step seeds all generators again (``bench.train.settings.step_seed``)."""
     torch.set_rng_state(st["torch"])
     nps = st["numpy"]
     if isinstance(nps, dict):
@@ -173,3 +163,83 @@ def prune(ckpt_dir: Path, keep: int) -> None:
     periodic = sorted(Path(ckpt_dir).glob("step-*.pt"))
     for p in periodic[: max(0, len(periodic) - keep)]:
         p.unlink(missing_ok=True)
+
+
+class Checkpoints(Hook):
+    """The trainer's checkpoints: ``last.pt`` (model, optimiser, every rank's method state, the
+    training state, what the hooks add, RNG), its periodic ``step-*.pt`` copies, and ``best.pt``
+    (the weights with the highest validation accuracy so far)."""
+
+    def on_fit_start(self, tr) -> None:
+        if not (tr.ckpt_dir / "last.pt").is_file():
+            self.save(tr, periodic=False)  # a good state to fall back to from step 0
+
+    def on_checkpoint(self, tr, periodic: bool) -> None:
+        self.save(tr, periodic)
+
+    def on_validation(self, tr, result: dict[str, Any]) -> None:
+        if result["split"] == "val" and result["accuracy"] > tr.state.best.get("accuracy", -1.0):
+            self.save_best(tr, result)
+
+    def save(self, tr, periodic: bool = True) -> Path:
+        last = tr.ckpt_dir / "last.pt"
+        method_states = D.gather_objects(tr.method.state_dict(), tr.dist)  # every rank's, on rank 0
+        if tr.dist.is_main:
+            payload = {
+                "step": tr.state.step,
+                "config_digest": tr.config_digest,
+                "world_size": tr.dist.world,
+                "model": tr.model.state_dict(),
+                "optimizer": tr.optimizer.state_dict(),
+                "method": method_states[0],
+                "method_per_rank": method_states if tr.dist.enabled else None,
+                "state": dict(vars(tr.state)),
+            }
+            for hook in tr.hooks:
+                hook.save_into(payload)
+            save(last, payload)
+            keep = tr.cfg.train.keep_checkpoints
+            if periodic and keep > 0:
+                save(tr.ckpt_dir / f"step-{tr.state.step:08d}.pt", payload)
+                prune(tr.ckpt_dir, keep)
+            tr.method.on_checkpoint(tr.run_dir, tr.state.step)
+        D.barrier(tr.dist)  # the file is complete before any rank may read it
+        return last
+
+    def save_best(self, tr, validation: dict[str, Any]) -> None:
+        tr.state.best = {
+            "step": tr.state.step,
+            "accuracy": validation["accuracy"],
+            "n_examples": validation["n_examples"],
+            "checkpoint": "checkpoints/best.pt",
+        }
+        # the weights that were validated: the average, with EMA on
+        weights = tr.ema.state_dict() if tr.ema is not None else tr.model.state_dict()
+        step, digest = tr.state.step, tr.config_digest
+        payload = {"step": step, "config_digest": digest, "model": weights, "best": tr.state.best}
+        save(tr.ckpt_dir / "best.pt", payload)
+
+    def load(self, tr, path: Path) -> None:
+        ckpt = load(path, expect_digest=tr.config_digest)
+        load_weights(tr.model, ckpt["model"], path)
+        try:
+            tr.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise BenchError(
+                f"checkpoint {path} holds an optimiser state that does not fit this run's optimiser "
+                f"({' '.join(str(exc).split())[:120]}); use a checkpoint written by this run"
+            )
+        saved_world = ckpt.get("world_size", 1)
+        if saved_world != tr.dist.world:
+            raise BenchError(
+                f"checkpoint {path} was written by {saved_world} process(es); resume it with "
+                f"--nproc {saved_world} (this run has {tr.dist.world})"
+            )
+        call(tr.hooks, "load_from", tr, ckpt, path)
+        per_rank = ckpt.get("method_per_rank")
+        tr.method.load_state_dict(per_rank[tr.dist.rank] if per_rank else ckpt.get("method", {}))
+        saved, fields = ckpt["state"], vars(type(tr.state)())
+        tr.state = type(tr.state)(**{k: saved[k] for k in fields if k in saved})
+        not_restored = set_rng_state(ckpt["rng"])
+        if not_restored and tr.dist.is_main:
+            print(f"resume from {path.name}: {not_restored}", file=sys.stderr)

@@ -1,20 +1,6 @@
-"""Data-parallel training across processes through ``torch.distributed`` (launched by torchrun).
-
-``torchrun --nproc-per-node N -m bench run ...`` (or ``bench run --nproc N``) starts N processes;
-each trains on its own shard of every global batch (``data.batch_size`` images per rank) with
-its own random draws and its own method state (e.g. a replay buffer, first filled from the
-rank's own seed). After each backward pass the gradients are averaged across ranks with one
-coalesced all-reduce per bucket, so every rank takes the same optimiser step and the weights stay
-identical; after the step rank 0's buffers (batch-norm statistics) are broadcast, so the whole
-model does. Rank 0 alone writes the run directory, the record and the checkpoints (which carry
-every rank's method state).
-
-Backends: NCCL on CUDA (one GPU per process, ``cuda:LOCAL_RANK``), gloo on the CPU.
-
-Why not the ``DistributedDataParallel`` wrapper: attacks and samplers run many extra forward
-passes whose input-only gradients produce no parameter gradients, which DDP's reducer rejects
-("expected to have finished reduction"); averaging after the backward is the same arithmetic
-for any method without touching method code.
+"""Data-parallel training across processes through ``torch.distributed`` (launched by torchrun,
+or ``bench run --nproc N``): gradients averaged after the backward, rank 0's buffers broadcast
+after the step, logged values reduced; docs/scale.md, "Several GPUs", says how and why not DDP.
 """
 
 from __future__ import annotations
@@ -59,12 +45,8 @@ def uses_cuda(device_pref: str, cuda_available: bool) -> bool:
 
 
 def check_processes_fit(nproc: int, device_pref: str, visible_gpus: int) -> None:
-    """One line when ``nproc`` processes on this machine cannot each have a GPU of their own.
-
-    On CUDA every process trains on its own GPU (``cuda:LOCAL_RANK``; NCCL refuses two ranks on
-    one GPU), so a single ``cuda:N`` cannot serve several processes and ``nproc`` may not exceed
-    the visible GPUs. ``visible_gpus`` is ``torch.cuda.device_count()`` (0 without CUDA); CPU
-    processes (gloo) have no such limit."""
+    """One line when ``nproc`` processes on this machine cannot each have a GPU of their own
+    (``cuda:LOCAL_RANK``: NCCL refuses two ranks on one GPU); CPU processes (gloo) have no limit."""
     if nproc <= 1 or not uses_cuda(device_pref, visible_gpus > 0):
         return
     if device_pref.startswith("cuda:"):
@@ -84,11 +66,8 @@ def check_processes_fit(nproc: int, device_pref: str, visible_gpus: int) -> None
 
 def init(device_pref: str) -> tuple[DistInfo, str]:
     """Join the process group if torchrun started us; returns the info and the device to use.
-
-    CUDA (``cuda``, or ``auto`` with a GPU) trains over NCCL, each process on ``cuda:LOCAL_RANK``,
-    set as the current device before the group is made (collectives and the object transfers use
-    the current device) and passed as ``device_id`` so the group binds to it at once; CPU trains
-    over gloo. A CUDA run never falls back to gloo: without NCCL it stops in one line."""
+    CUDA trains over NCCL on ``cuda:LOCAL_RANK``, made the current device first (collectives and
+    object transfers use it); the CPU over gloo. CUDA never falls back to gloo."""
     if not launched_by_torchrun():
         return SINGLE, device_pref
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -153,25 +132,25 @@ def broadcast_parameters(module: torch.nn.Module, info: DistInfo) -> None:
 
 @torch.no_grad()
 def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
-    """Rank 0's buffers (batch-norm running statistics and counters) on every rank.
-
-    Each rank's forwards update its buffers from its own shard (and, for the JEM family, from
-    its own samples), so without this the replicas' statistics drift apart while their weights
-    stay equal. As DDP's default ``broadcast_buffers``, rank 0's copy wins; the trainer calls this
-    after every optimiser step, so validation, checkpoints and the sync check all see one model.
-    One broadcast per dtype: the buffers are small (a WRN-28-10 holds about 20k values)."""
+    """Rank 0's buffers (batch-norm statistics, counters) on every rank, one broadcast per dtype:
+    each rank's forwards update its own, so the replicas would drift apart (as DDP, rank 0 wins)."""
     if not info.enabled:
         return
     groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
     for b in module.buffers():
         groups.setdefault((b.dtype, b.device), []).append(b)
     for group in groups.values():
-        flat = torch.cat([b.reshape(-1) for b in group])
-        dist.broadcast(flat, src=0)
-        offset = 0
-        for b in group:
-            b.copy_(flat[offset : offset + b.numel()].view_as(b))
-            offset += b.numel()
+        _coalesced(group, lambda flat: dist.broadcast(flat, src=0))
+
+
+def _coalesced(tensors: list[torch.Tensor], collective) -> None:
+    """One ``collective`` (in place) on the tensors flattened together; the result copied back."""
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    collective(flat)
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
 
 
 @torch.no_grad()
@@ -179,21 +158,19 @@ def average_gradients(params: list[torch.nn.Parameter], info: DistInfo) -> None:
     """All-reduce (mean) the gradients, coalesced into buckets of about 64 MiB."""
     if not info.enabled:
         return
-    grads = [p.grad for p in params if p.grad is not None]
+
+    def mean(flat: torch.Tensor) -> None:
+        dist.all_reduce(flat)
+        flat /= info.world
+
     bucket: list[torch.Tensor] = []
     size = 0
-    for g in grads + [None]:  # type: ignore[list-item]
+    for g in [p.grad for p in params if p.grad is not None] + [None]:
         if g is not None:
             bucket.append(g)
             size += g.numel() * g.element_size()
         if bucket and (g is None or size >= BUCKET_BYTES):
-            flat = torch.cat([b.reshape(-1) for b in bucket])
-            dist.all_reduce(flat)
-            flat /= info.world
-            offset = 0
-            for b in bucket:
-                b.copy_(flat[offset : offset + b.numel()].view_as(b))
-                offset += b.numel()
+            _coalesced(bucket, mean)
             bucket, size = [], 0
 
 

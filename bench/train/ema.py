@@ -1,12 +1,5 @@
-"""Model EMA (``train.ema_decay``): an exponential moving average of the weights, the model that
-modern adversarial-training recipes evaluate (e.g. Gowal et al. 2020, Rebuffi et al. 2021).
-
-After every optimiser step each parameter's average moves towards the new value,
-``avg <- decay * avg + (1 - decay) * w``, as one fused ``_foreach_lerp_`` on the device (no host
-synchronisation). Buffers (batch-norm running statistics) are copied, not averaged. The average
-is a full ``state_dict`` of the model, so it loads wherever the model's weights load: it is
-checkpointed as ``ema_model`` beside ``model``, validation and the end-of-run evaluation use it,
-and ``bench eval`` / ``bench sample`` load it.
+"""Model EMA (``train.ema_decay``), an exponential moving average of the weights, as the trainer's
+hook; what it averages, where it is saved and which steps use it: docs/methods.md, "Model EMA".
 """
 
 from __future__ import annotations
@@ -17,16 +10,15 @@ from collections.abc import Iterator
 import torch
 
 from bench.core.errors import BenchError
+from bench.train.hooks import Hook
 
 
-class ModelEMA:
+class ModelEMA(Hook):
     def __init__(self, model: torch.nn.Module, decay: float):
         if not 0.0 < decay < 1.0:
             raise BenchError(f"train.ema_decay must lie in (0, 1) (0 turns EMA off), got {decay}")
         self.decay = float(decay)
-        live = (
-            model.state_dict()
-        )  # views of the model's own tensors, which training updates in place
+        live = model.state_dict()  # views of the model's own tensors, updated in place
         self.shadow = {k: v.detach().clone() for k, v in live.items()}
         names = {n for n, p in model.named_parameters() if p.requires_grad}
         avg = [k for k in self.shadow if k in names and self.shadow[k].is_floating_point()]
@@ -40,6 +32,20 @@ class ModelEMA:
         torch._foreach_lerp_(self._avg[0], self._avg[1], 1.0 - self.decay)
         for avg, now in self._copy:
             avg.copy_(now)
+
+    def after_update(self, tr) -> None:
+        self.update(tr.model)  # after AWP's restore: the average of the weights the step left
+
+    def save_into(self, payload: dict) -> None:
+        payload["ema_model"] = self.state_dict()
+
+    def load_from(self, tr, ckpt: dict, path) -> None:
+        if "ema_model" not in ckpt:
+            raise BenchError(
+                f"checkpoint {path} holds no EMA weights but this run keeps them (train.ema_decay="
+                f"{self.decay}); use a checkpoint written by this run"
+            )
+        self.load_state_dict(ckpt["ema_model"])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.shadow

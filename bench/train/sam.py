@@ -1,18 +1,6 @@
-"""Sharpness-aware minimisation around any optimiser: SAM (Foret et al., ICLR 2021) and its
-adaptive form ASAM (Kwon et al., ICML 2021), as the SADA-JEM base of EB-JDAT trains.
-
-One SAM step, driven by the trainer:
-
-1. the loss at ``w`` and its gradient ``g`` (the ordinary backward pass);
-2. :func:`perturb`: ``w <- w + e`` with ``e = rho * T^2 g / ||T g||``, where ``T = |w|``
-   elementwise for ASAM and ``1`` for SAM (``||.||`` over all parameters together);
-3. the loss again at ``w + e`` on the same inputs (the method reuses its sampled and adversarial
-   images, see ``StepContext.reuse``), with batch-norm running statistics frozen
-   (:func:`frozen_batchnorm_stats`), and its gradient;
-4. :func:`restore`: back to ``w``; the base optimiser then steps with the second gradient.
-
-``rho`` is the reference's number (SADA-JEM: 2 with ASAM; plain SAM typically 0.05); with
-``optim.sam_adaptive=auto`` the radius decides, as in SADA-JEM: ASAM from 0.5 up.
+"""Sharpness-aware minimisation around any optimiser: SAM (Foret et al., ICLR 2021) and ASAM
+(Kwon et al., ICML 2021), as the SADA-JEM base of EB-JDAT trains, as the trainer's hook; the
+algorithm and ``optim.sam_*`` are in docs/methods.md, "SAM in the shared trainer".
 """
 
 from __future__ import annotations
@@ -22,6 +10,22 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
+
+from bench.core.timing import region
+from bench.train.hooks import Hook
+
+
+class SAMPass(Hook):
+    """``optim.sam_rho`` > 0: the gradient again at ``w + e``; the optimiser then steps from ``w``."""
+
+    def __init__(self, opt):
+        self.rho, self.adaptive = opt.sam_rho, is_adaptive(opt.sam_adaptive, opt.sam_rho)
+
+    def before_update(self, tr, x: torch.Tensor, y: torch.Tensor, ctx) -> None:
+        with region("sam"):
+            moves = perturb(tr.params, self.rho, self.adaptive)
+            tr.second_pass(x, y, ctx)
+            restore(tr.params, moves)
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.train.loggers.base import RunLogger, register_logger
+from bench.train.loggers import RunLogger, register_logger
 
 
 @register_logger("console")

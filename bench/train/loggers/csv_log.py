@@ -8,7 +8,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from bench.train.loggers.base import RunLogger, register_logger
+from bench.train.loggers import RunLogger, register_logger
 
 
 def _table(rows: list[dict[str, Any]]) -> str:

@@ -1,27 +1,16 @@
-"""``tensorboard``: event files under ``<run>/tensorboard/`` (torch's ``SummaryWriter``, which writes
-through the ``tensorboard`` package): every logged term under ``train/``, validations under
-``val/``, the checkpoints' sample grids under ``samples/``, and the final evaluation as hparams.
-
-``tensorboard --logdir results/runs`` shows every run. A resumed run purges the events its
-previous process wrote after the checkpoint it resumes from, so curves never double back."""
+"""``tensorboard``: event files under ``<run>/tensorboard/`` through torch's ``SummaryWriter``;
+what goes where, and the purge on resume and rollback: docs/report.md, "Training curves"."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
 
-from bench.train.loggers.base import RunLogger, register_logger
+from bench.train.loggers import RunLogger, register_logger
 
 GROUPS = {"lr": "optim/lr", "images_per_s": "speed/images_per_s"}
-
-
-def available() -> bool:
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @register_logger("tensorboard")
@@ -29,7 +18,7 @@ class TensorBoardLogger(RunLogger):
     def __init__(self, run_dir: Path, cfg: Any, start_step: int = 0):
         super().__init__(run_dir, cfg, start_step)
         self.writer = None
-        if not available():
+        if importlib.util.find_spec("tensorboard") is None:
             print(
                 "note: tensorboard is not installed, so this run logs no event files (pip install tensorboard; "
                 "or drop it from train.loggers)",
