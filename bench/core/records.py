@@ -14,10 +14,10 @@ from bench.core.errors import BenchError
 from bench.core.io import read_json, remove_litter, write_json
 from bench.core.run_dirs import (  # noqa: F401 (re-exported: the run directory's names)
     RunLock,
+    dir_lock,
     list_runs,
     live_status,
     new_run_dir,
-    record_lock,
     resolve_run,
     runs_root,
 )
@@ -145,14 +145,14 @@ class RunRecord:
         """Write atomically under a lock on the run directory. What the evaluation layer owns
         (results, their artifacts, skipped metrics, evaluation time) and another process saved since
         this copy was read is kept: of two results of one metric, the later evaluated wins."""
-        with record_lock(self.run_dir):
+        with dir_lock(self.run_dir):
             self._write_locked()
 
     @classmethod
     def update(cls, run_dir: Path, change: Callable[[RunRecord], None]) -> RunRecord:
         """Read-modify-write for a process that does not own the run (e.g. `bench eval` while it
         trains): the record is read, changed and written under the lock, so nothing is put back stale."""
-        with record_lock(Path(run_dir)):
+        with dir_lock(Path(run_dir)):
             rec = cls.load(run_dir)
             change(rec)
             rec._write_locked(keep_disk=False)  # read under this lock: nothing on disk is newer
@@ -244,7 +244,7 @@ class RunRecord:
     def remove_litter(self) -> list[Path]:
         """Delete temporary files left by writes that a kill interrupted: the record's (under the
         directory lock its writers hold) and the trainer's. Call it while holding the run's lock."""
-        with record_lock(self.run_dir):
+        with dir_lock(self.run_dir):
             found = remove_litter(self.run_dir, "record.json")
         # written only by the trainer, which holds the run's lock (`bench eval` writes elsewhere in samples/)
         found += remove_litter(self.run_dir / "checkpoints")

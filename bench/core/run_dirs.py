@@ -1,7 +1,7 @@
 """Run directories (``<out>/runs/<run-id>/``): a fresh one for each run, finding and listing them,
 and their two OS locks, which the OS releases when their process dies: :class:`RunLock` (one
-trainer per run, on ``<run>/.lock``, which names its owner) and :func:`record_lock` (one writer of
-``record.json`` at a time). See docs/reliability.md.
+trainer per run, on ``<run>/.lock``, which names its owner) and :func:`dir_lock` (one writer of
+``record.json``, or one submitter of a sweep, at a time). See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -66,11 +66,12 @@ def list_runs(out: str | Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def record_lock(run_dir: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on the directory itself: no lock file is left in the run directory."""
-    fd = os.open(run_dir, os.O_RDONLY)
+def dir_lock(path: Path, blocking: bool = True) -> Iterator[None]:
+    """An exclusive ``flock`` on the directory itself (no lock file is left in it). Not blocking:
+    raises ``BlockingIOError`` at once when another process holds it."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)

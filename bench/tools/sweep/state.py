@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
 from bench.core.errors import BenchError
 from bench.core.io import read_json, write_json, write_text
 from bench.core.records import live_status, load_record, now, runs_root
+from bench.core.run_dirs import dir_lock
 
 FORMAT = 2  # 1 kept cells/NNN.json beside the run records
 STATUSES = ("pending", "running", "complete", "failed", "interrupted")
@@ -126,7 +125,6 @@ class SweepDir:
 
     def create(self, spec, cells, cfgs, out: Path) -> None:
         self.runs_dir.mkdir(parents=True, exist_ok=True)
-        (self.path / ".lock").touch()  # the submitting lock's file, there from the start
         write_text(self.spec_file, spec.text)
         grid = [{**c.to_dict(), "config_digest": cfg.digest()} for c, cfg in zip(cells, cfgs)]
         write_json(
@@ -146,13 +144,13 @@ class SweepDir:
     @contextlib.contextmanager
     def submitting(self) -> Iterator[None]:
         """Held by the `bench sweep` that submits this sweep (for a local sweep, until its cells end)."""
-        try:
-            held = FileLock(self.path / ".lock", blocking=False).acquire()
-        except Timeout:
-            raise BenchError(
-                f"another `bench sweep` is submitting {self.path} now; wait for it to end"
-            ) from None
-        with held:
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(dir_lock(self.path, blocking=False))
+            except BlockingIOError:
+                raise BenchError(
+                    f"another `bench sweep` is submitting {self.path} now; wait for it to end"
+                ) from None
             yield
 
     # -- each cell's run and jobs ------------------------------------------------------------
