@@ -59,7 +59,7 @@ def metric_settings(
 ) -> dict[str, Any]:
     settings = {**proto.metrics.get(name, {})}
     if n_examples is not None:
-        settings["n_examples"] = n_examples
+        settings["n_examples"] = int(n_examples)  # checked by check_request: a whole number
     settings.update((overrides or {}).get(name, {}))
     if proto.input_noise:
         settings["input_noise"] = proto.input_noise
