@@ -14,14 +14,24 @@ import torch
 
 from bench.core.io import write_json
 from metrics.autoattack_library import (
+    ATTACKS,
     OVERRIDES,
+    VERSIONS,
     Recorder,
     build_autoattack,
     library_version,
     model_digest,
     tensor_digest,
 )
-from metrics.base import accuracy_headline, accuracy_summary, register_metric, say, test_subset
+from metrics.base import (
+    SEED,
+    Setting,
+    accuracy_headline,
+    accuracy_summary,
+    register_metric,
+    say,
+    test_subset,
+)
 from metrics.guards import (
     ForwardWatch,
     PerturbationMeter,
@@ -47,18 +57,18 @@ def summary(res: dict) -> str:
     order=30,
     summary=summary,
     settings={
-        "version": str,
-        "norm": str,
-        "eps": float,
-        "attacks": list[str],
-        "seed": int,
-        "batch_size": int,
-        "apgd_iter": int,
-        "apgd_restarts": int,
-        "apgd_targeted_iter": int,
-        "fab_iter": int,
-        "fab_restarts": int,
-        "square_queries": int,
+        "version": Setting(str, choices=VERSIONS),
+        "norm": Setting(str, choices=("Linf", "L2", "L1")),
+        "eps": Setting(float, 0, open_low=True, unit="pixel units in the norm"),
+        "attacks": Setting(list[str], choices=ATTACKS),
+        "seed": SEED,
+        "batch_size": Setting(int, 1),
+        "apgd_iter": Setting(int, 1),
+        "apgd_restarts": Setting(int, 1),
+        "apgd_targeted_iter": Setting(int, 1),
+        "fab_iter": Setting(int, 1),
+        "fab_restarts": Setting(int, 1),
+        "square_queries": Setting(int, 1),
     },
     checked=True,
 )

@@ -16,12 +16,11 @@ import torch
 
 from bench.core.errors import BenchError
 from bench.core.registry import Registry
+from bench.core.settings import coerce
 
 METRICS: Registry = Registry("metric", group="trilemma_bench.metrics", packages=("metrics",))
 # bookkeeping keys of a result, never shown as numbers
 NOT_NUMBERS = frozenset({"n_examples", "seconds"})
-# settings every metric receives from the protocol (besides those it declares)
-COMMON_SETTINGS = frozenset({"n_examples", "input_noise"})
 
 
 @dataclass(frozen=True)
@@ -93,6 +92,65 @@ class Presentation:
         return ", ".join(parts) + (f"  n={n}" if n is not None else "")
 
 
+@dataclass(frozen=True)
+class Setting:
+    """A metric setting's type and range, declared where the metric registers: a number lies in
+    [``low``, ``high``] (``low`` itself excluded when ``open_low``), a word (or each word of a list)
+    is one of ``choices``, a mapping holds only the settings of ``fields``. ``unit`` is named in
+    the refusal."""
+
+    kind: Any
+    low: float | None = None
+    high: float | None = None
+    unit: str = ""
+    choices: tuple[str, ...] = ()
+    open_low: bool = False
+    fields: dict[str, Setting] | None = None
+
+    def rule(self) -> str:
+        unit = f" ({self.unit})" if self.unit else ""
+        if self.choices:
+            return f"one of: {', '.join(self.choices)}{unit}"
+        bounds = [f"{'>' if self.open_low else '>='} {self.low:g}"] if self.low is not None else []
+        bounds += [f"<= {self.high:g}"] if self.high is not None else []
+        noun = "an integer" if self.kind is int else "a number"
+        return f"{noun} {' and '.join(bounds)}{unit}"
+
+    def check(self, value: Any, where: str) -> Any:
+        """``value`` converted to the setting's type, or one line saying what it must be."""
+        value = coerce(value, self.kind, where)
+        if self.fields is not None:
+            return check_values(value, self.fields, where)
+        words = value if isinstance(value, list) else [value]
+        low, high = self.low, self.high
+        if (
+            (self.choices and any(w not in self.choices for w in words))
+            or (low is not None and (value <= low if self.open_low else value < low))
+            or (high is not None and value > high)
+        ):
+            raise BenchError(f"{where}={value!r} is out of range: it must be {self.rule()}")
+        return value
+
+
+def check_values(values: dict[str, Any], schema: dict[str, Setting], where: str) -> dict:
+    """``values`` with each one checked against (and converted to) its setting in ``schema``; a key
+    ``schema`` does not have is refused."""
+    unknown = sorted(set(values) - set(schema))
+    if unknown:
+        raise BenchError(
+            f"{where}: unknown setting {unknown[0]!r}; its settings: {', '.join(sorted(schema))}"
+        )
+    return {k: schema[k].check(v, f"{where}.{k}") for k, v in values.items()}
+
+
+SEED = Setting(int, 0, 2**32 - 1)  # numpy's RandomState (torch-fidelity) takes no larger seed
+# settings every metric receives from the protocol (besides those it declares)
+COMMON_SETTINGS = {
+    "n_examples": Setting(int, 1, unit="test images"),
+    "input_noise": Setting(float, 0, 1, unit="pixel units"),
+}
+
+
 def register_metric(
     name: str,
     fn: Callable | None = None,
@@ -100,7 +158,7 @@ def register_metric(
     headlines: tuple[Headline, ...] = (),
     order: int = 100,
     summary: Callable[[dict[str, Any]], str] | None = None,
-    settings: tuple[str, ...] | dict[str, type] | None = None,
+    settings: tuple[str, ...] | dict[str, type | Setting] | None = None,
     checked: bool = False,
     brief: bool = True,
     replace: bool = False,
@@ -110,31 +168,28 @@ def register_metric(
     ``settings`` names the settings ``fn`` reads (besides ``n_examples`` and ``input_noise``): a
     ``--set METRIC.KEY=...`` with another key is refused instead of being stored as if applied.
     None (a plugin that declares nothing) accepts any key; a mapping ``{name: type}`` also has each
-    ``--set`` value checked and converted (int, float, str, bool). ``checked``: its results carry guardrail
-    ``checks`` and ``reliable`` (see metrics.guards); tables mark a result without them as unchecked.
-    ``brief``: its headlines are in the default leaderboard view (False: only with ``--wide``).
+    value checked and converted (int, float, str, bool), and ``{name: Setting(...)}`` its range too,
+    so that a value outside it is refused before anything is evaluated or stored. ``checked``: its
+    results carry guardrail ``checks`` and ``reliable`` (see metrics.guards); tables mark a result
+    without them as unchecked. ``brief``: its headlines are in the default leaderboard view (False:
+    only with ``--wide``).
     """
 
     def add(f: Callable) -> Callable:
         f.presentation = Presentation(tuple(headlines), order, summary, checked, brief)
-        f.settings = None if settings is None else frozenset(settings) | COMMON_SETTINGS
-        f.setting_types = (
-            {**dict(settings), "n_examples": int} if isinstance(settings, dict) else {}
-        )
+        own = settings if isinstance(settings, dict) else dict.fromkeys(settings or (), Any)
+        kinds = {k: s if isinstance(s, Setting) else Setting(s) for k, s in own.items()}
+        f.schema = None if settings is None else {**kinds, **COMMON_SETTINGS}
         METRICS.register(name, f, replace=replace)
         return f
 
     return add(fn) if fn is not None else add
 
 
-def declared_settings(metric: str) -> frozenset[str] | None:
-    """The settings ``metric`` reads, or None when it does not declare them."""
-    return getattr(METRICS.get(metric), "settings", None)
-
-
-def setting_types(metric: str) -> dict[str, type]:
-    """The declared type of each of ``metric``'s settings that declares one."""
-    return getattr(METRICS.get(metric), "setting_types", None) or {}
+def metric_schema(metric: str) -> dict[str, Setting] | None:
+    """Each setting ``metric`` reads with its type and range, or None when it does not declare
+    them (``n_examples`` and ``input_noise`` are then still checked: see COMMON_SETTINGS)."""
+    return getattr(METRICS.get(metric), "schema", None)
 
 
 def presentation(metric: str) -> Presentation:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.core.io import save_figure
-from metrics.base import Headline, batches, register_metric, test_subset
+from metrics.base import Headline, Setting, batches, register_metric, test_subset
 
 
 def ece_bins(conf: np.ndarray, correct: np.ndarray, n_bins: int = 15):
@@ -82,7 +82,7 @@ def summary(res: dict) -> str:
     "calibration",
     order=60,
     summary=summary,
-    settings={"bins": int},
+    settings={"bins": Setting(int, 1, 10_000)},
     brief=False,
     headlines=(Headline("ece", "ece", scale=100.0, unit="%", higher_is_better=False, decimals=2),),
 )

@@ -16,6 +16,7 @@ from bench.core.io import save_figure, save_npz
 from metrics.base import (
     Headline,
     MetricUnavailable,
+    Setting,
     batches,
     kept_adversarial,
     pgd_attack_key,
@@ -23,6 +24,8 @@ from metrics.base import (
     register_metric,
     test_subset,
 )
+from metrics.images import SAMPLE_SOURCE, SAMPLER_STEPS
+from metrics.pgd import PGD_SETTINGS
 
 
 @torch.no_grad()
@@ -96,7 +99,13 @@ def summary(res: dict) -> str:
     "energy",
     order=50,
     summary=summary,
-    settings={"attack": dict, "n_generated": int, "sampler_steps": int, "sample_source": str},
+    settings={
+        # the PGD attack of its adversarial energies, without EOT (energies of a deterministic model)
+        "attack": Setting(dict, fields={k: s for k, s in PGD_SETTINGS.items() if k != "eot"}),
+        "n_generated": Setting(int, 1, unit="generated images"),
+        "sampler_steps": SAMPLER_STEPS,
+        "sample_source": SAMPLE_SOURCE,
+    },
     headlines=(
         Headline("gap_adv", "energy.gap_adv", higher_is_better=None),
         Headline("gap_gen", "energy.gap_gen", higher_is_better=None),

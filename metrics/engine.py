@@ -10,14 +10,22 @@ from typing import Any
 
 import torch
 
-from bench.core.config import coerce
 from bench.core.device import current_precision
 from bench.core.errors import BenchError
 from bench.core.registry import provider
-from metrics.base import METRICS, EvalContext, MetricUnavailable, declared_settings, setting_types
+from metrics.base import (
+    COMMON_SETTINGS,
+    METRICS,
+    EvalContext,
+    MetricUnavailable,
+    Setting,
+    metric_schema,
+)
 from metrics.guards import apply_ordering
 from metrics.intervals import accuracy_interval
 from metrics.protocols import Protocol, get_protocol, protocol_provider
+
+ANY = Setting(Any)  # an undeclared setting of a plugin metric that declares none
 
 
 class TestTimeNoise(torch.nn.Module):
@@ -51,7 +59,7 @@ def metric_settings(
 ) -> dict[str, Any]:
     settings = {**proto.metrics.get(name, {})}
     if n_examples is not None:
-        settings["n_examples"] = n_examples
+        settings["n_examples"] = int(n_examples)  # checked by check_request: a whole number
     settings.update((overrides or {}).get(name, {}))
     if proto.input_noise:
         settings["input_noise"] = proto.input_noise
@@ -61,14 +69,15 @@ def metric_settings(
     return settings
 
 
-def preflight(
+def check_request(
     protocol: str,
     metrics: list[str] | None,
-    ctx: EvalContext,
     n_examples: int | None = None,
     overrides: dict | None = None,
-) -> tuple[list[str], dict[str, str]]:
-    """(metrics to run, {skipped metric: reason}). Fails with the one-line fix for a metric asked for by name."""
+) -> list[str]:
+    """The metrics an evaluation runs, once every setting it would store (the protocol's, ``n``,
+    ``--set``) has been checked against the metric's declared type and range; ``--set`` values are
+    converted in place. Needs no model: `bench eval` calls it before loading one."""
     proto = get_protocol(protocol)
     names = list(metrics) if metrics else list(proto.metrics)
     if not names:
@@ -87,8 +96,22 @@ def preflight(
             )
     check_protocol_settings(proto, names)
     check_overrides(names, overrides)
+    if n_examples is not None:
+        COMMON_SETTINGS["n_examples"].check(n_examples, "n_examples")
+    return names
+
+
+def preflight(
+    protocol: str,
+    metrics: list[str] | None,
+    ctx: EvalContext,
+    n_examples: int | None = None,
+    overrides: dict | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """(metrics to run, {skipped metric: reason}). Fails with the one-line fix for a metric asked for by name."""
+    proto = get_protocol(protocol)
     run, skipped = [], {}
-    for name in names:
+    for name in check_request(protocol, metrics, n_examples, overrides):
         fn = METRICS.get(name)
         check = getattr(fn, "preflight", None)
         if check is not None:
@@ -125,22 +148,29 @@ def variant_key(metric: str, proto: Protocol, overrides: dict[str, Any] | None) 
 
 
 def check_protocol_settings(proto: Protocol, names: list[str]) -> None:
-    """Refuse a protocol (a plugin's, say) that gives a metric a setting it does not read: its results
-    would be stored under settings that were never applied."""
+    """Refuse a protocol (a plugin's, say) whose settings are out of range or that gives a metric
+    a setting it does not read: its results would be stored under settings never applied."""
+    COMMON_SETTINGS["input_noise"].check(proto.input_noise, f"protocol {proto.name}'s input_noise")
     for metric in names:
-        known = declared_settings(metric)
-        unknown = sorted(set(proto.metrics.get(metric, {})) - known) if known is not None else []
+        schema = metric_schema(metric)
+        given = proto.metrics.get(metric, {})
+        unknown = sorted(set(given) - set(schema)) if schema is not None else []
         if unknown:
             raise BenchError(
                 f"protocol {proto.name} gives metric {metric} the setting {unknown[0]!r}, which it does "
-                f"not read (its settings: {', '.join(sorted(known))}); fix the protocol's definition"
+                f"not read (its settings: {', '.join(sorted(schema))}); fix the protocol's definition"
+            )
+        for key, value in given.items():
+            (schema or COMMON_SETTINGS).get(key, ANY).check(
+                value, f"protocol {proto.name}'s {metric}.{key}"
             )
 
 
 def check_overrides(names: list[str], overrides: dict[str, dict[str, Any]] | None) -> None:
     """Refuse ``--set METRIC.KEY=...`` items that would be stored without acting: a metric not being
-    evaluated, or a key the metric does not read (for metrics that declare their settings); convert
-    the values of typed settings, refusing a wrong type in one line."""
+    evaluated, a key the metric does not read (for metrics that declare their settings) or the
+    protocol's test-time noise; convert the values of typed settings, refusing a wrong type or a
+    value out of the setting's range in one line."""
     for metric, items in (overrides or {}).items():
         METRICS.get(metric)  # an unknown name fails here, with the known ones
         if metric not in names:
@@ -148,16 +178,22 @@ def check_overrides(names: list[str], overrides: dict[str, dict[str, Any]] | Non
                 f"--set {metric}.{next(iter(items))}: metric {metric!r} is not evaluated here "
                 f"(this evaluation runs {', '.join(names)}); add it with --metrics {metric}"
             )
-        known = declared_settings(metric)
-        unknown = sorted(set(items) - known) if known is not None else []
+        schema = metric_schema(metric)
+        unknown = sorted(set(items) - set(schema)) if schema is not None else []
         if unknown:
             raise BenchError(
                 f"--set {metric}.{unknown[0]}: unknown setting {unknown[0]!r} of metric {metric}; "
-                f"its settings: {', '.join(sorted(known))}"
+                f"its settings: {', '.join(sorted(schema))}"
             )
-        for key, kind in setting_types(metric).items():  # typed settings: checked and converted
-            if key in items:
-                items[key] = coerce(items[key], kind, f"--set {metric}.{key}")
+        if "input_noise" in items:  # the engine adds it from the protocol, not from --set
+            raise BenchError(
+                f"--set {metric}.input_noise: test-time noise is a protocol's setting, the same for "
+                "all its metrics; evaluate with --protocol paper (noise std 0.015) or leave it out"
+            )
+        for key, value in items.items():
+            items[key] = (
+                (schema or COMMON_SETTINGS).get(key, ANY).check(value, f"--set {metric}.{key}")
+            )
 
 
 def evaluate(

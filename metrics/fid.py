@@ -11,8 +11,11 @@ from typing import Any
 import torch
 
 from bench.core.errors import BenchError
-from metrics.base import Headline, register_metric, say
+from metrics.base import SEED, Headline, Setting, register_metric, say
 from metrics.images import (
+    REAL_SPLITS,
+    SAMPLE_SOURCE,
+    SAMPLER_STEPS,
     generated_samples,
     real_images,
     resolve_real_split,
@@ -256,17 +259,18 @@ FIDELITY_SETTINGS = {
     "feature_extractor": str,
     "weights": str,
     "download": bool,
-    "real_split": str,
-    "select_top_ratio": float,
-    "seed": int,
-    "n_samples": int,
-    "sampler_steps": int,
-    "sample_source": str,
-    "splits": int,
-    "kid_subset_size": int,
-    "n_real": int,
+    "real_split": Setting(str, choices=REAL_SPLITS),
+    "select_top_ratio": Setting(float, 0, 1, open_low=True, unit="the share kept per class"),
+    "seed": SEED,
+    # a covariance needs two images (--fid-samples, --fid-reference)
+    "n_samples": Setting(int, 2, unit="generated images"),
+    "sampler_steps": SAMPLER_STEPS,
+    "sample_source": SAMPLE_SOURCE,
+    "splits": Setting(int, 1),
+    "kid_subset_size": Setting(int, 2),
+    "n_real": Setting(int, 2, unit="reference images"),
     "cache_dir": str,
-    "feature_batch_size": int,
+    "feature_batch_size": Setting(int, 1),
 }
 register_metric(
     "fid",

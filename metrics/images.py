@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from bench.core.errors import BenchError
-from metrics.base import MetricUnavailable
+from metrics.base import MetricUnavailable, Setting
 from metrics.inception import sha256_file
 
 
@@ -52,6 +52,9 @@ def samples_available(ctx) -> None:
 
 
 SOURCES = ("auto", "fresh", "buffer")
+SAMPLE_SOURCE = Setting(str, choices=SOURCES)
+SAMPLER_STEPS = Setting(int, 0, unit="sampler steps; 0 = the saved replay buffer as it is")
+REAL_SPLITS = ("train", "test", "train+test", "authors")
 
 
 def sample_source(settings: dict, ctx) -> str:
@@ -159,10 +162,7 @@ def real_images(data, split: str, n_real: int) -> torch.Tensor:
     x_test = getattr(data, "x_test_clean", data.x_test)
     parts = {"train": [data.x_train], "test": [x_test], "train+test": [data.x_train, x_test]}
     if split not in parts:
-        raise BenchError(
-            f"real_split {split!r} unknown; choose train, test, train+test or authors (the EB-JDAT "
-            "authors' set per dataset)"
-        )
+        raise BenchError(f"real_split {split!r} unknown; choose one of: {', '.join(REAL_SPLITS)}")
     x = torch.cat(
         [
             p if p.dtype == torch.uint8 else p.mul(255).round().clamp(0, 255).to(torch.uint8)

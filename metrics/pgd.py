@@ -13,6 +13,7 @@ import torch
 from bench.attacks.pgd import pgd_linf
 from bench.core.errors import BenchError
 from metrics.base import (
+    Setting,
     accuracy_headline,
     accuracy_summary,
     batches,
@@ -31,13 +32,23 @@ from metrics.guards import (
     zero_gradient_check,
 )
 
+PIXELS = "pixel units, 8/255 = 0.0314"
+PGD_SETTINGS = {
+    "eps": Setting(float, 0, 1, PIXELS),
+    "alpha": Setting(float, 0, 1, PIXELS, open_low=True),
+    "steps": Setting(int, 1, unit="attack iterations"),
+    "restarts": Setting(int, 1),
+    "eot": Setting(int, 1, unit="gradient samples per step; 1 = none"),
+    "norm": Setting(str, choices=("Linf",), unit="AutoAttack covers L2: --set autoattack.norm=L2"),
+}
+
 
 @register_metric(
     "pgd",
     headlines=(accuracy_headline("pgd"),),
     order=20,
     summary=accuracy_summary,
-    settings={"eps": float, "alpha": float, "steps": int, "restarts": int, "eot": int, "norm": str},
+    settings=PGD_SETTINGS,
     checked=True,
 )
 def pgd(model, data, settings, ctx) -> dict:
@@ -50,7 +61,7 @@ def pgd(model, data, settings, ctx) -> dict:
     alpha = settings.get("alpha", 2 / 255)
     steps = int(settings.get("steps", 20))
     restarts = int(settings.get("restarts", 1))
-    eot = max(1, int(settings.get("eot", 1)))
+    eot = int(settings.get("eot", 1))
     x, y = test_subset(data, settings.get("n_examples", 0))
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(ctx.seed)  # the same random starts for every model evaluated with this seed

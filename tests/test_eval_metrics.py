@@ -160,7 +160,9 @@ def test_a_protocol_setting_a_metric_does_not_read_is_refused_and_pgd_refuses_an
             BenchError, match="protocol test-typo gives metric pgd the setting 'stepz'"
         ):
             preflight("test-typo", None, ctx)
-        names, _ = preflight("test-l2", None, ctx)  # norm is a setting pgd reads ...
+        # norm is a setting pgd reads, and its range refuses L2 before anything runs ...
+        with pytest.raises(BenchError, match=r"test-l2's pgd.norm='L2' is out of range.*Linf"):
+            preflight("test-l2", None, ctx)
         from metrics import METRICS
 
         model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))

@@ -21,8 +21,8 @@ from bench.core.signals import terminate_as_interrupt
 from bench.models import build_model
 from bench.run.saved_runs import buffer_state, load_run_model
 from bench.train import checkpoint
-from metrics import METRICS, EvalContext, Presentation, evaluate, get_protocol, presentation
-from metrics.engine import preflight
+from metrics import EvalContext, Presentation, evaluate, get_protocol, presentation
+from metrics.engine import check_request, preflight
 from metrics.guards import apply_ordering
 
 
@@ -58,16 +58,20 @@ class EvalOptions:
         return cls(metrics=metrics, overrides=overrides, show_progress=not quiet, **flags)
 
     def check(self) -> None:
-        """The checks that need no model: -n, --tf32, the protocol and metric names."""
-        if self.n_examples is not None and self.n_examples < 1:  # 0 means every test image
-            raise BenchError(
-                f"-n/--n-examples must be a positive number of test images, got {self.n_examples}"
-            )
+        """The checks that need no model: -n, --batch-size, --tf32, the protocol, the metrics and
+        every setting they would store (types and ranges), so that a refusal loads nothing."""
+        for flag, value, what in (
+            ("-n/--n-examples", self.n_examples, "test images"),
+            ("--batch-size", self.batch_size, "images per batch"),
+        ):
+            if value is not None and value < 1:  # None: the run's own eval setting
+                raise BenchError(
+                    f"{flag} must be a positive number of {what}, got {value}; leave it out for "
+                    "the run's own setting"
+                )
         if self.tf32 is not None and not isinstance(self.tf32, bool):
             raise BenchError(f"tf32 must be true or false, got {self.tf32!r}")
-        get_protocol(self.protocol)
-        for m in self.metrics or ():
-            METRICS.get(m)  # unknown names fail here, with the list of known ones
+        check_request(self.protocol, self.metrics, self.n_examples, self.overrides)
 
 
 def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, dict[str, Any]]:
@@ -198,7 +202,7 @@ def evaluate_model(model, cfg, data, opts: EvalOptions, record, *, buffer: dict 
     model.requires_grad_(False)  # an attack's backward on the input must leave no .grad in it
     ctx = EvalContext(
         device=next(model.parameters()).device,
-        batch_size=opts.batch_size or cfg.eval.batch_size,
+        batch_size=cfg.eval.batch_size if opts.batch_size is None else opts.batch_size,
         seed=cfg.seed,
         show_progress=opts.show_progress,
         cfg=cfg,  # generative metrics draw samples with the run's own sampler
