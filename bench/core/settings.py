@@ -36,8 +36,7 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
         if (
             isinstance(value, bool)
             or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-            or int(value) != value
+            or (isinstance(value, float) and not value.is_integer())  # NaN and infinities too
         ):
             raise BenchError(f"{where} expects an integer, got {value!r}")
         return int(value)
@@ -52,7 +51,8 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
                 value = number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise BenchError(f"{where} expects a number, got {value!r}")
-        if not math.isfinite(value):  # every numeric setting: NaN or infinity is never meant
+        # every numeric setting: NaN, infinity or beyond a float is never meant
+        if not (math.isfinite(value) if isinstance(value, float) else abs(value) < 2**1024):
             raise BenchError(f"{where} expects a finite number, got {value!r}")
         return float(value)
     if hint is str:
@@ -112,6 +112,18 @@ def update_dataclass(obj: Any, values: dict[str, Any], where: str = "") -> Any:
 
 def from_dict(cls: type, values: dict[str, Any]) -> Any:
     return update_dataclass(cls(), values)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections -> ``{"optim.lr": 0.1, "method.sampler.steps": 5, ...}`` (``method_cfg`` read as ``method``)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{'method' if k == 'method_cfg' and not prefix else k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

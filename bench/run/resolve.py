@@ -14,13 +14,14 @@ from bench.core.config import (
     RunConfig,
     check_compile,
     deep_merge,
+    flatten,
     parse_set,
     to_dict,
     update_dataclass,
     validate,
 )
 from bench.core.errors import BenchError
-from bench.run.layers import flatten, load_config_file, method_layers, sections
+from bench.run.layers import load_config_file, method_layers, sections
 from bench.train.loggers import check_logger_names
 from methods import METHODS, get_method
 from metrics import get_protocol
