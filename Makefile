@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml requirements-lock.txt
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -q "pytest>=8" "pytest-timeout>=2.3" "ruff==0.17.6"
+	$(PIP) install -q "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6" "ruff==0.17.6"
 	touch $@
 
 $(VENV)/.fid-weights: $(VENV)/.installed

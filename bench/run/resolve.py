@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,9 +71,33 @@ def finish(cfg: RunConfig) -> RunConfig:
         is_safe = getattr(get_method(cfg.method), "cuda_graph_safe", False)
         check_compile(cfg.train, cfg.device, cfg.method, is_safe, safe)
     check_logger_names(cfg.train.loggers)
+    check_buffer_fits(cfg)
     if cfg.eval.enabled:  # an unknown protocol would only fail after training
         get_protocol(cfg.eval.protocol)
     return cfg
+
+
+def check_buffer_fits(cfg: RunConfig) -> None:
+    """Refuse, in one line with its size, a replay buffer larger than the memory of the device it
+    lives on: float32 images of ``data.image_size`` (or 32) pixels a side, 3 channels."""
+    sampler = cfg.method_cfg.get("sampler") if isinstance(cfg.method_cfg, dict) else None
+    size = int((sampler or {}).get("buffer_size", 0))
+    side = cfg.data.image_size or 32
+    need = size * 3 * side * side * 4
+    if need < 2**30:  # nothing to ask the machine about
+        return
+    import torch
+
+    kind, _, index = str(cfg.device).partition(":")
+    if kind != "cpu" and torch.cuda.is_available():
+        where, have = "the GPU", torch.cuda.get_device_properties(int(index or 0)).total_memory
+    else:
+        where, have = "this machine", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise BenchError(
+            f"method.sampler.buffer_size={size} holds {need / 1e9:.1f} GB of {side}x{side} images, "
+            f"more than the {have / 1e9:.1f} GB of memory of {where}; lower method.sampler.buffer_size"
+        )
 
 
 def resolve(
