@@ -86,8 +86,8 @@ class TrainConfig:
     epochs: float = 1.0
     max_steps: int = 0  # >0: stop after this many steps (overrides epochs)
     log_every: int = 10  # steps between reading losses back from the device
-    checkpoint_every: int = 500  # steps between atomic checkpoints (0: only at the end)
-    keep_checkpoints: int = 2  # periodic checkpoints kept besides last.pt
+    checkpoint_every: int = 500  # steps between atomic checkpoints (and one at the end)
+    keep_checkpoints: int = 2  # periodic checkpoints (step-N.pt) kept besides last.pt
     eval_every: float = 1.0  # epochs between validation evaluations (0: never)
     eval_examples: int = 1000  # validation images per periodic evaluation
     divergence_bound: float = 1e8  # |loss term| above this counts as divergence
@@ -192,7 +192,7 @@ RANGES = {
     "optim.betas": FRACTION,
     "optim.warmup_steps": NONNEGATIVE,
     "optim.milestones": "must be positive",
-    "optim.gamma": "must lie in (0, 1]",
+    "optim.gamma": "must be positive",
     "optim.grad_clip": "must be >= 0 (0 = no clipping)",
     "optim.sam_rho": "must be >= 0 (0 = no SAM)",
     "optim.awp_gamma": "must be >= 0 (0 = no AWP)",
@@ -205,7 +205,7 @@ RANGES = {
     "train.eval_every": "must be >= 0 (0 = never)",
     "train.eval_examples": "must be positive",
     "train.divergence_bound": "must be positive",
-    "train.rollback_lr_factor": "must lie in (0, 1)",
+    "train.rollback_lr_factor": "must lie in (0, 1]",
     "train.max_rollbacks": NONNEGATIVE,
     "train.ema_decay": "must lie in [0, 1) (0 turns EMA off, 0.999 is usual)",
     "eval.n_examples": "must be positive",
