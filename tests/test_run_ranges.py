@@ -14,8 +14,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from bench.core.config import RANGES, RunConfig, admits
+from bench.core.config import RANGES, RunConfig
 from bench.core.errors import BenchError
+from bench.core.settings import admits, flatten
 from bench.run.resolve import resolve_config
 
 NUMBERS = (int, float)
@@ -78,7 +79,9 @@ VALUES = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(path=st.sampled_from(sorted(SETTINGS)), value=VALUES)
 @example(path="optim.momentum", value=-1)
 @example(path="model.std", value=0)
@@ -97,16 +100,10 @@ def test_a_value_is_taken_or_refused_in_one_line(path, value):
     except BenchError as exc:
         assert "\n" not in str(exc) and str(exc)
         return
-    taken = dict(flat_values(cfg))[path]
+    taken = flatten(cfg.to_dict())[path]
     values = taken if isinstance(taken, (list, tuple)) else [taken]
     assert all(admits(RANGES[path], v) for v in values), f"{path}={taken} accepted"
     assert not (kind is int and isinstance(value, float) and not value.is_integer())
-
-
-def flat_values(cfg: RunConfig):
-    from bench.core.settings import flatten
-
-    return flatten(cfg.to_dict()).items()
 
 
 @pytest.mark.parametrize(
@@ -118,7 +115,8 @@ def flat_values(cfg: RunConfig):
         ("train.max_steps=-1", "train.max_steps must be >= 0"),
         ("train.keep_checkpoints=0", "train.keep_checkpoints must be positive, got 0"),
         ("train.checkpoint_every=0", "train.checkpoint_every must be positive, got 0"),
-        ("seed=99999999999999999999", "seed must lie in [0, 4294967295]"),
+        ("seed=9999999999", "seed must lie in [0, 4294967295], got 9999999999"),
+        ("seed=99999999999999999999", "seed expects a 64-bit integer"),
         ("optim.lr=" + "9" * 400, "optim.lr expects a finite number"),
     ],
 )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +15,7 @@ from bench.core.errors import BenchError
 
 # the settings helpers stay importable from here, beside the schema they type
 from bench.core.settings import (  # noqa: F401
+    check_ranges,
     check_settings,
     coerce,
     deep_merge,
@@ -170,11 +170,16 @@ CHOICES = {
 
 
 # Every numeric setting's range, written once as the rule its error states: "must be positive",
-# "must be >= X", "must lie in [A, B)" (either bracket either side) or "must be A, B or C"; a note in
-# parentheses after it is not part of the rule. A list's or tuple's rule holds for each of its values.
-# "method.*" rules hold for every method whose config has the setting (its own checks may be stricter).
+# "must be >= X", "must lie in [A, B)" (either bracket either side) or "must be A, B or C", a note in
+# parentheses aside; a list's rule holds for each value. A "method.*" rule holds for every method
+# whose config has the setting (its own checks may be stricter).
 NONNEGATIVE = "must be >= 0"
 FRACTION = "must lie in [0, 1)"
+METHOD_NONNEGATIVE = (
+    "eps alpha beta start_std eps_warmup_epochs energy_l2 px_weight ce_weight align_weight adv_weight "
+    "sampler.steps sampler.step_size sampler.noise_std sampler.in_steps sampler.pyld_lr "
+    "sampler.fit_noise_std"
+).split()
 RANGES = {
     "seed": "must lie in [0, 4294967295]",
     "data.val_size": NONNEGATIVE,
@@ -211,59 +216,18 @@ RANGES = {
     "eval.n_examples": "must be positive",
     "eval.batch_size": "must be positive",
     # the built-in methods' settings (methods/)
-    "method.eps": NONNEGATIVE,
-    "method.alpha": NONNEGATIVE,
+    **{f"method.{name}": NONNEGATIVE for name in METHOD_NONNEGATIVE},
     "method.steps": "must be >= 1",
     "method.attack_steps": "must be >= 0 (0 = method.sampler.in_steps)",
-    "method.beta": NONNEGATIVE,
-    "method.start_std": NONNEGATIVE,
-    "method.eps_warmup_epochs": NONNEGATIVE,
-    "method.px_weight": NONNEGATIVE,
-    "method.ce_weight": NONNEGATIVE,
-    "method.align_weight": NONNEGATIVE,
-    "method.adv_weight": NONNEGATIVE,
     "method.adv_energy_sign": "must be 1 or -1",
-    "method.energy_l2": NONNEGATIVE,
     "method.grid_size": "must be >= 0 (0 = no grid)",
     "method.px_batch_size": "must be >= 0 (0 = data.batch_size)",
     "method.px_noise_std": "must lie in [-1, 1) (< 0 = data.noise_std)",
-    "method.sampler.steps": NONNEGATIVE,
-    "method.sampler.step_size": NONNEGATIVE,
-    "method.sampler.noise_std": NONNEGATIVE,
     "method.sampler.grad_clamp": "must be >= 0 (0 = off)",
-    "method.sampler.in_steps": NONNEGATIVE,
-    "method.sampler.pyld_lr": NONNEGATIVE,
     "method.sampler.eps": "must be positive",
     "method.sampler.buffer_size": "must be >= 0 (0 = no buffer)",
     "method.sampler.reinit_freq": "must lie in [0, 1]",
-    "method.sampler.fit_noise_std": NONNEGATIVE,
 }
-
-
-def admits(rule: str, value: float) -> bool:
-    """Whether ``value`` keeps ``rule`` (a :data:`RANGES` entry); NaN keeps none."""
-    interval = re.search(r"lie in ([\[(])(\S+), (\S+?)([\])])", rule)
-    if interval:
-        lo, a, b, hi = interval.groups()
-        above = value >= float(a) if lo == "[" else value > float(a)
-        return above and (value <= float(b) if hi == "]" else value < float(b))
-    rule = re.sub(r"\(.*?\)", "", rule)  # the notes
-    if "positive" in rule:
-        return value > 0
-    low = re.search(r">= (\S+)", rule)
-    if low:
-        return value >= float(low[1])
-    return value in {float(n) for n in re.findall(r"-?\d+(?:\.\d+)?", rule)}
-
-
-def check_ranges(values: dict[str, Any]) -> None:
-    """Refuse, in one line, the first of ``values`` (flat: ``{"optim.lr": 0.1}``) outside its range."""
-    for path, value in values.items():
-        rule = RANGES.get(path)
-        items = value if isinstance(value, (list, tuple)) else [value]
-        if rule and not all(admits(rule, v) for v in items):
-            shown = json.dumps(value) if isinstance(value, (list, tuple)) else value
-            raise BenchError(f"{path} {rule}, got {shown}")
 
 
 def validate(cfg: RunConfig) -> None:
@@ -272,7 +236,7 @@ def validate(cfg: RunConfig) -> None:
         value = values[path]
         if value not in allowed and not (path == "device" and str(value).startswith("cuda:")):
             raise BenchError(f"{path}={value!r} is not valid; choose one of: {', '.join(allowed)}")
-    check_ranges(values)
+    check_ranges(values, RANGES)
     if cfg.train.epochs <= 0 and cfg.train.max_steps <= 0:
         raise BenchError("train.epochs must be positive (or set train.max_steps)")
     if cfg.eval.checkpoint == "best" and (cfg.data.val_size <= 0 or cfg.train.eval_every <= 0):

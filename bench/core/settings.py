@@ -6,7 +6,9 @@ serves (bench/core/config.py); the README ("Use") says how settings are layered.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
 from dataclasses import fields, is_dataclass
 from typing import Any, get_type_hints
 
@@ -39,6 +41,8 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
             or (isinstance(value, float) and not value.is_integer())  # NaN and infinities too
         ):
             raise BenchError(f"{where} expects an integer, got {value!r}")
+        if not -(2**63) <= value < 2**63:  # what torch and numpy take
+            raise BenchError(f"{where} expects a 64-bit integer, got {value!r}")
         return int(value)
     if hint is float:
         if isinstance(value, str):
@@ -179,6 +183,34 @@ def check_settings(
         value = getattr(obj, name)
         if not value >= low:  # NaN fails too
             raise BenchError(f"{prefix}{name} must be >= {low:g}, got {value}")
+
+
+def admits(rule: str, value: float) -> bool:
+    """Whether ``value`` keeps ``rule`` (a ``RANGES`` entry: bench.core.config says how they read);
+    NaN keeps none."""
+    interval = re.search(r"lie in ([\[(])(\S+), (\S+?)([\])])", rule)
+    if interval:
+        lo, a, b, hi = interval.groups()
+        above = value >= float(a) if lo == "[" else value > float(a)
+        return above and (value <= float(b) if hi == "]" else value < float(b))
+    rule = re.sub(r"\(.*?\)", "", rule)  # the notes
+    if "positive" in rule:
+        return value > 0
+    low = re.search(r">= (\S+)", rule)
+    if low:
+        return value >= float(low[1])
+    return value in {float(n) for n in re.findall(r"-?\d+(?:\.\d+)?", rule)}
+
+
+def check_ranges(values: dict[str, Any], ranges: dict[str, str]) -> None:
+    """Refuse, in one line, the first of ``values`` (flat: ``{"optim.lr": 0.1}``) outside its rule
+    in ``ranges`` (bench.core.config.RANGES)."""
+    for path, value in values.items():
+        rule = ranges.get(path)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if rule and not all(admits(rule, v) for v in items):
+            shown = json.dumps(value) if isinstance(value, (list, tuple)) else value
+            raise BenchError(f"{path} {rule}, got {shown}")
 
 
 def parse_seeds(text: str) -> list[int]:
