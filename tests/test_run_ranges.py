@@ -126,6 +126,23 @@ def test_the_issue_s_settings_are_refused(item, message):
     assert message in str(exc.value) and "\n" not in str(exc.value)
 
 
+@dataclasses.dataclass
+class _PluginConfig:
+    steps: int = 0  # a plugin's own meaning: the built-in methods' rule (>= 1) is not its
+
+
+def test_a_plugin_method_checks_its_own_settings():
+    from methods import METHODS, Method, register_method
+
+    register_method("test-own-steps")(type("OwnSteps", (Method,), {"Config": _PluginConfig}))
+    try:
+        assert resolve_config("test-own-steps", preset="smoke").method_cfg == {"steps": 0}
+        with pytest.raises(BenchError, match="optim.momentum must lie in"):
+            resolve_config("test-own-steps", preset="smoke", overrides=["optim.momentum=2"])
+    finally:
+        METHODS.unregister("test-own-steps")
+
+
 def test_a_replay_buffer_beyond_memory_is_refused_with_its_size():
     with pytest.raises(BenchError) as exc:
         resolve_config("jem++", preset="smoke", overrides=["method.sampler.buffer_size=100000000"])

@@ -63,12 +63,12 @@ def _apply(cfg: RunConfig, layers: list[tuple[str, dict[str, Any]]]) -> RunConfi
 
 def finish(cfg: RunConfig) -> RunConfig:
     """The method's own config typed, validated and filled in; the whole config validated."""
-    method_cfg = get_method(cfg.method).make_config(cfg.method_cfg)
-    cfg = dataclasses.replace(cfg, method_cfg=to_dict(method_cfg))
-    validate(cfg)
+    method = get_method(cfg.method)
+    cfg = dataclasses.replace(cfg, method_cfg=to_dict(method.make_config(cfg.method_cfg)))
+    validate(cfg, builtin_method=method.__module__.startswith("methods."))
     if cfg.train.compile in CUDA_GRAPH_MODES:  # the method's part of the check, before any write
         safe = [n for n in METHODS.names() if getattr(METHODS.get(n), "cuda_graph_safe", False)]
-        is_safe = getattr(get_method(cfg.method), "cuda_graph_safe", False)
+        is_safe = getattr(method, "cuda_graph_safe", False)
         check_compile(cfg.train, cfg.device, cfg.method, is_safe, safe)
     check_logger_names(cfg.train.loggers)
     check_buffer_fits(cfg)
