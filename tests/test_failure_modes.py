@@ -130,7 +130,7 @@ def test_resume_restarts_in_place_a_run_killed_before_its_first_checkpoint(
     foreign.write_bytes(b"being written")
     res = bench_cli("run", "--resume", run_dir.name, "--out", str(out), "-q")
     assert res.exit_code == 0, res.stderr
-    assert "no checkpoint had been written" in res.stderr
+    assert f"run {run_dir.name}: no checkpoint had been written" in res.stderr
     rec = _record(run_dir)
     assert rec["status"] == "complete"
     assert (

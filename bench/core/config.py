@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,9 +15,11 @@ from bench.core.errors import BenchError
 
 # the settings helpers stay importable from here, beside the schema they type
 from bench.core.settings import (  # noqa: F401
+    check_ranges,
     check_settings,
     coerce,
     deep_merge,
+    flatten,
     from_dict,
     parse_seeds,
     parse_set,
@@ -85,8 +86,8 @@ class TrainConfig:
     epochs: float = 1.0
     max_steps: int = 0  # >0: stop after this many steps (overrides epochs)
     log_every: int = 10  # steps between reading losses back from the device
-    checkpoint_every: int = 500  # steps between atomic checkpoints (0: only at the end)
-    keep_checkpoints: int = 2  # periodic checkpoints kept besides last.pt
+    checkpoint_every: int = 500  # steps between atomic checkpoints (and one at the end)
+    keep_checkpoints: int = 2  # periodic checkpoints (step-N.pt) kept besides last.pt
     eval_every: float = 1.0  # epochs between validation evaluations (0: never)
     eval_examples: int = 1000  # validation images per periodic evaluation
     divergence_bound: float = 1e8  # |loss term| above this counts as divergence
@@ -168,44 +169,74 @@ CHOICES = {
 }
 
 
-IMAGE_SIZES = (0, 32, 64)  # data.image_size: 0 = the dataset's own size
-POSITIVE = (
-    "data.batch_size",
-    "eval.n_examples",
-    "eval.batch_size",
-    "train.log_every",
-    "train.eval_examples",
-    "train.divergence_bound",
-    "optim.lr",
-)
-RANGES = {  # settings that must lie in [low, high), and the rule the error states
-    "train.ema_decay": (0, 1, "must lie in [0, 1) (0 turns EMA off, 0.999 is usual)"),
-    "optim.sam_rho": (0, math.inf, "must be >= 0 (0 = no SAM)"),
-    "model.dropout": (0, 1, "is a probability and must lie in [0, 1)"),
-    "data.noise_std": (0, 1, "is in pixel units and must lie in [0, 1)"),
+# Every numeric setting's range, written once as the rule its error states: "must be positive",
+# "must be >= X", "must lie in [A, B)" (either bracket either side) or "must be A, B or C", a note in
+# parentheses aside; a list's rule holds for each value. A "method.*" rule holds for each built-in
+# method whose config has the setting (its own checks may be stricter).
+NONNEGATIVE = "must be >= 0"
+METHOD_NONNEGATIVE = (
+    "eps alpha beta start_std eps_warmup_epochs energy_l2 px_weight ce_weight align_weight adv_weight "
+    "sampler.steps sampler.step_size sampler.noise_std sampler.in_steps sampler.pyld_lr "
+    "sampler.fit_noise_std"
+).split()
+RANGES = {
+    "seed": "must lie in [0, 4294967295]",
+    "data.val_size": NONNEGATIVE,
+    "data.train_subset": "must be >= 0 (0 = every training image)",
+    "data.batch_size": "must be positive",
+    "data.noise_std": "is in pixel units and must lie in [0, 1)",
+    "data.image_size": "must be 0 (the dataset's own size), 32 or 64",
+    "model.bn_momentum": "must lie in [0, 1]",
+    "model.dropout": "is a probability and must lie in [0, 1)",
+    "model.mean": "must lie in [0, 1]",
+    "model.std": "must be positive (each channel's spread on [0, 1] pixels)",
+    "optim.lr": "must be positive",
+    "optim.momentum": "must lie in [0, 1)",
+    "optim.weight_decay": NONNEGATIVE,
+    "optim.betas": "must lie in [0, 1)",
+    "optim.warmup_steps": NONNEGATIVE,
+    "optim.milestones": "must be positive",
+    "optim.gamma": "must be positive",
+    "optim.grad_clip": "must be >= 0 (0 = no clipping)",
+    "optim.sam_rho": "must be >= 0 (0 = no SAM)",
+    "optim.awp_gamma": "must be >= 0 (0 = no AWP)",
+    "optim.awp_warmup_epochs": NONNEGATIVE,
+    "train.epochs": "must lie in [0, 1000000]",
+    "train.max_steps": "must be >= 0 (0 = train.epochs decides)",
+    "train.log_every": "must be positive",
+    "train.checkpoint_every": "must be positive",
+    "train.keep_checkpoints": "must be positive",
+    "train.eval_every": "must be >= 0 (0 = never)",
+    "train.eval_examples": "must be positive",
+    "train.divergence_bound": "must be positive",
+    "train.rollback_lr_factor": "must lie in (0, 1]",
+    "train.max_rollbacks": NONNEGATIVE,
+    "train.ema_decay": "must lie in [0, 1) (0 turns EMA off, 0.999 is usual)",
+    "eval.n_examples": "must be positive",
+    "eval.batch_size": "must be positive",
+    # the built-in methods' settings (methods/)
+    **{f"method.{name}": NONNEGATIVE for name in METHOD_NONNEGATIVE},
+    "method.steps": "must be >= 1",
+    "method.attack_steps": "must be >= 0 (0 = method.sampler.in_steps)",
+    "method.adv_energy_sign": "must be 1 or -1",
+    "method.grid_size": "must be >= 0 (0 = no grid)",
+    "method.px_batch_size": "must be >= 0 (0 = data.batch_size)",
+    "method.px_noise_std": "must lie in [-1, 1) (< 0 = data.noise_std)",
+    "method.sampler.grad_clamp": "must be >= 0 (0 = off)",
+    "method.sampler.eps": "must be positive",
+    "method.sampler.buffer_size": "must be >= 0 (0 = no buffer)",
+    "method.sampler.reinit_freq": "must lie in [0, 1]",
 }
 
 
-def validate(cfg: RunConfig) -> None:
-    d = cfg.to_dict()
-
-    def at(path: str) -> Any:
-        node: Any = d
-        for part in path.split("."):
-            node = node[part]
-        return node
-
+def validate(cfg: RunConfig, builtin_method: bool = True) -> None:
+    """Refuse, in one line, a value out of the schema (a plugin method checks its own settings)."""
+    values = flatten(cfg.to_dict())
     for path, allowed in CHOICES.items():
-        if at(path) not in allowed and not (path == "device" and str(at(path)).startswith("cuda:")):
-            raise BenchError(
-                f"{path}={at(path)!r} is not valid; choose one of: {', '.join(allowed)}"
-            )
-    for path in POSITIVE:
-        if at(path) <= 0:
-            raise BenchError(f"{path} must be positive, got {at(path)}")
-    for path, (low, high, rule) in RANGES.items():
-        if not low <= at(path) < high:
-            raise BenchError(f"{path} {rule}, got {at(path)}")
+        value = values[path]
+        if value not in allowed and not (path == "device" and str(value).startswith("cuda:")):
+            raise BenchError(f"{path}={value!r} is not valid; choose one of: {', '.join(allowed)}")
+    check_ranges({k: v for k, v in values.items() if builtin_method or k[:7] != "method."}, RANGES)
     if cfg.train.epochs <= 0 and cfg.train.max_steps <= 0:
         raise BenchError("train.epochs must be positive (or set train.max_steps)")
     if cfg.eval.checkpoint == "best" and (cfg.data.val_size <= 0 or cfg.train.eval_every <= 0):
@@ -213,19 +244,10 @@ def validate(cfg: RunConfig) -> None:
             "eval.checkpoint=best needs a validation split and periodic validation: "
             "set data.val_size > 0 and train.eval_every > 0"
         )
-    if cfg.optim.awp_gamma < 0 or cfg.optim.awp_warmup_epochs < 0:
-        raise BenchError(
-            "optim.awp_gamma and optim.awp_warmup_epochs must be >= 0 (awp_gamma 0 = no AWP), got "
-            f"{cfg.optim.awp_gamma} and {cfg.optim.awp_warmup_epochs}"
-        )
     if cfg.optim.awp_gamma > 0 and cfg.optim.sam_rho > 0:
         raise BenchError(
             "optim.awp_gamma and optim.sam_rho are both set; a run perturbs its weights one way: "
             "set one of them to 0"
-        )
-    if cfg.data.image_size not in IMAGE_SIZES:
-        raise BenchError(
-            f"data.image_size must be 0 (the dataset's own size), 32 or 64, got {cfg.data.image_size}"
         )
     # the method's part of the check is bench.run.resolve's, once the method is known
     check_compile(cfg.train, cfg.device)

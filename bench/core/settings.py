@@ -6,7 +6,9 @@ serves (bench/core/config.py); the README ("Use") says how settings are layered.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
 from dataclasses import fields, is_dataclass
 from typing import Any, get_type_hints
 
@@ -36,10 +38,11 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
         if (
             isinstance(value, bool)
             or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-            or int(value) != value
+            or (isinstance(value, float) and not value.is_integer())  # NaN and infinities too
         ):
             raise BenchError(f"{where} expects an integer, got {value!r}")
+        if not -(2**63) <= value < 2**63:  # what torch and numpy take
+            raise BenchError(f"{where} expects a 64-bit integer, got {value!r}")
         return int(value)
     if hint is float:
         if isinstance(value, str):
@@ -52,7 +55,8 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
                 value = number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise BenchError(f"{where} expects a number, got {value!r}")
-        if not math.isfinite(value):  # every numeric setting: NaN or infinity is never meant
+        # every numeric setting: NaN, infinity or beyond a float is never meant
+        if not (math.isfinite(value) if isinstance(value, float) else abs(value) < 2**1024):
             raise BenchError(f"{where} expects a finite number, got {value!r}")
         return float(value)
     if hint is str:
@@ -114,6 +118,18 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
     return update_dataclass(cls(), values)
 
 
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections -> ``{"optim.lr": 0.1, "method.sampler.steps": 5, ...}`` (``method_cfg`` read as ``method``)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{'method' if k == 'method_cfg' and not prefix else k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
@@ -167,6 +183,34 @@ def check_settings(
         value = getattr(obj, name)
         if not value >= low:  # NaN fails too
             raise BenchError(f"{prefix}{name} must be >= {low:g}, got {value}")
+
+
+def admits(rule: str, value: float) -> bool:
+    """Whether ``value`` keeps ``rule`` (a ``RANGES`` entry: bench.core.config says how they read);
+    NaN keeps none."""
+    interval = re.search(r"lie in ([\[(])(\S+), (\S+?)([\])])", rule)
+    if interval:
+        lo, a, b, hi = interval.groups()
+        above = value >= float(a) if lo == "[" else value > float(a)
+        return above and (value <= float(b) if hi == "]" else value < float(b))
+    rule = re.sub(r"\(.*?\)", "", rule)  # the notes
+    if "positive" in rule:
+        return value > 0
+    low = re.search(r">= (\S+)", rule)
+    if low:
+        return value >= float(low[1])
+    return value in {float(n) for n in re.findall(r"-?\d+(?:\.\d+)?", rule)}
+
+
+def check_ranges(values: dict[str, Any], ranges: dict[str, str]) -> None:
+    """Refuse, in one line, the first of ``values`` (flat: ``{"optim.lr": 0.1}``) outside its rule
+    in ``ranges`` (bench.core.config.RANGES)."""
+    for path, value in values.items():
+        rule = ranges.get(path)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if rule and not all(admits(rule, v) for v in items):
+            shown = json.dumps(value) if isinstance(value, (list, tuple)) else value
+            raise BenchError(f"{path} {rule}, got {shown}")
 
 
 def parse_seeds(text: str) -> list[int]:

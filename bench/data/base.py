@@ -115,6 +115,14 @@ def _check(data: ImageData) -> None:
             f"dataset {data.name} has {len(data.classes)} class; a classifier needs at least 2 (every "
             "accuracy would be 100%)"
         )
+    for split in ("train", "test"):  # a label out of range would fail at the first evaluation
+        y = getattr(data, f"y_{split}")
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= len(data.classes):
+            raise BenchError(
+                f"dataset {data.name}: {split} labels must lie in [0, {len(data.classes) - 1}] (one "
+                f"per class of {len(data.classes)}), got {low if low < 0 else high}"
+            )
     counts = torch.bincount(data.y_train, minlength=len(data.classes))
     empty = [data.classes[i] for i in range(len(data.classes)) if counts[i] == 0]
     if empty:

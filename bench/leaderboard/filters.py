@@ -27,6 +27,11 @@ def apply_filters(df: pd.DataFrame, filters: tuple[str, ...] | list[str]) -> pd.
             raise BenchError(
                 f"cannot filter on {key!r}; filter as COLUMN=VALUE with one of: {', '.join(df.columns)}"
             )
+        if not value:  # `method=` would match no row and print an empty table
+            raise BenchError(
+                f"--filter {f!r} gives no value after {op}; write e.g. {key}{op}VALUE "
+                "(`bench compare` lists the values)"
+            )
         if op in ("=", "!="):
             col = df[key].astype(str)
             df = df[col != value] if op == "!=" else df[col == value]

@@ -11,7 +11,7 @@ from typing import Any
 
 from bench.core.config import RunConfig
 from bench.core.errors import BenchError
-from bench.run.layers import flatten
+from bench.core.settings import flatten
 from bench.run.resolve import Resolved
 
 

@@ -98,15 +98,3 @@ def method_layers(method: str, preset: str) -> list[tuple[str, dict[str, Any]]]:
         (f"preset {preset}", sections(load_preset(preset, method).get("config", {}) or {})),
         (f"preset {preset} of {method}", sections(method_preset(method, preset))),
     ]
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested sections -> ``{"optim.lr": 0.1, "method.sampler.steps": 5, ...}`` (``method_cfg`` read as ``method``)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{'method' if k == 'method_cfg' and not prefix else k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,13 +15,14 @@ from bench.core.config import (
     RunConfig,
     check_compile,
     deep_merge,
+    flatten,
     parse_set,
     to_dict,
     update_dataclass,
     validate,
 )
 from bench.core.errors import BenchError
-from bench.run.layers import flatten, load_config_file, method_layers, sections
+from bench.run.layers import load_config_file, method_layers, sections
 from bench.train.loggers import check_logger_names
 from methods import METHODS, get_method
 from metrics import get_protocol
@@ -61,17 +63,41 @@ def _apply(cfg: RunConfig, layers: list[tuple[str, dict[str, Any]]]) -> RunConfi
 
 def finish(cfg: RunConfig) -> RunConfig:
     """The method's own config typed, validated and filled in; the whole config validated."""
-    method_cfg = get_method(cfg.method).make_config(cfg.method_cfg)
-    cfg = dataclasses.replace(cfg, method_cfg=to_dict(method_cfg))
-    validate(cfg)
+    method = get_method(cfg.method)
+    cfg = dataclasses.replace(cfg, method_cfg=to_dict(method.make_config(cfg.method_cfg)))
+    validate(cfg, builtin_method=method.__module__.startswith("methods."))
     if cfg.train.compile in CUDA_GRAPH_MODES:  # the method's part of the check, before any write
         safe = [n for n in METHODS.names() if getattr(METHODS.get(n), "cuda_graph_safe", False)]
-        is_safe = getattr(get_method(cfg.method), "cuda_graph_safe", False)
+        is_safe = getattr(method, "cuda_graph_safe", False)
         check_compile(cfg.train, cfg.device, cfg.method, is_safe, safe)
     check_logger_names(cfg.train.loggers)
+    check_buffer_fits(cfg)
     if cfg.eval.enabled:  # an unknown protocol would only fail after training
         get_protocol(cfg.eval.protocol)
     return cfg
+
+
+def check_buffer_fits(cfg: RunConfig) -> None:
+    """Refuse, in one line with its size, a replay buffer larger than the memory of the device it
+    lives on: float32 images of ``data.image_size`` (or 32) pixels a side, 3 channels."""
+    sampler = cfg.method_cfg.get("sampler") if isinstance(cfg.method_cfg, dict) else None
+    size = int((sampler or {}).get("buffer_size", 0))
+    side = cfg.data.image_size or 32
+    need = size * 3 * side * side * 4
+    if need < 2**30:  # nothing to ask the machine about
+        return
+    import torch
+
+    kind, _, index = str(cfg.device).partition(":")
+    if kind != "cpu" and torch.cuda.is_available():
+        where, have = "the GPU", torch.cuda.get_device_properties(int(index or 0)).total_memory
+    else:
+        where, have = "this machine", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise BenchError(
+            f"method.sampler.buffer_size={size} holds {need / 1e9:.1f} GB of {side}x{side} images, "
+            f"more than the {have / 1e9:.1f} GB of memory of {where}; lower method.sampler.buffer_size"
+        )
 
 
 def resolve(

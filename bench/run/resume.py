@@ -8,7 +8,7 @@ from typing import Any
 
 from bench.core.config import RunConfig, deep_merge, parse_set, update_dataclass
 from bench.core.errors import BenchError
-from bench.run.layers import flatten
+from bench.core.settings import flatten
 from bench.run.resolve import finish
 
 

@@ -54,13 +54,16 @@ def _record_updater(record: RunRecord, trainer_ref: list):
     return update
 
 
-def _save_quietly(record: RunRecord) -> None:
-    """Save a failure's status; if even that cannot be written (a full disk), the dead lock holder
-    makes `bench show` and `bench compare` read the run as interrupted (bench.core.records.live_status)."""
-    try:
-        record.save()
-    except (BenchError, OSError):
-        pass
+def _mark(record: RunRecord, status: str, message: str, main: bool) -> None:
+    """Set the run's status and save it quietly (rank 0): if even that cannot be written (a full
+    disk), the dead lock holder makes `bench show` and `bench compare` read the run as interrupted
+    (bench.core.records.live_status)."""
+    record.set_status(status, message, save=False)
+    if main:
+        try:
+            record.save()
+        except (BenchError, OSError):
+            pass
 
 
 @dataclass
@@ -94,21 +97,26 @@ def _locked(cfg, data, device, record, show_progress, resume, build, dist, annou
     if main:
         record.remove_litter()  # temporary files of writes a kill interrupted
     resume_from = resume.checkpoint if resume is not None else None
-    model, method = build()
-    D.broadcast_parameters(model, dist)
     ref: list = []
-    trainer = Trainer(
-        cfg,
-        model,
-        method,
-        data,
-        device,
-        run_dir,
-        on_update=_record_updater(record, ref) if main else None,
-        show_progress=show_progress,
-        dist=dist,
-        config_digest=record.get("config_digest"),
-    )
+    try:  # a failure here is the run's settings' (e.g. an optimiser refusing them): it never trained
+        model, method = build()
+        D.broadcast_parameters(model, dist)
+        trainer = Trainer(
+            cfg,
+            model,
+            method,
+            data,
+            device,
+            run_dir,
+            on_update=_record_updater(record, ref) if main else None,
+            show_progress=show_progress,
+            dist=dist,
+            config_digest=record.get("config_digest"),
+        )
+    except Exception as exc:
+        message = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
+        _mark(record, "failed", message, main)
+        raise
     ref.append(trainer)
     if resume_from is not None:
         trainer.load_checkpoint(resume_from)
@@ -122,7 +130,7 @@ def _locked(cfg, data, device, record, show_progress, resume, build, dist, annou
     elif resume is not None:
         note = "no checkpoint had been written (stopped before its first); trained from step 0 in place"
         if announce and main:
-            announce(f"run {record['run_id']} has {note}")
+            announce(f"run {record['run_id']}: {note}")
         record.add_resume(0, resume.overrides, note=note)
     if resume is not None and resume.overrides:  # under the lock: nobody else trains this run now
         set_resumed_config(record, cfg, resume.overrides)
@@ -148,14 +156,10 @@ def _locked(cfg, data, device, record, show_progress, resume, build, dist, annou
         raise
     except DiskFull as exc:
         hint = f"{exc}, then continue with: bench run --resume {run_dir.name}"
-        record.set_status("interrupted", hint, save=False)
-        if main:
-            _save_quietly(record)
+        _mark(record, "interrupted", hint, main)
         raise DiskFull(hint) from None
     except BenchError as exc:
-        record.set_status("failed", str(exc), save=False)
-        if main:
-            _save_quietly(record)
+        _mark(record, "failed", str(exc), main)
         raise
     finally:
         trainer.loggers.close()
