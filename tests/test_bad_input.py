@@ -378,6 +378,10 @@ def test_missing_checkpoint_and_unknown_run(bench_cli, resumable):
     assert_one_error_line(res, "run '20990101-000000-ce-x-000000' not found", run_dir.name)
     res = bench_cli("show", "20990101-000000-ce-x-000000", "--out", str(out))
     assert_one_error_line(res, "run '20990101-000000-ce-x-000000' not found")
+    gone = out / "elsewhere" / "20990101-000000-ce-x-000000"  # a path: named, not "under runs/"
+    res = bench_cli("show", str(gone), "--out", str(out))
+    assert_one_error_line(res, f"run directory {gone} not found (no record.json in it)")
+    assert "not found under" not in res.stderr
     res = bench_cli(
         "run", "--resume", run_dir.name, "--out", str(out), "--method", "ce", "--seed", "1"
     )

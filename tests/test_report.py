@@ -279,7 +279,7 @@ def test_report_bad_input_is_one_line(report_results, bench_cli, tmp_path):
     res = bench_cli("report", "--out", report_results, "--html", blocker / "report.html")
     assert (
         res.exit_code != 0
-        and "cannot write the report" in res.stderr
+        and f"cannot write the report to {blocker / 'report.html'} (" in res.stderr
         and "Traceback" not in res.stderr
     )
     res = bench_cli("report", "--out", report_results, "--html", tmp_path / "report.txt")

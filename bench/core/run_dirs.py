@@ -51,6 +51,8 @@ def resolve_run(ref: str, out: str | Path) -> Path:
     for c in (p, p.parent if p.name == "record.json" else p, runs_root(out) / ref):
         if (c / "record.json").is_file():
             return c
+    if p.is_absolute() or len(p.parts) > 1:  # a path, not an id: say where we looked
+        raise BenchError(f"run directory {p} not found (no record.json in it)")
     known = list_runs(out)[-5:]
     hint = f"; recent runs: {', '.join(r.name for r in known)}" if known else ""
     raise BenchError(

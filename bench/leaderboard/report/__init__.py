@@ -108,7 +108,7 @@ def build_report(
     try:
         figures = Figures(page.parent / "figures")
     except OSError as exc:
-        raise _unwritable(page.parent, exc) from None
+        raise _unwritable(page, exc) from None
     report = Report(html=page, runs=len(runs.records))
     sections = [draw(runs, figures, report.notes) for draw in SECTIONS]
     text = render_page("trilemma-bench report", _meta_lines(out, runs, filters, figures), sections)
