@@ -250,3 +250,8 @@ def test_method_files_stay_small():
     for path in (ROOT / "methods").glob("*.py"):
         if not path.name.startswith("_"):
             assert len(path.read_text().splitlines()) <= 150, path.name
+
+
+def test_library_files_stay_under_300_lines():
+    long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > 300}
+    assert not long, f"split these modules (at most 300 lines each): {long}"
