@@ -71,34 +71,28 @@ def list_runs(out: str | Path) -> list[Path]:
 
 
 def _orphan(d: Path) -> bool:
-    """A run directory holding only the temporary files of record writes, and no record."""
-    names = [p.name for p in d.iterdir()]
+    """A run directory holding only temporary files of record writes (so no record)."""
+    names = [p.name for p in d.iterdir()] if d.is_dir() else []
     return bool(names) and all(n.startswith(".record.json.") and n.endswith(".tmp") for n in names)
 
 
-def remove_orphans(root: Path) -> list[Path]:
+def remove_orphans(root: Path) -> None:
     """Remove the run directories that a kill during their first record write left with only that
     write's temporary file: without a record they are invisible to every command. A writer holds
     the directory's lock while its temporary file exists, so one whose lock is taken stays."""
-    removed = []
     for d in sorted(root.iterdir()) if root.is_dir() else ():
-        try:
-            if not d.is_dir() or (d / "record.json").exists() or not _orphan(d):
-                continue
-            with dir_lock(d, blocking=False):
-                if not _orphan(d):
-                    continue
-                for p in d.iterdir():
-                    p.unlink()
-                d.rmdir()
-        except OSError:  # being written (BlockingIOError), or gone meanwhile: not ours to remove
-            continue
-        removed.append(d)
-        print(
-            f"note: removed {d}: a run killed during its first record write left only a temporary file",
-            file=sys.stderr,
-        )
-    return removed
+        with contextlib.suppress(OSError):  # being written (BlockingIOError), or gone meanwhile
+            if _orphan(d):
+                with dir_lock(d, blocking=False):
+                    if not _orphan(d):
+                        continue
+                    for p in d.iterdir():
+                        p.unlink()
+                    d.rmdir()
+                print(
+                    f"note: removed {d}: a run killed in its first record write left only a .tmp",
+                    file=sys.stderr,
+                )
 
 
 @contextlib.contextmanager
