@@ -342,7 +342,7 @@ def test_a_running_record_whose_process_is_gone_reads_as_interrupted(
         "x\ny",
         " pgd",
         "",
-        "p" * 201,
+        "p" * 501,
     ],
 )
 @pytest.mark.parametrize("where", ["protocol", "metric", "skipped protocol", "skipped metric"])
@@ -381,9 +381,28 @@ def test_plain_names_still_load(tmp_path):
     from bench.core.io import write_json
 
     keys = ["pgd", "pgd[steps=50]", "autoattack[attacks=apgd-ce+apgd-t,eps=0.03137]", "é-noise"]
+    keys += [f"fid[cache_dir=/a b/{'c' * 400}]"]  # a long path with a space, as --set may give
     rec = {"run_id": "r", "evaluations": {"my.proto-2": {k: {"accuracy": 1} for k in keys}}}
     write_json(tmp_path / "record.json", rec)
     assert list(load_record(tmp_path)["evaluations"]["my.proto-2"]) == keys
+
+
+def test_a_key_that_is_not_a_plain_name_is_never_stored(tmp_path):
+    """The writer refuses what the reader would refuse, so no evaluation makes a record unreadable."""
+    from bench.core.errors import BenchError
+
+    rec = RunRecord(tmp_path, {"run_id": "r", "evaluations": {}})
+    rec.save()
+    before = (tmp_path / "record.json").read_text()
+    res = {"accuracy": 0.5, "n_examples": 10}
+    for protocol, results, skipped in (
+        ("quick", {"fid[weights=/o'brien/w.pth]": res}, None),
+        ("<b>", {"clean": res}, None),
+        ("quick", {"clean": res}, {"kid\n": "why"}),
+    ):
+        with pytest.raises(BenchError, match="cannot store the protocol or metric key"):
+            rec.merge_evaluation(protocol, results, skipped)
+    assert (tmp_path / "record.json").read_text() == before and rec.data["evaluations"] == {}
 
 
 def _kill_during_first_record_write(out):

@@ -63,17 +63,26 @@ def load_record(run_dir: Path) -> dict[str, Any]:
     return _check_names(upgrade(rec), path)
 
 
+def check_name(key: str, what: str) -> None:
+    """Protocol and metric keys reach pages and terminals as names: one line unless ``key`` is a
+    plain name (no markup characters, quotes or control characters; at most 500 characters)."""
+    if not (0 < len(key) <= 500 and key.isprintable() and key == key.strip()) or (
+        NOT_IN_NAMES & set(key)
+    ):
+        raise BenchError(
+            f"{what} {key[:60]!r} is not a plain name (no <>\"'&`\\ or control characters)"
+        )
+
+
 def _check_names(rec: dict[str, Any], path: Path) -> dict[str, Any]:
-    """Protocol and metric keys reach pages and terminals as names: a key that is not a plain name
-    (markup characters, quotes, control characters, over 200 characters) makes the record unreadable."""
+    """A record whose protocol or metric key is not a plain name is unreadable."""
     for section in (rec["evaluations"], rec.get("evaluation_skipped")):
         for protocol, results in section.items() if isinstance(section, dict) else ():
             for key in [protocol, *(results if isinstance(results, dict) else ())]:
-                if not (0 < len(key) <= 200 and key.isprintable() and key == key.strip()) or (
-                    NOT_IN_NAMES & set(key)
-                ):
+                try:
+                    check_name(key, "its protocol or metric key")
+                except BenchError as exc:
                     raise BenchError(
-                        f"record {path} is unreadable: its protocol or metric key {key[:60]!r} is "
-                        "not a plain name; it may have been edited by hand"
-                    )
+                        f"record {path} is unreadable: {exc}; it may have been edited by hand"
+                    ) from None
     return rec

@@ -13,6 +13,7 @@ from bench.core.environment import environment
 from bench.core.io import read_json, remove_litter, write_json
 from bench.core.record_reading import (  # noqa: F401 (re-exported: reading a record)
     SCHEMA,
+    check_name,
     load_record,
     run_config,
     upgrade,
@@ -223,7 +224,12 @@ class RunRecord:
         save: bool = True,
     ) -> None:
         """Add ``results`` (metric -> result) under ``evaluations[protocol]``, keeping the other metrics'
-        earlier results; their artifacts go into ``artifacts`` as ``<protocol>/<metric>/<name>``."""
+        earlier results; their artifacts go into ``artifacts`` as ``<protocol>/<metric>/<name>``.
+        A key that is not a plain name is refused: a record holding one is unreadable."""
+        for key in [protocol, *results, *(skipped or ())]:
+            check_name(
+                key, f"run {self.data.get('run_id')}: cannot store the protocol or metric key"
+            )
         self.data.setdefault("evaluations", {}).setdefault(protocol, {}).update(results)
         self.add_plugins(
             [
