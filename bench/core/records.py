@@ -227,9 +227,7 @@ class RunRecord:
         earlier results; their artifacts go into ``artifacts`` as ``<protocol>/<metric>/<name>``.
         A key that is not a plain name is refused: a record holding one is unreadable."""
         for key in [protocol, *results, *(skipped or ())]:
-            check_name(
-                key, f"run {self.data.get('run_id')}: cannot store the protocol or metric key"
-            )
+            check_name(key, f"cannot store in run {self.data.get('run_id')}: the key")
         self.data.setdefault("evaluations", {}).setdefault(protocol, {}).update(results)
         self.add_plugins(
             [
