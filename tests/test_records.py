@@ -328,3 +328,138 @@ def test_a_running_record_whose_process_is_gone_reads_as_interrupted(
     assert (
         json.loads((run_dir / "record.json").read_text())["status"] == "running"
     )  # reading changes nothing
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "<img src=x onerror=alert(1)>",
+        'pgd"',
+        "pgd'",
+        "a&b",
+        "pgd`",
+        "x\x1b[31m",
+        "x\ny",
+        " pgd",
+        "",
+        "p" * 501,
+    ],
+)
+@pytest.mark.parametrize("where", ["protocol", "metric", "skipped protocol", "skipped metric"])
+def test_a_protocol_or_metric_key_that_is_not_a_plain_name_makes_the_record_unreadable(
+    tmp_path, bench_cli, key, where
+):
+    """Keys reach the report and the terminal as names: such a record is skipped with one warning
+    naming its file (as any unreadable record is), and never rendered."""
+    from bench.core.errors import BenchError
+    from bench.core.io import write_json
+
+    out = tmp_path / "results"
+    good = {"clean": {"accuracy": 0.5, "n_examples": 10}}
+    names = {
+        "protocol": {"evaluations": {key: good}},
+        "metric": {"evaluations": {"standard": {key: good["clean"]}}},
+        "skipped protocol": {"evaluations": {}, "evaluation_skipped": {key: {"fid": "no data"}}},
+        "skipped metric": {"evaluations": {}, "evaluation_skipped": {"standard": {key: "why"}}},
+    }[where]
+    for run_id, extra in (("r1-bad", names), ("r2-good", {"evaluations": {"standard": good}})):
+        rec = {"run_id": run_id, "schema": SCHEMA, "method": "ce", "status": "complete", **extra}
+        write_json(out / "runs" / run_id / "record.json", rec)
+    with pytest.raises(BenchError, match="is not a plain name") as exc:
+        load_record(out / "runs" / "r1-bad")
+    assert "\n" not in str(exc.value) and "\x1b" not in str(exc.value)
+    assert load_record(out / "runs" / "r2-good")["run_id"] == "r2-good"
+    res = bench_cli("compare", "--out", out, "--format", "csv")
+    assert res.exit_code == 0, res.stderr
+    warnings = [ln for ln in res.stderr.splitlines() if "r1-bad" in ln]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: skipped"), res.stderr
+    assert "r1-bad" not in res.stdout and "r2-good" in res.stdout
+
+
+def test_plain_names_still_load(tmp_path):
+    """What the engine stores (a metric under changed settings) and plugin names are plain names."""
+    from bench.core.io import write_json
+
+    keys = ["pgd", "pgd[steps=50]", "autoattack[attacks=apgd-ce+apgd-t,eps=0.03137]", "é-noise"]
+    keys += [f"fid[cache_dir=/a b/{'c' * 400}]"]  # a long path with a space, as --set may give
+    rec = {"run_id": "r", "evaluations": {"my.proto-2": {k: {"accuracy": 1} for k in keys}}}
+    write_json(tmp_path / "record.json", rec)
+    assert list(load_record(tmp_path)["evaluations"]["my.proto-2"]) == keys
+
+
+def test_a_key_that_is_not_a_plain_name_is_never_stored(tmp_path):
+    """The writer refuses what the reader would refuse, so no evaluation makes a record unreadable."""
+    from bench.core.errors import BenchError
+
+    rec = RunRecord(tmp_path, {"run_id": "r", "evaluations": {}})
+    rec.save()
+    before = (tmp_path / "record.json").read_text()
+    res = {"accuracy": 0.5, "n_examples": 10}
+    for protocol, results, skipped in (
+        ("quick", {"fid[weights=/o'brien/w.pth]": res}, None),
+        ("<b>", {"clean": res}, None),
+        ("quick", {"clean": res}, {"kid\n": "why"}),
+    ):
+        with pytest.raises(
+            BenchError, match="cannot store in run r: the key .* is not a plain name"
+        ):
+            rec.merge_evaluation(protocol, results, skipped)
+    assert (tmp_path / "record.json").read_text() == before and rec.data["evaluations"] == {}
+
+
+def _kill_during_first_record_write(out):
+    """A process that creates a run directory and is killed -9 while writing its first record."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT, subprocess_env
+
+    script = (
+        "import os, time; from bench.core.records import RunRecord, new_run_dir\n"
+        f"run_id, run_dir = new_run_dir({str(out)!r}, 'ce', 'shapes10')\n"
+        "def stall(fd):\n    print(run_dir, flush=True); time.sleep(120)\n"
+        "os.fsync = stall  # the temporary file exists, the rename has not happened\n"
+        "RunRecord(run_dir, {'run_id': run_id}).save()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+    )
+    try:
+        run_dir = __import__("pathlib").Path(proc.stdout.readline().strip())
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    left = [p.name for p in run_dir.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".record.json.") and left[0].endswith(".tmp")
+    return run_dir
+
+
+def test_a_kill_during_the_first_record_write_leaves_nothing_behind(tmp_path, bench_cli, capsys):
+    """kill -9 while the first record.json is written left ``runs/<id>/`` holding only a ``.tmp``:
+    invisible to every command and never cleaned. The next listing removes it with a note, and so
+    does the next new run; a directory whose first write is under way (its lock held) stays."""
+    from bench.core.records import dir_lock, list_runs, new_run_dir
+
+    out = tmp_path / "results"
+    orphan = _kill_during_first_record_write(out)
+    res = bench_cli("compare", "--out", out)
+    assert f"note: removed {orphan}" in res.stderr and not orphan.exists()
+
+    orphan = _kill_during_first_record_write(out)
+    run_id, fresh = new_run_dir(out, "ce", "shapes10")
+    assert not orphan.exists() and fresh.is_dir()
+    assert f"note: removed {orphan}" in capsys.readouterr().err
+
+    busy = out / "runs" / "being-written"
+    busy.mkdir()
+    (busy / ".record.json.abc.tmp").write_text("{")
+    with dir_lock(busy):
+        assert list_runs(out) == [] and (busy / ".record.json.abc.tmp").is_file()
+    (fresh / "notes.txt").write_text("not a record write")  # not only a .tmp: not ours to judge
+    list_runs(out)
+    assert fresh.is_dir() and not busy.exists()

@@ -450,16 +450,18 @@ def test_every_value_from_a_record_is_escaped_in_the_page(tmp_path):
     evil = "<script>alert(1)</script>"
     out = tmp_path / "results"
     recs = [
-        _record("r1-evil", evil, clean=0.9, pgd=0.3, protocol="<b>"),
-        _record("r2-evil", evil, seed=1, clean=0.8, pgd=0.4, protocol="<b>"),
+        _record("r1-evil", evil, clean=0.9, pgd=0.3),
+        _record("r2-evil", evil, seed=1, clean=0.8, pgd=0.4),
         {**_record("r3-x", "ce", dataset=evil, clean=0.7, pgd=0.1), "message": evil},
+        _record("r4-x", "ce", protocol="<b>"),  # not a plain name: refused on load, never shown
     ]
     for rec in recs:
         write_json(out / "runs" / rec["run_id"] / "record.json", rec)
     rep = build_report(out, html=tmp_path / "page" / "index.html", reference=False)
     page = rep.html.read_text()
     assert "<script>alert" not in page and "<b>" not in page
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "protocol &lt;b&gt;" in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "protocol standard" in page
+    assert "&lt;b&gt;" not in page and "r4-x" not in page  # tests/test_report_hostile.py: more
     assert page.count("<script>") == 1  # the page's own check
 
 

@@ -1,6 +1,6 @@
 """Run records (``<run>/record.json``, docs/records.md): :class:`RunRecord` is the file's one writer
-(atomic, under the run directory's lock, keeping what other processes' evaluations saved); records of
-older schema versions are upgraded in memory when loaded. Run directories: :mod:`bench.core.run_dirs`."""
+(atomic, under the run directory's lock, keeping what other processes' evaluations saved). Reading
+a record: :mod:`bench.core.record_reading`; run directories: :mod:`bench.core.run_dirs`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.core.environment import environment
-from bench.core.errors import BenchError
 from bench.core.io import read_json, remove_litter, write_json
+from bench.core.record_reading import (  # noqa: F401 (re-exported: reading a record)
+    SCHEMA,
+    check_name,
+    load_record,
+    run_config,
+    upgrade,
+)
 from bench.core.run_dirs import (  # noqa: F401 (re-exported: the run directory's names)
     RunLock,
     dir_lock,
@@ -22,47 +28,9 @@ from bench.core.run_dirs import (  # noqa: F401 (re-exported: the run directory'
     runs_root,
 )
 
-# 2: `changes` (settings that depart from the method's preset) stored when the run starts
-SCHEMA = 2
-
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def upgrade(rec: dict[str, Any]) -> dict[str, Any]:
-    """A record of any older schema version as the current version reads it (in memory: the file
-    changes only when the record is next saved, e.g. by `bench eval` or a resume)."""
-    version = rec.get("schema", 1)
-    if not isinstance(version, int) or version > SCHEMA:
-        raise BenchError(
-            f"record of run {rec.get('run_id')} has schema {version!r}, newer than this trilemma-bench "
-            f"reads ({SCHEMA}); upgrade trilemma-bench to read it"
-        )
-    if version < 2:
-        rec.setdefault("changes", None)  # not stored before version 2: `bench compare` works it out
-    for key in ("evaluations", "artifacts", "timings", "training"):
-        rec[key] = rec[key] if isinstance(rec.get(key), dict) else {}
-    rec["schema"] = SCHEMA
-    return rec
-
-
-def run_config(rec: dict[str, Any]):
-    """The run's resolved config (a RunConfig) from its record; one line if the record has none usable."""
-    from bench.core.config import RunConfig, from_dict
-
-    cfg = rec.get("config")
-    if not isinstance(cfg, dict):
-        raise BenchError(
-            f"the record of run {rec.get('run_id')} holds no config, so the run cannot be resumed or "
-            "evaluated; start a new run"
-        )
-    try:
-        return from_dict(RunConfig, cfg)
-    except BenchError as exc:
-        raise BenchError(
-            f"the config in the record of run {rec.get('run_id')} is not valid ({exc}); start a new run"
-        )
 
 
 def _newer(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -99,9 +67,7 @@ class RunRecord:
     ) -> RunRecord:
         """``plugins``: each package besides trilemma-bench that provided the method or a metric;
         ``variant``: where the method's variant of the preset departs from the shared preset."""
-        from bench.core.device import (
-            training_precision,
-        )  # torch: imported only where a record is made
+        from bench.core.device import training_precision  # torch: only where a record is made
 
         env = {**environment(device), "plugins": list(plugins or [])}
         # the flags training sets; each evaluation result records its own
@@ -258,7 +224,10 @@ class RunRecord:
         save: bool = True,
     ) -> None:
         """Add ``results`` (metric -> result) under ``evaluations[protocol]``, keeping the other metrics'
-        earlier results; their artifacts go into ``artifacts`` as ``<protocol>/<metric>/<name>``."""
+        earlier results; their artifacts go into ``artifacts`` as ``<protocol>/<metric>/<name>``.
+        A key that is not a plain name is refused: a record holding one is unreadable."""
+        for key in [protocol, *results, *(skipped or ())]:
+            check_name(key, f"cannot store in run {self.data.get('run_id')}: the key")
         self.data.setdefault("evaluations", {}).setdefault(protocol, {}).update(results)
         self.add_plugins(
             [
@@ -284,16 +253,3 @@ class RunRecord:
         )
         if save:
             self.save()
-
-
-def load_record(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "record.json"
-    try:
-        rec = read_json(path)
-    except (OSError, ValueError) as exc:
-        raise BenchError(
-            f"record {path} is unreadable ({type(exc).__name__}); it may have been edited by hand"
-        )
-    if not isinstance(rec, dict) or "run_id" not in rec:
-        raise BenchError(f"{path} is not a trilemma-bench run record")
-    return upgrade(rec)

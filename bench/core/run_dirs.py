@@ -11,6 +11,7 @@ import fcntl
 import os
 import secrets
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,7 @@ def new_run_dir(out: str | Path, method: str, dataset: str) -> tuple[str, Path]:
         raise BenchError(
             f"cannot write to the results directory {Path(out)!s} ({exc.strerror}); pass a writable --out DIR"
         )
+    remove_orphans(root)
     safe_ds = "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(dataset).stem)[:24]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for _ in range(100):
@@ -62,9 +64,35 @@ def resolve_run(ref: str, out: str | Path) -> Path:
 
 def list_runs(out: str | Path) -> list[Path]:
     root = runs_root(out)
+    remove_orphans(root)
     return (
         sorted(d for d in root.iterdir() if (d / "record.json").is_file()) if root.is_dir() else []
     )
+
+
+def _orphan(d: Path) -> bool:
+    """A run directory holding only temporary files of record writes (so no record)."""
+    names = [p.name for p in d.iterdir()] if d.is_dir() else []
+    return bool(names) and all(n.startswith(".record.json.") and n.endswith(".tmp") for n in names)
+
+
+def remove_orphans(root: Path) -> None:
+    """Remove the run directories that a kill during their first record write left with only that
+    write's temporary file: without a record they are invisible to every command. A writer holds
+    the directory's lock while its temporary file exists, so one whose lock is taken stays."""
+    for d in sorted(root.iterdir()) if root.is_dir() else ():
+        with contextlib.suppress(OSError):  # being written (BlockingIOError), or gone meanwhile
+            if _orphan(d):
+                with dir_lock(d, blocking=False):
+                    if not _orphan(d):
+                        continue
+                    for p in d.iterdir():
+                        p.unlink()
+                    d.rmdir()
+                print(
+                    f"note: removed {d}: a run killed in its first record write left only a .tmp",
+                    file=sys.stderr,
+                )
 
 
 @contextlib.contextmanager
