@@ -12,6 +12,7 @@ import torch
 
 from bench.core.device import current_precision
 from bench.core.errors import BenchError
+from bench.core.record_reading import check_name
 from bench.core.registry import provider
 from metrics.base import (
     COMMON_SETTINGS,
@@ -96,6 +97,13 @@ def check_request(
             )
     check_protocol_settings(proto, names)
     check_overrides(names, overrides)
+    # a stored key must be a plain name (records refuse others on load): refused now, not after
+    # the work; each --set value first, so the line names the setting
+    for m, settings in (overrides or {}).items():
+        for k, v in settings.items():
+            check_name(f"{k}={_compact(v)}", f"--set {m}.{k}")
+    for key in [proto.name, *(variant_key(m, proto, (overrides or {}).get(m)) for m in names)]:
+        check_name(key, "result key")
     if n_examples is not None:
         COMMON_SETTINGS["n_examples"].check(n_examples, "n_examples")
     return names

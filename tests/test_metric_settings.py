@@ -235,3 +235,15 @@ def test_pgd_gives_a_true_result_or_none(data):
     )
     assert res["accuracy"] <= res["clean_accuracy"]
     assert res["settings"]["steps"] == v["steps"] and res["settings"]["eps"] == v["eps"]
+
+
+def test_a_result_key_that_is_not_a_plain_name_is_refused_before_the_work():
+    """A free-text setting (``fid.weights``) ends up in the stored key ``fid[weights=...]``; a key
+    that records refuse on load must be refused before the evaluation runs, not when it is stored."""
+    from metrics.engine import check_request
+
+    with pytest.raises(BenchError, match="--set fid.weights .* is not a plain name"):
+        check_request("custom", ["fid"], overrides={"fid": {"weights": "/o'brien/w.pth"}})
+    assert check_request("custom", ["fid"], overrides={"fid": {"weights": "/data/w.pth"}}) == [
+        "fid"
+    ]
