@@ -263,3 +263,19 @@ def test_the_pieces_of_the_attack():
     with measure_regions(torch.device("cpu")) as regions:
         pgd_linf(model, torch.rand(4, 3, 2, 2), y, steps=1)
     assert set(regions) == {"attack"} and regions["attack"] > 0
+
+
+def test_restarts_keep_per_sample_the_fooling_restart_then_the_highest_loss():
+    """Starts given as logits (the model is the identity, y = 0, no steps): per sample, a restart
+    that fools the model beats one of higher loss that does not, and ties keep the earlier one."""
+    right_hi, wrong_lo = [1.0, 0.99, 0.99], [1.0, 1.01, -10.0]  # CE 1.09 (right) and 0.70 (fooled)
+    right_lo, same_loss, lowest = [2.0, 0.0, 0.0], [0.0, -2.0, -2.0], [5.0, 0.0, 0.0]
+    restarts = [  # sample 0, 1, 2 in each restart
+        [right_hi, wrong_lo, right_lo],
+        [wrong_lo, right_lo, same_loss],
+        [right_hi, right_hi, lowest],
+    ]
+    starts = iter(torch.tensor(restarts)[:, :, None, None, :])
+    x, y = torch.zeros(3, 1, 1, 3), torch.zeros(3, dtype=torch.long)
+    got = pgd_linf(torch.nn.Flatten(), x, y, steps=0, restarts=3, start=lambda c: next(starts))
+    assert torch.equal(got.flatten(1), torch.tensor([wrong_lo, wrong_lo, right_lo]))
