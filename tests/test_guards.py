@@ -116,6 +116,19 @@ def test_the_perturbation_meter_flags_a_step_outside_eps():
     assert not res["passed"] and "exceeds eps 8/255" in res["detail"]
 
 
+def test_the_perturbation_meter_takes_the_largest_pixel_not_the_mean():
+    x = torch.rand(4, 3, 8, 8) * 0.5 + 0.25
+    x_adv = x.clone()
+    x_adv[2, 1, 3, 5] += 9 / 255  # one pixel of one image over eps, every other pixel unmoved
+    meter = PerturbationMeter()
+    meter.add(x, x)
+    meter.add(x, x_adv)
+    meter.add(x, x + 4 / 255)  # a later batch with a smaller distance does not lower the maximum
+    res = meter.result(8 / 255)
+    assert not res["passed"] and res["max_linf"] == pytest.approx(9 / 255, abs=1e-6)
+    assert res["detail"] == "max l-inf perturbation 9/255 exceeds eps 8/255"
+
+
 def test_autoattack_weaker_than_pgd_is_flagged():
     results = {
         "pgd": {"accuracy": 0.30, "clean_accuracy": 0.8, "n_examples": 100, "eps": 8 / 255},
@@ -132,6 +145,41 @@ def test_autoattack_weaker_than_pgd_is_flagged():
     }
     apply_ordering(other)
     assert "checks" not in other["autoattack"]
+
+
+def test_autoattack_is_ordered_against_a_pgd_result_stored_earlier():
+    aa = {"accuracy": 0.35, "clean_accuracy": 0.8, "n_examples": 100, "eps": 8 / 255}
+    stored = {"pgd": {"accuracy": 0.30, "n_examples": 100, "settings": {"eps": 8 / 255}}}
+    results = {"autoattack": dict(aa)}
+    apply_ordering(results, stored)
+    assert results["autoattack"]["reliable"] is False
+    assert results["autoattack"]["unreliable_reasons"] == [
+        "ordering: AutoAttack 35.00% above PGD 30.00% at the same eps and images: the stronger "
+        "attack did worse (gradient masking or a bug)"
+    ]
+    assert "checks" not in stored["pgd"] and "pgd" not in results  # the stored one is unchanged
+    # a PGD result of this evaluation replaces the stored one
+    results = {"autoattack": dict(aa), "pgd": {**stored["pgd"], "accuracy": 0.40}}
+    apply_ordering(results, stored)
+    assert results["autoattack"]["reliable"] is True
+    assert (
+        results["autoattack"]["checks"]["ordering"]["detail"]
+        == "robust <= clean; AutoAttack <= PGD"
+    )
+
+
+@pytest.mark.parametrize("name", ["pgd", "autoattack"])
+def test_robust_accuracy_above_clean_is_flagged(name):
+    results = {name: {"accuracy": 0.81, "clean_accuracy": 0.8, "n_examples": 100, "eps": 8 / 255}}
+    apply_ordering(results)
+    assert results[name]["reliable"] is False
+    assert results[name]["unreliable_reasons"] == [
+        "ordering: robust accuracy 81.00% above clean 80.00% on the same images"
+    ]
+    results = {name: {"accuracy": 0.8, "clean_accuracy": 0.8, "n_examples": 100, "eps": 8 / 255}}
+    apply_ordering(results)
+    assert results[name]["reliable"] is True
+    assert results[name]["checks"]["ordering"] == {"passed": True, "detail": "robust <= clean"}
 
 
 def test_autoattack_on_a_random_model_is_unreliable_and_keeps_the_library_warning(tmp_path):

@@ -106,7 +106,7 @@ def test_gradient_reaches_the_clean_forward_through_the_kl_and_its_weight():
         other = grads(lambda z, za: kl_w(z, za, **variant))
         assert (other[0] - got[0]).abs().max() > 1e-2
     g_clean, g_adv = grads(lambda z, za: mart_terms(z.float(), za.float(), y)["boost"].double())
-    assert g_clean is None or g_clean.abs().max() == 0
+    assert g_clean is None  # the boosted CE reads the adversarial logits only
     assert g_adv.abs().max() > 0.01
 
 

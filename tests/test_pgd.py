@@ -152,3 +152,130 @@ def test_custom_objective_is_ascended(model_and_batch):
     torch.manual_seed(3)
     x_up = pgd_linf(model, x, y, eps=EPS, alpha=ALPHA, steps=5, objective=target_logit)
     assert _loss(model, x_up, y).mean() < _loss(model, x, y).mean()
+
+
+def reference_pgd(model, x, y, eps, alpha, steps, restarts=1, eot=1, lo=0.0, hi=1.0, fp32=0):
+    """PGD written out: uniform start, summed-CE sign steps (``eot`` gradients summed, the first
+    ``fp32`` steps outside autocast), projection; per sample the restart that misclassifies it,
+    then the one of highest loss (the first on ties)."""
+    runs = []
+    for _ in range(restarts):
+        xa = (x + torch.empty(x.shape).uniform_(-eps, eps)).clamp(lo, hi)  # in NCHW order
+        for k in range(steps):
+            xa.requires_grad_(True)
+            with torch.autocast("cpu", enabled=k >= fp32 and torch.is_autocast_enabled("cpu")):
+                g = sum(
+                    torch.autograd.grad(F.cross_entropy(model(xa).float(), y, reduction="sum"), xa)[
+                        0
+                    ]
+                    for _ in range(eot)
+                )
+            xa = torch.min(torch.max(xa.detach() + alpha * g.sign(), x - eps), x + eps).clamp(
+                lo, hi
+            )
+        runs.append(xa.detach())
+    if restarts == 1:
+        return runs[0]
+    with torch.no_grad():
+        logits = torch.stack([model(r).float() for r in runs])
+    loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(restarts), reduction="none")
+    wrong = logits.argmax(2) != y
+    loss = loss.view(restarts, -1).masked_fill(wrong.any(0) & ~wrong, float("-inf"))
+    pick = loss.argmax(0)
+    return torch.stack(runs)[pick, torch.arange(len(y))]
+
+
+class Wrap(torch.nn.Module):
+    def __init__(self, model, fn):
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def forward(self, x):
+        return self.model(self.fn(x))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"restarts": 2}, {"restarts": 4}, {"lo": 0.25, "hi": 0.75}],
+    ids=["defaults", "2 restarts", "4 restarts", "range"],
+)
+def test_pgd_equals_the_reference_loop(model_and_batch, kwargs):
+    model, x, y = model_and_batch
+    eps, alpha = (2 / 255, 0.5 / 255) if "restarts" in kwargs else (EPS, ALPHA)
+    torch.manual_seed(4)
+    got = pgd_linf(model, x, y, eps=eps, alpha=alpha, **kwargs)
+    torch.manual_seed(4)
+    assert torch.equal(got, reference_pgd(model, x, y, eps, alpha, 10, **kwargs))
+
+
+@pytest.mark.parametrize("eot", [None, 3])
+def test_eot_sums_the_gradients_of_eot_random_forwards(model_and_batch, eot):
+    model, x, y = model_and_batch
+    noisy = Wrap(model, lambda z: z + 0.05 * torch.randn_like(z)).eval()
+    torch.manual_seed(5)
+    got = pgd_linf(noisy, x, y, steps=2, **({"eot": eot} if eot else {}))
+    torch.manual_seed(5)
+    assert torch.equal(got, reference_pgd(noisy, x, y, EPS, ALPHA, 2, eot=eot or 1))
+
+
+@pytest.mark.parametrize("fp32", [None, 1])
+def test_only_the_first_fp32_steps_leave_autocast(model_and_batch, fp32):
+    model, x, y = model_and_batch
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(6)
+        got = pgd_linf(model, x, y, steps=3, **({"fp32_steps": fp32} if fp32 else {}))
+        torch.manual_seed(6)
+        assert torch.equal(got, reference_pgd(model, x, y, EPS, ALPHA, 3, fp32=fp32 or 0))
+
+
+def test_a_pixel_without_gradient_stays_put(model_and_batch):
+    model, x, y = model_and_batch
+    mask = torch.ones_like(x[:1])
+    mask[..., :4, :] = 0  # the model never sees the top rows
+
+    x_adv = pgd_linf(Wrap(model, lambda z: z * mask).eval(), x, y, steps=3, random_start=False)
+    assert torch.equal(x_adv[..., :4, :], x[..., :4, :])
+    assert (x_adv[..., 4:, :] != x[..., 4:, :]).any()
+
+
+def test_the_random_start_does_not_depend_on_the_memory_format(model_and_batch):
+    model, x, y = model_and_batch
+    torch.manual_seed(8)
+    a = pgd_linf(model, x, y, steps=0)
+    torch.manual_seed(8)
+    b = pgd_linf(model, x.contiguous(memory_format=torch.channels_last), y, steps=0)
+    assert torch.equal(a, b) and not torch.equal(a, x)
+
+
+def test_the_pieces_of_the_attack():
+    from bench.attacks.pgd import as_iterate, ce_objective
+    from bench.core.timing import measure_regions
+
+    x = torch.tensor([1.0, 0.0, 0.45])
+    assert torch.equal(
+        project_linf(torch.tensor([1.5, -0.5, 0.5]), x, 0.6), torch.tensor([1.0, 0.0, 0.5])
+    )
+    assert as_iterate(torch.zeros(2, dtype=torch.float64)).dtype == torch.float64
+    assert as_iterate(torch.zeros(2, dtype=torch.bfloat16)).dtype == torch.float32
+    logits, y = torch.randn(4, 10), torch.tensor([1, 2, 3, 4])
+    assert torch.equal(ce_objective(logits, y), F.cross_entropy(logits, y, reduction="sum"))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 10))
+    with measure_regions(torch.device("cpu")) as regions:
+        pgd_linf(model, torch.rand(4, 3, 2, 2), y, steps=1)
+    assert set(regions) == {"attack"} and regions["attack"] > 0
+
+
+def test_restarts_keep_per_sample_the_fooling_restart_then_the_highest_loss():
+    """Starts given as logits (the model is the identity, y = 0, no steps): per sample, a restart
+    that fools the model beats one of higher loss that does not, and ties keep the earlier one."""
+    right_hi, wrong_lo = [1.0, 0.99, 0.99], [1.0, 1.01, -10.0]  # CE 1.09 (right) and 0.70 (fooled)
+    right_lo, same_loss, lowest = [2.0, 0.0, 0.0], [0.0, -2.0, -2.0], [5.0, 0.0, 0.0]
+    restarts = [  # sample 0, 1, 2 in each restart
+        [right_hi, wrong_lo, right_lo],
+        [wrong_lo, right_lo, same_loss],
+        [right_hi, right_hi, lowest],
+    ]
+    starts = iter(torch.tensor(restarts)[:, :, None, None, :])
+    x, y = torch.zeros(3, 1, 1, 3), torch.zeros(3, dtype=torch.long)
+    got = pgd_linf(torch.nn.Flatten(), x, y, steps=0, restarts=3, start=lambda c: next(starts))
+    assert torch.equal(got.flatten(1), torch.tensor([wrong_lo, wrong_lo, right_lo]))

@@ -634,17 +634,14 @@ def test_a_sweep_directory_of_another_spec_is_left_alone(tmp_path, shapes_data_d
         other / "grid.yaml",
         {"base": _base(shapes_data_dir), "axes": {"method": ["ce"], "seed": [0, 1]}},
     )
-    for args in (
-        (changed, "--out", out),
-        (changed, "--out", out, "--dry-run"),
-        (first, "--out", tmp_path / "elsewhere", "--dir", sweep.path),
+    for args, refusal in (
+        ((changed, "--out", out), "holds another spec"),
+        ((changed, "--out", out, "--dry-run"), "holds another spec"),
+        ((first, "--out", tmp_path / "elsewhere", "--dir", sweep.path), "keeps its runs under"),
     ):
         res = bench_cli("sweep", *args)
         assert res.exit_code == 2 and len(res.error_lines) == 1, res.stderr
-        assert (
-            "holds another spec" in res.error_lines[0]
-            or "keeps its runs under" in res.error_lines[0]
-        )
+        assert refusal in res.error_lines[0], res.error_lines[0]
     assert _snapshot(sweep.path) == before and not (sweep.path / "jobs").exists()
     assert not (tmp_path / "elsewhere").exists()
     with pytest.raises(BenchError, match="not a sweep directory"):

@@ -86,9 +86,11 @@ def model_mode(model: nn.Module, mode: str | None) -> Iterator[None]:
     """Put ``model`` in ``mode`` for the block (eval | train; keep or None: as it is), then restore it."""
     if mode is not None and mode not in MODES:
         raise ValueError(f"model mode {mode!r} is not one of {MODES}")
+    if mode not in ("eval", "train"):  # as it is: touch nothing (a frozen submodule stays so)
+        yield
+        return
     was = model.training
-    if mode in ("eval", "train"):
-        model.train(mode == "train")
+    model.train(mode == "train")
     try:
         yield
     finally:
