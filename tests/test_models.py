@@ -102,3 +102,21 @@ def test_unknown_arch_lists_known():
         match="unknown architecture 'resnet18'; choose one of: preact-resnet18, resnet8, resnet8-wide, wrn-D-W",
     ):
         _model("resnet18")
+
+
+def test_model_mode_keep_leaves_every_submodule_as_it_was():
+    """``keep``/None touches nothing: a submodule frozen in eval mode inside a training model (a
+    frozen batch norm) stays in eval mode after the block, where ``train(was)`` would flip it."""
+    import torch.nn as nn
+
+    from bench.models.base import model_mode
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train()
+    model[1].eval()
+    for mode in (None, "keep"):
+        with model_mode(model, mode):
+            assert model.training and not model[1].training
+        assert model.training and not model[1].training
+    with model_mode(model, "eval"):
+        assert not model.training
+    assert model.training
