@@ -302,3 +302,21 @@ def test_augment_batch_keeps_shape_and_range_and_moves_pixels(shapes10):
         x, crop_pad=0, flip=False, noise_std=0.1, generator=torch.Generator().manual_seed(0)
     )
     assert abs(float((noisy - x).std()) - 0.1) < 0.005  # noise added, not clamped
+
+
+def test_generating_shapes10_leaves_every_global_rng_alone(tmp_path):
+    """A run that generated the dataset cache must hold the same global RNG states as one that
+    found it (issue: the cache's temporary name was drawn from numpy's global RNG)."""
+    import random
+
+    from bench.data.shapes import cache_path, load_arrays
+
+    def states():
+        return (repr(np.random.get_state()), random.getstate(), torch.get_rng_state())
+
+    np.random.seed(7), random.seed(7), torch.manual_seed(7)
+    before = states()
+    load_arrays(tmp_path, n_train=20, n_test=10)  # generates and writes the cache
+    assert cache_path(tmp_path).is_file()
+    after = states()
+    assert after[0] == before[0] and after[1] == before[1] and torch.equal(after[2], before[2])
