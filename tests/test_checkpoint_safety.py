@@ -70,11 +70,12 @@ def test_a_crafted_checkpoint_runs_nothing_and_is_refused(crafted_run, bench_cli
 def test_checkpoints_hold_only_tensors_and_plain_values(tmp_path):
     np.random.seed(5)
     random.seed(5)
+    torch.manual_seed(5)
     checkpoint.save(tmp_path / "c.pt", {"model": {"w": torch.ones(3)}, "config_digest": "abc"})
     ckpt = torch.load(tmp_path / "c.pt", weights_only=True)  # no allow-listed globals needed
-    expected = (np.random.rand(), random.random())
-    checkpoint.set_rng_state(ckpt["rng"])
-    assert (np.random.rand(), random.random()) == expected
+    expected = (np.random.rand(), random.random(), torch.rand(4).tolist())
+    checkpoint.set_rng_state(ckpt["rng"])  # every generator back where the checkpoint was taken
+    assert (np.random.rand(), random.random(), torch.rand(4).tolist()) == expected
 
 
 def test_checkpoints_of_format_1_still_load(tmp_path):
