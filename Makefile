@@ -55,6 +55,7 @@ lint: install-test
 
 test-extended: install-test
 	$(VENV)/bin/python -m pytest -q -m extended tests
+	BENCH_FUZZ_SCALE=10 $(VENV)/bin/python -m pytest -q tests/test_run_ranges.py tests/test_metric_settings.py
 
 # mutation testing of the evaluation core (files and tests: [tool.mutmut] in pyproject.toml; the score
 # and the surviving mutants: docs/reliability.md); about 12 minutes on one core, not part of `make test`

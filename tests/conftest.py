@@ -49,6 +49,14 @@ import torch
 torch.set_num_threads(int(os.environ.get("BENCH_TEST_THREADS", "1")))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# property tests draw this many times their default examples (`make test-extended`: 10)
+FUZZ_SCALE = int(os.environ.get("BENCH_FUZZ_SCALE", "1"))
+
+
+def fuzz_examples(n: int) -> int:
+    return n * FUZZ_SCALE
+
+
 CIFAR_NPZ = REPO_ROOT.parent / "shared" / "data" / "cifar10-train-5k.npz"
 
 TINY_SETTINGS = (

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import fuzz_examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -89,7 +90,10 @@ HOSTILE = st.one_of(
 
 
 @settings(
-    max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=fuzz_examples(300),
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 @given(st.data())
 def test_a_drawn_setting_is_refused_in_one_line_or_accepted_in_its_range(data):
@@ -105,7 +109,7 @@ def test_a_drawn_setting_is_refused_in_one_line_or_accepted_in_its_range(data):
     assert conforms(s, overrides[metric][key]), (metric, key, value, overrides[metric][key])
 
 
-@settings(database=None)
+@settings(max_examples=fuzz_examples(100), database=None)
 @given(st.one_of(st.integers(-5, 5), st.floats(allow_nan=True), st.booleans(), st.text(max_size=3)))
 def test_n_examples_is_a_positive_integer_or_one_line(n):
     try:
@@ -212,7 +216,7 @@ INVALID = {
 }
 
 
-@settings(max_examples=50, deadline=None, database=None)
+@settings(max_examples=fuzz_examples(50), deadline=None, database=None)
 @given(st.data())
 def test_pgd_gives_a_true_result_or_none(data):
     """No false result: a setting out of range is refused with no result; settings in range give

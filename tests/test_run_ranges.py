@@ -11,6 +11,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import fuzz_examples
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -80,7 +81,10 @@ VALUES = st.one_of(
 
 
 @settings(
-    max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=fuzz_examples(300),
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 @given(path=st.sampled_from(sorted(SETTINGS)), value=VALUES)
 @example(path="optim.momentum", value=-1)
