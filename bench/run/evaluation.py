@@ -5,6 +5,7 @@ described in docs/evaluation.md."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from collections.abc import Callable
@@ -165,6 +166,29 @@ def evaluation_model(
     return model
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """The sha256 of ``model``'s weights (names, shapes and bytes, in name order): which weights a
+    result is of, whatever file they came from."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def checkpoint_note(record: dict, res: dict) -> str | None:
+    """Why ``res`` is not a result of ``record``'s own evaluated weights (its final checkpoint, or
+    best.pt when its evaluation takes the best), or None when it is or cannot say (results stored
+    before they named their checkpoint)."""
+    ckpt, own = res.get("checkpoint"), record.get("evaluated_checkpoint") or {}
+    if not isinstance(ckpt, dict) or ckpt.get("step") is None:
+        return None
+    final = own.get("step", (record.get("training") or {}).get("steps_done"))
+    if final is None or ckpt["step"] == final:
+        return None
+    return f"of step {ckpt['step']} ({ckpt.get('file')}), not of the run's evaluated step {final}"
+
+
 def load_evaluation_model(
     run_dir: Path, device: torch.device | None = None, checkpoint: str | None = None
 ):
@@ -172,12 +196,9 @@ def load_evaluation_model(
     with its config, data and record: what `bench eval` and `bench perf --aa-run` evaluate."""
     loaded, cfg, data, record = load_run_model(run_dir, device, checkpoint)
     dev, source = next(loaded.parameters()).device, checkpoint or Path(run_dir) / "checkpoints"
-    return (
-        evaluation_model(cfg, data.num_classes, loaded.state_dict(), dev, source),
-        cfg,
-        data,
-        record,
-    )
+    model = evaluation_model(cfg, data.num_classes, loaded.state_dict(), dev, source)
+    model.loaded_from = loaded.loaded_from  # which checkpoint: stored with each result
+    return model, cfg, data, record
 
 
 def run_metrics(*args, tf32: bool = False, **kwargs) -> dict[str, dict[str, Any]]:
@@ -187,14 +208,17 @@ def run_metrics(*args, tf32: bool = False, **kwargs) -> dict[str, dict[str, Any]
         return evaluate(*args, **kwargs)
 
 
-def evaluate_model(model, cfg, data, opts: EvalOptions, record, *, buffer: dict | None = None):
+def evaluate_model(
+    model, cfg, data, opts: EvalOptions, record, *, buffer: dict | None = None, checkpoint=None
+):
     """Evaluate ``model`` (with its run's ``cfg`` and ``data``) under ``opts`` and merge the results
     into the run's record; returns (results, skipped, record data).
 
     ``record``: the :class:`RunRecord` of the process that owns the run (the end of `bench run`),
     the run directory (read and written under its lock: the run may be training meanwhile), or a
     function returning the directory, called only once every check has passed, so that a refused
-    request writes nothing. ``buffer``: the run's saved replay-buffer state, if any. When a metric
+    request writes nothing. ``buffer``: the run's saved replay-buffer state, if any. ``checkpoint``:
+    the step and file of the weights, stored in each result with their digest. When a metric
     fails the finished ones are saved; an interrupt (Ctrl-C, SIGTERM) is raised again as a
     ``KeyboardInterrupt`` whose message says what was kept."""
     opts.check()
@@ -218,10 +242,16 @@ def evaluate_model(model, cfg, data, opts: EvalOptions, record, *, buffer: dict 
     for name, why in skipped.items():  # optional metrics whose inputs are missing
         print(f"skipped {name}: {why}", file=sys.stderr)
     results: dict[str, dict[str, Any]] = {}
+    evaluated = {**(checkpoint or {}), "sha256": weights_digest(model)}
 
     def merge(rec: RunRecord) -> None:
-        # the ordering checks (AutoAttack <= PGD) also look at this protocol's stored results
-        apply_ordering(results, (rec.data.get("evaluations") or {}).get(opts.protocol))
+        for res in results.values():
+            res["checkpoint"] = evaluated
+        # the ordering checks (AutoAttack <= PGD) also look at this protocol's stored results of
+        # the same weights (or of unnamed ones: stored before results named their checkpoint)
+        stored = (rec.data.get("evaluations") or {}).get(opts.protocol) or {}
+        same = {k: r for k, r in stored.items() if _of(r, evaluated["sha256"])}
+        apply_ordering(results, same)
         rec.merge_evaluation(opts.protocol, results, skipped, save=False)
 
     def save() -> dict:
@@ -263,6 +293,11 @@ def evaluate_model(model, cfg, data, opts: EvalOptions, record, *, buffer: dict 
     return results, skipped, save()
 
 
+def _of(res: Any, digest: str) -> bool:
+    ckpt = res.get("checkpoint") if isinstance(res, dict) else None
+    return not isinstance(ckpt, dict) or ckpt.get("sha256") == digest
+
+
 # -- where the model comes from --------------------------------------------------------------
 def evaluate_into(
     record: RunRecord,
@@ -281,7 +316,9 @@ def evaluate_into(
     opts = EvalOptions(
         protocol or cfg.eval.protocol, metrics, n_examples, show_progress=show_progress
     )
-    return evaluate_model(model, cfg, data, opts, record, buffer=buffer)[0]
+    own = record.data.get("evaluated_checkpoint") or {}
+    evaluated = {"step": own.get("step"), "file": own.get("checkpoint")}
+    return evaluate_model(model, cfg, data, opts, record, buffer=buffer, checkpoint=evaluated)[0]
 
 
 def evaluate_saved_run(
@@ -293,4 +330,6 @@ def evaluate_saved_run(
     dev = resolve_device(device) if device else None
     model, cfg, data, _ = load_evaluation_model(run_dir, dev, checkpoint)
     buffer = buffer_state(run_dir, checkpoint)
-    return evaluate_model(model, cfg, data, opts, Path(run_dir), buffer=buffer)
+    return evaluate_model(
+        model, cfg, data, opts, Path(run_dir), buffer=buffer, checkpoint=model.loaded_from
+    )

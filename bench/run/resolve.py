@@ -220,7 +220,7 @@ def _switched_sampler_steps(cfg: RunConfig, chosen: dict[str, Any]) -> dict[str,
 
 def run_plugins(cfg: RunConfig) -> list[dict[str, Any]]:
     """Each plugin package that provides a part of the run: its method, dataset, architecture and
-    sampler kind (``{"kind", "name", "package", "version", "module"}``); trilemma-bench's own parts
+    sampler kind (``{"kind", "name", "package", "version", "module", "source_sha256"}``); trilemma-bench's own parts
     are left out. The record lists them as it lists torch; evaluation adds the metrics' and the protocol's."""
     from bench.core.registry import provider
     from bench.data import DATASETS
@@ -244,8 +244,28 @@ def run_plugins(cfg: RunConfig) -> list[dict[str, Any]]:
     for what, name, obj in parts:
         prov = provider(getattr(obj, "factory", obj))  # a pattern family (npz:PATH): its factory
         if prov:
-            out.append({"kind": what, "name": name, **prov})
+            out.append({"kind": what, "name": name, **prov, "source_sha256": source_digest(prov)})
     return out
+
+
+def source_digest(prov: dict[str, Any]) -> str | None:
+    """The sha256 of the source of the package (or module) that ``prov`` names, its ``.py`` files
+    by path: an editable install's version stays the same while its code changes."""
+    import hashlib
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec(prov["module"].split(".")[0])
+    roots = [Path(d) for d in (spec.submodule_search_locations or [])] if spec else []
+    files = [(r, f) for r in roots for f in sorted(r.rglob("*.py"))]
+    if spec and not roots and spec.origin and spec.origin.endswith(".py"):
+        files = [(Path(spec.origin).parent, Path(spec.origin))]
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for root, f in files:
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
 
 
 def unflatten(key: str, value: Any) -> dict[str, Any]:
