@@ -141,7 +141,8 @@ def _run_columns(df: pd.DataFrame, out: pd.DataFrame) -> list[str]:
     elif changes.nunique() > 1:
         short = [re.sub(r"(^| )method\.", r"\1", c) for c in changes]  # the method's own
         out["changes"] = [_cut(c, CHANGES_WIDTH) for c in short]
-    if "seed" in df.columns and df["seed"].dropna().nunique() > 1:
+    seeds = df["seed"].dropna() if "seed" in df.columns else pd.Series()
+    if seeds.nunique() > 1 or seeds.astype(str).str.contains("repeated").any():
         out["seed"] = [_seed(s) for s in df["seed"]]
     if "seeds" in df.columns:
         out["seeds"] = list(df["seeds"])
