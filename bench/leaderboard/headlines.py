@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.run.evaluation import checkpoint_note
+from bench.run.checkpoint_results import checkpoint_note
 from metrics import presentation
 
 PROTOCOL_ORDER = ["quick", "standard", "paper"]

@@ -9,7 +9,8 @@ from typing import Any
 
 from bench.core.records import live_status
 from bench.leaderboard.compare_view import MARKS
-from bench.run.evaluation import checkpoint_note, format_result
+from bench.run.checkpoint_results import checkpoint_note
+from bench.run.evaluation import format_result
 from metrics import presentation
 
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")

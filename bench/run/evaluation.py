@@ -5,7 +5,6 @@ described in docs/evaluation.md."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from bench.core.errors import BenchError
 from bench.core.records import RunRecord
 from bench.core.signals import terminate_as_interrupt
 from bench.models import build_model
+from bench.run.checkpoint_results import of_weights, weights_digest
 from bench.run.saved_runs import buffer_state, load_run_model
 from bench.train import checkpoint
 from metrics import EvalContext, Presentation, evaluate, get_protocol, presentation
@@ -166,29 +166,6 @@ def evaluation_model(
     return model
 
 
-def weights_digest(model: torch.nn.Module) -> str:
-    """The sha256 of ``model``'s weights (names, shapes and bytes, in name order): which weights a
-    result is of, whatever file they came from."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def checkpoint_note(record: dict, res: dict) -> str | None:
-    """Why ``res`` is not a result of ``record``'s own evaluated weights (its final checkpoint, or
-    best.pt when its evaluation takes the best), or None when it is or cannot say (results stored
-    before they named their checkpoint)."""
-    ckpt, own = res.get("checkpoint"), record.get("evaluated_checkpoint") or {}
-    if not isinstance(ckpt, dict) or ckpt.get("step") is None:
-        return None
-    final = own.get("step", (record.get("training") or {}).get("steps_done"))
-    if final is None or ckpt["step"] == final:
-        return None
-    return f"of step {ckpt['step']} ({ckpt.get('file')}), not of the run's evaluated step {final}"
-
-
 def load_evaluation_model(
     run_dir: Path, device: torch.device | None = None, checkpoint: str | None = None
 ):
@@ -247,10 +224,9 @@ def evaluate_model(
     def merge(rec: RunRecord) -> None:
         for res in results.values():
             res["checkpoint"] = evaluated
-        # the ordering checks (AutoAttack <= PGD) also look at this protocol's stored results of
-        # the same weights (or of unnamed ones: stored before results named their checkpoint)
+        # the ordering checks (AutoAttack <= PGD) also look at stored results of the same weights
         stored = (rec.data.get("evaluations") or {}).get(opts.protocol) or {}
-        same = {k: r for k, r in stored.items() if _of(r, evaluated["sha256"])}
+        same = {k: r for k, r in stored.items() if of_weights(r, evaluated["sha256"])}
         apply_ordering(results, same)
         rec.merge_evaluation(opts.protocol, results, skipped, save=False)
 
@@ -293,29 +269,13 @@ def evaluate_model(
     return results, skipped, save()
 
 
-def _of(res: Any, digest: str) -> bool:
-    ckpt = res.get("checkpoint") if isinstance(res, dict) else None
-    return not isinstance(ckpt, dict) or ckpt.get("sha256") == digest
-
-
 # -- where the model comes from --------------------------------------------------------------
 def evaluate_into(
-    record: RunRecord,
-    model,
-    data,
-    cfg,
-    device,
-    show_progress: bool,
-    protocol: str | None = None,
-    n_examples: int | None = None,
-    metrics: list[str] | None = None,
-    buffer: dict | None = None,
+    record: RunRecord, model, data, cfg, device, show_progress: bool, buffer: dict | None = None
 ) -> dict[str, dict[str, Any]]:
     """The end of `bench run`: the run's ``model`` (in memory, as :func:`evaluation_model` built it,
     on ``device``) into its own ``record``, with the run's eval settings; returns the results."""
-    opts = EvalOptions(
-        protocol or cfg.eval.protocol, metrics, n_examples, show_progress=show_progress
-    )
+    opts = EvalOptions(cfg.eval.protocol, show_progress=show_progress)
     own = record.data.get("evaluated_checkpoint") or {}
     evaluated = {"step": own.get("step"), "file": own.get("checkpoint")}
     return evaluate_model(model, cfg, data, opts, record, buffer=buffer, checkpoint=evaluated)[0]
