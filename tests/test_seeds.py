@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import json
+import sys
 
 import pytest
 import scipy.stats
@@ -133,6 +135,7 @@ def test_plugin_entries_carry_a_digest_of_their_source(tmp_path, monkeypatch):
     (pkg / "__init__.py").write_text("from edited_plugin.method import X\n")
     (pkg / "method.py").write_text("X = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(sys.modules, "edited_plugin", importlib.import_module("edited_plugin"))
     before = source_digest({"module": "edited_plugin.method"})
     assert before is not None and len(before) == 64
     (pkg / "method.py").write_text("X = 2  # a bug fixed\n")

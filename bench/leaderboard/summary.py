@@ -69,7 +69,9 @@ def describe_record(rec: dict, run_dir: Path) -> str:
             lines += [f"  {'':11s} note: {res['note']}"] if res.get("note") else []
             stale = checkpoint_note(rec, res)
             lines += (
-                [f"  {'':11s} {MARKS['stale']} {stale}; bench eval evaluates it"] if stale else []
+                [f"  {'':11s} {MARKS['stale']} {stale}; bench eval RUN measures those"]
+                if stale
+                else []
             )
             lines += [f"  {'':11s} {MARKS['no']} {r}" for r in res.get("unreliable_reasons") or ()]
     lines += [f"message   {rec['message']}"] if rec.get("message") else []

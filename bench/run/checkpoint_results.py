@@ -29,7 +29,7 @@ def checkpoint_note(record: dict, res: dict) -> str | None:
     final = own.get("step", (record.get("training") or {}).get("steps_done"))
     if final is None or ckpt["step"] == final:
         return None
-    return f"of step {ckpt['step']} ({ckpt.get('file')}), not of the run's evaluated step {final}"
+    return f"of step {ckpt['step']} ({ckpt.get('file')}), not of the weights the run reports (step {final})"
 
 
 def of_weights(res: Any, digest: str) -> bool:
