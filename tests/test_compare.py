@@ -499,3 +499,41 @@ def test_a_run_without_a_number_shows_an_empty_cell(bench_cli, tmp_path):
         res = bench_cli("compare", "--out", str(out), "--protocol", "custom", *args)
         assert res.exit_code == 0, res.stderr
         assert not re.search(r"\bnan\b", res.stdout) and re.search(r"\| +90 +\|", res.stdout)
+
+
+def test_an_evaluation_of_an_earlier_checkpoint_is_marked_by_show_and_compare(
+    bench_cli, tmp_path, shapes_data_dir
+):
+    from conftest import make_tiny_args, only_run
+
+    out = tmp_path / "results"
+    args = make_tiny_args(out, shapes_data_dir, steps=4)
+    sets = ["--set", "train.checkpoint_every=2", "--set", "train.keep_checkpoints=2"]
+    assert bench_cli("run", "--method", "ce", *args, *sets).exit_code == 0
+    run_dir, _ = only_run(out)
+    early = run_dir / "checkpoints" / "step-00000002.pt"
+    for ckpt in (early, run_dir / "checkpoints" / "last.pt"):
+        res = bench_cli(
+            "eval",
+            str(run_dir),
+            "--checkpoint",
+            str(ckpt),
+            "-p",
+            "custom",
+            "--metrics",
+            "clean",
+            "-q",
+        )
+        assert res.exit_code == 0, res.stderr
+        if ckpt == early:
+            rec = json.loads((run_dir / "record.json").read_text())
+            stored = rec["evaluations"]["custom"]["clean"]["checkpoint"]
+            assert (stored["step"], stored["file"]) == (2, "checkpoints/step-00000002.pt")
+            assert (
+                "† of step 2 (checkpoints/step-00000002.pt)"
+                in bench_cli("show", str(run_dir)).stdout
+            )
+            assert "†" in bench_cli("compare", "--out", str(out), "--protocol", "custom").stdout
+    # evaluated again from the final weights: the mark goes, as the result is replaced
+    assert "†" not in bench_cli("show", str(run_dir)).stdout
+    assert "†" not in bench_cli("compare", "--out", str(out), "--wide").stdout
