@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import socket
 
@@ -428,3 +429,107 @@ def test_compare_for_papers_filters_columns_and_formats(bench_cli, demo):
     assert "standard/autoattack" in only_ce[0]  # ce's autoattack passed its checks (0 < 50)
     bad = _csv(bench_cli, demo, "--filter", "method=ebjdat", "--reliable-only")
     assert "standard/autoattack" not in bad[0] and "standard/autoattack n" not in bad[0]
+
+
+def _of_step(rec, protocol, metric, step, file="checkpoints/last.pt"):
+    rec["evaluations"][protocol][metric]["checkpoint"] = {"step": step, "file": file, "sha256": "a"}
+    return rec
+
+
+def test_results_of_an_earlier_checkpoint_are_marked_everywhere(bench_cli, tmp_path):
+    """A `bench eval` taken at step 8 of a 32-step run stays in the finished run's record: compare,
+    show and report mark it; the results of the evaluated weights and older records are unmarked."""
+    out = tmp_path / "results"
+    rec = _record("r1-late", "ce", "shapes10", 0, 0.90, 0.30)
+    rec["training"] = {"epochs_done": 6.0, "steps_done": 32}
+    rec["evaluated_checkpoint"] = {"checkpoint": "checkpoints/last.pt", "step": 32}
+    _of_step(_of_step(rec, "quick", "clean", 8, "checkpoints/step-00000008.pt"), "quick", "pgd", 32)
+    old = _record("r2-old", "ce", "shapes10", 1, 0.80, 0.20)  # stored before checkpoints were named
+    for r in (rec, old):
+        write_json(out / "runs" / r["run_id"] / "record.json", r)
+    md = bench_cli("compare", "--out", str(out))
+    assert md.exit_code == 0, md.stderr
+    row = {line.split("|")[1].strip(): line for line in md.stdout.splitlines() if "| r" in line}
+    assert "| 90†" in row["r1-late"] and "30†" not in row["r1-late"]
+    assert "†" not in row["r2-old"] and "† of an earlier" in md.stdout
+    show = bench_cli("show", str(out / "runs" / "r1-late"))
+    assert show.exit_code == 0, show.stderr
+    assert (
+        "† of step 8 (checkpoints/step-00000008.pt), not of the weights the run reports (step 32)"
+        in (show.stdout)
+    )
+    assert show.stdout.count("†") == 1
+    assert "†" not in bench_cli("show", str(out / "runs" / "r2-old")).stdout
+    page = tmp_path / "page.html"
+    rep = bench_cli("report", "--out", str(out), "--html", str(page))
+    assert rep.exit_code == 0, rep.stderr
+    html = page.read_text()
+    assert re.search(r"<td>90 \[[^<]*\]†</td>", html) and not re.search(r"<td>30 [^<]*†", html)
+    assert html.count("†") == 2  # the cell and the note on the marks
+
+
+def test_evaluation_stores_the_checkpoint_it_evaluated(bench_cli, tmp_path, complete_run):
+    run_dir = tmp_path / "results" / "runs" / complete_run.name
+    shutil.copytree(complete_run, run_dir)
+    rec = json.loads((run_dir / "record.json").read_text())
+    final = rec["evaluated_checkpoint"]["step"]
+    (end,) = {json.dumps(r["checkpoint"]) for r in rec["evaluations"]["quick"].values()}
+    assert json.loads(end)["step"] == final and len(json.loads(end)["sha256"]) == 64
+    res = bench_cli("eval", str(run_dir), "--protocol", "custom", "--metrics", "clean", "-q")
+    assert res.exit_code == 0, res.stderr
+    rec = json.loads((run_dir / "record.json").read_text())
+    ckpt = rec["evaluations"]["custom"]["clean"]["checkpoint"]
+    # the weights `bench eval` loads from last.pt are the ones the end of the run evaluated
+    assert ckpt == {**json.loads(end), "file": "checkpoints/last.pt"}
+    assert "†" not in bench_cli("show", str(run_dir)).stdout
+
+
+def test_a_run_without_a_number_shows_an_empty_cell(bench_cli, tmp_path):
+    out = tmp_path / "results"
+    a, b = _record("a", "ce", "shapes10", 0, 0.9, 0.1), _record("b", "ce", "shapes10", 1, 0.8, 0.2)
+    a["evaluations"] = {"custom": {"clean": a["evaluations"]["quick"]["clean"]}}
+    b["evaluations"] = {"custom": {"pgd": b["evaluations"]["quick"]["pgd"]}}
+    for r in (a, b):
+        write_json(out / "runs" / r["run_id"] / "record.json", r)
+    for args in ((), ("--wide",)):
+        res = bench_cli("compare", "--out", str(out), "--protocol", "custom", *args)
+        assert res.exit_code == 0, res.stderr
+        assert not re.search(r"\bnan\b", res.stdout) and re.search(r"\| +90 +\|", res.stdout)
+
+
+def test_an_evaluation_of_an_earlier_checkpoint_is_marked_by_show_and_compare(
+    bench_cli, tmp_path, shapes_data_dir
+):
+    from conftest import make_tiny_args, only_run
+
+    out = tmp_path / "results"
+    args = make_tiny_args(out, shapes_data_dir, steps=4)
+    sets = ["--set", "train.checkpoint_every=2", "--set", "train.keep_checkpoints=2"]
+    assert bench_cli("run", "--method", "ce", *args, *sets).exit_code == 0
+    run_dir, _ = only_run(out)
+    early = run_dir / "checkpoints" / "step-00000002.pt"
+    for ckpt in (early, run_dir / "checkpoints" / "last.pt"):
+        res = bench_cli(
+            "eval",
+            str(run_dir),
+            "--checkpoint",
+            str(ckpt),
+            "-p",
+            "custom",
+            "--metrics",
+            "clean",
+            "-q",
+        )
+        assert res.exit_code == 0, res.stderr
+        if ckpt == early:
+            rec = json.loads((run_dir / "record.json").read_text())
+            stored = rec["evaluations"]["custom"]["clean"]["checkpoint"]
+            assert (stored["step"], stored["file"]) == (2, "checkpoints/step-00000002.pt")
+            assert (
+                "† of step 2 (checkpoints/step-00000002.pt)"
+                in bench_cli("show", str(run_dir)).stdout
+            )
+            assert "†" in bench_cli("compare", "--out", str(out), "--protocol", "custom").stdout
+    # evaluated again from the final weights: the mark goes, as the result is replaced
+    assert "†" not in bench_cli("show", str(run_dir)).stdout
+    assert "†" not in bench_cli("compare", "--out", str(out), "--wide").stdout

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
 import types
+from pathlib import Path
 
 from conftest import REPO_ROOT, only_run
 
@@ -49,6 +51,7 @@ def test_readme_plugin_example_trains(bench_cli, results_root, shapes_data_dir):
             "package": "my_plugin",
             "version": None,
             "module": "my_plugin",
+            "source_sha256": None,  # run from the README's text: no file to digest
         } in rec["environment"]["plugins"]
         logged = [h for h in rec["training"]["history"] if "loss" in h][-1]
         assert abs(logged["loss"] - 0.5 * logged["ce"] - 0.5 * logged["ce_adv"]) < 1e-4
@@ -189,6 +192,7 @@ def test_readme_dataset_example_trains(bench_cli, results_root, shapes_data_dir)
             "package": "my_dataset",
             "version": None,
             "module": "my_dataset",
+            "source_sha256": None,  # run from the README's text: no file to digest
         } in rec["environment"]["plugins"]
     finally:
         DATASETS.unregister("disk-vs-ring")
@@ -374,6 +378,9 @@ def test_readme_sampler_example_trains_jempp_and_samples(bench_cli, results_root
                 "package": "test_readme_plugin",
                 "version": None,
                 "module": "test_readme_plugin",
+                "source_sha256": hashlib.sha256(
+                    b"test_readme_plugin.py\0" + Path(__file__).read_bytes()
+                ).hexdigest(),  # an edit of this file makes another configuration
             }
         ]  # the counting wrapper registered here stands in for my_sampler
         assert len(calls) == 2  # one draw per training step

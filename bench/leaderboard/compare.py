@@ -217,7 +217,7 @@ def compare(
     if group == "seeds":
         from bench.leaderboard.grouping import group_seeds
 
-        df = group_seeds(df)
+        df = group_seeds(df, records)
     elif group is not None:
         raise BenchError(f"unknown --group {group!r}; choose: seeds")
     df = drop_empty(pair_reported(sort_table(df, sort, ascending)))

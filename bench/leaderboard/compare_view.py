@@ -13,8 +13,11 @@ import pandas as pd
 
 from bench.core.errors import BenchError
 
-MARKS = {"no": "!", "unchecked": "?"}
-MARK_NOTE = "! failed a guardrail check (bench show RUN says which); ? stored before the checks (bench eval again)"
+MARKS = {"no": "!", "unchecked": "?", "stale": "†"}
+MARK_NOTE = (
+    "! failed a guardrail check (bench show RUN says which); ? stored before the checks (bench eval "
+    "again); † of an earlier checkpoint than the run's evaluated one (bench show RUN says which)"
+)
 HELPERS = (" n", " reliable", " ci_lo", " ci_hi", " ±")  # the columns that qualify a number column
 
 
@@ -138,7 +141,8 @@ def _run_columns(df: pd.DataFrame, out: pd.DataFrame) -> list[str]:
     elif changes.nunique() > 1:
         short = [re.sub(r"(^| )method\.", r"\1", c) for c in changes]  # the method's own
         out["changes"] = [_cut(c, CHANGES_WIDTH) for c in short]
-    if "seed" in df.columns and df["seed"].dropna().nunique() > 1:
+    seeds = df["seed"].dropna() if "seed" in df.columns else pd.Series()
+    if seeds.nunique() > 1 or seeds.astype(str).str.contains("repeated").any():
         out["seed"] = [_seed(s) for s in df["seed"]]
     if "seeds" in df.columns:
         out["seeds"] = list(df["seeds"])
@@ -239,6 +243,7 @@ def render(
         return table.to_latex(
             index=False, na_rep="", escape=True, caption=" | ".join(caption) or None
         )
+    table = table.astype(object).where(table.notna(), None)  # a missing number: an empty cell
     text = table.to_markdown(index=False, floatfmt="g", missingval="")
     if not wide and meta is not None and "changes" in table.columns:
         text = _fit_changes(table, text)

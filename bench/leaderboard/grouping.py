@@ -11,7 +11,8 @@ import pandas as pd
 from bench.leaderboard.compare_view import MARKS, number_columns
 from metrics.intervals import t_interval
 
-GROUP_BY = ["method", "dataset", "arch", "preset", "changes"]  # changes: settings off the preset
+# changes: settings off the preset; code: the plugins' source digests (edited code is another setting)
+GROUP_BY = ["method", "dataset", "arch", "preset", "changes", "code"]
 
 
 def _one(values: pd.Series):
@@ -21,12 +22,13 @@ def _one(values: pd.Series):
 
 def _group_row(g: pd.DataFrame, columns: list[str]) -> dict:
     seeds = sorted(int(s) for s in g["seed"].dropna())
-    row = {c: g[c].iloc[0] for c in GROUP_BY}
+    repeated = len(set(seeds)) < len(seeds)  # runs of one seed are not independent: no interval
+    row = {c: g[c].iloc[0] for c in GROUP_BY[:-1]}
     row.update(
         kind="measured",
         run_id=g["run_id"].iloc[0] if len(g) == 1 else f"{len(g)} runs",
-        seeds=len(g),
-        seed=",".join(map(str, seeds)),
+        seeds=len(set(seeds)),
+        seed=",".join(map(str, seeds)) + (" (repeated: no interval)" if repeated else ""),
         status=",".join(sorted(set(g["status"].dropna()))),
         epochs=g["epochs"].mean(),
         train_min=round(g["train_min"].mean(), 2),
@@ -38,7 +40,7 @@ def _group_row(g: pd.DataFrame, columns: list[str]) -> dict:
             continue
         mean, half = t_interval(list(vals))
         row[c] = round(mean, 4)
-        row[f"{c} ±"] = round(half, 4) if len(vals) > 1 else math.nan
+        row[f"{c} ±"] = round(half, 4) if len(vals) > 1 and not repeated else math.nan
         if f"{c} n" in g.columns:
             row[f"{c} n"] = _one(g[f"{c} n"])
         if f"{c} reliable" in g.columns:  # the worst mark of any run: no, unchecked, then yes
@@ -47,11 +49,21 @@ def _group_row(g: pd.DataFrame, columns: list[str]) -> dict:
     return row
 
 
-def group_seeds(df: pd.DataFrame) -> pd.DataFrame:
-    """The leaderboard with each group of measured runs as one row, reported rows after them."""
+def plugin_code(record: dict) -> str:
+    """The digests of the plugins' source a run ran (``source_sha256``); empty for built-in parts
+    and for records from before the digests."""
+    plugins = (record.get("environment") or {}).get("plugins") or []
+    return " ".join(sorted(str(p["source_sha256"]) for p in plugins if p.get("source_sha256")))
+
+
+def group_seeds(df: pd.DataFrame, records: list[dict] = ()) -> pd.DataFrame:
+    """The leaderboard with each group of measured runs as one row, reported rows after them;
+    ``records`` (the rows' runs) tell runs of edited plugin code apart."""
     measured = df["kind"] == "measured" if "kind" in df.columns else pd.Series(True, df.index)
     columns = number_columns(df)
-    groups = df[measured].groupby(GROUP_BY, dropna=False, sort=False)
+    code = {r["run_id"]: plugin_code(r) for r in records}
+    keyed = df[measured].assign(code=[code.get(r, "") for r in df.loc[measured, "run_id"]])
+    groups = keyed.groupby(GROUP_BY, dropna=False, sort=False)
     order = []
     for c in df.columns:
         if not c.endswith((" ci_lo", " ci_hi")):  # one run's interval says nothing of a mean

@@ -8,13 +8,14 @@ from typing import Any
 
 import pandas as pd
 
+from bench.run.checkpoint_results import checkpoint_note
 from metrics import presentation
 
 PROTOCOL_ORDER = ["quick", "standard", "paper"]
 
 
 TIDY_COLUMNS = (
-    "run_id protocol metric base key value n_examples reliable ci_lo ci_hi small_n".split()
+    "run_id protocol metric base key value n_examples reliable ci_lo ci_hi small_n stale".split()
 )
 HEAD_COLUMNS = (
     "run_id column value protocol metric label checked brief n_examples reliable ci_lo ci_hi spread order"
@@ -49,6 +50,7 @@ def tidy(records: list[dict[str, Any]]) -> pd.DataFrame:
                 reliable = res.get("reliable") if isinstance(res.get("reliable"), bool) else None
                 # e.g. a FID on < 10k samples: comparable only at equal n
                 small_n = bool(res.get("small_n"))
+                stale = checkpoint_note(r, res) is not None  # not the run's evaluated weights
                 for key, value in res.items():
                     if (
                         isinstance(value, (int, float))
@@ -69,6 +71,7 @@ def tidy(records: list[dict[str, Any]]) -> pd.DataFrame:
                                 "ci_lo": lo,
                                 "ci_hi": hi,
                                 "small_n": small_n,
+                                "stale": stale,
                             }
                         )
     return pd.DataFrame(rows, columns=TIDY_COLUMNS)
@@ -117,6 +120,8 @@ def headline(t: pd.DataFrame) -> pd.DataFrame:
                 reliable = (
                     "no"
                     if reliable is False
+                    else "stale"
+                    if getattr(row, "stale", False)
                     else "yes"
                     if reliable is True
                     else ("unchecked" if shown.checked else None)

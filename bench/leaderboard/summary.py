@@ -9,6 +9,7 @@ from typing import Any
 
 from bench.core.records import live_status
 from bench.leaderboard.compare_view import MARKS
+from bench.run.checkpoint_results import checkpoint_note
 from bench.run.evaluation import format_result
 from metrics import presentation
 
@@ -66,6 +67,12 @@ def describe_record(rec: dict, run_dir: Path) -> str:
             when = f"  [{res['evaluated_at']}]" if res.get("evaluated_at") else ""
             lines.append(f"  {name:11s} {format_result(name, res)}{when}")
             lines += [f"  {'':11s} note: {res['note']}"] if res.get("note") else []
+            stale = checkpoint_note(rec, res)
+            lines += (
+                [f"  {'':11s} {MARKS['stale']} {stale}; bench eval RUN measures those"]
+                if stale
+                else []
+            )
             lines += [f"  {'':11s} {MARKS['no']} {r}" for r in res.get("unreliable_reasons") or ()]
     lines += [f"message   {rec['message']}"] if rec.get("message") else []
     return "\n".join(lines + _artifacts(rec.get("artifacts", {}), run_dir))

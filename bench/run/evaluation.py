@@ -19,6 +19,7 @@ from bench.core.errors import BenchError
 from bench.core.records import RunRecord
 from bench.core.signals import terminate_as_interrupt
 from bench.models import build_model
+from bench.run.checkpoint_results import of_weights, weights_digest
 from bench.run.saved_runs import buffer_state, load_run_model
 from bench.train import checkpoint
 from metrics import EvalContext, Presentation, evaluate, get_protocol, presentation
@@ -172,12 +173,9 @@ def load_evaluation_model(
     with its config, data and record: what `bench eval` and `bench perf --aa-run` evaluate."""
     loaded, cfg, data, record = load_run_model(run_dir, device, checkpoint)
     dev, source = next(loaded.parameters()).device, checkpoint or Path(run_dir) / "checkpoints"
-    return (
-        evaluation_model(cfg, data.num_classes, loaded.state_dict(), dev, source),
-        cfg,
-        data,
-        record,
-    )
+    model = evaluation_model(cfg, data.num_classes, loaded.state_dict(), dev, source)
+    model.loaded_from = loaded.loaded_from  # which checkpoint: stored with each result
+    return model, cfg, data, record
 
 
 def run_metrics(*args, tf32: bool = False, **kwargs) -> dict[str, dict[str, Any]]:
@@ -187,14 +185,17 @@ def run_metrics(*args, tf32: bool = False, **kwargs) -> dict[str, dict[str, Any]
         return evaluate(*args, **kwargs)
 
 
-def evaluate_model(model, cfg, data, opts: EvalOptions, record, *, buffer: dict | None = None):
+def evaluate_model(
+    model, cfg, data, opts: EvalOptions, record, *, buffer: dict | None = None, checkpoint=None
+):
     """Evaluate ``model`` (with its run's ``cfg`` and ``data``) under ``opts`` and merge the results
     into the run's record; returns (results, skipped, record data).
 
     ``record``: the :class:`RunRecord` of the process that owns the run (the end of `bench run`),
     the run directory (read and written under its lock: the run may be training meanwhile), or a
     function returning the directory, called only once every check has passed, so that a refused
-    request writes nothing. ``buffer``: the run's saved replay-buffer state, if any. When a metric
+    request writes nothing. ``buffer``: the run's saved replay-buffer state, if any. ``checkpoint``:
+    the step and file of the weights, stored in each result with their digest. When a metric
     fails the finished ones are saved; an interrupt (Ctrl-C, SIGTERM) is raised again as a
     ``KeyboardInterrupt`` whose message says what was kept."""
     opts.check()
@@ -218,10 +219,15 @@ def evaluate_model(model, cfg, data, opts: EvalOptions, record, *, buffer: dict 
     for name, why in skipped.items():  # optional metrics whose inputs are missing
         print(f"skipped {name}: {why}", file=sys.stderr)
     results: dict[str, dict[str, Any]] = {}
+    evaluated = {**(checkpoint or {}), "sha256": weights_digest(model)}
 
     def merge(rec: RunRecord) -> None:
-        # the ordering checks (AutoAttack <= PGD) also look at this protocol's stored results
-        apply_ordering(results, (rec.data.get("evaluations") or {}).get(opts.protocol))
+        for res in results.values():
+            res["checkpoint"] = evaluated
+        # the ordering checks (AutoAttack <= PGD) also look at stored results of the same weights
+        stored = (rec.data.get("evaluations") or {}).get(opts.protocol) or {}
+        same = {k: r for k, r in stored.items() if of_weights(r, evaluated["sha256"])}
+        apply_ordering(results, same)
         rec.merge_evaluation(opts.protocol, results, skipped, save=False)
 
     def save() -> dict:
@@ -265,23 +271,14 @@ def evaluate_model(model, cfg, data, opts: EvalOptions, record, *, buffer: dict 
 
 # -- where the model comes from --------------------------------------------------------------
 def evaluate_into(
-    record: RunRecord,
-    model,
-    data,
-    cfg,
-    device,
-    show_progress: bool,
-    protocol: str | None = None,
-    n_examples: int | None = None,
-    metrics: list[str] | None = None,
-    buffer: dict | None = None,
+    record: RunRecord, model, data, cfg, device, show_progress: bool, buffer: dict | None = None
 ) -> dict[str, dict[str, Any]]:
     """The end of `bench run`: the run's ``model`` (in memory, as :func:`evaluation_model` built it,
     on ``device``) into its own ``record``, with the run's eval settings; returns the results."""
-    opts = EvalOptions(
-        protocol or cfg.eval.protocol, metrics, n_examples, show_progress=show_progress
-    )
-    return evaluate_model(model, cfg, data, opts, record, buffer=buffer)[0]
+    opts = EvalOptions(cfg.eval.protocol, show_progress=show_progress)
+    own = record.data.get("evaluated_checkpoint") or {}
+    evaluated = {"step": own.get("step"), "file": own.get("checkpoint")}
+    return evaluate_model(model, cfg, data, opts, record, buffer=buffer, checkpoint=evaluated)[0]
 
 
 def evaluate_saved_run(
@@ -293,4 +290,6 @@ def evaluate_saved_run(
     dev = resolve_device(device) if device else None
     model, cfg, data, _ = load_evaluation_model(run_dir, dev, checkpoint)
     buffer = buffer_state(run_dir, checkpoint)
-    return evaluate_model(model, cfg, data, opts, Path(run_dir), buffer=buffer)
+    return evaluate_model(
+        model, cfg, data, opts, Path(run_dir), buffer=buffer, checkpoint=model.loaded_from
+    )

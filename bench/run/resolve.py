@@ -220,8 +220,9 @@ def _switched_sampler_steps(cfg: RunConfig, chosen: dict[str, Any]) -> dict[str,
 
 def run_plugins(cfg: RunConfig) -> list[dict[str, Any]]:
     """Each plugin package that provides a part of the run: its method, dataset, architecture and
-    sampler kind (``{"kind", "name", "package", "version", "module"}``); trilemma-bench's own parts
-    are left out. The record lists them as it lists torch; evaluation adds the metrics' and the protocol's."""
+    sampler kind (``{"kind", "name", "package", "version", "module", "source_sha256"}``);
+    trilemma-bench's own parts are left out. The record lists them as it lists torch; evaluation
+    adds the metrics' and the protocol's."""
     from bench.core.registry import provider
     from bench.data import DATASETS
     from bench.models import ARCHS
@@ -244,8 +245,29 @@ def run_plugins(cfg: RunConfig) -> list[dict[str, Any]]:
     for what, name, obj in parts:
         prov = provider(getattr(obj, "factory", obj))  # a pattern family (npz:PATH): its factory
         if prov:
-            out.append({"kind": what, "name": name, **prov})
+            out.append({"kind": what, "name": name, **prov, "source_sha256": source_digest(prov)})
     return out
+
+
+def source_digest(prov: dict[str, Any]) -> str | None:
+    """The sha256 of the ``.py`` files (by path) of the package or module that ``prov`` names: an
+    editable install keeps its version while its code changes. None for code with no file."""
+    import hashlib
+    import sys
+    from pathlib import Path
+
+    module = sys.modules.get(prov["module"].split(".")[0])  # imported: it registered the part
+    roots = [Path(d) for d in getattr(module, "__path__", None) or ()]
+    files = [(r, f) for r in roots for f in sorted(r.rglob("*.py"))]
+    origin = getattr(module, "__file__", None)
+    if not roots and origin and origin.endswith(".py"):
+        files = [(Path(origin).parent, Path(origin))]
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for root, f in files:
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
 
 
 def unflatten(key: str, value: Any) -> dict[str, Any]:

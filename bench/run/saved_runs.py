@@ -41,6 +41,9 @@ def load_run_model(
     ckpt = checkpoint.load(path, expect_digest=record.get("config_digest") or cfg.digest())
     # a run with train.ema_decay reports its averaged weights (best.pt already holds them as model)
     checkpoint.load_weights(model, ckpt.get("ema_model") or ckpt["model"], path)
+    inside = path.resolve().is_relative_to(Path(run_dir).resolve())
+    file = path.resolve().relative_to(Path(run_dir).resolve()) if inside else path
+    model.loaded_from = {"step": ckpt.get("step"), "file": str(file)}  # what its results are of
     model.eval()
     return model, cfg, data, record
 

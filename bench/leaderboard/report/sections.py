@@ -56,7 +56,11 @@ def _run_name(rec: dict[str, Any]) -> str:
 
 def tradeoff_section(runs: Runs, figures: Figures, notes: list[str]) -> Section:
     sec = Section("Trade-off: accuracy, robustness, generation")
-    shown = [p for p in planes(group_seeds(runs.df), runs.meta) if p.protocol in runs.protocols]
+    shown = [
+        p
+        for p in planes(group_seeds(runs.df, runs.records), runs.meta)
+        if p.protocol in runs.protocols
+    ]
     if not shown:
         sec.paragraph(
             "No protocol has both a clean accuracy and an attack for these runs; "
