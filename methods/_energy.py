@@ -51,7 +51,8 @@ def px_term(
 
 @dataclass
 class PxBatchConfig:
-    """Settings of a p(x) batch drawn apart from the labelled one (``ctx.extra[0]``); the defaults follow ``data.*``."""
+    """Settings of a p(x) batch drawn apart from the labelled one (``ctx.extra_batches[0]``); the
+    defaults follow ``data.*``."""
 
     px_batch_size: int = 0  # 0: data.batch_size
     px_augment: str = "same"  # same (as data.augment) | on | off
@@ -162,7 +163,7 @@ class JEMFamily(SamplerOwner):
             raise RuntimeError("JEM-family method used before setup()")
         with ctx.autocast():
             if self.cfg.separate_px_batch:
-                x_u = ctx.extra[0][0]
+                x_u = ctx.extra_batches[0][0]
                 terms = px_term(
                     model, x_u, lambda: self._draw(model, x_u.shape[0], ctx), self.sampler
                 )

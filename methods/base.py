@@ -84,7 +84,7 @@ class Method:
 
     def batch_specs(self) -> list[BatchSpec]:
         """One spec per batch of a step: the main labelled batch, then the ``extra_batches``
-        independent ones (``ctx.extra``). Default: all as the run's data settings say."""
+        independent ones (``ctx.extra_batches``). Default: all as the run's data settings say."""
         return [BatchSpec() for _ in range(1 + self.extra_batches)]
 
     # -- lifecycle -------------------------------------------------------------------

@@ -56,7 +56,7 @@ class EBJDAT(SamplerOwner):
 
     def training_step(self, model, x, y, ctx):
         c = self.cfg
-        x_u = ctx.extra[0][0]  # the independent p(x) batch (extra_batches = 1)
+        x_u = ctx.extra_batches[0][0]  # the independent p(x) batch (extra_batches = 1)
         zero, out = x.new_zeros(()), {}
         with ctx.autocast():
             if c.px_weight > 0 or c.energy_l2 > 0:

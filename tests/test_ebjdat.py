@@ -183,7 +183,7 @@ def ctx_for(x_u, y_u):
         device=torch.device("cpu"),
         num_classes=10,
         autocast=contextlib.nullcontext,
-        extra=[(x_u, y_u)],
+        extra_batches=[(x_u, y_u)],
     )
 
 

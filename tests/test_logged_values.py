@@ -50,7 +50,7 @@ def _context(tr: Trainer, step: int) -> tuple[torch.Tensor, torch.Tensor, StepCo
         device=tr.device,
         num_classes=tr.data.num_classes,
         autocast=tr.autocast,
-        extra=extra,
+        extra_batches=extra,
         data=tr.data,
         steps_per_epoch=tr.steps_per_epoch,
     )

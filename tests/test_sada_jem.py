@@ -112,7 +112,7 @@ def test_step_terms_equal_jempp_with_the_sada_jem_sampler(shapes_data_dir):
             device=torch.device("cpu"),
             num_classes=10,
             autocast=contextlib.nullcontext,
-            extra=[(x_u, y[:8])],
+            extra_batches=[(x_u, y[:8])],
         )
         torch.manual_seed(7)
         out.append(tr_.method.training_step(m, x, y, ctx))

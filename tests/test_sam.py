@@ -229,7 +229,7 @@ def test_the_px_batch_follows_its_own_spec_and_cycles_its_own_epochs(monkeypatch
     real_step = ebjdat_mod.EBJDAT.training_step
 
     def spy(self, model, x, y, ctx):
-        seen.append((x.shape[0], ctx.extra[0][0].detach().clone()))
+        seen.append((x.shape[0], ctx.extra_batches[0][0].detach().clone()))
         return real_step(self, model, x, y, ctx)
 
     monkeypatch.setattr(ebjdat_mod.EBJDAT, "training_step", spy)

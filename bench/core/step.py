@@ -35,9 +35,8 @@ class StepContext:
     device: torch.device
     num_classes: int
     autocast: Any  # a context-manager factory: ``with ctx.autocast(): ...`` (bf16 on CUDA)
-    extra: list[tuple[torch.Tensor, torch.Tensor]] = field(
-        default_factory=list
-    )  # independent batches
+    # the independent batches the method's BatchSpec asks for (``extra_batches``), in order
+    extra_batches: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     data: Any = None  # the ImageData (train split) for methods that need dataset statistics
     steps_per_epoch: int = 0
     second_pass: bool = False  # True while SAM or AWP recomputes the loss at the perturbed weights

@@ -166,7 +166,7 @@ class Trainer:
             device=self.device,
             num_classes=self.data.num_classes,
             autocast=self.autocast,
-            extra=extra,
+            extra_batches=extra,
             data=self.data,
             steps_per_epoch=self.steps_per_epoch,
         )
