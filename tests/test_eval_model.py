@@ -133,7 +133,8 @@ def test_end_of_run_and_bench_eval_evaluate_the_same_eager_fp32_model(
 
 def _params_of(run_dir: Path) -> torch.nn.Module:
     """The run's architecture, to tell its parameters from its buffers by name."""
-    from bench.core.records import RunRecord, run_config
+    from bench.core.record_reading import run_config
+    from bench.core.records import RunRecord
     from bench.models import build_model
 
     rec = RunRecord.load(run_dir).data

@@ -8,7 +8,8 @@ import shutil
 import pytest
 from conftest import only_run
 
-from bench.core.records import SCHEMA, RunRecord, load_record
+from bench.core.record_reading import SCHEMA, load_record
+from bench.core.records import RunRecord
 
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "schema1"
 
@@ -293,7 +294,7 @@ def test_a_running_record_whose_process_is_gone_reads_as_interrupted(
     import subprocess
     import sys
 
-    from bench.core.records import live_status
+    from bench.core.run_dirs import live_status
 
     results = tmp_path / "results"
     run_dir = results / "runs" / complete_run.name
@@ -416,7 +417,7 @@ def _kill_during_first_record_write(out):
     from conftest import REPO_ROOT, subprocess_env
 
     script = (
-        "import os, time; from bench.core.records import RunRecord, new_run_dir\n"
+        "import os, time; from bench.core.records import RunRecord\nfrom bench.core.run_dirs import new_run_dir\n"
         f"run_id, run_dir = new_run_dir({str(out)!r}, 'ce', 'shapes10')\n"
         "def stall(fd):\n    print(run_dir, flush=True); time.sleep(120)\n"
         "os.fsync = stall  # the temporary file exists, the rename has not happened\n"
@@ -443,7 +444,7 @@ def test_a_kill_during_the_first_record_write_leaves_nothing_behind(tmp_path, be
     """kill -9 while the first record.json is written left ``runs/<id>/`` holding only a ``.tmp``:
     invisible to every command and never cleaned. The next listing removes it with a note, and so
     does the next new run; a directory whose first write is under way (its lock held) stays."""
-    from bench.core.records import dir_lock, list_runs, new_run_dir
+    from bench.core.run_dirs import dir_lock, list_runs, new_run_dir
 
     out = tmp_path / "results"
     orphan = _kill_during_first_record_write(out)

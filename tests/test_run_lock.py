@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO_ROOT
 
 from bench.core.errors import BenchError
-from bench.core.records import RunLock
+from bench.core.run_dirs import RunLock
 
 
 def test_lock_is_exclusive_and_released(tmp_path):
@@ -44,7 +44,7 @@ def test_resume_refused_while_another_process_holds_the_run(bench_cli, complete_
         [
             sys.executable,
             "-c",
-            "import sys, time; from bench.core.records import RunLock; "
+            "import sys, time; from bench.core.run_dirs import RunLock; "
             f"lock = RunLock({str(run_dir)!r}).__enter__(); print('held', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,

@@ -195,7 +195,8 @@ def test_labels_outside_the_classes_are_refused_before_a_run_exists(bench_cli, t
 def test_a_failure_while_building_the_trainer_is_recorded_as_failed(
     monkeypatch, tmp_path, tiny_overrides
 ):
-    from bench.core.records import RunRecord, list_runs, live_status
+    from bench.core.records import RunRecord
+    from bench.core.run_dirs import list_runs, live_status
     from bench.run import train_and_evaluate
     from bench.run.resolve import resolve
     from bench.run.runner import start_run

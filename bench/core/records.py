@@ -11,22 +11,8 @@ from typing import Any
 
 from bench.core.environment import environment
 from bench.core.io import read_json, remove_litter, write_json
-from bench.core.record_reading import (  # noqa: F401 (re-exported: reading a record)
-    SCHEMA,
-    check_name,
-    load_record,
-    run_config,
-    upgrade,
-)
-from bench.core.run_dirs import (  # noqa: F401 (re-exported: the run directory's names)
-    RunLock,
-    dir_lock,
-    list_runs,
-    live_status,
-    new_run_dir,
-    resolve_run,
-    runs_root,
-)
+from bench.core.record_reading import SCHEMA, check_name, load_record
+from bench.core.run_dirs import dir_lock
 
 
 def now() -> str:

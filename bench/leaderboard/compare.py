@@ -13,7 +13,8 @@ from typing import Any
 import pandas as pd
 
 from bench.core.errors import BenchError
-from bench.core.records import list_runs, live_status, load_record
+from bench.core.record_reading import load_record
+from bench.core.run_dirs import list_runs, live_status
 from bench.leaderboard.filters import (
     apply_filters,
     drop_empty,

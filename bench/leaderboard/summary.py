@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.core.records import live_status
+from bench.core.run_dirs import live_status
 from bench.leaderboard.compare_view import MARKS
 from bench.run.checkpoint_results import checkpoint_note
 from bench.run.evaluation import format_result

@@ -12,7 +12,9 @@ import torch
 from bench.core.config import RunConfig
 from bench.core.device import prepare_determinism, resolve_device
 from bench.core.errors import BenchError
-from bench.core.records import RunRecord, new_run_dir, resolve_run, run_config
+from bench.core.record_reading import run_config
+from bench.core.records import RunRecord
+from bench.core.run_dirs import new_run_dir, resolve_run
 from bench.data import load_run_data
 from bench.data.stream import check_augment_fits, check_batch_fits
 from bench.models import build_model

@@ -8,7 +8,9 @@ import torch
 
 from bench.core.device import resolve_device
 from bench.core.errors import BenchError
-from bench.core.records import RunRecord, resolve_run, run_config
+from bench.core.record_reading import run_config
+from bench.core.records import RunRecord
+from bench.core.run_dirs import resolve_run
 from bench.data import load_run_data
 from bench.models import build_model
 from bench.sampling.generate import make_sample_fn

@@ -11,7 +11,8 @@ from typing import Any
 
 from bench.core.config import RunConfig
 from bench.core.errors import BenchError, DiskFull, DivergenceError, InterruptedRun
-from bench.core.records import RunLock, RunRecord
+from bench.core.records import RunRecord
+from bench.core.run_dirs import RunLock
 from bench.core.signals import terminate_as_interrupt
 from bench.run.evaluation import evaluate_into, evaluation_model
 from bench.run.record_fields import (
@@ -57,7 +58,7 @@ def _record_updater(record: RunRecord, trainer_ref: list):
 def _mark(record: RunRecord, status: str, message: str, main: bool) -> None:
     """Set the run's status and save it quietly (rank 0): if even that cannot be written (a full
     disk), the dead lock holder makes `bench show` and `bench compare` read the run as interrupted
-    (bench.core.records.live_status)."""
+    (bench.core.run_dirs.live_status)."""
     record.set_status(status, message, save=False)
     if main:
         try:

@@ -114,7 +114,7 @@ def time_autoattack(
 ) -> dict[str, Any]:
     """The `autoattack` metric on a trained run's first ``n_examples`` test images, timed."""
     from bench.core.device import evaluation_precision, precision
-    from bench.core.records import resolve_run
+    from bench.core.run_dirs import resolve_run
     from bench.run.evaluation import load_evaluation_model
     from metrics.autoattack import autoattack
     from metrics.base import EvalContext
@@ -163,7 +163,7 @@ def time_guardrails(
     are timed alternately, ``reps`` times each, and the faster time of each is compared."""
     from bench.attacks.pgd import pgd_linf
     from bench.core.device import evaluation_precision, precision
-    from bench.core.records import resolve_run
+    from bench.core.run_dirs import resolve_run
     from bench.run.evaluation import load_evaluation_model
     from metrics.base import EvalContext, batches, test_subset
     from metrics.pgd import pgd

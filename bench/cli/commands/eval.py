@@ -132,7 +132,7 @@ def eval_(run_ref, model_ref, checkpoint, device, out, **flags):
       bench eval --model robustbench:Wong2020Fast --model-dir models --data-dir data --protocol standard
     """
     from bench.core.errors import BenchError, InterruptedRun
-    from bench.core.records import resolve_run
+    from bench.core.run_dirs import resolve_run
     from bench.run.evaluation import EvalOptions, evaluate_saved_run, format_result
 
     zoo = {k: flags.pop(k) for k in ("model_dir", "dataset", "zoo_dataset", "data_dir")}

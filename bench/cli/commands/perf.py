@@ -126,7 +126,7 @@ def perf(
         fid_images = 4096 if resolve_device(opts["device"]).type == "cuda" else 64
     if fid_images < 0 or aa_examples < 1:
         raise BenchError("--fid-images must be >= 0 and --aa-n >= 1")
-    from bench.core.records import resolve_run
+    from bench.core.run_dirs import resolve_run
 
     for r in aa_runs:
         resolve_run(r, opts["out"])  # a wrong run id fails before any timing

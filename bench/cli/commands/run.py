@@ -257,7 +257,9 @@ def _launch_device(device, overrides, config_file, resume, out) -> str:
     if device:
         return device
     if resume:
-        from bench.core.records import RunRecord, resolve_run, run_config
+        from bench.core.record_reading import run_config
+        from bench.core.records import RunRecord
+        from bench.core.run_dirs import resolve_run
 
         return run_config(RunRecord.load(resolve_run(resume, out)).data).device
     from bench.core.config import parse_set

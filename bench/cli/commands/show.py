@@ -21,7 +21,8 @@ def show(run_ref, out, as_json):
       bench show 20261124-101500-pgd-at-shapes10-1a2b3c
       bench show results/runs/<run-id> --json
     """
-    from bench.core.records import load_record, resolve_run
+    from bench.core.record_reading import load_record
+    from bench.core.run_dirs import resolve_run
 
     run_dir = resolve_run(run_ref, out)
     rec = load_record(run_dir)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bench.core.errors import BenchError
 from bench.core.io import write_text
-from bench.core.records import list_runs
+from bench.core.run_dirs import list_runs
 from bench.leaderboard.compare import (
     apply_filters,
     leaderboard_and_meta,

@@ -21,7 +21,8 @@ import submitit
 from submitit.helpers import Checkpointable
 
 from bench.core.errors import BenchError, InterruptedRun
-from bench.core.records import load_record, runs_root
+from bench.core.record_reading import load_record
+from bench.core.run_dirs import runs_root
 from bench.tools.sweep.spec import LocalSettings, SlurmSettings, slurm_minutes
 from bench.tools.sweep.state import CellFailed, SweepDir, first_line
 

@@ -15,8 +15,9 @@ from typing import Any
 
 from bench.core.errors import BenchError
 from bench.core.io import read_json, write_json, write_text
-from bench.core.records import live_status, load_record, now, runs_root
-from bench.core.run_dirs import dir_lock
+from bench.core.record_reading import load_record
+from bench.core.records import now
+from bench.core.run_dirs import dir_lock, live_status, runs_root
 
 FORMAT = 2  # 1 kept cells/NNN.json beside the run records
 STATUSES = ("pending", "running", "complete", "failed", "interrupted")

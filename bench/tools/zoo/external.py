@@ -15,7 +15,9 @@ import torch.nn as nn
 from bench.core.config import DataConfig, ModelConfig, RunConfig
 from bench.core.device import resolve_device
 from bench.core.errors import BenchError
-from bench.core.records import RunRecord, list_runs, load_record, new_run_dir, now
+from bench.core.record_reading import load_record
+from bench.core.records import RunRecord, now
+from bench.core.run_dirs import list_runs, new_run_dir
 from bench.data import load_run_data
 from bench.models.base import energy_from_logits
 from bench.run.evaluation import EvalOptions, evaluate_model
